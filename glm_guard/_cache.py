@@ -1,0 +1,189 @@
+"""``@cached_response``: the same arguments within ``ttl`` run the body once.
+
+Never stored: exceptions, and answers marked degraded by ``fallback`` (in whatever order
+the decorators are stacked).  ``None`` is a value like any other.  Concurrent identical
+calls in one process are coalesced: one runs the body, the others wait for its outcome.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import threading
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar, cast, overload
+
+from . import _validate
+from ._cache_keys import KeyMaker
+from ._errors import ConfigurationError
+from ._marks import begin_call, is_degraded, mark_degraded
+from ._wrapping import default_key, kind_of, unwrap_descriptor
+from .backends import CacheStore, get_backend
+from .backends._base import Backend
+
+__all__ = ["cached_response"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class _LeaderGone(Exception):
+    """The call the others were waiting on was cancelled; one of them takes over."""
+
+
+class _InFlight:
+    """Calls running now, by key, so identical concurrent calls share one outcome."""
+
+    __slots__ = ("_calls", "_lock")
+
+    def __init__(self) -> None:
+        self._calls: dict[str, concurrent.futures.Future[tuple[object, bool]]] = {}
+        self._lock = threading.Lock()
+
+    def join(self, key: str) -> tuple[bool, concurrent.futures.Future[tuple[object, bool]]]:
+        """``(True, future)`` if the caller must run the body and settle ``future``."""
+        with self._lock:
+            future = self._calls.get(key)
+            if future is not None:
+                return False, future
+            future = concurrent.futures.Future()
+            future.set_running_or_notify_cancel()  # no follower can cancel it for the rest
+            self._calls[key] = future
+            return True, future
+
+    def leave(self, key: str) -> None:
+        with self._lock:
+            self._calls.pop(key, None)
+
+
+@overload
+def cached_response(ttl: Callable[P, R], /) -> Callable[P, R]: ...
+
+
+@overload
+def cached_response(
+    ttl: float | None = 3600,
+    *,
+    maxsize: int = 1024,
+    key: str | Callable[..., object] | None = None,
+    backend: str | Backend | None = None,
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+
+def cached_response(
+    ttl: Any = 3600,
+    *,
+    maxsize: int = 1024,
+    key: str | Callable[..., object] | None = None,
+    backend: str | Backend | None = None,
+) -> Any:
+    """Cache results by argument value for ``ttl`` seconds (``None``: until evicted).
+
+    ``maxsize`` bounds the local cache (LRU).  ``key`` is either a namespace string (default:
+    the function's ``module.qualname``; functions sharing a namespace on a shared backend
+    share entries) or a callable taking the function's arguments and returning the
+    JSON-serialisable material of the key.  ``self``/``cls`` are left out of the key.
+    """
+    if callable(ttl):
+        return cached_response()(ttl)
+    lifetime = _validate.seconds("ttl", ttl, optional=True)
+    size = cast(int, _validate.positive_int("maxsize", maxsize))
+    if key is not None and not callable(key):
+        _validate.key_name("key", key)
+    store = get_backend(backend)
+
+    def decorate(target: Callable[P, R]) -> Callable[P, R]:
+        fn, rewrap = unwrap_descriptor(target)
+        if kind_of(fn) in ("generator", "async_generator"):
+            raise ConfigurationError(
+                "cached_response", f"cannot cache the generator function {default_key(fn)}; cache a function that returns the full answer"
+            )
+        namespace = key if isinstance(key, str) else default_key(fn)
+        make_key = KeyMaker(fn, namespace, key if callable(key) else None)
+        cache = store.cache(namespace, ttl=lifetime, maxsize=size)
+        return cast(Callable[P, R], rewrap(_wrap(fn, cache, make_key, store_values=lifetime != 0)))
+
+    return decorate
+
+
+def _wrap(fn: Callable[..., Any], cache: CacheStore, make_key: KeyMaker, *, store_values: bool) -> Callable[..., Any]:
+    in_flight = _InFlight()
+
+    if kind_of(fn) == "async":
+        import asyncio
+
+        @functools.wraps(fn)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            digest = make_key(args, kwargs)
+            while True:
+                hit, value = await cache.get_async(digest)
+                if hit:
+                    begin_call()
+                    return value
+                leader, future = in_flight.join(digest)
+                if not leader:
+                    try:
+                        value, degraded = await asyncio.wrap_future(future)
+                    except _LeaderGone:
+                        continue
+                    begin_call()
+                    if degraded:
+                        mark_degraded()
+                    return value
+                try:
+                    begin_call()
+                    value = await fn(*args, **kwargs)
+                    degraded = is_degraded()
+                    if store_values and not degraded:
+                        await cache.set_async(digest, value)
+                except Exception as error:
+                    future.set_exception(error)
+                    raise
+                except BaseException:
+                    future.set_exception(_LeaderGone())
+                    raise
+                else:
+                    future.set_result((value, degraded))
+                    return value
+                finally:
+                    in_flight.leave(digest)
+
+        return async_wrapper
+
+    @functools.wraps(fn)
+    def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+        digest = make_key(args, kwargs)
+        while True:
+            hit, value = cache.get(digest)
+            if hit:
+                begin_call()
+                return value
+            leader, future = in_flight.join(digest)
+            if not leader:
+                try:
+                    value, degraded = future.result()
+                except _LeaderGone:
+                    continue
+                begin_call()
+                if degraded:
+                    mark_degraded()
+                return value
+            try:
+                begin_call()
+                value = fn(*args, **kwargs)
+                degraded = is_degraded()
+                if store_values and not degraded:
+                    cache.set(digest, value)
+            except Exception as error:
+                future.set_exception(error)
+                raise
+            except BaseException:
+                future.set_exception(_LeaderGone())
+                raise
+            else:
+                future.set_result((value, degraded))
+                return value
+            finally:
+                in_flight.leave(digest)
+
+    return sync_wrapper

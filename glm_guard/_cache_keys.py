@@ -1,0 +1,101 @@
+"""Cache keys: stable across processes, and digests, so no prompt is ever a key.
+
+Arguments are bound to parameter names (``f(1)`` and ``f(x=1)`` are the same call), encoded
+as canonical JSON and hashed with BLAKE2b.  Python's ``hash()`` is salted per process for
+strings, so it cannot be used for a key that other processes must compute identically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import decimal
+import enum
+import hashlib
+import inspect
+import json
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+KEY_VERSION: Final = "v1"
+_SKIPPED_FIRST: Final = ("self", "cls")
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return {"__enum__": type(value).__qualname__, "value": _encode(value.value)}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"__dataclass__": type(value).__qualname__, "fields": dataclasses.asdict(value)}
+    model_dump = getattr(value, "model_dump", None)  # pydantic v2
+    if callable(model_dump) and not isinstance(value, type):
+        return {"__model__": type(value).__qualname__, "fields": model_dump(mode="json")}
+    if isinstance(value, (set, frozenset)):
+        items = [json.dumps(item, sort_keys=True, default=_encode) for item in value]
+        return {"__set__": sorted(items)}
+    if isinstance(value, (bytes, bytearray)):
+        return {"__bytes__": bytes(value).hex()}
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return {"__time__": value.isoformat()}
+    if isinstance(value, (decimal.Decimal, uuid.UUID)):
+        return {"__str__": str(value)}
+    raise TypeError(type(value).__qualname__)
+
+
+def _canonical(material: object) -> str:
+    return json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_encode)
+
+
+class KeyMaker:
+    """Builds the digest for one decorated function's calls."""
+
+    __slots__ = ("_custom", "_defaults", "_name", "_positional", "_prefix", "_skip_first", "_var_positional")
+
+    def __init__(self, fn: Callable[..., Any], namespace: str, custom: Callable[..., object] | None) -> None:
+        self._name = getattr(fn, "__qualname__", repr(fn))
+        self._custom = custom
+        self._prefix = f"{KEY_VERSION}\x00{namespace}\x00".encode()
+        params = list(inspect.signature(fn).parameters.values())
+        self._skip_first = bool(params) and params[0].name in _SKIPPED_FIRST
+        positional_kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        self._positional = tuple(p.name for p in params if p.kind in positional_kinds)
+        self._var_positional = next((p.name for p in params if p.kind is inspect.Parameter.VAR_POSITIONAL), None)
+        self._defaults = {
+            p.name: p.default
+            for p in params
+            if p.default is not inspect.Parameter.empty and not (self._skip_first and p is params[0])
+        }
+
+    def __call__(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+        material = self._material(args, kwargs)
+        try:
+            text = _canonical(material)
+        except (TypeError, ValueError) as error:
+            raise self._explain(material, error) from None
+        return hashlib.blake2b(self._prefix + text.encode(), digest_size=20).hexdigest()
+
+    def _material(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> object:
+        if self._custom is not None:
+            return {"key": self._custom(*args, **kwargs)}
+        bound = dict(self._defaults)
+        positional = self._positional
+        start = 1 if self._skip_first else 0
+        for index in range(start, min(len(args), len(positional))):
+            bound[positional[index]] = args[index]
+        if len(args) > len(positional):
+            bound[self._var_positional or "*args"] = list(args[len(positional) :])
+        bound.update(kwargs)
+        return bound
+
+    def _explain(self, material: object, error: Exception) -> TypeError:
+        if isinstance(material, dict):
+            for name, value in material.items():
+                try:
+                    _canonical(value)
+                except (TypeError, ValueError):
+                    return TypeError(
+                        f"cached_response: argument {name!r} of {self._name} cannot be part of a cache key "
+                        f"({type(value).__qualname__} is not JSON-serialisable); pass key=... to "
+                        "cached_response to build the key yourself"
+                    )
+        return TypeError(f"cached_response: the cache key of {self._name} cannot be built: {error}")

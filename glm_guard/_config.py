@@ -1,0 +1,220 @@
+"""Configuration: read from the environment once, into a frozen object.
+
+Nothing reads ``os.environ`` on the hot path: decorators ask :func:`get_settings` at
+decoration time, which parses the environment the first time it is called and caches the
+result.  :func:`reload_settings` re-reads it (tests, or after loading a ``.env`` file).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ._errors import ConfigurationError
+
+__all__ = [
+    "Settings",
+    "get_settings",
+    "is_testing",
+    "mask_url",
+    "reload_settings",
+    "set_testing",
+]
+
+DEFAULT_CALLS_PER_MINUTE = 50
+DEFAULT_KEY_PREFIX = "glm_guard:"
+DEFAULT_COOLDOWN_SECONDS = 1.0
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``, for errors, logs and reprs."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{user}:***@{host}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything glm_guard reads from the environment, parsed and validated.
+
+    Build one with :meth:`from_env`; override fields with :func:`dataclasses.replace`.
+    """
+
+    max_calls_per_minute: int = DEFAULT_CALLS_PER_MINUTE
+    """``GLM_API_MAX_CALLS_PER_MINUTE``: calls per 60 s when a decorator names no limit."""
+    max_concurrency: int | None = None
+    """``GLM_API_MAX_CONCURRENCY``: calls in flight per key when a decorator names no limit."""
+    backend: str = "local"
+    """``GLM_GUARD_BACKEND``: ``local``, ``redis``, or a backend URL."""
+    redis_url: str | None = field(default=None, repr=False)
+    """``REDIS_URL``: the Redis server used by the ``redis`` backend (may hold a password)."""
+    key_prefix: str = DEFAULT_KEY_PREFIX
+    """``GLM_GUARD_KEY_PREFIX``: prefix of every key the shared backends write."""
+    default_cooldown: float = DEFAULT_COOLDOWN_SECONDS
+    """``GLM_GUARD_DEFAULT_COOLDOWN``: pause after a rate-limit error that names no Retry-After."""
+
+    def __repr__(self) -> str:
+        redis = mask_url(self.redis_url) if self.redis_url else None
+        return (
+            f"Settings(max_calls_per_minute={self.max_calls_per_minute}, "
+            f"max_concurrency={self.max_concurrency}, backend={self.backend!r}, "
+            f"redis_url={redis!r}, key_prefix={self.key_prefix!r}, "
+            f"default_cooldown={self.default_cooldown})"
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Parse ``environ`` (default: ``os.environ``); invalid values name their variable."""
+        env = os.environ if environ is None else environ
+        backend = _text(env, "GLM_GUARD_BACKEND") or "local"
+        redis_url = _text(env, "REDIS_URL")
+        if redis_url is not None:
+            check_redis_url(redis_url, "REDIS_URL")
+        return cls(
+            max_calls_per_minute=_positive_int(env, "GLM_API_MAX_CALLS_PER_MINUTE")
+            or DEFAULT_CALLS_PER_MINUTE,
+            max_concurrency=_positive_int(env, "GLM_API_MAX_CONCURRENCY"),
+            backend=backend,
+            redis_url=redis_url,
+            key_prefix=_text(env, "GLM_GUARD_KEY_PREFIX") or DEFAULT_KEY_PREFIX,
+            default_cooldown=_non_negative_float(env, "GLM_GUARD_DEFAULT_COOLDOWN", DEFAULT_COOLDOWN_SECONDS),
+        )
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def check_redis_url(url: str, name: str) -> None:
+    """Fail with a message naming ``name`` unless ``url`` is a URL redis-py accepts."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        raise ConfigurationError(name, "is not a valid URL") from None
+    if parts.scheme not in REDIS_SCHEMES:
+        raise ConfigurationError(
+            name,
+            f"must be a redis://, rediss:// or unix:// URL, got {mask_url(url)!r}",
+        )
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ConfigurationError(name, f"has no host: {mask_url(url)!r}")
+
+
+def _text(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    return value or None
+
+
+def _positive_int(env: Mapping[str, str], name: str) -> int | None:
+    raw = _text(env, name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(name, f"must be a positive integer, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigurationError(name, f"must be a positive integer, got {raw!r}")
+    return value
+
+
+def _non_negative_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = _text(env, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(name, f"must be a number of seconds >= 0, got {raw!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise ConfigurationError(name, f"must be a number of seconds >= 0, got {raw!r}")
+    return value
+
+
+_settings_lock = threading.Lock()
+_settings: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process-wide settings, parsed from the environment on first use."""
+    global _settings
+    current = _settings
+    if current is None:
+        with _settings_lock:
+            if _settings is None:
+                _settings = Settings.from_env()
+            current = _settings
+    return current
+
+
+def reload_settings(settings: Settings | None = None) -> Settings:
+    """Re-read the environment (or install ``settings``) for decorators applied from now on."""
+    global _settings
+    new = Settings.from_env() if settings is None else settings
+    with _settings_lock:
+        _settings = new
+    return new
+
+
+class _TestingState:
+    """Switches for users' own tests; read on every call, so kept to two plain attributes."""
+
+    __slots__ = ("attempts", "active")
+
+    def __init__(self) -> None:
+        self.active = False
+        self.attempts: int | None = None
+
+
+TESTING = _TestingState()
+
+
+def is_testing() -> bool:
+    """Whether :func:`set_testing` has turned waits and backoff sleeps off."""
+    return TESTING.active
+
+
+def set_testing(testing: bool = True, *, attempts: int | None = None) -> _TestingContext:
+    """Turn waiting off for tests: no permit waits, no backoff sleeps, no cooldown pauses.
+
+    Limits are not enforced while testing is on, retries happen back to back, and
+    ``attempts`` (if given) caps every ``retry_on_1302`` at that many attempts.  Caching and
+    fallbacks behave as in production, so tests still see them.  Use it as a plain call or as
+    a context manager that restores the previous state::
+
+        with glm_guard.set_testing(True, attempts=2):
+            ...
+    """
+    if attempts is not None and (isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1):
+        raise ConfigurationError("attempts", f"must be a positive integer or None, got {attempts!r}")
+    previous = (TESTING.active, TESTING.attempts)
+    TESTING.active = bool(testing)
+    TESTING.attempts = attempts if testing else None
+    return _TestingContext(*previous)
+
+
+class _TestingContext:
+    """Returned by :func:`set_testing`; as a context manager it restores the earlier state."""
+
+    __slots__ = ("_active", "_attempts")
+
+    def __init__(self, active: bool, attempts: int | None) -> None:
+        self._active = active
+        self._attempts = attempts
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: object) -> None:
+        TESTING.active, TESTING.attempts = self._active, self._attempts

@@ -1,0 +1,84 @@
+"""The library's own exceptions.
+
+Every error glm_guard raises is a :class:`GLMGuardError`.  The one users catch most is
+:class:`GLMRateLimitException`: the name the seed's code already uses in
+``except GLMRateLimitException``, raised when the guard gives up on a rate-limited call.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "ConfigurationError",
+    "GLMGuardError",
+    "GLMRateLimitException",
+    "RateLimitTimeout",
+]
+
+
+class GLMGuardError(Exception):
+    """Base class of every exception raised by glm_guard itself."""
+
+
+class ConfigurationError(GLMGuardError, ValueError):
+    """A decorator argument or an environment variable has an invalid value.
+
+    Raised as early as possible (at decoration time for decorator arguments) and always
+    names the offending parameter or variable, so the fix is obvious from the message.
+    """
+
+    def __init__(self, name: str, problem: str) -> None:
+        self.name = name
+        self.problem = problem
+        super().__init__(f"{name}: {problem}")
+
+
+class GLMRateLimitException(GLMGuardError):
+    """The provider kept answering with a rate-limit error and the guard gave up.
+
+    Attributes:
+        code: the provider's error code (``"1302"`` for GLM), or ``None`` when unknown.
+        retry_after: seconds the provider asked us to wait, if it said so.
+        attempts: how many calls were made before giving up.
+    """
+
+    def __init__(
+        self,
+        message: str = "rate limit reached",
+        *,
+        code: str | None = None,
+        retry_after: float | None = None,
+        attempts: int = 0,
+    ) -> None:
+        self.code = code
+        self.retry_after = retry_after
+        self.attempts = attempts
+        super().__init__(message)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({str(self)!r}, code={self.code!r}, "
+            f"retry_after={self.retry_after!r}, attempts={self.attempts!r})"
+        )
+
+
+class RateLimitTimeout(GLMRateLimitException):
+    """A caller would have waited longer than its ``max_wait`` for a permit.
+
+    Raised at once, instead of sleeping, when the wait is known in advance to be too long,
+    or when ``max_wait`` runs out while waiting for a concurrency slot.
+    """
+
+    def __init__(self, key: str, max_wait: float, expected_wait: float | None) -> None:
+        self.key = key
+        self.max_wait = max_wait
+        self.expected_wait = expected_wait
+        if expected_wait is None:
+            detail = f"no permit became free within max_wait={max_wait:g}s"
+        else:
+            detail = f"the wait ({expected_wait:.3f}s) would exceed max_wait={max_wait:g}s"
+        super().__init__(f"rate limit for {key!r}: {detail}", attempts=0)
+
+
+class BackendError(GLMGuardError):
+    """The shared store behind a backend (e.g. Redis) failed; the cause is chained."""

@@ -1,0 +1,181 @@
+"""``@rate_limited``: calls per window, calls in flight, and cooldown after a 429."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Final, ParamSpec, TypeVar, cast, overload
+
+from . import _validate
+from ._classify import DEFAULT_CLASSIFIER
+from ._config import TESTING, get_settings
+from ._wrapping import default_key, kind_of, unwrap_descriptor
+from .backends import LimitPolicy, Limiter, get_backend
+from .backends._base import Backend
+
+__all__ = ["rate_limited"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: A provider's Retry-After is honoured up to this long; beyond it is more likely a bug
+#: than a wish to silence every caller of the key for hours.
+MAX_COOLDOWN_SECONDS: Final = 600.0
+
+
+@overload
+def rate_limited(calls: Callable[P, R], /) -> Callable[P, R]: ...
+
+
+@overload
+def rate_limited(
+    calls: int | None = None,
+    period: float = 60.0,
+    *,
+    concurrency: int | None = None,
+    key: str | None = None,
+    backend: str | Backend | None = None,
+    max_wait: float | None = None,
+    cooldown: float | None = None,
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+
+def rate_limited(
+    calls: Any = None,
+    period: float = 60.0,
+    *,
+    concurrency: int | None = None,
+    key: str | None = None,
+    backend: str | Backend | None = None,
+    max_wait: float | None = None,
+    cooldown: float | None = None,
+) -> Any:
+    """Admit at most ``calls`` starts in any ``period`` seconds and ``concurrency`` in flight.
+
+    Callers over the limit wait their turn in arrival order (blocking the thread, or
+    awaiting); with ``max_wait`` a caller that would wait longer gets
+    :class:`~glm_guard.RateLimitTimeout` at once instead.  With neither ``calls`` nor
+    ``concurrency`` the limits come from ``GLM_API_MAX_CALLS_PER_MINUTE`` (per 60 s) and
+    ``GLM_API_MAX_CONCURRENCY``.
+
+    Functions decorated with the same ``key`` share one budget; the default key is the
+    function's ``module.qualname``, so the same function shares one limit across processes
+    on a shared backend.  When a rate-limit error passes out of the call, the whole key
+    pauses for the error's Retry-After, or ``cooldown`` seconds (default
+    ``GLM_GUARD_DEFAULT_COOLDOWN``; ``0`` disables it).
+    """
+    if callable(calls):
+        return rate_limited()(calls)
+    settings = get_settings()
+    if calls is None and concurrency is None:
+        policy = LimitPolicy(settings.max_calls_per_minute, 60.0, settings.max_concurrency)
+    else:
+        policy = LimitPolicy(
+            _validate.positive_int("calls", calls, optional=True),
+            cast(float, _validate.seconds("period", period, allow_zero=False)),
+            _validate.positive_int("concurrency", concurrency, optional=True),
+        )
+    wait_limit = _validate.seconds("max_wait", max_wait, optional=True)
+    pause = _validate.seconds("cooldown", cooldown, optional=True)
+    pause_seconds = settings.default_cooldown if pause is None else pause
+    explicit_key = _validate.key_name("key", key)
+    store = get_backend(backend)
+
+    def decorate(target: Callable[P, R]) -> Callable[P, R]:
+        fn, rewrap = unwrap_descriptor(target)
+        limiter = store.limiter(explicit_key or default_key(fn))
+        return cast(Callable[P, R], rewrap(_wrap(fn, limiter, policy, wait_limit, pause_seconds)))
+
+    return decorate
+
+
+def _cool_down_for(error: BaseException, default: float) -> float:
+    """Seconds every caller of the key should pause after ``error`` (0: not a rate limit)."""
+    info = DEFAULT_CLASSIFIER.classify(error)
+    if not info.is_rate_limit:
+        return 0.0
+    seconds = default if info.retry_after is None else info.retry_after
+    return min(seconds, MAX_COOLDOWN_SECONDS)
+
+
+def _wrap(
+    fn: Callable[..., Any],
+    limiter: Limiter,
+    policy: LimitPolicy,
+    max_wait: float | None,
+    pause: float,
+) -> Callable[..., Any]:
+    kind = kind_of(fn)
+    if kind == "async":
+
+        @functools.wraps(fn)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            if TESTING.active:
+                return await fn(*args, **kwargs)
+            permit = await limiter.acquire_async(policy, max_wait)
+            try:
+                return await fn(*args, **kwargs)
+            except Exception as error:
+                seconds = _cool_down_for(error, pause)
+                if seconds > 0:
+                    await limiter.cooldown_async(seconds)
+                raise
+            finally:
+                await permit.release()
+
+        return async_wrapper
+
+    if kind == "sync":
+
+        @functools.wraps(fn)
+        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+            if TESTING.active:
+                return fn(*args, **kwargs)
+            permit = limiter.acquire(policy, max_wait)
+            try:
+                return fn(*args, **kwargs)
+            except Exception as error:
+                seconds = _cool_down_for(error, pause)
+                if seconds > 0:
+                    limiter.cooldown(seconds)
+                raise
+            finally:
+                permit.release()
+
+        return sync_wrapper
+
+    if kind == "generator":
+
+        @functools.wraps(fn)
+        def generator_wrapper(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            # A stream holds its permit until it is exhausted or closed.
+            permit = None if TESTING.active else limiter.acquire(policy, max_wait)
+            try:
+                return (yield from fn(*args, **kwargs))
+            except Exception as error:
+                seconds = _cool_down_for(error, pause)
+                if seconds > 0 and permit is not None:
+                    limiter.cooldown(seconds)
+                raise
+            finally:
+                if permit is not None:
+                    permit.release()
+
+        return generator_wrapper
+
+    @functools.wraps(fn)
+    async def async_generator_wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        permit = None if TESTING.active else await limiter.acquire_async(policy, max_wait)
+        try:
+            async for item in fn(*args, **kwargs):
+                yield item
+        except Exception as error:
+            seconds = _cool_down_for(error, pause)
+            if seconds > 0 and permit is not None:
+                await limiter.cooldown_async(seconds)
+            raise
+        finally:
+            if permit is not None:
+                await permit.release()
+
+    return async_generator_wrapper

@@ -1,0 +1,328 @@
+"""``@retry_on_1302``: retry what a retry can fix, and nothing else.
+
+The loop is ours rather than ``backoff.on_exception`` because backoff's full jitter also
+shortens a provider's Retry-After, and its ``max_time`` check uses an elapsed time taken
+before the sleep (litl/backoff#186), so it can sleep past the deadline.  backoff still
+supplies the delay schedule (``expo``) and the jitter (``full_jitter``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar, cast, overload
+
+from . import _validate
+from ._classify import DEFAULT_CLASSIFIER, Classifier, DEFAULT_PERMANENT_CODES, DEFAULT_RETRYABLE_CODES, ErrorInfo
+from ._config import TESTING
+from ._errors import ConfigurationError, GLMRateLimitException
+from ._marks import RETRYING
+from ._wrapping import default_key, kind_of, unwrap_descriptor
+
+__all__ = ["retry_on_1302"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+logger = logging.getLogger("glm_guard")
+
+
+@dataclass(frozen=True, slots=True)
+class _RetryPolicy:
+    name: str
+    max_tries: int
+    max_time: float | None
+    base_delay: float
+    max_delay: float
+    jitter: bool
+    retry_on_result: bool
+    classifier: Classifier
+
+    def attempts(self) -> int:
+        cap = TESTING.attempts
+        return self.max_tries if cap is None else min(cap, self.max_tries)
+
+    def delay_or_raise(
+        self,
+        attempt: int,
+        attempts: int,
+        info: ErrorInfo,
+        started: float,
+        schedule: Generator[float, Any, None] | None,
+        error: BaseException | None,
+    ) -> tuple[float, Generator[float, Any, None] | None]:
+        """The sleep before the next attempt, or raise :class:`GLMRateLimitException`."""
+        if attempt >= attempts:
+            raise self.give_up(attempt, info, "attempts ran out", error)
+        if info.retry_after is not None:
+            delay = min(info.retry_after, self.max_delay)  # the provider's word: no jitter
+        else:
+            if schedule is None:
+                schedule = _exponential(self.base_delay, self.max_delay)
+            delay = next(schedule)
+            if self.jitter:
+                delay = _full_jitter(delay)
+        if TESTING.active:
+            delay = 0.0
+        if self.max_time is not None and time.monotonic() - started + delay > self.max_time:
+            raise self.give_up(attempt, info, f"the next wait would pass max_time={self.max_time:g}s", error)
+        logger.info(
+            "glm_guard: %s hit a rate limit (code %s), retrying in %.2fs (attempt %d of %d)",
+            self.name,
+            info.code,
+            delay,
+            attempt + 1,
+            attempts,
+        )
+        return delay, schedule
+
+    def give_up(self, attempt: int, info: ErrorInfo, why: str, error: BaseException | None) -> GLMRateLimitException:
+        exc = GLMRateLimitException(
+            f"{self.name}: rate limited (code {info.code or 'unknown'}) after {attempt} attempt(s); {why}",
+            code=info.code,
+            retry_after=info.retry_after,
+            attempts=attempt,
+        )
+        exc.__cause__ = error
+        return exc
+
+
+def _exponential(base_delay: float, max_delay: float) -> Generator[float, Any, None]:
+    import backoff  # deferred: importing backoff costs ~100 ms, paid only on a first retry
+
+    schedule = cast(Generator[float, Any, None], backoff.expo(base=2, factor=base_delay, max_value=max_delay))
+    next(schedule)  # backoff's generators are primed before use
+    return schedule
+
+
+def _full_jitter(value: float) -> float:
+    import backoff
+
+    return cast(float, backoff.full_jitter(value))
+
+
+def _codes(name: str, codes: Iterable[str | int] | None, default: frozenset[str]) -> frozenset[str]:
+    if codes is None:
+        return default
+    if isinstance(codes, (str, bytes)):
+        raise ConfigurationError(name, f"must be a collection of codes, not a single string {codes!r}")
+    result = frozenset(str(code).strip() for code in codes)
+    if "" in result:
+        raise ConfigurationError(name, "contains an empty code")
+    return result
+
+
+@overload
+def retry_on_1302(max_tries: Callable[P, R], /) -> Callable[P, R]: ...
+
+
+@overload
+def retry_on_1302(
+    max_tries: int = 5,
+    *,
+    max_time: float | None = None,
+    base_delay: float = 1.0,
+    max_delay: float = 60.0,
+    jitter: bool = True,
+    retry_codes: Iterable[str | int] | None = None,
+    permanent_codes: Iterable[str | int] | None = None,
+    retry_on_result: bool = False,
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+
+def retry_on_1302(
+    max_tries: Any = 5,
+    *,
+    max_time: float | None = None,
+    base_delay: float = 1.0,
+    max_delay: float = 60.0,
+    jitter: bool = True,
+    retry_codes: Iterable[str | int] | None = None,
+    permanent_codes: Iterable[str | int] | None = None,
+    retry_on_result: bool = False,
+) -> Any:
+    """Retry rate-limit errors (GLM 1302 and kin) with exponential backoff and full jitter.
+
+    At most ``max_tries`` attempts in all, never sleeping past ``max_time`` seconds from the
+    first.  A provider's Retry-After (capped by ``max_delay``) replaces the backoff delay.
+    Permanent errors (1113 arrears, quota windows, auth, content filter) and errors that are
+    not rate limits propagate unchanged after the first attempt.  When attempts run out,
+    :class:`~glm_guard.GLMRateLimitException` is raised from the last error.
+
+    ``retry_codes`` / ``permanent_codes`` replace the default code sets.  With
+    ``retry_on_result=True`` an error dict returned as the result (``{"error": {...}}``) is
+    treated like the error it describes.  Inside another ``retry_on_1302`` the inner one
+    makes a single attempt, so stacked layers never multiply attempts.
+    """
+    if callable(max_tries):
+        return retry_on_1302()(max_tries)
+    if not isinstance(jitter, bool):
+        raise ConfigurationError("jitter", f"must be True or False, got {jitter!r}")
+    if not isinstance(retry_on_result, bool):
+        raise ConfigurationError("retry_on_result", f"must be True or False, got {retry_on_result!r}")
+    tries = cast(int, _validate.positive_int("max_tries", max_tries))
+    deadline = _validate.seconds("max_time", max_time, optional=True, allow_zero=False)
+    base = cast(float, _validate.seconds("base_delay", base_delay))
+    cap = cast(float, _validate.seconds("max_delay", max_delay))
+    if cap < base:
+        raise ConfigurationError("max_delay", f"must be >= base_delay ({base:g}), got {max_delay!r}")
+    classifier = Classifier(
+        _codes("retry_codes", retry_codes, DEFAULT_RETRYABLE_CODES),
+        _codes("permanent_codes", permanent_codes, DEFAULT_PERMANENT_CODES),
+    )
+    if retry_codes is None and permanent_codes is None:
+        classifier = DEFAULT_CLASSIFIER
+
+    def decorate(target: Callable[P, R]) -> Callable[P, R]:
+        fn, rewrap = unwrap_descriptor(target)
+        policy = _RetryPolicy(default_key(fn), tries, deadline, base, cap, jitter, retry_on_result, classifier)
+        return cast(Callable[P, R], rewrap(_wrap(fn, policy)))
+
+    return decorate
+
+
+class _Run:
+    """The state of one retried call: which attempt, since when, the backoff schedule."""
+
+    __slots__ = ("attempt", "attempts", "policy", "schedule", "started")
+
+    def __init__(self, policy: _RetryPolicy) -> None:
+        self.policy = policy
+        self.attempts = policy.attempts()
+        self.started = time.monotonic()
+        self.schedule: Generator[float, Any, None] | None = None
+        self.attempt = 1
+
+    def after_error(self, error: BaseException) -> float | None:
+        """The sleep before the next attempt; ``None`` when ``error`` must propagate as is."""
+        info = self.policy.classifier.classify(error)
+        if not info.is_rate_limit:
+            return None
+        return self._next(info, error)
+
+    def after_result(self, result: object) -> float | None:
+        """The sleep before the next attempt; ``None`` when ``result`` is the answer."""
+        if not self.policy.retry_on_result:
+            return None
+        info = self.policy.classifier.classify_result(result)
+        if not info.is_rate_limit:
+            return None
+        return self._next(info, None)
+
+    def _next(self, info: ErrorInfo, error: BaseException | None) -> float:
+        delay, self.schedule = self.policy.delay_or_raise(
+            self.attempt, self.attempts, info, self.started, self.schedule, error
+        )
+        self.attempt += 1
+        return delay
+
+
+def _wrap(fn: Callable[..., Any], policy: _RetryPolicy) -> Callable[..., Any]:
+    kind = kind_of(fn)
+
+    if kind == "async":
+        import asyncio
+
+        @functools.wraps(fn)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            if RETRYING.get():  # an outer retry owns the attempts
+                return await fn(*args, **kwargs)
+            token = RETRYING.set(True)
+            try:
+                run = _Run(policy)
+                while True:
+                    try:
+                        result = await fn(*args, **kwargs)
+                    except Exception as error:
+                        delay = run.after_error(error)
+                        if delay is None:
+                            raise
+                    else:
+                        delay = run.after_result(result)
+                        if delay is None:
+                            return result
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+            finally:
+                RETRYING.reset(token)
+
+        return async_wrapper
+
+    if kind == "sync":
+
+        @functools.wraps(fn)
+        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+            if RETRYING.get():
+                return fn(*args, **kwargs)
+            token = RETRYING.set(True)
+            try:
+                run = _Run(policy)
+                while True:
+                    try:
+                        result = fn(*args, **kwargs)
+                    except Exception as error:
+                        delay = run.after_error(error)
+                        if delay is None:
+                            raise
+                    else:
+                        delay = run.after_result(result)
+                        if delay is None:
+                            return result
+                    if delay > 0:
+                        time.sleep(delay)
+            finally:
+                RETRYING.reset(token)
+
+        return sync_wrapper
+
+    if kind == "generator":
+
+        @functools.wraps(fn)
+        def generator_wrapper(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            # Retried only until the first item: a retry after that would repeat output.
+            run = _Run(policy)
+            while True:
+                stream = fn(*args, **kwargs)
+                try:
+                    first = next(stream)
+                except StopIteration as stop:
+                    return stop.value
+                except Exception as error:
+                    delay = run.after_error(error)
+                    if delay is None:
+                        raise
+                    if delay > 0:
+                        time.sleep(delay)
+                    continue
+                yield first
+                return (yield from stream)
+
+        return generator_wrapper
+
+    @functools.wraps(fn)
+    async def async_generator_wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        import asyncio
+
+        run = _Run(policy)
+        while True:
+            stream = fn(*args, **kwargs)
+            try:
+                first = await stream.__anext__()
+            except StopAsyncIteration:
+                return
+            except Exception as error:
+                delay = run.after_error(error)
+                if delay is None:
+                    raise
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                continue
+            yield first
+            async for item in stream:
+                yield item
+            return
+
+    return async_generator_wrapper

@@ -1,0 +1,49 @@
+"""What every decorator needs to know about the callable it wraps, decided once.
+
+Sync or async (and generator or not) is settled at decoration time so the wrapper is a
+plain ``def`` or ``async def`` with no per-call branching, and the next decorator in a
+stack still sees an ``async def`` as async.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, Literal
+
+Kind = Literal["sync", "async", "generator", "async_generator"]
+
+
+def unwrap_descriptor(obj: Any) -> tuple[Callable[..., Any], Callable[[Any], Any]]:
+    """Split ``classmethod``/``staticmethod`` into the function and a re-wrapper.
+
+    Lets a decorator sit above ``@classmethod`` as well as below it.
+    """
+    if isinstance(obj, classmethod):
+        return obj.__func__, classmethod
+    if isinstance(obj, staticmethod):
+        return obj.__func__, staticmethod
+    if not callable(obj):
+        raise TypeError(f"glm_guard decorators wrap callables, not {type(obj).__name__}")
+    return obj, _identity
+
+
+def _identity(obj: Any) -> Any:
+    return obj
+
+
+def kind_of(fn: Callable[..., Any]) -> Kind:
+    if inspect.isasyncgenfunction(fn):
+        return "async_generator"
+    if inspect.isgeneratorfunction(fn):
+        return "generator"
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None)):
+        return "async"
+    return "sync"
+
+
+def default_key(fn: Callable[..., Any]) -> str:
+    """``module.qualname``: the same function in every process gets the same key."""
+    module = getattr(fn, "__module__", None) or "<unknown>"
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__qualname__
+    return f"{module}.{name}"

@@ -1,0 +1,123 @@
+"""The interface every backend implements.
+
+A backend owns shared state: one :class:`Limiter` per rate-limit key and one
+:class:`CacheStore` per cache namespace.  The decorators hold no state of their own
+beyond a reference to these, so moving from one process (local) to many (Redis) changes
+where the state lives and nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Protocol
+
+from .._errors import ConfigurationError
+
+__all__ = ["AsyncPermit", "Backend", "CacheStore", "LimitPolicy", "Limiter", "Permit"]
+
+
+@dataclass(frozen=True, slots=True)
+class LimitPolicy:
+    """The limits one decorator enforces on a key.
+
+    The policy travels with every acquisition instead of being fixed per key, so two
+    decorators sharing a key each enforce their own numbers against the shared history,
+    and a limit can change at run time without resetting that history.
+    """
+
+    calls: int | None
+    period: float
+    concurrency: int | None
+
+    def __post_init__(self) -> None:
+        if self.calls is not None:
+            _check_positive_int("calls", self.calls)
+        if self.concurrency is not None:
+            _check_positive_int("concurrency", self.concurrency)
+        _check_positive_number("period", self.period)
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigurationError(name, f"must be a positive integer, got {value!r}")
+
+
+def _check_positive_number(name: str, value: object) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not value > 0
+        or math.isinf(value)
+    ):
+        raise ConfigurationError(name, f"must be a positive number of seconds, got {value!r}")
+
+
+class Permit(Protocol):
+    """Proof that a call was admitted; give it back exactly once when the call ends."""
+
+    def release(self) -> None: ...
+
+
+class AsyncPermit(Protocol):
+    """The async flavour of :class:`Permit`."""
+
+    async def release(self) -> None: ...
+
+
+class Limiter(ABC):
+    """Admission control for one key: calls per window, calls in flight, and cooldown."""
+
+    key: str
+
+    @abstractmethod
+    def acquire(self, policy: LimitPolicy, max_wait: float | None) -> Permit:
+        """Block the thread until ``policy`` admits one more call, in arrival order."""
+
+    @abstractmethod
+    async def acquire_async(self, policy: LimitPolicy, max_wait: float | None) -> AsyncPermit:
+        """Wait (without blocking the loop) until ``policy`` admits one more call."""
+
+    @abstractmethod
+    def cooldown(self, seconds: float) -> None:
+        """Admit nothing on this key for ``seconds``; never shortens an existing pause."""
+
+    @abstractmethod
+    async def cooldown_async(self, seconds: float) -> None:
+        """The async flavour of :meth:`cooldown`."""
+
+
+class CacheStore(ABC):
+    """Stored results for one cache namespace, keyed by argument digests."""
+
+    @abstractmethod
+    def get(self, key: str) -> tuple[bool, object]:
+        """``(True, value)`` on a hit, ``(False, None)`` on a miss."""
+
+    @abstractmethod
+    def set(self, key: str, value: object) -> None:
+        """Store ``value`` under ``key`` for the store's TTL."""
+
+    async def get_async(self, key: str) -> tuple[bool, object]:
+        return self.get(key)
+
+    async def set_async(self, key: str, value: object) -> None:
+        self.set(key, value)
+
+
+class Backend(ABC):
+    """Where limiters and caches keep their state."""
+
+    name: str
+
+    @abstractmethod
+    def limiter(self, key: str) -> Limiter:
+        """The limiter for ``key``: the same object (or shared state) for the same key."""
+
+    @abstractmethod
+    def cache(self, namespace: str, *, ttl: float | None, maxsize: int) -> CacheStore:
+        """The store for ``namespace``; ``ttl=None`` keeps entries until evicted."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op for in-memory backends
+        """Release connections; the backend may not be used afterwards."""

@@ -1,0 +1,397 @@
+"""The in-process backend: exact sliding-window limits, FIFO waiting, no server.
+
+Why not a leaky bucket: ``aiolimiter.AsyncLimiter(calls, period)`` admits a full bucket and
+then the drip, so up to ``2 * calls`` calls can start inside one ``period``; shrinking the
+bucket stops that but spaces calls out and wastes the allowance.  A log of the last
+``calls`` start times gives both properties the guard promises: a burst of ``calls`` when
+the budget is free, and never more than ``calls`` starts in any window of ``period``.
+The log holds at most ``calls`` floats per key.
+
+One limiter serves threads and event loops alike: its state sits behind a
+``threading.Lock`` and each waiter is woken through its own primitive (an event for a
+thread, a future on the waiter's own loop), so nothing loop-bound is shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+
+from .._errors import RateLimitTimeout
+from ._base import AsyncPermit, Backend, CacheStore, Limiter, LimitPolicy, Permit
+
+__all__ = ["LocalBackend", "LocalCacheStore", "LocalLimiter", "WindowState"]
+
+Clock = Callable[[], float]
+_INF = math.inf
+
+
+class WindowState:
+    """The pure admission algorithm for one key, with no locking and no waiting.
+
+    ``next_admission`` answers "when could one more call start?"; ``admit`` records a start.
+    Kept free of threads and clocks so property tests can drive it with any arrival times.
+    """
+
+    __slots__ = ("cooldown_until", "in_flight", "keep", "longest_period", "starts")
+
+    def __init__(self) -> None:
+        self.starts: deque[float] = deque()
+        self.in_flight = 0
+        self.cooldown_until = -_INF
+        self.keep = 0
+        self.longest_period = 0.0
+
+    def next_admission(self, policy: LimitPolicy, now: float) -> float:
+        """Earliest time >= ``now`` the policy admits a start; ``inf`` while concurrency is full."""
+        if policy.concurrency is not None and self.in_flight >= policy.concurrency:
+            return _INF
+        at = self.cooldown_until if self.cooldown_until > now else now
+        calls = policy.calls
+        if calls is not None and len(self.starts) >= calls:
+            # The calls-th most recent start must have left the window (t - period, t].
+            free_at = self.starts[-calls] + policy.period
+            if free_at > at:
+                at = free_at
+        return at
+
+    def admit(self, policy: LimitPolicy, now: float) -> None:
+        self.in_flight += 1
+        calls = policy.calls
+        if calls is None:
+            return
+        if calls > self.keep:
+            self.keep = calls
+        if policy.period > self.longest_period:
+            self.longest_period = policy.period
+        starts = self.starts
+        starts.append(now)
+        while len(starts) > self.keep:
+            starts.popleft()
+        horizon = now - self.longest_period
+        while starts and starts[0] <= horizon:
+            starts.popleft()
+
+    def release(self) -> None:
+        if self.in_flight > 0:
+            self.in_flight -= 1
+
+    def pause_until(self, deadline: float) -> None:
+        if deadline > self.cooldown_until:
+            self.cooldown_until = deadline
+
+
+class _Waiter:
+    __slots__ = ("event", "future", "granted", "is_head", "loop", "policy")
+
+    def __init__(self, policy: LimitPolicy, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.policy = policy
+        self.loop = loop
+        self.event: threading.Event | None = threading.Event() if loop is None else None
+        self.future: asyncio.Future[None] | None = None
+        self.granted = False
+        self.is_head = False
+
+    def wake(self) -> None:
+        if self.event is not None:
+            self.event.set()
+            return
+        future, loop = self.future, self.loop
+        if future is not None and loop is not None and not future.done():
+            try:
+                loop.call_soon_threadsafe(_resolve, future)
+            except RuntimeError:  # that loop is closed; its task is gone with it
+                pass
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class _AsyncRelease:
+    """The async permit of a local limiter: releasing never waits, so it just forwards."""
+
+    __slots__ = ("_limiter",)
+
+    def __init__(self, limiter: LocalLimiter) -> None:
+        self._limiter = limiter
+
+    async def release(self) -> None:
+        self._limiter.release()
+
+
+class LocalLimiter(Limiter):
+    """Sliding-window rate, concurrency and cooldown for one key, within one process."""
+
+    __slots__ = ("_async_permit", "_clock", "_lock", "_waiters", "key", "state")
+
+    def __init__(self, key: str, clock: Clock = time.monotonic) -> None:
+        self.key = key
+        self.state = WindowState()
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._waiters: deque[_Waiter] = deque()
+        self._async_permit = _AsyncRelease(self)
+
+    def __repr__(self) -> str:
+        return f"<LocalLimiter {self.key!r} in_flight={self.state.in_flight} waiting={len(self._waiters)}>"
+
+    # -- the fast path -------------------------------------------------------------------
+
+    def _try_now(self, policy: LimitPolicy) -> bool:
+        """Admit at once if nobody is queued and the policy allows it (caller holds the lock)."""
+        if self._waiters:
+            return False
+        now = self._clock()
+        if self.state.next_admission(policy, now) <= now:
+            self.state.admit(policy, now)
+            return True
+        return False
+
+    def acquire(self, policy: LimitPolicy, max_wait: float | None) -> Permit:
+        with self._lock:
+            if self._try_now(policy):
+                return self
+            waiter = self._enqueue(policy, max_wait, None)
+        self._wait_sync(waiter, max_wait)
+        return self
+
+    async def acquire_async(self, policy: LimitPolicy, max_wait: float | None) -> AsyncPermit:
+        with self._lock:
+            if self._try_now(policy):
+                return self._async_permit
+            waiter = self._enqueue(policy, max_wait, asyncio.get_running_loop())
+        await self._wait_async(waiter, max_wait)
+        return self._async_permit
+
+    def release(self) -> None:
+        with self._lock:
+            self.state.release()
+            if self._waiters:
+                self._dispatch(self._clock())
+
+    def cooldown(self, seconds: float) -> None:
+        with self._lock:
+            self.state.pause_until(self._clock() + seconds)
+
+    async def cooldown_async(self, seconds: float) -> None:
+        self.cooldown(seconds)
+
+    # -- waiting ---------------------------------------------------------------------------
+
+    def _enqueue(self, policy: LimitPolicy, max_wait: float | None, loop: asyncio.AbstractEventLoop | None) -> _Waiter:
+        if max_wait is not None:
+            expected = self._expected_wait(policy, self._clock())
+            if expected is not None and expected > max_wait:
+                raise RateLimitTimeout(self.key, max_wait, expected)
+        waiter = _Waiter(policy, loop)
+        self._waiters.append(waiter)
+        if len(self._waiters) == 1:
+            waiter.is_head = True
+        return waiter
+
+    def _expected_wait(self, policy: LimitPolicy, now: float) -> float | None:
+        """How long a caller queued now would wait, or ``None`` if that depends on call durations."""
+        ahead = [*self._waiters, None]
+        state = WindowState()
+        state.starts = deque(self.state.starts)
+        state.keep = max(self.state.keep, policy.calls or 0)
+        state.longest_period = self.state.longest_period
+        state.in_flight = self.state.in_flight
+        state.cooldown_until = self.state.cooldown_until
+        at = now
+        for waiter in ahead:
+            waiter_policy = policy if waiter is None else waiter.policy
+            at = state.next_admission(waiter_policy, at)
+            if at == _INF:
+                return None
+            state.admit(waiter_policy, at)
+        return at - now
+
+    def _dispatch(self, now: float) -> None:
+        """Grant queued callers in arrival order while the limits allow (caller holds the lock)."""
+        waiters = self._waiters
+        while waiters:
+            head = waiters[0]
+            if self.state.next_admission(head.policy, now) > now:
+                if not head.is_head:
+                    head.is_head = True
+                    head.wake()  # it must now time its own wait for the next slot
+                return
+            waiters.popleft()
+            self.state.admit(head.policy, now)
+            head.granted = True
+            head.wake()
+
+    def _head_timeout(self, waiter: _Waiter, now: float) -> float | None:
+        if not waiter.is_head:
+            return None
+        at = self.state.next_admission(waiter.policy, now)
+        return None if at == _INF else max(0.0, at - now)
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        """Undo a wait that ended by cancellation, timeout or interrupt (caller holds the lock)."""
+        if waiter.granted:
+            self.state.release()
+        else:
+            try:
+                self._waiters.remove(waiter)
+            except ValueError:
+                pass
+        if self._waiters:
+            self._dispatch(self._clock())
+
+    def _next_timeout(self, waiter: _Waiter, deadline: float | None) -> tuple[bool, float | None]:
+        """Under the lock: (granted, how long to sleep); raises when ``deadline`` has passed."""
+        now = self._clock()
+        self._dispatch(now)
+        if waiter.granted:
+            return True, None
+        timeout = self._head_timeout(waiter, now)
+        if deadline is not None:
+            left = deadline - now
+            if left <= 0:
+                raise _DeadlinePassed
+            timeout = left if timeout is None else min(timeout, left)
+        return False, timeout
+
+    def _wait_sync(self, waiter: _Waiter, max_wait: float | None) -> None:
+        deadline = None if max_wait is None else self._clock() + max_wait
+        event = waiter.event
+        assert event is not None
+        try:
+            while True:
+                with self._lock:
+                    granted, timeout = self._next_timeout(waiter, deadline)
+                    if granted:
+                        return
+                    event.clear()
+                event.wait(timeout)
+        except _DeadlinePassed:
+            with self._lock:
+                self._abandon(waiter)
+            raise RateLimitTimeout(self.key, max_wait or 0.0, None) from None
+        except BaseException:
+            with self._lock:
+                self._abandon(waiter)
+            raise
+
+    async def _wait_async(self, waiter: _Waiter, max_wait: float | None) -> None:
+        deadline = None if max_wait is None else self._clock() + max_wait
+        loop = waiter.loop
+        assert loop is not None
+        try:
+            while True:
+                with self._lock:
+                    granted, timeout = self._next_timeout(waiter, deadline)
+                    if granted:
+                        return
+                    future: asyncio.Future[None] = loop.create_future()
+                    waiter.future = future
+                try:
+                    async with asyncio.timeout(timeout):
+                        await future
+                except TimeoutError:
+                    pass
+        except _DeadlinePassed:
+            with self._lock:
+                self._abandon(waiter)
+            raise RateLimitTimeout(self.key, max_wait or 0.0, None) from None
+        except BaseException:
+            with self._lock:
+                self._abandon(waiter)
+            raise
+
+    def _after_fork(self) -> None:
+        """In a forked child no other thread exists: drop their waiters and their permits."""
+        self._lock = threading.Lock()
+        self._waiters.clear()
+        self.state.in_flight = 0
+
+
+class _DeadlinePassed(Exception):
+    pass
+
+
+class LocalCacheStore(CacheStore):
+    """A cachetools TTL + LRU cache behind a lock (cachetools caches are not thread-safe)."""
+
+    __slots__ = ("_data", "_lock")
+
+    def __init__(self, ttl: float | None, maxsize: int, timer: Clock = time.monotonic) -> None:
+        import cachetools  # deferred: keeps `import glm_guard` light
+
+        self._data: cachetools.Cache[str, object]
+        if ttl is None:
+            self._data = cachetools.LRUCache(maxsize)
+        else:
+            self._data = cachetools.TTLCache(maxsize, ttl, timer)
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> tuple[bool, object]:
+        with self._lock:
+            try:
+                return True, self._data[key]
+            except KeyError:
+                return False, None
+
+    def set(self, key: str, value: object) -> None:
+        with self._lock:
+            self._data[key] = value
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._data)
+
+
+class LocalBackend(Backend):
+    """State in this process only: the default, needing no server.
+
+    Limiters are shared by key within the backend, so every function decorated with the
+    same key shares one budget; caches belong to the decorated function that asked for them.
+    """
+
+    name = "local"
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self._limiters: dict[str, LocalLimiter] = {}
+        self._lock = threading.Lock()
+        _LIVE_BACKENDS.add(self)
+
+    def __repr__(self) -> str:
+        return f"<LocalBackend keys={len(self._limiters)}>"
+
+    def limiter(self, key: str) -> LocalLimiter:
+        with self._lock:
+            limiter = self._limiters.get(key)
+            if limiter is None:
+                limiter = self._limiters[key] = LocalLimiter(key, self._clock)
+            return limiter
+
+    def cache(self, namespace: str, *, ttl: float | None, maxsize: int) -> LocalCacheStore:
+        return LocalCacheStore(ttl, maxsize, self._clock)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        for limiter in self._limiters.values():
+            limiter._after_fork()
+
+
+_LIVE_BACKENDS: weakref.WeakSet[LocalBackend] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for backend in list(_LIVE_BACKENDS):
+        backend._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)

@@ -1,0 +1,407 @@
+"""``@rate_limited`` on the local backend: window guarantee, concurrency, waiting, cooldown."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+import glm_guard
+from glm_guard import ConfigurationError, RateLimitTimeout, rate_limited
+from glm_guard.backends._local import LocalBackend
+
+from .helpers import SEED_1113, SEED_1302, ErrorWithText, max_in_window
+
+
+def test_threads_never_exceed_calls_in_any_window(local_backend: LocalBackend) -> None:
+    starts: list[float] = []
+    lock = threading.Lock()
+
+    @rate_limited(5, 0.4, backend=local_backend)
+    def call() -> None:
+        with lock:
+            starts.append(time.monotonic())
+
+    threads = [threading.Thread(target=call) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(starts) == 20
+    assert max_in_window(starts, 0.4) <= 5
+    # A burst of 5 when the budget is free: no needless spacing.
+    assert max_in_window(starts[:5], 0.05, slack=0) == 5
+
+
+async def test_tasks_never_exceed_calls_in_any_window(local_backend: LocalBackend) -> None:
+    starts: list[float] = []
+
+    @rate_limited(4, 0.3, backend=local_backend)
+    async def call(i: int) -> int:
+        starts.append(time.monotonic())
+        return i
+
+    results = await asyncio.gather(*(call(i) for i in range(16)))
+    assert results == list(range(16))
+    assert max_in_window(starts, 0.3) <= 4
+
+
+async def test_saturated_limiter_admits_close_to_the_full_rate(local_backend: LocalBackend) -> None:
+    """20 calls at 10 per 0.25 s need two full windows: they end just after 0.25 s."""
+    starts: list[float] = []
+
+    @rate_limited(10, 0.25, backend=local_backend)
+    async def call() -> None:
+        starts.append(time.monotonic())
+
+    began = time.monotonic()
+    await asyncio.gather(*(call() for _ in range(30)))
+    offsets = sorted(s - began for s in starts)
+    # Each window of 0.25 s is used fully: 10 at ~0, 10 at ~0.25, 10 at ~0.5.
+    assert sum(1 for o in offsets if o < 0.1) == 10
+    assert sum(1 for o in offsets if 0.24 <= o < 0.35) == 10
+    assert sum(1 for o in offsets if 0.49 <= o < 0.6) == 10
+
+
+async def test_aiolimiter_bucket_double_bursts_where_the_window_does_not(local_backend: LocalBackend) -> None:
+    """Why the local backend does not use ``AsyncLimiter(calls, period)`` as the limit."""
+    from aiolimiter import AsyncLimiter
+
+    bucket = AsyncLimiter(5, 0.5)
+    bucket_starts: list[float] = []
+
+    async def through_bucket() -> None:
+        async with bucket:
+            bucket_starts.append(time.monotonic())
+
+    await asyncio.gather(*(through_bucket() for _ in range(10)))
+    assert max_in_window(bucket_starts, 0.5) > 5  # a full bucket, then the drip
+
+    window_starts: list[float] = []
+
+    @rate_limited(5, 0.5, backend=local_backend)
+    async def through_window() -> None:
+        window_starts.append(time.monotonic())
+
+    await asyncio.gather(*(through_window() for _ in range(10)))
+    assert max_in_window(window_starts, 0.5) <= 5
+
+
+async def test_concurrency_limit_holds_for_tasks(local_backend: LocalBackend) -> None:
+    in_flight = peak = 0
+
+    @rate_limited(concurrency=3, backend=local_backend)
+    async def call() -> None:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.02)
+        in_flight -= 1
+
+    await asyncio.gather(*(call() for _ in range(15)))
+    assert peak == 3
+
+
+def test_concurrency_limit_holds_for_threads(local_backend: LocalBackend) -> None:
+    in_flight = peak = 0
+    lock = threading.Lock()
+
+    @rate_limited(concurrency=2, backend=local_backend)
+    def call() -> None:
+        nonlocal in_flight, peak
+        with lock:
+            in_flight += 1
+            peak = max(peak, in_flight)
+        time.sleep(0.02)
+        with lock:
+            in_flight -= 1
+
+    threads = [threading.Thread(target=call) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert peak == 2
+
+
+async def test_waiters_are_admitted_in_arrival_order(local_backend: LocalBackend) -> None:
+    order: list[int] = []
+
+    @rate_limited(1, 0.05, backend=local_backend)
+    async def call(i: int) -> None:
+        order.append(i)
+
+    tasks = []
+    for i in range(8):
+        tasks.append(asyncio.create_task(call(i)))
+        await asyncio.sleep(0.001)  # arrive one after another
+    await asyncio.gather(*tasks)
+    assert order == list(range(8))
+
+
+def test_threads_are_admitted_in_arrival_order(local_backend: LocalBackend) -> None:
+    order: list[int] = []
+
+    @rate_limited(1, 0.05, backend=local_backend)
+    def call(i: int) -> None:
+        order.append(i)
+
+    threads = []
+    for i in range(6):
+        thread = threading.Thread(target=call, args=(i,))
+        thread.start()
+        threads.append(thread)
+        time.sleep(0.005)
+    for thread in threads:
+        thread.join(10)
+    assert order == list(range(6))
+
+
+def test_max_wait_fails_at_once_when_the_wait_is_known_to_be_too_long(local_backend: LocalBackend) -> None:
+    @rate_limited(2, 30.0, backend=local_backend, max_wait=0.5)
+    def call() -> str:
+        return "ok"
+
+    assert call() == call() == "ok"
+    began = time.monotonic()
+    with pytest.raises(RateLimitTimeout) as caught:
+        call()
+    assert time.monotonic() - began < 0.25  # raised, not slept
+    assert isinstance(caught.value, glm_guard.GLMRateLimitException)
+    assert caught.value.expected_wait is not None and caught.value.expected_wait > 29
+
+
+async def test_max_wait_bounds_a_wait_for_a_concurrency_slot(local_backend: LocalBackend) -> None:
+    release = asyncio.Event()
+
+    @rate_limited(concurrency=1, backend=local_backend, max_wait=0.1)
+    async def call() -> None:
+        await release.wait()
+
+    holder = asyncio.create_task(call())
+    await asyncio.sleep(0.01)
+    with pytest.raises(RateLimitTimeout):
+        await call()
+    release.set()
+    await holder
+    await call()  # the timed-out waiter left no trace: the slot is free again
+
+
+async def test_short_wait_within_max_wait_is_served(local_backend: LocalBackend) -> None:
+    @rate_limited(1, 0.1, backend=local_backend, max_wait=1.0)
+    async def call() -> int:
+        return 1
+
+    assert [await call() for _ in range(3)] == [1, 1, 1]
+
+
+def test_functions_with_one_key_share_one_budget(local_backend: LocalBackend) -> None:
+    @rate_limited(2, 30.0, key="glm-4", backend=local_backend, max_wait=0)
+    def first() -> None: ...
+
+    @rate_limited(2, 30.0, key="glm-4", backend=local_backend, max_wait=0)
+    def second() -> None: ...
+
+    first()
+    second()
+    with pytest.raises(RateLimitTimeout):
+        first()
+
+
+def test_default_key_is_module_and_qualified_name(local_backend: LocalBackend) -> None:
+    class Reasoner:
+        @rate_limited(1, 30.0, backend=local_backend)
+        def reason(self) -> None: ...
+
+    expected = f"{__name__}.test_default_key_is_module_and_qualified_name.<locals>.Reasoner.reason"
+    assert expected in local_backend._limiters
+
+
+def test_limits_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, local_backend: LocalBackend) -> None:
+    monkeypatch.setenv("GLM_API_MAX_CALLS_PER_MINUTE", "3")
+    monkeypatch.setenv("GLM_API_MAX_CONCURRENCY", "2")
+    glm_guard.reload_settings()
+
+    @rate_limited(backend=local_backend, max_wait=0.2)
+    def call() -> None: ...
+
+    for _ in range(3):
+        call()
+    with pytest.raises(RateLimitTimeout) as caught:
+        call()
+    assert caught.value.expected_wait is not None and 55 < caught.value.expected_wait <= 60
+    limiter = next(iter(local_backend._limiters.values()))
+    assert limiter.state.keep == 3
+
+
+def test_env_concurrency_is_enforced(monkeypatch: pytest.MonkeyPatch, local_backend: LocalBackend) -> None:
+    monkeypatch.setenv("GLM_API_MAX_CONCURRENCY", "1")
+    glm_guard.reload_settings()
+    entered = threading.Event()
+    leave = threading.Event()
+
+    @rate_limited(backend=local_backend, max_wait=0.1)
+    def call() -> None:
+        entered.set()
+        leave.wait(5)
+
+    holder = threading.Thread(target=call)
+    holder.start()
+    entered.wait(5)
+    with pytest.raises(RateLimitTimeout):
+        call()
+    leave.set()
+    holder.join(5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"calls": 0}, "calls"),
+        ({"calls": -3}, "calls"),
+        ({"calls": 2.5}, "calls"),
+        ({"calls": True}, "calls"),
+        ({"calls": 5, "period": 0}, "period"),
+        ({"calls": 5, "period": -1}, "period"),
+        ({"concurrency": 0}, "concurrency"),
+        ({"calls": 5, "max_wait": -1}, "max_wait"),
+        ({"calls": 5, "key": ""}, "key"),
+        ({"calls": 5, "backend": "memcached"}, "backend"),
+        ({"calls": 5, "cooldown": -2}, "cooldown"),
+    ],
+)
+def test_bad_arguments_fail_at_decoration_naming_the_parameter(kwargs: dict[str, object], name: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        rate_limited(**kwargs)  # type: ignore[call-overload]
+    assert caught.value.name == name
+    assert name in str(caught.value)
+
+
+def test_unknown_backend_lists_the_valid_ones() -> None:
+    with pytest.raises(ConfigurationError, match="valid: 'local', 'redis'"):
+        rate_limited(5, backend="memcached")
+
+
+def test_bad_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GLM_API_MAX_CALLS_PER_MINUTE", "abc")
+    with pytest.raises(ConfigurationError, match="GLM_API_MAX_CALLS_PER_MINUTE"):
+        glm_guard.reload_settings()
+
+
+def test_unknown_backend_in_environment_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GLM_GUARD_BACKEND", "memcached")
+    glm_guard.reload_settings()
+    with pytest.raises(ConfigurationError, match="GLM_GUARD_BACKEND"):
+        rate_limited(5)
+
+
+def test_a_rate_limit_error_pauses_every_caller_of_the_key(local_backend: LocalBackend) -> None:
+    calls: list[float] = []
+
+    @rate_limited(100, 1.0, key="shared", backend=local_backend, cooldown=0.3)
+    def failing() -> None:
+        raise ErrorWithText(SEED_1302)
+
+    @rate_limited(100, 1.0, key="shared", backend=local_backend, cooldown=0.3)
+    def other() -> None:
+        calls.append(time.monotonic())
+
+    began = time.monotonic()
+    with pytest.raises(ErrorWithText):
+        failing()
+    other()
+    assert calls[0] - began >= 0.28
+
+
+def test_a_permanent_error_causes_no_pause(local_backend: LocalBackend) -> None:
+    @rate_limited(100, 1.0, key="k", backend=local_backend, cooldown=5.0, max_wait=0.5)
+    def call(fail: bool) -> None:
+        if fail:
+            raise ErrorWithText(SEED_1113)
+
+    with pytest.raises(ErrorWithText):
+        call(True)
+    call(False)  # would raise RateLimitTimeout had a 5 s cooldown started
+
+
+def test_retry_after_sets_the_pause_and_a_shorter_one_never_shortens_it(local_backend: LocalBackend) -> None:
+    limiter = local_backend.limiter("k")
+    limiter.cooldown(10.0)
+    limiter.cooldown(0.1)
+
+    @rate_limited(100, 1.0, key="k", backend=local_backend, max_wait=1.0)
+    def call() -> None: ...
+
+    with pytest.raises(RateLimitTimeout) as caught:
+        call()
+    assert caught.value.expected_wait is not None and caught.value.expected_wait > 9
+
+
+async def test_cancelled_waiter_leaks_no_permit(local_backend: LocalBackend) -> None:
+    gate = asyncio.Event()
+
+    @rate_limited(concurrency=1, backend=local_backend)
+    async def call() -> None:
+        await gate.wait()
+
+    holder = asyncio.create_task(call())
+    await asyncio.sleep(0.01)
+    waiter = asyncio.create_task(call())
+    await asyncio.sleep(0.01)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    holder.cancel()  # cancelled while holding the permit
+    with pytest.raises(asyncio.CancelledError):
+        await holder
+    limiter = next(iter(local_backend._limiters.values()))
+    assert limiter.state.in_flight == 0 and not limiter._waiters
+    gate.set()
+    await asyncio.wait_for(call(), 1)
+
+
+async def test_wait_for_timeout_around_a_guarded_call_leaks_nothing(local_backend: LocalBackend) -> None:
+    @rate_limited(concurrency=1, backend=local_backend)
+    async def slow() -> None:
+        await asyncio.sleep(10)
+
+    for _ in range(3):
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(slow(), 0.02)
+    limiter = next(iter(local_backend._limiters.values()))
+    assert limiter.state.in_flight == 0
+
+
+def test_one_limit_is_shared_by_threads_each_running_its_own_loop(local_backend: LocalBackend) -> None:
+    starts: list[float] = []
+    lock = threading.Lock()
+
+    @rate_limited(3, 0.3, backend=local_backend)
+    async def call() -> None:
+        with lock:
+            starts.append(time.monotonic())
+
+    async def burst() -> None:
+        await asyncio.gather(*(call() for _ in range(3)))
+
+    threads = [threading.Thread(target=asyncio.run, args=(burst(),)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(starts) == 9
+    assert max_in_window(starts, 0.3) <= 3
+
+
+def test_set_testing_turns_waiting_off(local_backend: LocalBackend) -> None:
+    @rate_limited(1, 60.0, backend=local_backend, max_wait=0)
+    def call() -> int:
+        return 1
+
+    call()
+    with glm_guard.set_testing(True):
+        assert [call() for _ in range(5)] == [1] * 5
+    with pytest.raises(RateLimitTimeout):
+        call()
