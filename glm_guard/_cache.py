@@ -96,7 +96,8 @@ def cached_response(
         fn, rewrap = unwrap_descriptor(target)
         if kind_of(fn) in ("generator", "async_generator"):
             raise ConfigurationError(
-                "cached_response", f"cannot cache the generator function {default_key(fn)}; cache a function that returns the full answer"
+                "cached_response",
+                f"cannot cache the generator function {default_key(fn)}; cache a function that returns the full answer",
             )
         namespace = key if isinstance(key, str) else default_key(fn)
         make_key = KeyMaker(fn, namespace, key if callable(key) else None)

@@ -180,8 +180,10 @@ class Classifier:
         response = _safe_getattr(error, "response")
         retry_after = None
         if response is not None:
-            status = status or _as_status(_safe_getattr(response, "status_code")) or _as_status(
-                _safe_getattr(response, "status")
+            status = (
+                status
+                or _as_status(_safe_getattr(response, "status_code"))
+                or _as_status(_safe_getattr(response, "status"))
             )
             retry_after = retry_after_from_headers(_safe_getattr(response, "headers"))
             if code is None:
@@ -205,7 +207,9 @@ class Classifier:
                     status = int(match.group(1))
         return self._decide(code, kind_hint, status, retry_after)
 
-    def _decide(self, code: str | None, kind_hint: str | None, status: int | None, retry_after: float | None) -> ErrorInfo:
+    def _decide(
+        self, code: str | None, kind_hint: str | None, status: int | None, retry_after: float | None
+    ) -> ErrorInfo:
         if code is not None:
             if code in self.retryable_codes:
                 return ErrorInfo("rate_limit", code, status, retry_after)

@@ -83,8 +83,7 @@ class Settings:
         if redis_url is not None:
             check_redis_url(redis_url, "REDIS_URL")
         return cls(
-            max_calls_per_minute=_positive_int(env, "GLM_API_MAX_CALLS_PER_MINUTE")
-            or DEFAULT_CALLS_PER_MINUTE,
+            max_calls_per_minute=_positive_int(env, "GLM_API_MAX_CALLS_PER_MINUTE") or DEFAULT_CALLS_PER_MINUTE,
             max_concurrency=_positive_int(env, "GLM_API_MAX_CONCURRENCY"),
             backend=backend,
             redis_url=redis_url,
@@ -170,7 +169,7 @@ def reload_settings(settings: Settings | None = None) -> Settings:
 class _TestingState:
     """Switches for users' own tests; read on every call, so kept to two plain attributes."""
 
-    __slots__ = ("attempts", "active")
+    __slots__ = ("active", "attempts")
 
     def __init__(self) -> None:
         self.active = False

@@ -35,7 +35,7 @@ def _matcher(on: ErrorFilter | None) -> Callable[[BaseException], bool]:
     if isinstance(on, tuple) and on and all(isinstance(t, type) and issubclass(t, BaseException) for t in on):
         return lambda error: isinstance(error, on)
     if callable(on) and not isinstance(on, type):
-        return cast(Callable[[BaseException], bool], on)
+        return on
     raise ConfigurationError("on", f"must be an exception class, a tuple of them, or a predicate; got {on!r}")
 
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any, Final, ParamSpec, TypeVar, cast, overload
 
 from . import _validate
 from ._classify import DEFAULT_CLASSIFIER
 from ._config import TESTING, get_settings
 from ._wrapping import default_key, kind_of, unwrap_descriptor
-from .backends import LimitPolicy, Limiter, get_backend
+from .backends import Limiter, LimitPolicy, get_backend
 from .backends._base import Backend
 
 __all__ = ["rate_limited"]
@@ -147,7 +147,7 @@ def _wrap(
     if kind == "generator":
 
         @functools.wraps(fn)
-        def generator_wrapper(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        def generator_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
             # A stream holds its permit until it is exhausted or closed.
             permit = None if TESTING.active else limiter.acquire(policy, max_wait)
             try:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from . import _validate
-from ._classify import DEFAULT_CLASSIFIER, Classifier, DEFAULT_PERMANENT_CODES, DEFAULT_RETRYABLE_CODES, ErrorInfo
+from ._classify import DEFAULT_CLASSIFIER, DEFAULT_PERMANENT_CODES, DEFAULT_RETRYABLE_CODES, Classifier, ErrorInfo
 from ._config import TESTING
 from ._errors import ConfigurationError, GLMRateLimitException
 from ._marks import RETRYING
@@ -28,6 +28,16 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 logger = logging.getLogger("glm_guard")
+
+# Module-level so tests can replace the clock and the sleeps with a virtual clock.
+_clock = time.monotonic
+_sleep = time.sleep
+
+
+async def _async_sleep(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +77,7 @@ class _RetryPolicy:
                 delay = _full_jitter(delay)
         if TESTING.active:
             delay = 0.0
-        if self.max_time is not None and time.monotonic() - started + delay > self.max_time:
+        if self.max_time is not None and _clock() - started + delay > self.max_time:
             raise self.give_up(attempt, info, f"the next wait would pass max_time={self.max_time:g}s", error)
         logger.info(
             "glm_guard: %s hit a rate limit (code %s), retrying in %.2fs (attempt %d of %d)",
@@ -93,7 +103,7 @@ class _RetryPolicy:
 def _exponential(base_delay: float, max_delay: float) -> Generator[float, Any, None]:
     import backoff  # deferred: importing backoff costs ~100 ms, paid only on a first retry
 
-    schedule = cast(Generator[float, Any, None], backoff.expo(base=2, factor=base_delay, max_value=max_delay))
+    schedule = backoff.expo(base=2, factor=base_delay, max_value=max_delay)
     next(schedule)  # backoff's generators are primed before use
     return schedule
 
@@ -101,7 +111,7 @@ def _exponential(base_delay: float, max_delay: float) -> Generator[float, Any, N
 def _full_jitter(value: float) -> float:
     import backoff
 
-    return cast(float, backoff.full_jitter(value))
+    return backoff.full_jitter(value)
 
 
 def _codes(name: str, codes: Iterable[str | int] | None, default: frozenset[str]) -> frozenset[str]:
@@ -192,7 +202,7 @@ class _Run:
     def __init__(self, policy: _RetryPolicy) -> None:
         self.policy = policy
         self.attempts = policy.attempts()
-        self.started = time.monotonic()
+        self.started = _clock()
         self.schedule: Generator[float, Any, None] | None = None
         self.attempt = 1
 
@@ -224,7 +234,6 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy) -> Callable[..., Any]:
     kind = kind_of(fn)
 
     if kind == "async":
-        import asyncio
 
         @functools.wraps(fn)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -245,7 +254,7 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy) -> Callable[..., Any]:
                         if delay is None:
                             return result
                     if delay > 0:
-                        await asyncio.sleep(delay)
+                        await _async_sleep(delay)
             finally:
                 RETRYING.reset(token)
 
@@ -272,7 +281,7 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy) -> Callable[..., Any]:
                         if delay is None:
                             return result
                     if delay > 0:
-                        time.sleep(delay)
+                        _sleep(delay)
             finally:
                 RETRYING.reset(token)
 
@@ -281,7 +290,7 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy) -> Callable[..., Any]:
     if kind == "generator":
 
         @functools.wraps(fn)
-        def generator_wrapper(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        def generator_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
             # Retried only until the first item: a retry after that would repeat output.
             run = _Run(policy)
             while True:
@@ -295,7 +304,7 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy) -> Callable[..., Any]:
                     if delay is None:
                         raise
                     if delay > 0:
-                        time.sleep(delay)
+                        _sleep(delay)
                     continue
                 yield first
                 return (yield from stream)
@@ -304,8 +313,6 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     async def async_generator_wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        import asyncio
-
         run = _Run(policy)
         while True:
             stream = fn(*args, **kwargs)
@@ -318,7 +325,7 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy) -> Callable[..., Any]:
                 if delay is None:
                     raise
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    await _async_sleep(delay)
                 continue
             yield first
             async for item in stream:

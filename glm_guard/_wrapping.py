@@ -37,8 +37,10 @@ def kind_of(fn: Callable[..., Any]) -> Kind:
         return "async_generator"
     if inspect.isgeneratorfunction(fn):
         return "generator"
-    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None)):
+    if inspect.iscoroutinefunction(fn):
         return "async"
+    if not inspect.isroutine(fn) and inspect.iscoroutinefunction(type(fn).__call__):
+        return "async"  # an object whose __call__ is async
     return "sync"
 
 

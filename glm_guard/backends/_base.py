@@ -45,12 +45,7 @@ def _check_positive_int(name: str, value: object) -> None:
 
 
 def _check_positive_number(name: str, value: object) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not value > 0
-        or math.isinf(value)
-    ):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
         raise ConfigurationError(name, f"must be a positive number of seconds, got {value!r}")
 
 

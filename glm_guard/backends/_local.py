@@ -15,6 +15,7 @@ thread, a future on the waiter's own loop), so nothing loop-bound is shared.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import threading
@@ -104,10 +105,8 @@ class _Waiter:
             return
         future, loop = self.future, self.loop
         if future is not None and loop is not None and not future.done():
-            try:
+            with contextlib.suppress(RuntimeError):  # a closed loop: its task is gone with it
                 loop.call_soon_threadsafe(_resolve, future)
-            except RuntimeError:  # that loop is closed; its task is gone with it
-                pass
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -241,10 +240,8 @@ class LocalLimiter(Limiter):
         if waiter.granted:
             self.state.release()
         else:
-            try:
+            with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
-            except ValueError:
-                pass
         if self._waiters:
             self._dispatch(self._clock())
 

@@ -1,0 +1,313 @@
+"""``@cached_response`` on the local backend."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from glm_guard import ConfigurationError, cached_response, fallback
+from glm_guard._cache_keys import KeyMaker
+from glm_guard.backends._local import LocalBackend
+
+from .helpers import SEED_1302, ErrorWithText
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def counting(local_backend: LocalBackend, **options: Any) -> tuple[list[Any], Any]:
+    calls: list[Any] = []
+
+    @cached_response(backend=local_backend, **options)
+    def ask(question: str, temperature: float = 0.7) -> str:
+        calls.append((question, temperature))
+        return f"answer to {question}"
+
+    return calls, ask
+
+
+def test_same_arguments_run_the_body_once(local_backend: LocalBackend) -> None:
+    calls, ask = counting(local_backend)
+    assert ask("hi") == ask("hi") == ask(question="hi") == ask("hi", 0.7) == "answer to hi"
+    assert len(calls) == 1
+    ask("hi", temperature=0.1)
+    ask("other")
+    assert len(calls) == 3
+
+
+def test_entries_expire_after_ttl() -> None:
+    clock = FakeClock()
+    backend = LocalBackend(clock=clock)
+    calls, ask = counting(backend, ttl=10)
+    ask("q")
+    clock.now = 9.9
+    ask("q")
+    assert len(calls) == 1
+    clock.now = 10.1
+    ask("q")
+    assert len(calls) == 2
+
+
+def test_maxsize_bounds_the_cache(local_backend: LocalBackend) -> None:
+    calls, ask = counting(local_backend, maxsize=2)
+    for question in ["a", "b", "c", "a"]:
+        ask(question)
+    assert [c[0] for c in calls] == ["a", "b", "c", "a"]  # "a" was evicted by "c"
+
+
+def test_none_is_cached(local_backend: LocalBackend) -> None:
+    calls: list[int] = []
+
+    @cached_response(backend=local_backend)
+    def lookup() -> None:
+        calls.append(1)
+
+    assert lookup() is None and lookup() is None
+    assert len(calls) == 1
+
+
+def test_exceptions_are_not_cached(local_backend: LocalBackend) -> None:
+    calls: list[int] = []
+
+    @cached_response(backend=local_backend)
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ErrorWithText(SEED_1302)
+        return "ok"
+
+    with pytest.raises(ErrorWithText):
+        flaky()
+    assert flaky() == "ok" and flaky() == "ok"
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("cache_outside", [True, False])
+def test_fallback_answers_are_never_cached(local_backend: LocalBackend, cache_outside: bool) -> None:
+    calls: list[int] = []
+    busy = [True]
+
+    def body(question: str) -> str:
+        calls.append(1)
+        if busy[0]:
+            raise ErrorWithText(SEED_1302)
+        return "real"
+
+    cache = cached_response(backend=local_backend)
+    degrade = fallback("busy, try later")
+    ask = cache(degrade(body)) if cache_outside else degrade(cache(body))
+    assert ask("q") == "busy, try later"
+    busy[0] = False
+    assert ask("q") == "real"
+    assert ask("q") == "real"
+    assert len(calls) == 2
+
+
+def test_fallback_answer_is_not_cached_through_an_inner_cache_either(local_backend: LocalBackend) -> None:
+    """cache -> fallback -> cache -> body: neither cache keeps the degraded answer."""
+    calls: list[int] = []
+    busy = [True]
+
+    @cached_response(backend=local_backend, key="outer")
+    @fallback("degraded")
+    @cached_response(backend=local_backend, key="inner")
+    def ask(question: str) -> str:
+        calls.append(1)
+        if busy[0]:
+            raise ErrorWithText(SEED_1302)
+        return "real"
+
+    assert ask("q") == "degraded"
+    busy[0] = False
+    assert ask("q") == "real"
+
+
+def test_concurrent_identical_calls_in_threads_run_the_body_once(local_backend: LocalBackend) -> None:
+    calls: list[int] = []
+    gate = threading.Event()
+
+    @cached_response(backend=local_backend)
+    def slow(question: str) -> str:
+        calls.append(1)
+        gate.wait(5)
+        return question.upper()
+
+    results: list[str] = []
+    threads = [threading.Thread(target=lambda: results.append(slow("q"))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.05)
+    gate.set()
+    for thread in threads:
+        thread.join(5)
+    assert results == ["Q"] * 8
+    assert len(calls) == 1
+
+
+async def test_concurrent_identical_calls_in_tasks_run_the_body_once(local_backend: LocalBackend) -> None:
+    calls: list[int] = []
+
+    @cached_response(backend=local_backend)
+    async def slow(question: str) -> str:
+        calls.append(1)
+        await asyncio.sleep(0.02)
+        return question.upper()
+
+    assert await asyncio.gather(*(slow("q") for _ in range(10))) == ["Q"] * 10
+    assert len(calls) == 1
+
+
+async def test_followers_share_the_leaders_error_and_are_not_cached(local_backend: LocalBackend) -> None:
+    calls: list[int] = []
+
+    @cached_response(backend=local_backend)
+    async def failing() -> str:
+        calls.append(1)
+        await asyncio.sleep(0.02)
+        raise ErrorWithText(SEED_1302)
+
+    results = await asyncio.gather(*(failing() for _ in range(5)), return_exceptions=True)
+    assert all(isinstance(r, ErrorWithText) for r in results)
+    assert len(calls) == 1
+    with pytest.raises(ErrorWithText):
+        await failing()
+    assert len(calls) == 2
+
+
+async def test_a_cancelled_leader_hands_over_to_a_follower(local_backend: LocalBackend) -> None:
+    calls: list[int] = []
+
+    @cached_response(backend=local_backend)
+    async def slow() -> str:
+        calls.append(1)
+        await asyncio.sleep(0.05)
+        return "done"
+
+    leader = asyncio.create_task(slow())
+    await asyncio.sleep(0.01)
+    follower = asyncio.create_task(slow())
+    await asyncio.sleep(0.01)
+    leader.cancel()
+    assert await asyncio.wait_for(follower, 2) == "done"
+    assert len(calls) == 2
+
+
+def test_methods_leave_self_out_of_the_key(local_backend: LocalBackend) -> None:
+    calls: list[int] = []
+
+    class Reasoner:
+        @cached_response(backend=local_backend)
+        def reason(self, question: str) -> str:
+            calls.append(1)
+            return question
+
+    assert Reasoner().reason("q") == Reasoner().reason("q") == "q"
+    assert len(calls) == 1
+
+
+def test_keys_are_digests_without_the_prompt() -> None:
+    def ask(prompt: str) -> str:
+        return prompt
+
+    make = KeyMaker(ask, "ns", None)
+    digest = make(("请解释量子纠缠",), {})
+    assert "量子" not in digest
+    assert len(digest) == 40 and int(digest, 16) >= 0
+
+
+def test_keys_are_stable_across_processes() -> None:
+    code = (
+        "from glm_guard._cache_keys import KeyMaker\n"
+        "def ask(prompt, model='glm-4', options=None): ...\n"
+        "print(KeyMaker(ask, 'ns', None)(('hello',), {'options': {'b': 1, 'a': [1, 2]}}))\n"
+    )
+    digests = set()
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30, check=True
+        )
+        digests.add(out.stdout.strip())
+
+    def ask(prompt: str, model: str = "glm-4", options: Any = None) -> None: ...
+
+    digests.add(KeyMaker(ask, "ns", None)(("hello",), {"options": {"a": [1, 2], "b": 1}}))
+    assert len(digests) == 1
+
+
+def test_structured_arguments_are_keyed_by_value(local_backend: LocalBackend) -> None:
+    @dataclasses.dataclass
+    class Request:
+        model: str
+        messages: list[dict[str, str]]
+
+    calls: list[int] = []
+
+    @cached_response(backend=local_backend)
+    def call(request: Request, tags: frozenset[str]) -> int:
+        calls.append(1)
+        return len(calls)
+
+    first = call(Request("glm-4", [{"role": "user", "content": "hi"}]), frozenset({"a", "b"}))
+    again = call(Request("glm-4", [{"role": "user", "content": "hi"}]), frozenset({"b", "a"}))
+    assert first == again == 1
+
+
+def test_an_unserialisable_argument_names_itself(local_backend: LocalBackend) -> None:
+    @cached_response(backend=local_backend)
+    def call(prompt: str, client: object) -> str:
+        return prompt
+
+    with pytest.raises(TypeError, match=r"argument 'client'.*key="):
+        call("q", object())
+
+
+def test_a_custom_key_function(local_backend: LocalBackend) -> None:
+    calls: list[int] = []
+
+    @cached_response(backend=local_backend, key=lambda prompt, client: prompt)
+    def call(prompt: str, client: object) -> str:
+        calls.append(1)
+        return prompt
+
+    call("q", object())
+    call("q", object())
+    assert len(calls) == 1
+
+
+def test_ttl_zero_stores_nothing(local_backend: LocalBackend) -> None:
+    calls, ask = counting(local_backend, ttl=0)
+    ask("q")
+    ask("q")
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [({"ttl": -1}, "ttl"), ({"maxsize": 0}, "maxsize"), ({"key": ""}, "key"), ({"backend": "nope"}, "backend")],
+)
+def test_bad_arguments_fail_at_decoration(kwargs: dict[str, Any], name: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        cached_response(**kwargs)
+    assert caught.value.name == name
+
+
+def test_generators_are_refused_at_decoration(local_backend: LocalBackend) -> None:
+    with pytest.raises(ConfigurationError, match="generator"):
+
+        @cached_response(backend=local_backend)
+        def stream() -> Any:
+            yield 1

@@ -1,0 +1,206 @@
+"""Rate-limit detection: every shape a GLM (or other provider's) error arrives in."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from glm_guard import Classifier, GLMRateLimitException, RateLimitTimeout
+from glm_guard._classify import DEFAULT_CLASSIFIER, retry_after_from_headers
+
+from .helpers import SEED_1113, SEED_1302, ErrorWithText
+
+REQUEST = httpx.Request("POST", "http://127.0.0.1:1/api/paas/v4/chat/completions")
+
+
+def glm_body(code: str | int, message: str = "m") -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def response(status: int, body: object, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.Response(status, json=body, headers=headers, request=REQUEST)
+
+
+def openai_error(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Exception:
+    import openai
+
+    resp = response(status, body, headers)
+    inner = body.get("error", body)
+    if status == 429:
+        return openai.RateLimitError(f"Error code: {status} - {body}", response=resp, body=inner)
+    if status == 400:
+        return openai.BadRequestError(f"Error code: {status} - {body}", response=resp, body=inner)
+    return openai.APIStatusError(f"Error code: {status} - {body}", response=resp, body=inner)
+
+
+def zhipuai_error(status: int, body: dict[str, Any]) -> Exception:
+    import zhipuai
+
+    resp = response(status, body)
+    cls = {429: zhipuai.APIReachLimitError, 400: zhipuai.APIRequestFailedError}.get(status, zhipuai.APIStatusError)
+    return cls(f"Error code: {status}, with error text {resp.text}", response=resp)
+
+
+def kind(error: BaseException) -> str:
+    return DEFAULT_CLASSIFIER.classify(error).kind
+
+
+@pytest.mark.parametrize("code", ["1302", "1303", "1305", "1312"])
+def test_openai_rate_limit_error_with_retryable_glm_code(code: str) -> None:
+    info = DEFAULT_CLASSIFIER.classify(openai_error(429, glm_body(code)))
+    assert (info.kind, info.code, info.status) == ("rate_limit", code, 429)
+
+
+@pytest.mark.parametrize("code", ["1113", "1304", "1308", "1310", "1301", "1002"])
+def test_openai_error_with_permanent_glm_code_sent_as_429(code: str) -> None:
+    assert kind(openai_error(429, glm_body(code))) == "permanent"
+
+
+def test_zhipuai_reach_limit_error_has_its_code_only_in_the_response_text() -> None:
+    error = zhipuai_error(429, glm_body("1302", "您的账户已达到速率限制，请您控制请求频率"))
+    assert not hasattr(error, "code")
+    info = DEFAULT_CLASSIFIER.classify(error)
+    assert (info.kind, info.code) == ("rate_limit", "1302")
+    assert kind(zhipuai_error(429, glm_body("1113"))) == "permanent"
+
+
+def test_zhipuai_stream_error_carries_json_data() -> None:
+    import zhipuai
+
+    error = zhipuai.APIResponseError("stream failed", request=REQUEST, json_data={"code": "1302", "message": "x"})
+    assert kind(error) == "rate_limit"
+
+
+def test_httpx_status_error() -> None:
+    resp = response(429, glm_body("1302"))
+    error = httpx.HTTPStatusError("429 Too Many Requests", request=REQUEST, response=resp)
+    assert kind(error) == "rate_limit"
+    resp = response(429, glm_body("1113"))
+    assert kind(httpx.HTTPStatusError("429", request=REQUEST, response=resp)) == "permanent"
+
+
+def test_requests_http_error() -> None:
+    import requests
+
+    resp = requests.Response()
+    resp.status_code = 429
+    resp._content = b'{"error":{"code":"1302","message":"x"}}'
+    resp.headers["Retry-After"] = "7"
+    info = DEFAULT_CLASSIFIER.classify(requests.HTTPError("429 Client Error", response=resp))
+    assert (info.kind, info.code, info.retry_after) == ("rate_limit", "1302", 7.0)
+
+
+def test_the_seeds_plain_message_text() -> None:
+    assert DEFAULT_CLASSIFIER.classify(ErrorWithText(SEED_1302)).code == "1302"
+    assert kind(ErrorWithText(SEED_1302)) == "rate_limit"
+    assert kind(ErrorWithText(SEED_1113)) == "permanent"
+
+
+def test_openai_style_python_repr_text() -> None:
+    text = "Error code: 429 - {'error': {'code': '1302', 'message': 'Rate limit reached for requests'}}"
+    assert kind(RuntimeError(text)) == "rate_limit"
+
+
+def test_integer_code_is_normalised() -> None:
+    class Odd(Exception):
+        code = 1302
+
+    assert DEFAULT_CLASSIFIER.classify(Odd()).code == "1302"
+    assert kind(ErrorWithText('{"error":{"code":1113}}')) == "permanent"
+
+
+def test_cause_chain_is_searched() -> None:
+    try:
+        try:
+            raise ErrorWithText(SEED_1302)
+        except ErrorWithText as inner:
+            raise RuntimeError("LLM call failed") from inner
+    except RuntimeError as outer:
+        assert kind(outer) == "rate_limit"
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (429, {"error": {"code": "rate_limit_exceeded", "message": "Rate limit reached"}}, "rate_limit"),
+        (429, {"error": {"code": "insufficient_quota", "message": "quota"}}, "permanent"),
+        (429, {"error": {"code": None, "type": "insufficient_quota", "message": "quota"}}, "permanent"),
+        (429, {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}, "rate_limit"),
+        (529, {"type": "error", "error": {"type": "overloaded_error", "message": "overloaded"}}, "rate_limit"),
+        (429, {"error": {"code": "429", "message": "Requests ... Please retry after 3 seconds"}}, "rate_limit"),
+        (
+            429,
+            {"type": "error", "error": {"type": "rate_limit_error", "code": "1113", "message": "balance"}},
+            "permanent",
+        ),
+        (429, {"message": "Too Many Requests"}, "rate_limit"),
+        (400, {"error": {"code": "1214", "message": "bad parameter"}}, "other"),
+        (500, {"error": {"code": "500", "message": "internal"}}, "other"),
+    ],
+)
+def test_other_providers(status: int, body: dict[str, Any], expected: str) -> None:
+    resp = response(status, body)
+    assert kind(httpx.HTTPStatusError(str(status), request=REQUEST, response=resp)) == expected
+
+
+def test_errors_that_are_not_about_rate_limits() -> None:
+    assert kind(ValueError("boom")) == "other"
+    assert kind(KeyError("code")) == "other"
+    assert kind(TimeoutError()) == "other"
+
+
+def test_our_own_exceptions() -> None:
+    assert kind(GLMRateLimitException(code="1302")) == "rate_limit"
+    assert kind(RateLimitTimeout("k", 1.0, 5.0)) == "guard_timeout"
+
+
+def test_error_dict_returned_as_a_result() -> None:
+    assert DEFAULT_CLASSIFIER.classify_result({"error": {"code": "1302", "message": "x"}}).kind == "rate_limit"
+    assert DEFAULT_CLASSIFIER.classify_result({"error": {"code": "1113"}}).kind == "permanent"
+    assert DEFAULT_CLASSIFIER.classify_result({"choices": []}).kind == "other"
+    assert DEFAULT_CLASSIFIER.classify_result("1302").kind == "other"
+
+
+def test_the_code_sets_are_configurable() -> None:
+    custom = Classifier(retryable_codes=frozenset({"1113"}), permanent_codes=frozenset({"1302"}))
+    assert custom.classify(ErrorWithText(SEED_1113)).kind == "rate_limit"
+    assert custom.classify(ErrorWithText(SEED_1302)).kind == "permanent"
+
+
+def test_a_raising_property_never_breaks_classification() -> None:
+    class Hostile(Exception):
+        @property
+        def response(self) -> object:
+            raise RuntimeError("no")
+
+    assert kind(Hostile(SEED_1302)) == "rate_limit"
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry-after": "3"}, 3.0),
+        ({"Retry-After": "1.5"}, 1.5),
+        ({"retry-after-ms": "250", "retry-after": "9"}, 0.25),
+        ({"retry-after": "soon"}, None),
+        ({"retry-after": "-4"}, None),
+        ({}, None),
+    ],
+)
+def test_retry_after_headers(headers: dict[str, str], expected: float | None) -> None:
+    assert retry_after_from_headers(httpx.Headers(headers)) == expected
+
+
+def test_retry_after_as_an_http_date() -> None:
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    seconds = retry_after_from_headers(httpx.Headers({"retry-after": when}))
+    assert seconds is not None and 27 <= seconds <= 31
+
+
+def test_retry_after_from_an_sdk_error_response() -> None:
+    info = DEFAULT_CLASSIFIER.classify(openai_error(429, glm_body("1302"), {"retry-after": "4"}))
+    assert info.retry_after == 4.0

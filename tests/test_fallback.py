@@ -1,0 +1,120 @@
+"""``@fallback``: which errors it answers, with what, and how it marks the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+
+import glm_guard
+from glm_guard import ConfigurationError, GLMRateLimitException, RateLimitTimeout, fallback
+
+from .helpers import SEED_1113, SEED_1302, ErrorWithText
+
+
+@dataclasses.dataclass
+class ReasoningResult:
+    answer: str
+    confidence: float
+
+
+def test_returns_the_value_on_a_rate_limit_error() -> None:
+    @fallback(ReasoningResult("busy", 0.0))
+    def reason(question: str) -> ReasoningResult:
+        raise ErrorWithText(SEED_1302)
+
+    result = reason("q")
+    assert result == ReasoningResult("busy", 0.0)
+    assert isinstance(result, ReasoningResult)
+    assert glm_guard.is_degraded()
+
+
+def test_calls_the_callable_with_the_same_arguments() -> None:
+    seen: list[tuple[object, ...]] = []
+
+    def smaller_model(question: str, *, temperature: float) -> str:
+        seen.append((question, temperature))
+        return "small answer"
+
+    @fallback(smaller_model)
+    def reason(question: str, *, temperature: float) -> str:
+        raise GLMRateLimitException(code="1302")
+
+    assert reason("q", temperature=0.3) == "small answer"
+    assert seen == [("q", 0.3)]
+
+
+async def test_an_async_fallback_is_awaited() -> None:
+    async def smaller_model(question: str) -> str:
+        await asyncio.sleep(0)
+        return f"small: {question}"
+
+    @fallback(smaller_model)
+    async def reason(question: str) -> str:
+        raise RateLimitTimeout("k", 1.0, 3.0)
+
+    assert asyncio.iscoroutinefunction(reason)
+    assert await reason("q") == "small: q"
+
+
+def test_other_errors_propagate_untouched() -> None:
+    original = ValueError("bug")
+
+    @fallback("never")
+    def reason() -> str:
+        raise original
+
+    with pytest.raises(ValueError) as caught:
+        reason()
+    assert caught.value is original
+
+
+def test_permanent_glm_errors_are_not_rate_limits_by_default() -> None:
+    @fallback("never")
+    def reason() -> str:
+        raise ErrorWithText(SEED_1113)
+
+    with pytest.raises(ErrorWithText):
+        reason()
+
+
+def test_custom_on_types_and_predicates() -> None:
+    @fallback("timeout answer", on=(TimeoutError, ConnectionError))
+    def by_type() -> str:
+        raise TimeoutError
+
+    @fallback("predicate answer", on=lambda error: "quota" in str(error))
+    def by_predicate() -> str:
+        raise RuntimeError("quota exhausted")
+
+    assert by_type() == "timeout answer"
+    assert by_predicate() == "predicate answer"
+
+
+def test_success_is_returned_unmarked() -> None:
+    glm_guard._marks.begin_call()
+
+    @fallback("never")
+    def reason() -> str:
+        return "real"
+
+    assert reason() == "real"
+    assert not glm_guard.is_degraded()
+
+
+def test_bad_arguments_fail_at_decoration() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        fallback("x", on=42)  # type: ignore[arg-type]
+    assert caught.value.name == "on"
+
+    async def async_answer() -> str:
+        return "x"
+
+    with pytest.raises(ConfigurationError) as caught:
+
+        @fallback(async_answer)
+        def sync_reason() -> str:
+            return "y"
+
+    assert caught.value.name == "value_or_callable"
