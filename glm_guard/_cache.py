@@ -10,11 +10,13 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from . import _validate
 from ._cache_keys import KeyMaker
+from ._config import get_settings
 from ._errors import ConfigurationError
 from ._marks import begin_call, is_degraded, mark_degraded
 from ._wrapping import default_key, kind_of, unwrap_descriptor
@@ -67,6 +69,7 @@ def cached_response(
     maxsize: int = 1024,
     key: str | Callable[..., object] | None = None,
     backend: str | Backend | None = None,
+    serializer: str = "json",
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -76,6 +79,7 @@ def cached_response(
     maxsize: int = 1024,
     key: str | Callable[..., object] | None = None,
     backend: str | Backend | None = None,
+    serializer: str = "json",
 ) -> Any:
     """Cache results by argument value for ``ttl`` seconds (``None``: until evicted).
 
@@ -83,6 +87,11 @@ def cached_response(
     the function's ``module.qualname``; functions sharing a namespace on a shared backend
     share entries) or a callable taking the function's arguments and returning the
     JSON-serialisable material of the key.  ``self``/``cls`` are left out of the key.
+
+    On a shared backend values are stored as JSON (``serializer="json"``, the default:
+    results JSON cannot give back unchanged are returned but not cached).  ``"pickle"``
+    stores any picklable value, signed with ``GLM_GUARD_CACHE_SECRET``; entries without a
+    valid signature are misses, never unpickled.
     """
     if callable(ttl):
         return cached_response()(ttl)
@@ -90,6 +99,10 @@ def cached_response(
     size = cast(int, _validate.positive_int("maxsize", maxsize))
     if key is not None and not callable(key):
         _validate.key_name("key", key)
+    if serializer not in ("json", "pickle"):
+        raise ConfigurationError("serializer", f"must be 'json' or 'pickle', got {serializer!r}")
+    if serializer == "pickle" and not get_settings().cache_secret:
+        raise ConfigurationError("GLM_GUARD_CACHE_SECRET", "must be set to sign pickled cache entries")
     store = get_backend(backend)
 
     def decorate(target: Callable[P, R]) -> Callable[P, R]:
@@ -101,10 +114,40 @@ def cached_response(
             )
         namespace = key if isinstance(key, str) else default_key(fn)
         make_key = KeyMaker(fn, namespace, key if callable(key) else None)
-        cache = store.cache(namespace, ttl=lifetime, maxsize=size)
+        cache = store.cache(namespace, ttl=lifetime, maxsize=size, serializer=serializer, owner=default_key(fn))
         return cast(Callable[P, R], rewrap(_wrap(fn, cache, make_key, store_values=lifetime != 0)))
 
     return decorate
+
+
+_POLL_SECONDS = 0.05
+
+
+def _await_other_process(cache: CacheStore, digest: str) -> tuple[bool, object]:
+    """Wait for the process holding the claim; ``(False, None)`` means: compute it yourself.
+
+    Ends when the entry appears, or when the claim is free again (the other process failed,
+    or died and its claim expired), in which case this caller now holds the claim.
+    """
+    while True:
+        time.sleep(_POLL_SECONDS)
+        hit, value = cache.get(digest)
+        if hit:
+            return True, value
+        if cache.claim(digest):
+            return False, None
+
+
+async def _await_other_process_async(cache: CacheStore, digest: str) -> tuple[bool, object]:
+    import asyncio
+
+    while True:
+        await asyncio.sleep(_POLL_SECONDS)
+        hit, value = await cache.get_async(digest)
+        if hit:
+            return True, value
+        if await cache.claim_async(digest):
+            return False, None
 
 
 def _wrap(fn: Callable[..., Any], cache: CacheStore, make_key: KeyMaker, *, store_values: bool) -> Callable[..., Any]:
@@ -131,7 +174,16 @@ def _wrap(fn: Callable[..., Any], cache: CacheStore, make_key: KeyMaker, *, stor
                     if degraded:
                         mark_degraded()
                     return value
+                claimed = False
                 try:
+                    claimed = await cache.claim_async(digest)
+                    if not claimed:  # another process is computing it: wait for its answer
+                        hit, value = await _await_other_process_async(cache, digest)
+                        if hit:
+                            future.set_result((value, False))
+                            begin_call()
+                            return value
+                        claimed = True
                     begin_call()
                     value = await fn(*args, **kwargs)
                     degraded = is_degraded()
@@ -148,6 +200,8 @@ def _wrap(fn: Callable[..., Any], cache: CacheStore, make_key: KeyMaker, *, stor
                     return value
                 finally:
                     in_flight.leave(digest)
+                    if claimed:
+                        await cache.unclaim_async(digest)
 
         return async_wrapper
 
@@ -169,7 +223,16 @@ def _wrap(fn: Callable[..., Any], cache: CacheStore, make_key: KeyMaker, *, stor
                 if degraded:
                     mark_degraded()
                 return value
+            claimed = False
             try:
+                claimed = cache.claim(digest)
+                if not claimed:  # another process is computing it: wait for its answer
+                    hit, value = _await_other_process(cache, digest)
+                    if hit:
+                        future.set_result((value, False))
+                        begin_call()
+                        return value
+                    claimed = True
                 begin_call()
                 value = fn(*args, **kwargs)
                 degraded = is_degraded()
@@ -186,5 +249,7 @@ def _wrap(fn: Callable[..., Any], cache: CacheStore, make_key: KeyMaker, *, stor
                 return value
             finally:
                 in_flight.leave(digest)
+                if claimed:
+                    cache.unclaim(digest)
 
     return sync_wrapper

@@ -64,6 +64,8 @@ class Settings:
     """``GLM_GUARD_KEY_PREFIX``: prefix of every key the shared backends write."""
     default_cooldown: float = DEFAULT_COOLDOWN_SECONDS
     """``GLM_GUARD_DEFAULT_COOLDOWN``: pause after a rate-limit error that names no Retry-After."""
+    cache_secret: str = field(default="", repr=False)
+    """``GLM_GUARD_CACHE_SECRET``: HMAC key that signs pickled cache entries (pickle mode only)."""
 
     def __repr__(self) -> str:
         redis = mask_url(self.redis_url) if self.redis_url else None
@@ -89,6 +91,7 @@ class Settings:
             redis_url=redis_url,
             key_prefix=_text(env, "GLM_GUARD_KEY_PREFIX") or DEFAULT_KEY_PREFIX,
             default_cooldown=_non_negative_float(env, "GLM_GUARD_DEFAULT_COOLDOWN", DEFAULT_COOLDOWN_SECONDS),
+            cache_secret=env.get("GLM_GUARD_CACHE_SECRET", ""),
         )
 
 

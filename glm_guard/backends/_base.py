@@ -100,6 +100,22 @@ class CacheStore(ABC):
     async def set_async(self, key: str, value: object) -> None:
         self.set(key, value)
 
+    # A shared store lets one process compute an entry while the others wait for it.
+    # In one process the decorator already coalesces calls, so the defaults always claim.
+
+    def claim(self, key: str) -> bool:
+        """Try to become the one caller computing ``key``; ``False`` if another one is."""
+        return True
+
+    def unclaim(self, key: str) -> None:  # noqa: B027 - optional hook
+        """Give up the claim on ``key`` (after storing it, or after failing)."""
+
+    async def claim_async(self, key: str) -> bool:
+        return self.claim(key)
+
+    async def unclaim_async(self, key: str) -> None:
+        self.unclaim(key)
+
 
 class Backend(ABC):
     """Where limiters and caches keep their state."""
@@ -111,8 +127,14 @@ class Backend(ABC):
         """The limiter for ``key``: the same object (or shared state) for the same key."""
 
     @abstractmethod
-    def cache(self, namespace: str, *, ttl: float | None, maxsize: int) -> CacheStore:
-        """The store for ``namespace``; ``ttl=None`` keeps entries until evicted."""
+    def cache(
+        self, namespace: str, *, ttl: float | None, maxsize: int, serializer: str = "json", owner: str = ""
+    ) -> CacheStore:
+        """The store for ``namespace``; ``ttl=None`` keeps entries until evicted.
+
+        ``serializer`` matters only to stores outside the process (``"json"`` or ``"pickle"``);
+        ``owner`` names the decorated function in warnings.
+        """
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op for in-memory backends
         """Release connections; the backend may not be used afterwards."""

@@ -373,7 +373,9 @@ class LocalBackend(Backend):
                 limiter = self._limiters[key] = LocalLimiter(key, self._clock)
             return limiter
 
-    def cache(self, namespace: str, *, ttl: float | None, maxsize: int) -> LocalCacheStore:
+    def cache(
+        self, namespace: str, *, ttl: float | None, maxsize: int, serializer: str = "json", owner: str = ""
+    ) -> LocalCacheStore:
         return LocalCacheStore(ttl, maxsize, self._clock)
 
     def _after_fork(self) -> None:

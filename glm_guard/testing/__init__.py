@@ -1,0 +1,45 @@
+"""Test helpers for code that calls Zhipu GLM: a local GLM API simulator.
+
+:class:`GLMSimulator` serves ``POST /api/paas/v4/chat/completions`` on 127.0.0.1 with
+GLM's error codes, per-(key, model) concurrency limit, SSE streaming and fault injection,
+so the ``openai`` and ``zhipuai`` SDKs can be tested against it unchanged. Stdlib only.
+
+Quick start::
+
+    from glm_guard.testing import run_simulator
+
+    with run_simulator(concurrency=1, latency=0.1) as sim:
+        client = openai.OpenAI(api_key="test-key", base_url=sim.base_url, max_retries=0)
+        sim.force_next("1302", 2)   # next two calls get 429/1302, then succeed
+        ...
+        assert sim.stats.peak_in_flight <= 1
+
+For pytest, enable the ``glm_simulator`` fixture with ``-p glm_guard.testing.pytest_plugin``.
+"""
+
+from ._config import (
+    GLM_ERRORS,
+    Latency,
+    Responder,
+    SimulatorConfig,
+    SimulatorOptions,
+    StreamFailReason,
+    mask_key,
+)
+from ._engine import RequestRecord, SimulatorStats
+from ._simulator import GLMSimulator, default_responder, run_simulator
+
+__all__ = [
+    "GLM_ERRORS",
+    "GLMSimulator",
+    "Latency",
+    "RequestRecord",
+    "Responder",
+    "SimulatorConfig",
+    "SimulatorOptions",
+    "SimulatorStats",
+    "StreamFailReason",
+    "default_responder",
+    "mask_key",
+    "run_simulator",
+]

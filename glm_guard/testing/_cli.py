@@ -1,0 +1,269 @@
+"""``glm-guard simulate``: run the GLM simulator from the command line until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from ._config import GLM_ERRORS, STREAM_FAIL_REASONS, SimulatorConfig
+from ._simulator import GLMSimulator
+
+__all__ = ["build_parser", "main_simulate"]
+
+
+# argparse prefixes these messages with "argument --option:", so they stay generic.
+
+
+def _pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return key, value
+
+
+def _rate(text: str) -> tuple[int, float]:
+    calls, sep, period = text.partition("/")
+    try:
+        if not sep:
+            raise ValueError
+        return int(calls), float(period)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected CALLS/PERIOD_SECONDS, e.g. 10/60; got {text!r}") from None
+
+
+def _latency_ms(text: str) -> tuple[float, float]:
+    mean, _, jitter = text.partition(",")
+    try:
+        return float(mean) / 1000.0, float(jitter or 0) / 1000.0
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MEAN[,JITTER] in milliseconds; got {text!r}") from None
+
+
+def _fault(text: str) -> tuple[str, float]:
+    code, prob = _pair(text)
+    try:
+        return code, float(prob)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected CODE=PROBABILITY; got {text!r}") from None
+
+
+def _name_int(text: str) -> tuple[str, int]:
+    name, value = _pair(text)
+    try:
+        return name, int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=INTEGER; got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    codes = ", ".join(f"{c} (HTTP {s})" for c, (s, _) in sorted(GLM_ERRORS.items(), key=lambda kv: int(kv[0])))
+    p = argparse.ArgumentParser(
+        prog="glm-guard simulate",
+        description=(
+            "Serve a local simulation of Zhipu GLM's OpenAI-compatible chat API "
+            "(POST /api/paas/v4/chat/completions) with GLM's concurrency limit and error codes. "
+            "Prints the base URL on the first line of stdout, then runs until SIGINT/SIGTERM."
+        ),
+        epilog=f"Known error codes: {codes}.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=8001,
+        help="port to bind, 0 for any free port (default: %(default)s)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=2,
+        metavar="N",
+        help="requests in flight allowed per (api key, model); more get 429/1302; 0 = unlimited (default: %(default)s)",
+    )
+    p.add_argument(
+        "--model-concurrency",
+        type=_name_int,
+        action="append",
+        default=[],
+        metavar="MODEL=N",
+        help="per-model concurrency override; repeatable",
+    )
+    p.add_argument(
+        "--rate",
+        type=_rate,
+        metavar="CALLS/PERIOD",
+        help="also allow at most CALLS admitted starts per PERIOD seconds per (key, model), e.g. 10/60",
+    )
+    p.add_argument(
+        "--retry-after",
+        type=float,
+        metavar="S",
+        help="send 'Retry-After: S' on 1302 answers (real GLM sends none; default: none)",
+    )
+    p.add_argument(
+        "--latency-ms",
+        type=_latency_ms,
+        default=(0.02, 0.0),
+        metavar="MEAN[,JITTER]",
+        help="time each admitted request holds its slot, uniform in MEAN±JITTER ms (default: 20)",
+    )
+    p.add_argument(
+        "--fault",
+        type=_fault,
+        action="append",
+        default=[],
+        metavar="CODE=PROB",
+        help="answer CODE with probability PROB, e.g. 1305=0.1; repeatable; probabilities sum to <= 1",
+    )
+    p.add_argument(
+        "--model-fault",
+        type=_pair,
+        action="append",
+        default=[],
+        metavar="MODEL=CODE",
+        help="answer every request for MODEL with CODE; repeatable",
+    )
+    p.add_argument(
+        "--status",
+        type=_name_int,
+        action="append",
+        default=[],
+        metavar="CODE=HTTP",
+        help="override the HTTP status of a code, e.g. 1305=503; repeatable",
+    )
+    p.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="K",
+        help=(
+            "accepted API key, repeatable; other keys get 401/1002. Without this option any non-empty key is accepted"
+        ),
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="M",
+        help="accepted model; repeatable (others get 1211)",
+    )
+    p.add_argument(
+        "--stream-fail-after",
+        type=int,
+        metavar="K",
+        help="end streams after K content chunks with finish_reason=network_error (see --stream-fail-reason)",
+    )
+    p.add_argument(
+        "--stream-fail-reason",
+        choices=sorted(STREAM_FAIL_REASONS),
+        default="network_error",
+        help="how a failing stream ends; 'disconnect' drops the socket without [DONE] (default: %(default)s)",
+    )
+    p.add_argument(
+        "--stream-fail-probability",
+        type=float,
+        default=1.0,
+        metavar="P",
+        help="chance a stream fails when --stream-fail-after is set (default: %(default)s)",
+    )
+    p.add_argument("--seed", type=int, help="RNG seed for faults and jitter, for reproducible runs")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log decisions to stderr (-vv: every request)",
+    )
+    return p
+
+
+def _config_from(ns: argparse.Namespace) -> SimulatorConfig:
+    def limit(n: int) -> int | None:
+        return None if n == 0 else n
+
+    options: dict[str, Any] = {
+        "host": ns.host,
+        "port": ns.port,
+        "concurrency": limit(ns.concurrency),
+        "model_concurrency": {m: limit(n) for m, n in ns.model_concurrency},
+        "rate": ns.rate,
+        "retry_after": ns.retry_after,
+        "latency": ns.latency_ms,
+        "faults": dict(ns.fault),
+        "model_faults": dict(ns.model_fault),
+        "status_overrides": {c: s for c, s in ns.status},
+        "api_keys": ns.api_key or None,
+        "models": ns.model or None,
+        "stream_fail_after": ns.stream_fail_after,
+        "stream_fail_reason": ns.stream_fail_reason,
+        "stream_fail_probability": ns.stream_fail_probability,
+        "seed": ns.seed,
+    }
+    return SimulatorConfig(**options)
+
+
+def main_simulate(argv: Sequence[str] | None = None) -> int:
+    """Run the simulator in the foreground; returns the process exit code."""
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        config = _config_from(ns)
+    except (ValueError, TypeError) as exc:
+        parser.error(str(exc))
+    if ns.verbose:
+        logging.basicConfig(
+            level=logging.DEBUG if ns.verbose > 1 else logging.INFO,
+            format="%(asctime)s %(levelname)s %(message)s",
+            stream=sys.stderr,
+        )
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous: dict[signal.Signals, Any] = {}
+    if in_main:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, on_signal)
+    sim = GLMSimulator(config)
+    try:
+        try:
+            sim.start()
+        except OSError as exc:
+            print(
+                f"glm-guard simulate: cannot listen on {ns.host}:{ns.port}: {exc}",
+                file=sys.stderr,
+            )
+            return 1
+        print(sim.base_url, flush=True)
+        print(
+            f"GLM simulator ready ({config.concurrency or 'unlimited'} in flight per key+model); Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
+        while not stop.wait(0.2):
+            pass
+    finally:
+        sim.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    s = sim.stats
+    print(
+        f"stopped: requests={s.total_requests} admitted={s.admitted} completed={s.completed} "
+        f"rejected={dict(s.rejected)} peak_in_flight={s.peak_in_flight}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main_simulate())

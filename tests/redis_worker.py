@@ -1,0 +1,101 @@
+"""A worker process for the cross-process Redis tests: ``python -m tests.redis_worker MODE JSON``.
+
+Prints one JSON line with what it observed.  Start times use ``time.monotonic``, which on
+Linux is one clock for every process of the host, so the parent can merge them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from typing import Any
+
+
+def main() -> None:
+    mode, options = sys.argv[1], json.loads(sys.argv[2])
+    if options.get("skew_seconds"):
+        real = time.time
+        time.time = lambda: real() + options["skew_seconds"]  # a host whose wall clock is off
+    import glm_guard
+
+    url = options["url"]
+    if mode == "rate":
+        starts: list[float] = []
+
+        @glm_guard.rate_limited(options["calls"], options["period"], key=options["key"], backend=url)
+        async def call() -> None:
+            starts.append(time.monotonic())
+
+        async def run() -> None:
+            stop = time.monotonic() + options["seconds"]
+
+            async def task() -> None:
+                while time.monotonic() < stop:
+                    await call()
+
+            await asyncio.gather(*(task() for _ in range(options["tasks"])))
+
+        asyncio.run(run())
+        print(json.dumps({"starts": starts}))
+    elif mode == "concurrency":
+        spans: list[tuple[float, float]] = []
+
+        @glm_guard.rate_limited(concurrency=options["concurrency"], key=options["key"], backend=url)
+        async def hold() -> None:
+            began = time.monotonic()
+            await asyncio.sleep(options["hold"])
+            spans.append((began, time.monotonic()))
+
+        async def run_all() -> None:
+            await asyncio.gather(*(hold() for _ in range(options["calls"])))
+
+        asyncio.run(run_all())
+        print(json.dumps({"spans": spans}))
+    elif mode == "hold_forever":
+        from glm_guard.backends._redis import RedisBackend
+
+        backend = RedisBackend(url, lease=options["lease"])
+
+        @glm_guard.rate_limited(concurrency=1, key=options["key"], backend=backend)
+        def hold() -> None:
+            print(json.dumps({"holding": True}), flush=True)
+            time.sleep(60)
+
+        hold()
+    elif mode == "fail_1302":
+
+        @glm_guard.rate_limited(100, 1.0, key=options["key"], backend=url, cooldown=options["cooldown"])
+        def call() -> None:
+            raise RuntimeError('429 {"error":{"code":"1302","message":"busy"}}')
+
+        try:
+            call()
+        except RuntimeError:
+            print(json.dumps({"failed_at": time.monotonic()}))
+    elif mode == "call_once":
+
+        @glm_guard.rate_limited(100, 1.0, key=options["key"], backend=url)
+        def call() -> None:
+            return None
+
+        call()
+        print(json.dumps({"called_at": time.monotonic()}))
+    elif mode == "cache":
+        import redis
+
+        counter = redis.Redis.from_url(url)
+
+        @glm_guard.cached_response(ttl=60, key="shared-answers", backend=url)
+        def answer(question: str) -> dict[str, Any]:
+            counter.incr("test:body-runs")
+            time.sleep(options.get("work", 0))
+            return {"answer": question.upper(), "pid": __import__("os").getpid()}
+
+        print(json.dumps(answer(options["question"])))
+        counter.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,440 @@
+"""The Redis backend against a real redis-server: same semantics, across processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+import glm_guard
+from glm_guard import RateLimitTimeout, cached_response, fallback, rate_limited
+from glm_guard.backends import get_backend
+from glm_guard.backends._base import Backend
+from glm_guard.backends._local import LocalBackend
+from glm_guard.backends._redis import RedisBackend
+
+from .conftest import REDIS_PASSWORD
+from .helpers import SEED_1302, ErrorWithText, max_in_window
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(params=["local", "redis"])
+def any_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """The behavioural matrix: the same test on both backends."""
+    if request.param == "local":
+        yield LocalBackend()
+        return
+    url = request.getfixturevalue("redis_url")
+    backend = RedisBackend(url, lease=2.0)
+    yield backend
+    backend.close()
+
+
+def worker(mode: str, **options: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.redis_worker", mode, json.dumps(options)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def result(process: subprocess.Popen[str], timeout: float = 30) -> dict[str, Any]:
+    out, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, out
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# -- the matrix: one behaviour, both backends ------------------------------------------------
+
+
+async def test_window_guarantee_on_backend(any_backend: Backend) -> None:
+    starts: list[float] = []
+
+    @rate_limited(4, 0.3, backend=any_backend, key="matrix-window")
+    async def call() -> None:
+        starts.append(time.monotonic())
+
+    await asyncio.gather(*(call() for _ in range(12)))
+    assert len(starts) == 12
+    assert max_in_window(starts, 0.3) <= 4
+
+
+async def test_concurrency_on_backend(any_backend: Backend) -> None:
+    in_flight = peak = 0
+
+    @rate_limited(concurrency=2, backend=any_backend, key="matrix-concurrency")
+    async def call() -> None:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.03)
+        in_flight -= 1
+
+    began = time.monotonic()
+    await asyncio.gather(*(call() for _ in range(8)))
+    assert peak == 2
+    assert time.monotonic() - began < 2.0  # freed slots are reused promptly, not polled for
+
+
+def test_sync_threads_on_backend(any_backend: Backend) -> None:
+    import threading
+
+    starts: list[float] = []
+
+    @rate_limited(3, 0.3, backend=any_backend, key="matrix-sync")
+    def call() -> None:
+        starts.append(time.monotonic())
+
+    threads = [threading.Thread(target=call) for _ in range(9)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(starts) == 9
+    assert max_in_window(starts, 0.3) <= 3
+
+
+def test_max_wait_on_backend(any_backend: Backend) -> None:
+    @rate_limited(1, 30.0, backend=any_backend, key="matrix-max-wait", max_wait=0.2)
+    def call() -> None: ...
+
+    call()
+    began = time.monotonic()
+    with pytest.raises(RateLimitTimeout):
+        call()
+    assert time.monotonic() - began < 0.5
+
+
+def test_cooldown_on_backend(any_backend: Backend) -> None:
+    @rate_limited(100, 1.0, backend=any_backend, key="matrix-cooldown", cooldown=0.3)
+    def call(fail: bool) -> None:
+        if fail:
+            raise ErrorWithText(SEED_1302)
+
+    with pytest.raises(ErrorWithText):
+        call(True)
+    began = time.monotonic()
+    call(False)
+    assert time.monotonic() - began >= 0.2
+
+
+async def test_cache_on_backend(any_backend: Backend) -> None:
+    calls: list[int] = []
+
+    @cached_response(ttl=30, backend=any_backend, key="matrix-cache")
+    async def ask(question: str) -> dict[str, Any] | None:
+        calls.append(1)
+        return None if question == "none" else {"answer": question, "tokens": [1, 2]}
+
+    assert await ask("q") == await ask("q") == {"answer": "q", "tokens": [1, 2]}
+    assert await ask("none") is None and await ask("none") is None
+    assert len(calls) == 2
+
+
+def test_fallback_is_not_cached_on_backend(any_backend: Backend) -> None:
+    busy = [True]
+
+    @cached_response(backend=any_backend, key="matrix-fallback")
+    @fallback("busy")
+    def ask(question: str) -> str:
+        if busy[0]:
+            raise ErrorWithText(SEED_1302)
+        return "real"
+
+    assert ask("q") == "busy"
+    busy[0] = False
+    assert ask("q") == "real"
+
+
+# -- switched on by the environment ------------------------------------------------------------
+
+
+def test_environment_moves_undecided_decorators_to_redis(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> None:
+    monkeypatch.setenv("GLM_GUARD_BACKEND", "redis")
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    glm_guard.reload_settings()
+
+    @rate_limited(5, 10.0, key="from-env-redis")
+    def call() -> str:
+        return "ok"
+
+    assert call() == "ok"
+    assert isinstance(get_backend(None), RedisBackend)
+    client = redis.Redis.from_url(redis_url)
+    assert client.exists("glm_guard:{from-env-redis}:starts")
+    client.close()
+    assert REDIS_PASSWORD not in repr(get_backend(None))
+    assert REDIS_PASSWORD not in repr(glm_guard.get_settings())
+
+
+def test_redis_url_as_backend_argument(redis_url: str) -> None:
+    @rate_limited(5, 10.0, key="url-arg-redis", backend=redis_url)
+    def call() -> str:
+        return "ok"
+
+    assert call() == "ok"
+    assert get_backend(redis_url) is get_backend(redis_url)  # one pool per URL per process
+
+
+def test_redis_without_url_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GLM_GUARD_BACKEND", "redis")
+    glm_guard.reload_settings()
+    with pytest.raises(glm_guard.ConfigurationError, match="REDIS_URL"):
+        rate_limited(5)
+
+
+def test_bad_redis_url_is_rejected_without_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "http://:hunter2@localhost:6379")
+    with pytest.raises(glm_guard.ConfigurationError) as caught:
+        glm_guard.reload_settings()
+    assert "REDIS_URL" in str(caught.value) and "hunter2" not in str(caught.value)
+
+
+def test_wrong_password_gives_a_backend_error_without_it(redis_server: Any) -> None:
+    url = f"redis://:wrong-pw-123@127.0.0.1:{redis_server.port}/0"
+    backend = RedisBackend(url)
+
+    @rate_limited(5, 1.0, key="bad-auth-redis", backend=backend)
+    def call() -> None: ...
+
+    with pytest.raises(glm_guard.BackendError) as caught:
+        call()
+    assert "wrong-pw-123" not in str(caught.value)
+    backend.close()
+
+
+# -- keys: prefix, hash tag, expiry -------------------------------------------------------------
+
+
+def test_keys_are_prefixed_hash_tagged_and_expire(redis_url: str) -> None:
+    backend = RedisBackend(redis_url, key_prefix="myapp:")
+
+    @rate_limited(5, 2.0, concurrency=2, key="glm-4", backend=backend, cooldown=5)
+    def call(fail: bool) -> None:
+        if fail:
+            raise ErrorWithText(SEED_1302)
+
+    call(False)
+    with pytest.raises(ErrorWithText):
+        call(True)
+    client = redis.Redis.from_url(redis_url)
+    keys = sorted(k.decode() for k in client.keys("*"))
+    assert keys == ["myapp:{glm-4}:cooldown", "myapp:{glm-4}:starts"]  # leases were all given back
+    for key in keys:
+        assert 0 < client.pttl(key) <= 5_100
+    client.close()
+    backend.close()
+
+
+def test_noscript_after_a_script_flush_is_handled(redis_url: str) -> None:
+    backend = RedisBackend(redis_url)
+
+    @rate_limited(50, 1.0, key="noscript-redis", backend=backend)
+    def call() -> str:
+        return "ok"
+
+    assert call() == "ok"
+    client = redis.Redis.from_url(redis_url)
+    client.script_flush()
+    assert call() == "ok"
+    client.close()
+    backend.close()
+
+
+async def test_a_cancelled_task_releases_its_lease_at_once(redis_url: str) -> None:
+    backend = RedisBackend(redis_url, lease=30)
+
+    @rate_limited(concurrency=1, key="cancel-redis", backend=backend)
+    async def slow() -> None:
+        await asyncio.sleep(30)
+
+    task = asyncio.create_task(slow())
+    await asyncio.sleep(0.1)
+    client = redis.Redis.from_url(redis_url)
+    assert client.zcard("glm_guard:{cancel-redis}:leases") == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert client.zcard("glm_guard:{cancel-redis}:leases") == 0
+    client.close()
+    backend.close()
+
+
+def test_a_long_call_renews_its_lease(redis_url: str) -> None:
+    backend = RedisBackend(redis_url, lease=0.6)
+    client = redis.Redis.from_url(redis_url)
+    seen: list[int] = []
+
+    @rate_limited(concurrency=1, key="renew-redis", backend=backend)
+    def long_call() -> None:
+        for _ in range(6):  # 1.5 s, well past one lease
+            time.sleep(0.25)
+            now_ms = int(client.time()[0] * 1000)
+            score = client.zscore(
+                "glm_guard:{renew-redis}:leases", client.zrange("glm_guard:{renew-redis}:leases", 0, 0)[0]
+            )
+            seen.append(int(score or 0) - now_ms)
+
+    long_call()
+    assert all(left > 0 for left in seen)  # never expired while the call ran
+    client.close()
+    backend.close()
+
+
+# -- JSON by default, signed pickle on request ----------------------------------------------------
+
+
+def test_a_result_json_cannot_keep_is_returned_but_not_cached(redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[int] = []
+
+    @cached_response(backend=redis_url, key="tuples-redis")
+    def pair(x: int) -> tuple[int, int]:
+        calls.append(1)
+        return (x, x)
+
+    with caplog.at_level(logging.WARNING, logger="glm_guard"):
+        assert pair(1) == (1, 1)
+        assert pair(1) == (1, 1)
+    assert len(calls) == 2
+    warnings = [r for r in caplog.records if "not cached" in r.getMessage()]
+    assert len(warnings) == 1 and "pair" in warnings[0].getMessage()
+
+
+def test_pickle_mode_needs_a_secret_and_refuses_unsigned_entries(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    with pytest.raises(glm_guard.ConfigurationError, match="GLM_GUARD_CACHE_SECRET"):
+        cached_response(backend=redis_url, serializer="pickle")
+    monkeypatch.setenv("GLM_GUARD_CACHE_SECRET", "k" * 32)
+    glm_guard.reload_settings()
+    calls: list[int] = []
+
+    @cached_response(backend=redis_url, key="pickled-redis", serializer="pickle")
+    def pair(x: int) -> tuple[int, int]:
+        calls.append(1)
+        return (x, x)
+
+    assert pair(2) == (2, 2) and pair(2) == (2, 2)
+    assert len(calls) == 1
+    client = redis.Redis.from_url(redis_url)
+    (key,) = client.keys("glm_guard:cache:*")
+    import pickle
+
+    client.set(key, b"gg1p:" + b"\0" * 32 + pickle.dumps((9, 9)))  # forged, unsigned
+    assert pair(2) == (2, 2)
+    assert len(calls) == 2  # the forged entry was a miss, never unpickled into a result
+    client.close()
+
+
+def test_corrupt_entries_are_misses(redis_url: str) -> None:
+    calls: list[int] = []
+
+    @cached_response(backend=redis_url, key="corrupt-redis")
+    def ask(q: str) -> str:
+        calls.append(1)
+        return q
+
+    ask("q")
+    client = redis.Redis.from_url(redis_url)
+    (key,) = client.keys("glm_guard:cache:*")
+    for junk in [b"gg1j:{not json", b"garbage", b"gg1p:\x80\x04"]:
+        client.set(key, junk)
+        assert ask("q") == "q"
+    assert len(calls) == 4
+    client.close()
+
+
+# -- across processes --------------------------------------------------------------------------
+
+
+def test_four_processes_share_one_limit_redis(redis_url: str) -> None:
+    calls, period, seconds = 20, 1.0, 3.0
+    processes = [
+        worker("rate", url=redis_url, key="mp-rate", calls=calls, period=period, tasks=8, seconds=seconds)
+        for _ in range(4)
+    ]
+    starts = sorted(s for p in processes for s in result(p)["starts"])
+    assert max_in_window(starts, period) <= calls
+    # Steady state: skip the first window (processes start at different moments).
+    first = starts[0]
+    steady = [s for s in starts if first + 1.0 <= s < first + 3.0]
+    assert len(steady) >= 0.9 * calls * 2
+
+
+def test_a_skewed_client_clock_changes_nothing_redis(redis_url: str) -> None:
+    processes = [
+        worker("rate", url=redis_url, key="skew", calls=10, period=1.0, tasks=4, seconds=2.0, skew_seconds=skew)
+        for skew in (0, 600, -600)
+    ]
+    starts = sorted(s for p in processes for s in result(p)["starts"])
+    assert max_in_window(starts, 1.0) <= 10
+    assert len(starts) >= 18
+
+
+def test_concurrency_across_processes_redis(redis_url: str) -> None:
+    processes = [
+        worker("concurrency", url=redis_url, key="mp-conc", concurrency=3, calls=6, hold=0.1) for _ in range(4)
+    ]
+    spans = [span for p in processes for span in result(p)["spans"]]
+    assert len(spans) == 24
+    events = sorted([(b, 1) for b, _ in spans] + [(e, -1) for _, e in spans], key=lambda ev: (ev[0], ev[1]))
+    in_flight = peak = 0
+    for _, delta in events:
+        in_flight += delta
+        peak = max(peak, in_flight)
+    assert peak <= 3
+
+
+def test_a_sigkilled_holder_gives_its_permit_back_within_the_lease_redis(redis_url: str) -> None:
+    holder = worker("hold_forever", url=redis_url, key="killed", lease=1.0)
+    assert holder.stdout is not None
+    assert json.loads(holder.stdout.readline()) == {"holding": True}
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait(10)
+    killed_at = time.monotonic()
+    backend = RedisBackend(redis_url, lease=1.0)
+
+    @rate_limited(concurrency=1, key="killed", backend=backend, max_wait=5)
+    def call() -> None: ...
+
+    call()
+    assert time.monotonic() - killed_at < 1.6  # within the 1 s lease, plus slack
+    holder.stdout.close()
+    backend.close()
+
+
+def test_cooldown_reaches_another_process_redis(redis_url: str) -> None:
+    failed = result(worker("fail_1302", url=redis_url, key="mp-cool", cooldown=1.0))["failed_at"]
+    called = result(worker("call_once", url=redis_url, key="mp-cool"))["called_at"]
+    assert called - failed >= 0.9
+
+
+def test_second_process_gets_the_first_ones_answer_redis(redis_url: str) -> None:
+    first = result(worker("cache", url=redis_url, question="hello"))
+    second = result(worker("cache", url=redis_url, question="hello"))
+    assert first == second  # same pid inside: the second process did not run the body
+    client = redis.Redis.from_url(redis_url)
+    assert int(client.get("test:body-runs") or 0) == 1
+    client.close()
+
+
+def test_concurrent_processes_compute_an_entry_once_redis(redis_url: str) -> None:
+    processes = [worker("cache", url=redis_url, question="together", work=0.5) for _ in range(3)]
+    answers = [result(p) for p in processes]
+    assert all(answer == answers[0] for answer in answers)
+    client = redis.Redis.from_url(redis_url)
+    assert int(client.get("test:body-runs") or 0) == 1
+    client.close()
