@@ -61,12 +61,13 @@ def rate_limited(
     Functions decorated with the same ``key`` share one budget; the default key is the
     function's ``module.qualname``, so the same function shares one limit across processes
     on a shared backend.  When a rate-limit error passes out of the call, the whole key
-    pauses for the error's Retry-After, or ``cooldown`` seconds (default
-    ``GLM_GUARD_DEFAULT_COOLDOWN``; ``0`` disables it).
+    pauses for the error's Retry-After (at most ``MAX_COOLDOWN_SECONDS``), or, when it names
+    none, ``cooldown`` seconds (default ``GLM_GUARD_DEFAULT_COOLDOWN``; ``0``: no pause).
     """
     if callable(calls):
         return rate_limited()(calls)
     settings = get_settings()
+    _validate.seconds("period", period, allow_zero=False)
     if calls is None and concurrency is None:
         policy = LimitPolicy(settings.max_calls_per_minute, 60.0, settings.max_concurrency)
     else:

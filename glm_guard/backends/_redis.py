@@ -330,6 +330,30 @@ class _AsyncRedisPermit(_RedisPermit):
             await self._limiter.give_back_async(token)
 
 
+class _NoTurn:
+    """Stands in for a turnstile permit already given back."""
+
+    def release(self) -> None:
+        return None
+
+
+class _AsyncNoTurn:
+    async def release(self) -> None:
+        return None
+
+
+_NO_TURN: Any = _NoTurn()
+_NO_TURN_ASYNC: Any = _AsyncNoTurn()
+
+
+def _sleep_holding(permit: _RedisPermit, seconds: float) -> None:
+    try:
+        time.sleep(seconds)
+    except BaseException:
+        permit.release()
+        raise
+
+
 class RedisLimiter(Limiter):
     """Rate, concurrency and cooldown for one key, shared through Redis."""
 
@@ -343,20 +367,22 @@ class RedisLimiter(Limiter):
     def __repr__(self) -> str:
         return f"<RedisLimiter {self.key!r}>"
 
-    def _args(self, policy: LimitPolicy, token: str) -> list[object]:
+    def _args(self, policy: LimitPolicy, token: str, deadline: float | None) -> list[object]:
+        left_ms = -1 if deadline is None else max(int((deadline - time.monotonic()) * 1000), 0)
         return [
             policy.calls or 0,
             int(policy.period * 1000),
             policy.concurrency or 0,
             int(self._backend.lease * 1000),
             token,
+            left_ms,
         ]
 
     def _decide(
         self, reply: list[int], policy: LimitPolicy, token: str, deadline: float | None, max_wait: float | None
     ) -> float | None:
         """``None`` when admitted, else how long to sleep; raises when past ``deadline``."""
-        if int(reply[0]) == 1:
+        if int(reply[0]) in (1, 2):
             if policy.concurrency is not None:
                 self._backend._leases.add(self.keys[1], token)
             return None
@@ -380,10 +406,16 @@ class RedisLimiter(Limiter):
             script = self._backend.sync_script("acquire")
             while True:
                 token = uuid.uuid4().hex
-                reply = self._backend.run(lambda: script(keys=self.keys, args=self._args(policy, token)))  # noqa: B023 - called at once
+                args = self._args(policy, token, deadline)
+                reply = self._backend.run(lambda: script(keys=self.keys, args=args))  # noqa: B023 - called at once
                 wait = self._decide(reply, policy, token, deadline, max_wait)
                 if wait is None:
-                    return _RedisPermit(self, token if policy.concurrency is not None else None)
+                    permit = _RedisPermit(self, token if policy.concurrency is not None else None)
+                    if int(reply[0]) == 2:  # a reserved start: let the next local waiter reserve its own
+                        turn.release()
+                        turn = _NO_TURN
+                        _sleep_holding(permit, int(reply[1]) / 1000.0)
+                    return permit
                 if int(reply[2]) == 3:
                     released = threading.Event()
                     self._backend._listener.watch(self.channel, released.set)
@@ -401,12 +433,22 @@ class RedisLimiter(Limiter):
             script = await self._backend.async_script("acquire")
             while True:
                 token = uuid.uuid4().hex
+                args = self._args(policy, token, deadline)
                 reply = await self._backend.run_async(
-                    lambda: script(keys=self.keys, args=self._args(policy, token))  # noqa: B023 - called at once
+                    lambda: script(keys=self.keys, args=args)  # noqa: B023 - called at once
                 )
                 wait = self._decide(reply, policy, token, deadline, max_wait)
                 if wait is None:
-                    return _AsyncRedisPermit(self, token if policy.concurrency is not None else None)
+                    permit = _AsyncRedisPermit(self, token if policy.concurrency is not None else None)
+                    if int(reply[0]) == 2:  # a reserved start: let the next local waiter reserve its own
+                        await turn.release()
+                        turn = _NO_TURN_ASYNC
+                        try:
+                            await asyncio.sleep(int(reply[1]) / 1000.0)
+                        except BaseException:
+                            await permit.release()
+                            raise
+                    return permit
                 if int(reply[2]) == 3:
                     await self._wait_for_release(wait)
                 else:

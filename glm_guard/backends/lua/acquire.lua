@@ -1,9 +1,12 @@
 -- One admission decision for one key, atomically, on the server's clock.
 -- KEYS[1] starts (ZSET: token -> start ms)   KEYS[2] leases (ZSET: token -> expiry ms)
 -- KEYS[3] cooldown (string: deadline ms)
--- ARGV: calls (0 = no rate limit), period_ms, concurrency (0 = none), lease_ms, token
--- Returns {1, 0} when admitted, else {0, wait_ms, reason} with reason
--- 1 = cooldown, 2 = rate window, 3 = concurrency.
+-- ARGV: calls (0 = no rate limit), period_ms, concurrency (0 = none), lease_ms, token,
+--       max_wait_ms (-1 = no limit)
+-- Returns {1, 0} when admitted now; {2, wait_ms} when admitted with a start reserved
+-- wait_ms from now (the caller sleeps, then starts without asking again: one round trip
+-- per admission even under contention); else {0, wait_ms, reason} with reason
+-- 1 = cooldown, 2 = rate window (the wait would exceed max_wait), 3 = concurrency.
 -- Limits arrive with every call, so a limit can change at run time and further limits
 -- (tokens per minute) can join the same atomic check.
 local t = redis.call('TIME')
@@ -13,21 +16,27 @@ local period = tonumber(ARGV[2])
 local concurrency = tonumber(ARGV[3])
 local lease = tonumber(ARGV[4])
 local token = ARGV[5]
+local max_wait = tonumber(ARGV[6])
 
 local until_ms = tonumber(redis.call('GET', KEYS[3]) or '0')
 if until_ms > now then
   return {0, until_ms - now, 1}
 end
 
+-- Starts (past and reserved) are kept in order; a new one goes after the last (FIFO), and
+-- only once the calls-th most recent start has left the window (start - period, start].
+local start = now
 if calls > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - period)
-  local used = redis.call('ZCARD', KEYS[1])
-  if used >= calls then
-    -- The calls-th most recent start must leave the window (now - period, now].
+  local last = redis.call('ZREVRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  if last[2] and tonumber(last[2]) > start then start = tonumber(last[2]) end
+  if redis.call('ZCARD', KEYS[1]) >= calls then
     local nth = redis.call('ZREVRANGE', KEYS[1], calls - 1, calls - 1, 'WITHSCORES')
-    local wait = tonumber(nth[2]) + period - now
-    if wait < 1 then wait = 1 end
-    return {0, wait, 2}
+    local free_at = tonumber(nth[2]) + period
+    if free_at > start then start = free_at end
+  end
+  if max_wait >= 0 and start - now > max_wait then
+    return {0, start - now, 2}
   end
 end
 
@@ -40,11 +49,15 @@ if concurrency > 0 then
 end
 
 if calls > 0 then
-  redis.call('ZADD', KEYS[1], now, token)
-  redis.call('PEXPIRE', KEYS[1], period + 1000)
+  redis.call('ZADD', KEYS[1], start, token)
+  redis.call('PEXPIRE', KEYS[1], start - now + period + 1000)
 end
 if concurrency > 0 then
-  redis.call('ZADD', KEYS[2], now + lease, token)
-  redis.call('PEXPIRE', KEYS[2], lease * 2 + 1000)
+  -- A reserved start holds its lease from now, so the slot is there when it wakes.
+  redis.call('ZADD', KEYS[2], start + lease, token)
+  redis.call('PEXPIRE', KEYS[2], start - now + lease * 2 + 1000)
+end
+if start > now then
+  return {2, start - now}
 end
 return {1, 0}
