@@ -169,7 +169,9 @@ def main() -> None:
     try:
         results = {
             "command": "python benchmarks/redis_backend.py",
-            "machine": f"{platform.platform()}, {multiprocessing.cpu_count()} cores, Python {platform.python_version()}",
+            "machine": (
+                f"{platform.platform()}, {multiprocessing.cpu_count()} cores, Python {platform.python_version()}"
+            ),
             "sequential_one_connection": sequential(url, repeats=7, n=2000),
             "shared_limit": shared_limit(url, processes=8, limit=200, seconds=5.0),
         }
