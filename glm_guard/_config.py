@@ -27,6 +27,11 @@ __all__ = [
 DEFAULT_CALLS_PER_MINUTE = 50
 DEFAULT_KEY_PREFIX = "glm_guard:"
 DEFAULT_COOLDOWN_SECONDS = 1.0
+DEFAULT_API_BASE_URL = "https://open.bigmodel.cn/api/paas/v4"
+DEFAULT_MODEL = "glm-4"
+DEFAULT_MAX_TRIES = 5
+DEFAULT_REQUEST_TIMEOUT = 60.0
+_SECRETS = frozenset({"cache_secret", "api_key"})
 
 
 def mask_url(url: str) -> str:
@@ -66,15 +71,27 @@ class Settings:
     """``GLM_GUARD_DEFAULT_COOLDOWN``: pause after a rate-limit error that names no Retry-After."""
     cache_secret: str = field(default="", repr=False)
     """``GLM_GUARD_CACHE_SECRET``: HMAC key that signs pickled cache entries (pickle mode only)."""
+    api_key: str = field(default="", repr=False)
+    """``GLM_API_KEY`` (else ``ZHIPUAI_API_KEY``): the key ``get_llm_client()`` sends."""
+    api_base_url: str = DEFAULT_API_BASE_URL
+    """``GLM_API_BASE_URL``: where ``get_llm_client()`` posts ``/chat/completions``."""
+    model: str = DEFAULT_MODEL
+    """``GLM_API_MODEL``: the model ``get_llm_client()`` asks for when a call names none."""
+    max_tries: int = DEFAULT_MAX_TRIES
+    """``GLM_GUARD_MAX_TRIES``: attempts in all per ``get_llm_client()`` call (1: no retry)."""
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    """``GLM_API_TIMEOUT``: seconds ``get_llm_client()`` waits for one HTTP response."""
 
     def __repr__(self) -> str:
-        redis = mask_url(self.redis_url) if self.redis_url else None
-        return (
-            f"Settings(max_calls_per_minute={self.max_calls_per_minute}, "
-            f"max_concurrency={self.max_concurrency}, backend={self.backend!r}, "
-            f"redis_url={redis!r}, key_prefix={self.key_prefix!r}, "
-            f"default_cooldown={self.default_cooldown})"
-        )
+        shown = []
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if name in _SECRETS:
+                value = "***" if value else ""
+            elif name == "redis_url" and value:
+                value = mask_url(value)
+            shown.append(f"{name}={value!r}")
+        return f"Settings({', '.join(shown)})"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -91,7 +108,12 @@ class Settings:
             redis_url=redis_url,
             key_prefix=_text(env, "GLM_GUARD_KEY_PREFIX") or DEFAULT_KEY_PREFIX,
             default_cooldown=_non_negative_float(env, "GLM_GUARD_DEFAULT_COOLDOWN", DEFAULT_COOLDOWN_SECONDS),
-            cache_secret=env.get("GLM_GUARD_CACHE_SECRET", ""),
+            cache_secret=env.get("GLM_GUARD_CACHE_SECRET", "").strip(),
+            api_key=_text(env, "GLM_API_KEY") or _text(env, "ZHIPUAI_API_KEY") or "",
+            api_base_url=_http_url(env, "GLM_API_BASE_URL") or DEFAULT_API_BASE_URL,
+            model=_text(env, "GLM_API_MODEL") or DEFAULT_MODEL,
+            max_tries=_positive_int(env, "GLM_GUARD_MAX_TRIES") or DEFAULT_MAX_TRIES,
+            request_timeout=_positive_float(env, "GLM_API_TIMEOUT", DEFAULT_REQUEST_TIMEOUT),
         )
 
 
@@ -142,6 +164,23 @@ def _non_negative_float(env: Mapping[str, str], name: str, default: float) -> fl
     if not value >= 0 or value == float("inf"):
         raise ConfigurationError(name, f"must be a number of seconds >= 0, got {raw!r}")
     return value
+
+
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _non_negative_float(env, name, default)
+    if value == 0:
+        raise ConfigurationError(name, "must be a number of seconds > 0, got '0'")
+    return value
+
+
+def _http_url(env: Mapping[str, str], name: str) -> str | None:
+    raw = _text(env, name)
+    if raw is None:
+        return None
+    parts = urllib.parse.urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(name, f"must be an http:// or https:// URL, got {mask_url(raw)!r}")
+    return raw.rstrip("/")
 
 
 _settings_lock = threading.Lock()

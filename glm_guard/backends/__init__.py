@@ -17,6 +17,7 @@ from ._base import AsyncPermit, Backend, CacheStore, Limiter, LimitPolicy, Permi
 
 if TYPE_CHECKING:
     from ._local import LocalBackend
+    from ._redis import RedisBackend
 
 __all__ = [
     "AsyncPermit",
@@ -24,10 +25,25 @@ __all__ = [
     "CacheStore",
     "LimitPolicy",
     "Limiter",
+    "LocalBackend",
     "Permit",
+    "RedisBackend",
     "get_backend",
     "reset_backends",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # Imported on first use: the local one pulls in asyncio, the Redis one redis-py.
+    if name == "LocalBackend":
+        from ._local import LocalBackend
+
+        return LocalBackend
+    if name == "RedisBackend":
+        from ._redis import RedisBackend
+
+        return RedisBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _VALID = "'local', 'redis' (uses REDIS_URL), a redis://, rediss:// or unix:// URL, or a Backend instance"
 
