@@ -45,6 +45,7 @@ def __getattr__(name: str) -> object:
         return RedisBackend
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 _VALID = "'local', 'redis' (uses REDIS_URL), a redis://, rediss:// or unix:// URL, or a Backend instance"
 
 _lock = threading.Lock()

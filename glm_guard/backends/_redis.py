@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import hmac
 import importlib.resources
+import itertools
 import json
 import logging
 import os
@@ -51,6 +52,17 @@ CONCURRENCY_POLL_SECONDS: Final = 0.25
 _TURNSTILE: Final = LimitPolicy(None, 1.0, 1)
 _JSON_TAG: Final = b"gg1j:"
 _PICKLE_TAG: Final = b"gg1p:"
+
+
+_token_counter = itertools.count()
+_token_prefix = [os.getpid(), uuid.uuid4().hex[:12]]
+
+
+def _new_token() -> str:
+    """A token unique across processes: a random per-process prefix and a counter."""
+    if _token_prefix[0] != os.getpid():  # a forked child must not repeat its parent's tokens
+        _token_prefix[:] = [os.getpid(), uuid.uuid4().hex[:12]]
+    return f"{_token_prefix[1]}{next(_token_counter):x}"
 
 
 def _load_script(name: str) -> str:
@@ -98,6 +110,7 @@ class RedisBackend(Backend):
         self._lock = threading.Lock()
         self._limiters: dict[str, RedisLimiter] = {}
         self._scripts = {name: _load_script(name) for name in ("acquire", "release", "renew", "cooldown")}
+        self._shas = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in self._scripts.items()}
         self._pid = -1
         self._reset_process_state()
 
@@ -109,8 +122,7 @@ class RedisBackend(Backend):
     def _reset_process_state(self) -> None:
         self._pid = os.getpid()
         self._sync_client: Any = None
-        self._sync_scripts: dict[str, Any] = {}
-        self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, dict[str, Any], Any]] = (
+        self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, Any]] = (
             weakref.WeakKeyDictionary()
         )
         self._leases = _LeaseKeeper(self)
@@ -125,27 +137,17 @@ class RedisBackend(Backend):
     def _options(self) -> dict[str, Any]:
         return {"socket_timeout": self._socket_timeout, "socket_connect_timeout": self._socket_timeout}
 
-    def sync_script(self, name: str) -> Any:
+    def sync_client(self) -> Any:
         self._check_fork()
-        script = self._sync_scripts.get(name)
-        if script is None:
+        client = self._sync_client
+        if client is None:
             with self._lock:
                 if self._sync_client is None:
                     self._sync_client = self._redis.Redis.from_url(self._url, **self._options())
-                script = self._sync_scripts[name] = self._sync_client.register_script(self._scripts[name])
-        return script
-
-    def sync_client(self) -> Any:
-        self.sync_script("acquire")
-        return self._sync_client
-
-    async def async_script(self, name: str) -> Any:
-        return (await self._async_entry())[1][name]
+                client = self._sync_client
+        return client
 
     async def async_client(self) -> Any:
-        return (await self._async_entry())[0]
-
-    async def _async_entry(self) -> tuple[Any, dict[str, Any], Any]:
         self._check_fork()
         loop = asyncio.get_running_loop()
         entry = self._async_clients.get(loop)
@@ -153,12 +155,10 @@ class RedisBackend(Backend):
             import redis.asyncio
 
             client = redis.asyncio.Redis.from_url(self._url, **self._options())
-            scripts = {name: client.register_script(source) for name, source in self._scripts.items()}
             closer = _close_with_loop(client)
             await closer.__anext__()  # the loop now owns it and closes it at shutdown_asyncgens
-            entry = (client, scripts, closer)
-            self._async_clients[loop] = entry
-        return entry
+            entry = self._async_clients[loop] = (client, closer)
+        return entry[0]
 
     def run(self, call: Callable[[], Any]) -> Any:
         """Run one Redis call, wrapping failures into :class:`BackendError` in one place."""
@@ -170,6 +170,29 @@ class RedisBackend(Backend):
     async def run_async(self, call: Callable[[], Any]) -> Any:
         try:
             return await call()
+        except self._redis.RedisError as error:
+            raise self._wrap(error) from error
+
+    def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run a packaged script by SHA; load it once if the server does not know it (NOSCRIPT).
+
+        Called directly rather than through redis-py's ``Script`` wrapper, whose per-call
+        argument handling costs more than the script itself on loopback.
+        """
+        client = self.sync_client()
+        try:
+            return client.evalsha(self._shas[name], len(keys), *keys, *args)
+        except self._redis.exceptions.NoScriptError:
+            return self.run(lambda: client.eval(self._scripts[name], len(keys), *keys, *args))
+        except self._redis.RedisError as error:
+            raise self._wrap(error) from error
+
+    async def script_async(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        client = await self.async_client()
+        try:
+            return await client.evalsha(self._shas[name], len(keys), *keys, *args)
+        except self._redis.exceptions.NoScriptError:
+            return await self.run_async(lambda: client.eval(self._scripts[name], len(keys), *keys, *args))
         except self._redis.RedisError as error:
             raise self._wrap(error) from error
 
@@ -200,7 +223,6 @@ class RedisBackend(Backend):
         if client is not None and os.getpid() == self._pid:
             client.close()
         self._sync_client = None
-        self._sync_scripts = {}
 
 
 async def _close_with_loop(client: Any) -> AsyncIterator[None]:
@@ -244,8 +266,7 @@ class _LeaseKeeper:
                 held = [(key, list(tokens)) for key, tokens in self._held.items()]
             for leases_key, tokens in held:
                 try:
-                    script = self._backend.sync_script("renew")
-                    script(keys=[leases_key], args=[lease_ms, *tokens])
+                    self._backend.script("renew", [leases_key], [lease_ms, *tokens])
                 except Exception as error:  # keep renewing the others; the lease covers a blip
                     logger.warning("glm_guard: could not renew leases on %s: %s", leases_key, type(error).__name__)
 
@@ -330,20 +351,8 @@ class _AsyncRedisPermit(_RedisPermit):
             await self._limiter.give_back_async(token)
 
 
-class _NoTurn:
-    """Stands in for a turnstile permit already given back."""
-
-    def release(self) -> None:
-        return None
-
-
-class _AsyncNoTurn:
-    async def release(self) -> None:
-        return None
-
-
-_NO_TURN: Any = _NoTurn()
-_NO_TURN_ASYNC: Any = _AsyncNoTurn()
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
 
 def _sleep_holding(permit: _RedisPermit, seconds: float) -> None:
@@ -363,20 +372,15 @@ class RedisLimiter(Limiter):
         self.keys = [backend.key(key, "starts"), backend.key(key, "leases"), backend.key(key, "cooldown")]
         self.channel = backend.key(key, "released")
         self._turnstile = LocalLimiter(f"{key}#turnstile")
+        self._lease_ms = int(backend.lease * 1000)
 
     def __repr__(self) -> str:
         return f"<RedisLimiter {self.key!r}>"
 
     def _args(self, policy: LimitPolicy, token: str, deadline: float | None) -> list[object]:
         left_ms = -1 if deadline is None else max(int((deadline - time.monotonic()) * 1000), 0)
-        return [
-            policy.calls or 0,
-            int(policy.period * 1000),
-            policy.concurrency or 0,
-            int(self._backend.lease * 1000),
-            token,
-            left_ms,
-        ]
+        limits = f"{policy.calls or 0} {int(policy.period * 1000)} {policy.concurrency or 0} {self._lease_ms} {left_ms}"
+        return [limits, token]
 
     def _decide(
         self, reply: list[int], policy: LimitPolicy, token: str, deadline: float | None, max_wait: float | None
@@ -399,23 +403,28 @@ class RedisLimiter(Limiter):
             wait = min(wait, max(left, 0.0))
         return wait
 
+    # Callers go straight to Redis unless a caller of this process is already waiting: then
+    # they queue behind it locally, so a crowd of waiters costs Redis what one does.
+
     def acquire(self, policy: LimitPolicy, max_wait: float | None) -> Permit:
         deadline = None if max_wait is None else time.monotonic() + max_wait
-        turn = self._turnstile.acquire(_TURNSTILE, max_wait)
+        turn = None if self._turnstile.idle() else self._turnstile.acquire(_TURNSTILE, max_wait)
         try:
-            script = self._backend.sync_script("acquire")
             while True:
-                token = uuid.uuid4().hex
-                args = self._args(policy, token, deadline)
-                reply = self._backend.run(lambda: script(keys=self.keys, args=args))  # noqa: B023 - called at once
+                token = _new_token()
+                reply = self._backend.script("acquire", self.keys, self._args(policy, token, deadline))
                 wait = self._decide(reply, policy, token, deadline, max_wait)
                 if wait is None:
                     permit = _RedisPermit(self, token if policy.concurrency is not None else None)
-                    if int(reply[0]) == 2:  # a reserved start: let the next local waiter reserve its own
-                        turn.release()
-                        turn = _NO_TURN
+                    if int(reply[0]) == 2:  # a reserved start: the next local waiter may reserve its own
+                        if turn is not None:
+                            turn.release()
+                            turn = None
                         _sleep_holding(permit, int(reply[1]) / 1000.0)
                     return permit
+                if turn is None:
+                    turn = self._turnstile.acquire(_TURNSTILE, _left(deadline))
+                    continue
                 if int(reply[2]) == 3:
                     released = threading.Event()
                     self._backend._listener.watch(self.channel, released.set)
@@ -423,39 +432,41 @@ class RedisLimiter(Limiter):
                 else:
                     time.sleep(wait)
         finally:
-            self._backend._listener.unwatch(self.channel)
-            turn.release()
+            if turn is not None:
+                self._backend._listener.unwatch(self.channel)
+                turn.release()
 
     async def acquire_async(self, policy: LimitPolicy, max_wait: float | None) -> AsyncPermit:
         deadline = None if max_wait is None else time.monotonic() + max_wait
-        turn = await self._turnstile.acquire_async(_TURNSTILE, max_wait)
+        turn = None if self._turnstile.idle() else await self._turnstile.acquire_async(_TURNSTILE, max_wait)
         try:
-            script = await self._backend.async_script("acquire")
             while True:
-                token = uuid.uuid4().hex
-                args = self._args(policy, token, deadline)
-                reply = await self._backend.run_async(
-                    lambda: script(keys=self.keys, args=args)  # noqa: B023 - called at once
-                )
+                token = _new_token()
+                reply = await self._backend.script_async("acquire", self.keys, self._args(policy, token, deadline))
                 wait = self._decide(reply, policy, token, deadline, max_wait)
                 if wait is None:
                     permit = _AsyncRedisPermit(self, token if policy.concurrency is not None else None)
-                    if int(reply[0]) == 2:  # a reserved start: let the next local waiter reserve its own
-                        await turn.release()
-                        turn = _NO_TURN_ASYNC
+                    if int(reply[0]) == 2:  # a reserved start: the next local waiter may reserve its own
+                        if turn is not None:
+                            await turn.release()
+                            turn = None
                         try:
                             await asyncio.sleep(int(reply[1]) / 1000.0)
                         except BaseException:
                             await permit.release()
                             raise
                     return permit
+                if turn is None:
+                    turn = await self._turnstile.acquire_async(_TURNSTILE, _left(deadline))
+                    continue
                 if int(reply[2]) == 3:
                     await self._wait_for_release(wait)
                 else:
                     await asyncio.sleep(wait)
         finally:
-            self._backend._listener.unwatch(self.channel)
-            await turn.release()
+            if turn is not None:
+                self._backend._listener.unwatch(self.channel)
+                await turn.release()
 
     async def _wait_for_release(self, seconds: float) -> None:
         loop = asyncio.get_running_loop()
@@ -472,22 +483,18 @@ class RedisLimiter(Limiter):
 
     def give_back(self, token: str) -> None:
         self._backend._leases.discard(self.keys[1], token)
-        script = self._backend.sync_script("release")
-        self._backend.run(lambda: script(keys=[self.keys[1]], args=[token, self.channel]))
+        self._backend.script("release", [self.keys[1]], [token, self.channel])
 
     async def give_back_async(self, token: str) -> None:
         self._backend._leases.discard(self.keys[1], token)
-        script = await self._backend.async_script("release")
         # Shielded: a task cancelled while holding a permit still gives it back at once.
-        await asyncio.shield(self._backend.run_async(lambda: script(keys=[self.keys[1]], args=[token, self.channel])))
+        await asyncio.shield(self._backend.script_async("release", [self.keys[1]], [token, self.channel]))
 
     def cooldown(self, seconds: float) -> None:
-        script = self._backend.sync_script("cooldown")
-        self._backend.run(lambda: script(keys=[self.keys[2]], args=[int(seconds * 1000)]))
+        self._backend.script("cooldown", [self.keys[2]], [int(seconds * 1000)])
 
     async def cooldown_async(self, seconds: float) -> None:
-        script = await self._backend.async_script("cooldown")
-        await self._backend.run_async(lambda: script(keys=[self.keys[2]], args=[int(seconds * 1000)]))
+        await self._backend.script_async("cooldown", [self.keys[2]], [int(seconds * 1000)])
 
 
 class RedisCacheStore(CacheStore):

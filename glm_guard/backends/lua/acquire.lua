@@ -1,8 +1,9 @@
 -- One admission decision for one key, atomically, on the server's clock.
 -- KEYS[1] starts (ZSET: token -> start ms)   KEYS[2] leases (ZSET: token -> expiry ms)
 -- KEYS[3] cooldown (string: deadline ms)
--- ARGV: calls (0 = no rate limit), period_ms, concurrency (0 = none), lease_ms, token,
---       max_wait_ms (-1 = no limit)
+-- ARGV[1]: "calls period_ms concurrency lease_ms max_wait_ms" (calls or concurrency 0 = no
+--          such limit; max_wait_ms -1 = no limit), packed into one argument because each
+--          argument costs the client time to encode.  ARGV[2]: a token unique to this attempt.
 -- Returns {1, 0} when admitted now; {2, wait_ms} when admitted with a start reserved
 -- wait_ms from now (the caller sleeps, then starts without asking again: one round trip
 -- per admission even under contention); else {0, wait_ms, reason} with reason
@@ -11,12 +12,10 @@
 -- (tokens per minute) can join the same atomic check.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local calls = tonumber(ARGV[1])
-local period = tonumber(ARGV[2])
-local concurrency = tonumber(ARGV[3])
-local lease = tonumber(ARGV[4])
-local token = ARGV[5]
-local max_wait = tonumber(ARGV[6])
+local c, p, n, l, w = string.match(ARGV[1], '^(%d+) (%d+) (%d+) (%d+) (-?%d+)$')
+local calls, period, concurrency = tonumber(c), tonumber(p), tonumber(n)
+local lease, max_wait = tonumber(l), tonumber(w)
+local token = ARGV[2]
 
 local until_ms = tonumber(redis.call('GET', KEYS[3]) or '0')
 if until_ms > now then
@@ -25,15 +24,16 @@ end
 
 -- Starts (past and reserved) are kept in order; a new one goes after the last (FIFO), and
 -- only once the calls-th most recent start has left the window (start - period, start].
+-- Only the last `calls` starts can matter, so the set is trimmed by rank, never scanned.
+-- While the window is not full no reservation can lie in the future (a reservation is
+-- only made when `calls` starts fill its own window), so the last start matters only then.
 local start = now
 if calls > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - period)
-  local last = redis.call('ZREVRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  if last[2] and tonumber(last[2]) > start then start = tonumber(last[2]) end
-  if redis.call('ZCARD', KEYS[1]) >= calls then
-    local nth = redis.call('ZREVRANGE', KEYS[1], calls - 1, calls - 1, 'WITHSCORES')
-    local free_at = tonumber(nth[2]) + period
-    if free_at > start then start = free_at end
+  local nth = redis.call('ZREVRANGE', KEYS[1], calls - 1, calls - 1, 'WITHSCORES')
+  if nth[2] and tonumber(nth[2]) + period > now then
+    start = tonumber(nth[2]) + period
+    local last = redis.call('ZREVRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    if tonumber(last[2]) > start then start = tonumber(last[2]) end
   end
   if max_wait >= 0 and start - now > max_wait then
     return {0, start - now, 2}
@@ -50,6 +50,7 @@ end
 
 if calls > 0 then
   redis.call('ZADD', KEYS[1], start, token)
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(calls + 1))
   redis.call('PEXPIRE', KEYS[1], start - now + period + 1000)
 end
 if concurrency > 0 then
