@@ -88,6 +88,11 @@ class KeyMaker:
         return bound
 
     def _explain(self, material: object, error: Exception) -> TypeError:
+        if self._custom is not None:
+            return TypeError(
+                f"cached_response: the key function of {self._name} returned something that is not "
+                f"JSON-serialisable ({error}); return str, numbers, lists or dicts"
+            )
         if isinstance(material, dict):
             for name, value in material.items():
                 try:

@@ -10,7 +10,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 from ._classify import DEFAULT_CLASSIFIER
 from ._errors import ConfigurationError, GLMRateLimitException
-from ._marks import mark_degraded
+from ._marks import begin_call, mark_degraded
 from ._wrapping import default_key, kind_of, unwrap_descriptor
 
 __all__ = ["fallback"]
@@ -64,6 +64,7 @@ def fallback(value_or_callable: Any, *, on: ErrorFilter | None = None) -> Callab
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                begin_call()  # the mark then describes this call, whatever came before
                 try:
                     return await fn(*args, **kwargs)
                 except Exception as error:
@@ -83,6 +84,7 @@ def fallback(value_or_callable: Any, *, on: ErrorFilter | None = None) -> Callab
 
         @functools.wraps(fn)
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+            begin_call()
             try:
                 return fn(*args, **kwargs)
             except Exception as error:

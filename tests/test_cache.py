@@ -288,6 +288,15 @@ def test_a_custom_key_function(local_backend: LocalBackend) -> None:
     assert len(calls) == 1
 
 
+def test_a_key_function_returning_garbage_says_so(local_backend: LocalBackend) -> None:
+    @cached_response(backend=local_backend, key=lambda prompt: object())
+    def call(prompt: str) -> str:
+        return prompt
+
+    with pytest.raises(TypeError, match="key function"):
+        call("q")
+
+
 def test_ttl_zero_stores_nothing(local_backend: LocalBackend) -> None:
     calls, ask = counting(local_backend, ttl=0)
     ask("q")

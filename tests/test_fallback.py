@@ -92,13 +92,18 @@ def test_custom_on_types_and_predicates() -> None:
     assert by_predicate() == "predicate answer"
 
 
-def test_success_is_returned_unmarked() -> None:
-    glm_guard._marks.begin_call()
+def test_success_is_returned_unmarked_even_after_a_fallback() -> None:
+    failing = [True]
 
-    @fallback("never")
+    @fallback("busy")
     def reason() -> str:
+        if failing[0]:
+            raise GLMRateLimitException(code="1302")
         return "real"
 
+    assert reason() == "busy"
+    assert glm_guard.is_degraded()
+    failing[0] = False
     assert reason() == "real"
     assert not glm_guard.is_degraded()
 
