@@ -70,6 +70,7 @@ def cached_response(
     key: str | Callable[..., object] | None = None,
     backend: str | Backend | None = None,
     serializer: str = "json",
+    unkeyable: str = "raise",
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -80,6 +81,7 @@ def cached_response(
     key: str | Callable[..., object] | None = None,
     backend: str | Backend | None = None,
     serializer: str = "json",
+    unkeyable: str = "raise",
 ) -> Any:
     """Cache results by argument value for ``ttl`` seconds (``None``: until evicted).
 
@@ -92,6 +94,9 @@ def cached_response(
     results JSON cannot give back unchanged are returned but not cached).  ``"pickle"``
     stores any picklable value, signed with ``GLM_GUARD_CACHE_SECRET``; entries without a
     valid signature are misses, never unpickled.
+
+    An argument that cannot be part of a key raises ``TypeError`` naming it
+    (``unkeyable="raise"``), or makes that call bypass the cache (``unkeyable="bypass"``).
     """
     if callable(ttl):
         return cached_response()(ttl)
@@ -99,6 +104,8 @@ def cached_response(
     size = cast(int, _validate.positive_int("maxsize", maxsize))
     if key is not None and not callable(key):
         _validate.key_name("key", key)
+    if unkeyable not in ("raise", "bypass"):
+        raise ConfigurationError("unkeyable", f"must be 'raise' or 'bypass', got {unkeyable!r}")
     if serializer not in ("json", "pickle"):
         raise ConfigurationError("serializer", f"must be 'json' or 'pickle', got {serializer!r}")
     if serializer == "pickle" and not get_settings().cache_secret:
@@ -115,7 +122,8 @@ def cached_response(
         namespace = key if isinstance(key, str) else default_key(fn)
         make_key = KeyMaker(fn, namespace, key if callable(key) else None)
         cache = store.cache(namespace, ttl=lifetime, maxsize=size, serializer=serializer, owner=default_key(fn))
-        return cast(Callable[P, R], rewrap(_wrap(fn, cache, make_key, store_values=lifetime != 0)))
+        wrapped = _wrap(fn, cache, make_key, store_values=lifetime != 0, bypass_unkeyable=unkeyable == "bypass")
+        return cast(Callable[P, R], rewrap(wrapped))
 
     return decorate
 
@@ -150,7 +158,9 @@ async def _await_other_process_async(cache: CacheStore, digest: str) -> tuple[bo
             return False, None
 
 
-def _wrap(fn: Callable[..., Any], cache: CacheStore, make_key: KeyMaker, *, store_values: bool) -> Callable[..., Any]:
+def _wrap(
+    fn: Callable[..., Any], cache: CacheStore, make_key: KeyMaker, *, store_values: bool, bypass_unkeyable: bool
+) -> Callable[..., Any]:
     in_flight = _InFlight()
 
     if kind_of(fn) == "async":
@@ -158,7 +168,13 @@ def _wrap(fn: Callable[..., Any], cache: CacheStore, make_key: KeyMaker, *, stor
 
         @functools.wraps(fn)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            digest = make_key(args, kwargs)
+            try:
+                digest = make_key(args, kwargs)
+            except TypeError:
+                if not bypass_unkeyable:
+                    raise
+                begin_call()
+                return await fn(*args, **kwargs)
             while True:
                 hit, value = await cache.get_async(digest)
                 if hit:
@@ -207,7 +223,13 @@ def _wrap(fn: Callable[..., Any], cache: CacheStore, make_key: KeyMaker, *, stor
 
     @functools.wraps(fn)
     def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-        digest = make_key(args, kwargs)
+        try:
+            digest = make_key(args, kwargs)
+        except TypeError:
+            if not bypass_unkeyable:
+                raise
+            begin_call()
+            return fn(*args, **kwargs)
         while True:
             hit, value = cache.get(digest)
             if hit:

@@ -31,6 +31,7 @@ DEFAULT_API_BASE_URL = "https://open.bigmodel.cn/api/paas/v4"
 DEFAULT_MODEL = "glm-4"
 DEFAULT_MAX_TRIES = 5
 DEFAULT_REQUEST_TIMEOUT = 60.0
+DEFAULT_REDIS_TIMEOUT = 0.5
 _SECRETS = frozenset({"cache_secret", "api_key"})
 
 
@@ -81,6 +82,10 @@ class Settings:
     """``GLM_GUARD_MAX_TRIES``: attempts in all per ``get_llm_client()`` call (1: no retry)."""
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     """``GLM_API_TIMEOUT``: seconds ``get_llm_client()`` waits for one HTTP response."""
+    on_backend_error: str = "local"
+    """``GLM_GUARD_ON_BACKEND_ERROR``: ``local``, ``open`` or ``closed`` while Redis is unreachable."""
+    redis_timeout: float = DEFAULT_REDIS_TIMEOUT
+    """``GLM_GUARD_REDIS_TIMEOUT``: seconds any one Redis call may take before it counts as down."""
 
     def __repr__(self) -> str:
         shown = []
@@ -114,6 +119,8 @@ class Settings:
             model=_text(env, "GLM_API_MODEL") or DEFAULT_MODEL,
             max_tries=_positive_int(env, "GLM_GUARD_MAX_TRIES") or DEFAULT_MAX_TRIES,
             request_timeout=_positive_float(env, "GLM_API_TIMEOUT", DEFAULT_REQUEST_TIMEOUT),
+            on_backend_error=_choice(env, "GLM_GUARD_ON_BACKEND_ERROR", ("local", "open", "closed")) or "local",
+            redis_timeout=_positive_float(env, "GLM_GUARD_REDIS_TIMEOUT", DEFAULT_REDIS_TIMEOUT),
         )
 
 
@@ -171,6 +178,15 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
     if value == 0:
         raise ConfigurationError(name, "must be a number of seconds > 0, got '0'")
     return value
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:
+    raw = _text(env, name)
+    if raw is None:
+        return None
+    if raw.lower() not in choices:
+        raise ConfigurationError(name, f"must be one of {', '.join(choices)}, got {raw!r}")
+    return raw.lower()
 
 
 def _http_url(env: Mapping[str, str], name: str) -> str | None:

@@ -37,6 +37,7 @@ def rate_limited(
     backend: str | Backend | None = None,
     max_wait: float | None = None,
     cooldown: float | None = None,
+    on_backend_error: str | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -49,6 +50,7 @@ def rate_limited(
     backend: str | Backend | None = None,
     max_wait: float | None = None,
     cooldown: float | None = None,
+    on_backend_error: str | None = None,
 ) -> Any:
     """Admit at most ``calls`` starts in any ``period`` seconds and ``concurrency`` in flight.
 
@@ -68,13 +70,15 @@ def rate_limited(
         return rate_limited()(calls)
     settings = get_settings()
     _validate.seconds("period", period, allow_zero=False)
+    failure_policy = settings.on_backend_error if on_backend_error is None else on_backend_error
     if calls is None and concurrency is None:
-        policy = LimitPolicy(settings.max_calls_per_minute, 60.0, settings.max_concurrency)
+        policy = LimitPolicy(settings.max_calls_per_minute, 60.0, settings.max_concurrency, failure_policy)
     else:
         policy = LimitPolicy(
             _validate.positive_int("calls", calls, optional=True),
             cast(float, _validate.seconds("period", period, allow_zero=False)),
             _validate.positive_int("concurrency", concurrency, optional=True),
+            failure_policy,
         )
     wait_limit = _validate.seconds("max_wait", max_wait, optional=True)
     pause = _validate.seconds("cooldown", cooldown, optional=True)

@@ -275,6 +275,18 @@ def test_an_unserialisable_argument_names_itself(local_backend: LocalBackend) ->
         call("q", object())
 
 
+def test_an_unserialisable_argument_can_bypass_the_cache(local_backend: LocalBackend) -> None:
+    calls: list[int] = []
+
+    @cached_response(backend=local_backend, unkeyable="bypass")
+    def call(prompt: str, client: object) -> str:
+        calls.append(1)
+        return prompt
+
+    assert call("q", object()) == call("q", object()) == "q"
+    assert len(calls) == 2  # not cached, not failed
+
+
 def test_a_custom_key_function(local_backend: LocalBackend) -> None:
     calls: list[int] = []
 
@@ -306,7 +318,14 @@ def test_ttl_zero_stores_nothing(local_backend: LocalBackend) -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "name"),
-    [({"ttl": -1}, "ttl"), ({"maxsize": 0}, "maxsize"), ({"key": ""}, "key"), ({"backend": "nope"}, "backend")],
+    [
+        ({"ttl": -1}, "ttl"),
+        ({"maxsize": 0}, "maxsize"),
+        ({"key": ""}, "key"),
+        ({"backend": "nope"}, "backend"),
+        ({"unkeyable": "skip"}, "unkeyable"),
+        ({"serializer": "yaml"}, "serializer"),
+    ],
 )
 def test_bad_arguments_fail_at_decoration(kwargs: dict[str, Any], name: str) -> None:
     with pytest.raises(ConfigurationError) as caught:

@@ -99,7 +99,8 @@ def _create(name: str) -> Backend:
         return _local_backend()
     from ._redis import RedisBackend
 
-    return RedisBackend(name, key_prefix=get_settings().key_prefix)
+    settings = get_settings()
+    return RedisBackend(name, key_prefix=settings.key_prefix, socket_timeout=settings.redis_timeout)
 
 
 def _local_backend() -> LocalBackend:

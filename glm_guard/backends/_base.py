@@ -15,7 +15,11 @@ from typing import Protocol
 
 from .._errors import ConfigurationError
 
-__all__ = ["AsyncPermit", "Backend", "CacheStore", "LimitPolicy", "Limiter", "Permit"]
+__all__ = ["BACKEND_ERROR_POLICIES", "AsyncPermit", "Backend", "CacheStore", "LimitPolicy", "Limiter", "Permit"]
+
+#: ``local``: limit in this process with its share of the limit; ``open``: call without
+#: limiting; ``closed``: raise :class:`~glm_guard.BackendError` at once.
+BACKEND_ERROR_POLICIES = ("local", "open", "closed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +34,14 @@ class LimitPolicy:
     calls: int | None
     period: float
     concurrency: int | None
+    on_backend_error: str = "local"
+    """What to do while a shared store is unreachable: ``local``, ``open`` or ``closed``."""
 
     def __post_init__(self) -> None:
+        if self.on_backend_error not in BACKEND_ERROR_POLICIES:
+            raise ConfigurationError(
+                "on_backend_error", f"must be one of {', '.join(BACKEND_ERROR_POLICIES)}, got {self.on_backend_error!r}"
+            )
         if self.calls is not None:
             _check_positive_int("calls", self.calls)
         if self.concurrency is not None:

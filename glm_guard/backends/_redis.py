@@ -92,7 +92,7 @@ class RedisBackend(Backend):
         *,
         key_prefix: str | None = None,
         lease: float = 10.0,
-        socket_timeout: float = 2.0,
+        socket_timeout: float | None = None,
         fill_lease: float = 60.0,
     ) -> None:
         try:
@@ -106,7 +106,7 @@ class RedisBackend(Backend):
         self.prefix = get_settings().key_prefix if key_prefix is None else key_prefix
         self.lease = lease
         self.fill_lease = fill_lease
-        self._socket_timeout = socket_timeout
+        self._socket_timeout = get_settings().redis_timeout if socket_timeout is None else socket_timeout
         self._lock = threading.Lock()
         self._limiters: dict[str, RedisLimiter] = {}
         self._scripts = {name: _load_script(name) for name in ("acquire", "release", "renew", "cooldown")}
