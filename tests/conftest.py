@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -47,12 +49,15 @@ def free_port() -> int:
 class RedisServer:
     """A real redis-server process on a free loopback port, with a password."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None) -> None:
+        self.port = free_port() if port is None else port
+        self.dir = tempfile.mkdtemp(prefix="glm-guard-redis-")
+        self.start()
+
+    def start(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError("redis-server")
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="glm-guard-redis-")
         self.process = subprocess.Popen(
             [
                 binary,
@@ -96,7 +101,20 @@ class RedisServer:
 
         return redis.Redis.from_url(self.url)
 
+    def kill(self) -> None:
+        """SIGKILL: the server vanishes mid-conversation, as in a crash."""
+        self.process.kill()
+        self.process.wait(5)
+
+    def pause(self) -> None:
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.process.pid, signal.SIGCONT)
+
     def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.process.pid, signal.SIGCONT)
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -115,6 +133,16 @@ def redis_server() -> Iterator[RedisServer]:
         if REQUIRE_REDIS:
             pytest.fail("redis-server is not installed but GLM_GUARD_REQUIRE_REDIS=1")
         pytest.skip("redis-server is not installed")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def own_redis(redis_server: RedisServer) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, to stop, pause, kill and restart."""
+    server = RedisServer()
     try:
         yield server
     finally:

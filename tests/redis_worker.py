@@ -82,6 +82,43 @@ def main() -> None:
 
         call()
         print(json.dumps({"called_at": time.monotonic()}))
+    elif mode == "soak":
+        import resource
+
+        import httpx
+
+        outcomes: dict[str, int] = {}
+
+        @glm_guard.rate_limited(concurrency=options["concurrency"], key="soak-glm-4", backend=url, max_wait=30)
+        async def ask(client: httpx.AsyncClient, i: int) -> dict[str, Any]:
+            response = await client.post(
+                "/chat/completions",
+                json={"model": "glm-4", "messages": [{"role": "user", "content": f"q{i}"}]},
+            )
+            response.raise_for_status()
+            return dict(response.json())
+
+        async def run_soak() -> None:
+            headers = {"Authorization": "Bearer soak-key-0001"}
+            async with httpx.AsyncClient(base_url=options["base_url"], headers=headers, timeout=30) as client:
+
+                async def task(t: int) -> None:
+                    for i in range(options["calls"]):
+                        try:
+                            answer = await ask(client, t * 1000 + i)
+                            kind = "ok" if answer.get("choices") else "bad"
+                        except glm_guard.RateLimitTimeout:
+                            kind = "RateLimitTimeout"
+                        except httpx.HTTPStatusError as error:
+                            kind = f"http_{error.response.status_code}"
+                        outcomes[kind] = outcomes.get(kind, 0) + 1
+
+                await asyncio.gather(*(task(t) for t in range(options["tasks"])))
+
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        asyncio.run(run_soak())
+        rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(json.dumps({"outcomes": outcomes, "rss_kb": [rss_before, rss_after]}))
     elif mode == "cache":
         import redis
 

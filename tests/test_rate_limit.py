@@ -405,3 +405,42 @@ def test_set_testing_turns_waiting_off(local_backend: LocalBackend) -> None:
         assert [call() for _ in range(5)] == [1] * 5
     with pytest.raises(RateLimitTimeout):
         call()
+
+
+def test_an_interrupted_waiting_thread_leaks_no_permit(local_backend: LocalBackend) -> None:
+    """An exception raised inside a thread while it waits (as KeyboardInterrupt would be)."""
+    import ctypes
+
+    class Interrupted(Exception):
+        pass
+
+    hold = threading.Event()
+    outcome: list[str] = []
+
+    @rate_limited(concurrency=1, backend=local_backend, key="interrupt")
+    def call() -> None:
+        hold.wait(5)
+
+    holder = threading.Thread(target=call)
+    holder.start()
+    time.sleep(0.05)
+
+    def waiter_body() -> None:
+        try:
+            call()
+            outcome.append("ran")
+        except Interrupted:
+            outcome.append("interrupted")
+
+    waiter = threading.Thread(target=waiter_body)
+    waiter.start()
+    time.sleep(0.05)
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(waiter.ident or 0), ctypes.py_object(Interrupted))
+    waiter.join(5)
+    assert outcome == ["interrupted"]
+    limiter = local_backend._limiters["interrupt"]
+    assert len(limiter._waiters) == 0
+    hold.set()
+    holder.join(5)
+    assert limiter.state.in_flight == 0
+    call()  # the slot is free: neither the holder nor the interrupted waiter kept it

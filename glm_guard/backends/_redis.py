@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import pickle
+import socket
 import threading
 import time
 import uuid
@@ -40,7 +41,7 @@ from typing import Any, Final
 from .._config import get_settings, mask_url
 from .._errors import BackendError, ConfigurationError, RateLimitTimeout
 from ._base import AsyncPermit, Backend, CacheStore, Limiter, LimitPolicy, Permit
-from ._local import LocalLimiter, _resolve
+from ._local import LocalCacheStore, LocalLimiter, _resolve
 
 __all__ = ["RedisBackend", "RedisCacheStore", "RedisLimiter"]
 
@@ -109,8 +110,12 @@ class RedisBackend(Backend):
         self._socket_timeout = get_settings().redis_timeout if socket_timeout is None else socket_timeout
         self._lock = threading.Lock()
         self._limiters: dict[str, RedisLimiter] = {}
-        self._scripts = {name: _load_script(name) for name in ("acquire", "release", "renew", "cooldown")}
+        self._scripts = {name: _load_script(name) for name in ("acquire", "release", "renew", "cooldown", "heartbeat")}
         self._shas = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in self._scripts.items()}
+        self.health = _Health(url)
+        self.degraded_calls = 0
+        self._degraded_lock = threading.Lock()
+        self._shares: dict[tuple[LimitPolicy, int], LimitPolicy] = {}
         self._pid = -1
         self._reset_process_state()
 
@@ -127,6 +132,7 @@ class RedisBackend(Backend):
         )
         self._leases = _LeaseKeeper(self)
         self._listener = _ReleaseListener(self)
+        self.heartbeat = _Heartbeat(self)
 
     def _check_fork(self) -> None:
         if os.getpid() != self._pid:  # never share a socket or a thread with the parent
@@ -163,15 +169,21 @@ class RedisBackend(Backend):
     def run(self, call: Callable[[], Any]) -> Any:
         """Run one Redis call, wrapping failures into :class:`BackendError` in one place."""
         try:
-            return call()
+            reply = call()
         except self._redis.RedisError as error:
             raise self._wrap(error) from error
+        if self.health.failures:
+            self.health.succeeded()
+        return reply
 
     async def run_async(self, call: Callable[[], Any]) -> Any:
         try:
-            return await call()
+            reply = await call()
         except self._redis.RedisError as error:
             raise self._wrap(error) from error
+        if self.health.failures:
+            self.health.succeeded()
+        return reply
 
     def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run a packaged script by SHA; load it once if the server does not know it (NOSCRIPT).
@@ -181,20 +193,26 @@ class RedisBackend(Backend):
         """
         client = self.sync_client()
         try:
-            return client.evalsha(self._shas[name], len(keys), *keys, *args)
-        except self._redis.exceptions.NoScriptError:
-            return self.run(lambda: client.eval(self._scripts[name], len(keys), *keys, *args))
+            reply = client.evalsha(self._shas[name], len(keys), *keys, *args)
+        except self._redis.exceptions.NoScriptError:  # after SCRIPT FLUSH, a restart or a failover
+            reply = self.run(lambda: client.eval(self._scripts[name], len(keys), *keys, *args))
         except self._redis.RedisError as error:
             raise self._wrap(error) from error
+        if self.health.failures:
+            self.health.succeeded()
+        return reply
 
     async def script_async(self, name: str, keys: list[str], args: list[Any]) -> Any:
         client = await self.async_client()
         try:
-            return await client.evalsha(self._shas[name], len(keys), *keys, *args)
+            reply = await client.evalsha(self._shas[name], len(keys), *keys, *args)
         except self._redis.exceptions.NoScriptError:
-            return await self.run_async(lambda: client.eval(self._scripts[name], len(keys), *keys, *args))
+            reply = await self.run_async(lambda: client.eval(self._scripts[name], len(keys), *keys, *args))
         except self._redis.RedisError as error:
             raise self._wrap(error) from error
+        if self.health.failures:
+            self.health.succeeded()
+        return reply
 
     def _wrap(self, error: Exception) -> BackendError:
         return BackendError(f"redis backend {mask_url(self._url)}: {type(error).__name__}: {error}")
@@ -214,11 +232,30 @@ class RedisBackend(Backend):
     def cache(
         self, namespace: str, *, ttl: float | None, maxsize: int, serializer: str = "json", owner: str = ""
     ) -> RedisCacheStore:
-        return RedisCacheStore(self, namespace, ttl, serializer, owner or namespace)
+        return RedisCacheStore(self, namespace, ttl, serializer, owner or namespace, maxsize)
+
+    def count_degraded(self) -> None:
+        with self._degraded_lock:
+            self.degraded_calls += 1
+
+    def share(self, policy: LimitPolicy) -> LimitPolicy:
+        """This process's share of ``policy`` while Redis is away: the limit / live processes."""
+        processes = self.heartbeat.live_processes
+        cached = self._shares.get((policy, processes))
+        if cached is None:
+            cached = LimitPolicy(
+                None if policy.calls is None else max(1, policy.calls // processes),
+                policy.period,
+                None if policy.concurrency is None else max(1, policy.concurrency // processes),
+                policy.on_backend_error,
+            )
+            self._shares[(policy, processes)] = cached
+        return cached
 
     def close(self) -> None:
         self._leases.stop()
         self._listener.stop()
+        self.heartbeat.stop()
         client = self._sync_client
         if client is not None and os.getpid() == self._pid:
             client.close()
@@ -231,6 +268,89 @@ async def _close_with_loop(client: Any) -> AsyncIterator[None]:
         yield
     finally:
         await client.aclose()
+
+
+class _Health:
+    """Whether Redis answers; after a failure, calls skip it until a backoff has passed.
+
+    One warning per outage, not per call, and one line when it is back.  While it is down
+    no call waits on a socket: the failure policy answers at once.
+    """
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._lock = threading.Lock()
+        self.failures = 0
+        self.down_until = 0.0
+        self.outages = 0
+
+    def available(self) -> bool:
+        return self.failures == 0 or time.monotonic() >= self.down_until
+
+    def failed(self, error: BaseException) -> None:
+        with self._lock:
+            self.failures += 1
+            self.down_until = time.monotonic() + min(0.25 * 2 ** (self.failures - 1), 5.0)
+            first = self.failures == 1
+            if first:
+                self.outages += 1
+        if first:
+            logger.warning(
+                "glm_guard: Redis at %s is unreachable (%s); applying each decorator's on_backend_error policy "
+                "until it answers again",
+                mask_url(self._url),
+                type(error.__cause__ or error).__name__,
+            )
+
+    def succeeded(self) -> None:
+        with self._lock:
+            was_down = self.failures > 0
+            self.failures = 0
+        if was_down:
+            logger.warning("glm_guard: Redis at %s answers again; shared limits resume", mask_url(self._url))
+
+    def error(self) -> BackendError:
+        return BackendError(f"redis backend {mask_url(self._url)} is unreachable (retrying with backoff)")
+
+
+class _Heartbeat:
+    """Counts the live processes using this Redis, so a degraded process takes its share.
+
+    Every process refreshes its own member of one sorted set every few seconds; members that
+    stop refreshing drop out.  The count last seen is kept for when Redis goes away.
+    """
+
+    INTERVAL = 2.0
+
+    def __init__(self, backend: RedisBackend) -> None:
+        self._backend = backend
+        self._member = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.live_processes = 1
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._loop, name="glm-guard-heartbeat", daemon=True)
+                    self._thread.start()
+
+    def beat(self) -> None:
+        key = self._backend.prefix + "processes"
+        ttl_ms = int(self.INTERVAL * 3 * 1000)
+        self.live_processes = max(1, int(self._backend.script("heartbeat", [key], [self._member, ttl_ms])))
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            if self._backend.health.available():
+                with contextlib.suppress(BackendError):
+                    self.beat()
+            self._stop.wait(self.INTERVAL)
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 class _LeaseKeeper:
@@ -351,6 +471,22 @@ class _AsyncRedisPermit(_RedisPermit):
             await self._limiter.give_back_async(token)
 
 
+class _Unlimited:
+    """The permit of the ``open`` policy: nothing was taken, so nothing is given back."""
+
+    def release(self) -> None:
+        return None
+
+
+class _AsyncUnlimited:
+    async def release(self) -> None:
+        return None
+
+
+_UNLIMITED = _Unlimited()
+_UNLIMITED_ASYNC = _AsyncUnlimited()
+
+
 def _left(deadline: float | None) -> float | None:
     return None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
@@ -372,6 +508,7 @@ class RedisLimiter(Limiter):
         self.keys = [backend.key(key, "starts"), backend.key(key, "leases"), backend.key(key, "cooldown")]
         self.channel = backend.key(key, "released")
         self._turnstile = LocalLimiter(f"{key}#turnstile")
+        self._local = LocalLimiter(key)  # serves the "local" policy while Redis is away
         self._lease_ms = int(backend.lease * 1000)
 
     def __repr__(self) -> str:
@@ -407,6 +544,39 @@ class RedisLimiter(Limiter):
     # they queue behind it locally, so a crowd of waiters costs Redis what one does.
 
     def acquire(self, policy: LimitPolicy, max_wait: float | None) -> Permit:
+        health = self._backend.health
+        if health.available():
+            try:
+                return self._acquire_shared(policy, max_wait)
+            except BackendError as error:
+                health.failed(error)
+                if policy.on_backend_error == "closed":
+                    raise
+        elif policy.on_backend_error == "closed":
+            raise health.error()
+        self._backend.count_degraded()
+        if policy.on_backend_error == "open":
+            return _UNLIMITED
+        return self._local.acquire(self._backend.share(policy), max_wait)
+
+    async def acquire_async(self, policy: LimitPolicy, max_wait: float | None) -> AsyncPermit:
+        health = self._backend.health
+        if health.available():
+            try:
+                return await self._acquire_shared_async(policy, max_wait)
+            except BackendError as error:
+                health.failed(error)
+                if policy.on_backend_error == "closed":
+                    raise
+        elif policy.on_backend_error == "closed":
+            raise health.error()
+        self._backend.count_degraded()
+        if policy.on_backend_error == "open":
+            return _UNLIMITED_ASYNC
+        return await self._local.acquire_async(self._backend.share(policy), max_wait)
+
+    def _acquire_shared(self, policy: LimitPolicy, max_wait: float | None) -> Permit:
+        self._backend.heartbeat.start()
         deadline = None if max_wait is None else time.monotonic() + max_wait
         turn = None if self._turnstile.idle() else self._turnstile.acquire(_TURNSTILE, max_wait)
         try:
@@ -436,7 +606,8 @@ class RedisLimiter(Limiter):
                 self._backend._listener.unwatch(self.channel)
                 turn.release()
 
-    async def acquire_async(self, policy: LimitPolicy, max_wait: float | None) -> AsyncPermit:
+    async def _acquire_shared_async(self, policy: LimitPolicy, max_wait: float | None) -> AsyncPermit:
+        self._backend.heartbeat.start()
         deadline = None if max_wait is None else time.monotonic() + max_wait
         turn = None if self._turnstile.idle() else await self._turnstile.acquire_async(_TURNSTILE, max_wait)
         try:
@@ -481,27 +652,54 @@ class RedisLimiter(Limiter):
             async with asyncio.timeout(seconds):
                 await released
 
+    # Giving back and cooling down never raise into the caller's result: if Redis is away
+    # the lease simply expires, and the pause is kept in this process instead.
+
     def give_back(self, token: str) -> None:
         self._backend._leases.discard(self.keys[1], token)
-        self._backend.script("release", [self.keys[1]], [token, self.channel])
+        if self._backend.health.available():
+            try:
+                self._backend.script("release", [self.keys[1]], [token, self.channel])
+            except BackendError as error:
+                self._backend.health.failed(error)
 
     async def give_back_async(self, token: str) -> None:
         self._backend._leases.discard(self.keys[1], token)
-        # Shielded: a task cancelled while holding a permit still gives it back at once.
-        await asyncio.shield(self._backend.script_async("release", [self.keys[1]], [token, self.channel]))
+        if self._backend.health.available():
+            try:
+                # Shielded: a task cancelled while holding a permit still gives it back at once.
+                await asyncio.shield(self._backend.script_async("release", [self.keys[1]], [token, self.channel]))
+            except BackendError as error:
+                self._backend.health.failed(error)
 
     def cooldown(self, seconds: float) -> None:
-        self._backend.script("cooldown", [self.keys[2]], [int(seconds * 1000)])
+        self._local.cooldown(seconds)
+        if self._backend.health.available():
+            try:
+                self._backend.script("cooldown", [self.keys[2]], [int(seconds * 1000)])
+            except BackendError as error:
+                self._backend.health.failed(error)
 
     async def cooldown_async(self, seconds: float) -> None:
-        await self._backend.script_async("cooldown", [self.keys[2]], [int(seconds * 1000)])
+        self._local.cooldown(seconds)
+        if self._backend.health.available():
+            try:
+                await self._backend.script_async("cooldown", [self.keys[2]], [int(seconds * 1000)])
+            except BackendError as error:
+                self._backend.health.failed(error)
 
 
 class RedisCacheStore(CacheStore):
     """Entries shared by every process; JSON by default, signed pickle only on request."""
 
     def __init__(
-        self, backend: RedisBackend, namespace: str, ttl: float | None, serializer: str = "json", owner: str = ""
+        self,
+        backend: RedisBackend,
+        namespace: str,
+        ttl: float | None,
+        serializer: str = "json",
+        owner: str = "",
+        maxsize: int = 1024,
     ) -> None:
         self._backend = backend
         digest = hashlib.blake2b(namespace.encode(), digest_size=10).hexdigest()
@@ -512,6 +710,7 @@ class RedisCacheStore(CacheStore):
         self._secret = get_settings().cache_secret.encode() if serializer == "pickle" else b""
         self._warned = False
         self.corrupt_entries = 0
+        self._local = LocalCacheStore(ttl, maxsize)
 
     # -- encoding ---------------------------------------------------------------------------
 
@@ -547,49 +746,105 @@ class RedisCacheStore(CacheStore):
         return False, None
 
     # -- the CacheStore interface ------------------------------------------------------------
+    # While Redis is away the store keeps working from a cache in this process: a miss
+    # costs one call to the provider, never an error in the caller's face.
+
+    def _shared(self) -> bool:
+        return self._backend.health.available()
+
+    def _down(self, error: BackendError) -> None:
+        self._backend.health.failed(error)
+        self._backend.count_degraded()
 
     def get(self, key: str) -> tuple[bool, object]:
-        client = self._backend.sync_client()
-        return self.decode(self._backend.run(lambda: client.get(self._prefix + key)))
+        if self._shared():
+            try:
+                client = self._backend.sync_client()
+                return self.decode(self._backend.run(lambda: client.get(self._prefix + key)))
+            except BackendError as error:
+                self._down(error)
+        return self._local.get(key)
 
     def set(self, key: str, value: object) -> None:
         data = self.encode(value)
-        if data is not None:
-            client = self._backend.sync_client()
-            self._backend.run(lambda: client.set(self._prefix + key, data, px=self._ttl_ms))
+        if data is None:
+            return
+        if self._shared():
+            try:
+                client = self._backend.sync_client()
+                self._backend.run(lambda: client.set(self._prefix + key, data, px=self._ttl_ms))
+                return
+            except BackendError as error:
+                self._down(error)
+        self._local.set(key, value)
 
     async def get_async(self, key: str) -> tuple[bool, object]:
-        client = await self._backend.async_client()
-        return self.decode(await self._backend.run_async(lambda: client.get(self._prefix + key)))
+        if self._shared():
+            try:
+                client = await self._backend.async_client()
+                return self.decode(await self._backend.run_async(lambda: client.get(self._prefix + key)))
+            except BackendError as error:
+                self._down(error)
+        return self._local.get(key)
 
     async def set_async(self, key: str, value: object) -> None:
         data = self.encode(value)
-        if data is not None:
-            client = await self._backend.async_client()
-            await self._backend.run_async(lambda: client.set(self._prefix + key, data, px=self._ttl_ms))
+        if data is None:
+            return
+        if self._shared():
+            try:
+                client = await self._backend.async_client()
+                await self._backend.run_async(lambda: client.set(self._prefix + key, data, px=self._ttl_ms))
+                return
+            except BackendError as error:
+                self._down(error)
+        self._local.set(key, value)
 
     # -- one process computes an entry, the others wait for it --------------------------------
 
     def claim(self, key: str) -> bool:
-        client = self._backend.sync_client()
+        if not self._shared():
+            return True
         ms = int(self._backend.fill_lease * 1000)
-        return bool(self._backend.run(lambda: client.set(self._prefix + key + ":fill", os.getpid(), nx=True, px=ms)))
+        try:
+            client = self._backend.sync_client()
+            return bool(self._backend.run(lambda: client.set(self._prefix + key + ":fill", _FILLER, nx=True, px=ms)))
+        except BackendError as error:
+            self._down(error)
+            return True
 
     def unclaim(self, key: str) -> None:
-        client = self._backend.sync_client()
-        self._backend.run(lambda: client.delete(self._prefix + key + ":fill"))
+        if self._shared():
+            try:
+                client = self._backend.sync_client()
+                self._backend.run(lambda: client.delete(self._prefix + key + ":fill"))
+            except BackendError as error:  # the claim expires by itself
+                self._down(error)
 
     async def claim_async(self, key: str) -> bool:
-        client = await self._backend.async_client()
+        if not self._shared():
+            return True
         ms = int(self._backend.fill_lease * 1000)
-        reply = await self._backend.run_async(
-            lambda: client.set(self._prefix + key + ":fill", os.getpid(), nx=True, px=ms)
-        )
-        return bool(reply)
+        try:
+            client = await self._backend.async_client()
+            reply = await self._backend.run_async(
+                lambda: client.set(self._prefix + key + ":fill", _FILLER, nx=True, px=ms)
+            )
+            return bool(reply)
+        except BackendError as error:
+            self._down(error)
+            return True
 
     async def unclaim_async(self, key: str) -> None:
-        client = await self._backend.async_client()
-        await self._backend.run_async(lambda: client.delete(self._prefix + key + ":fill"))
+        if self._shared():
+            try:
+                client = await self._backend.async_client()
+                await self._backend.run_async(lambda: client.delete(self._prefix + key + ":fill"))
+            except BackendError as error:
+                self._down(error)
+
+
+_FILLER = "1"
 
 
 def _json_native(value: object, depth: int) -> bool:

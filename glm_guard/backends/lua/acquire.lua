@@ -1,6 +1,8 @@
 -- One admission decision for one key, atomically, on the server's clock.
 -- KEYS[1] starts (ZSET: token -> start ms)   KEYS[2] leases (ZSET: token -> expiry ms)
 -- KEYS[3] cooldown (string: deadline ms)
+-- ARGV[3] (tests only): a virtual "now" in ms, so the same vectors can check this script and
+-- the local algorithm against one oracle.
 -- ARGV[1]: "calls period_ms concurrency lease_ms max_wait_ms" (calls or concurrency 0 = no
 --          such limit; max_wait_ms -1 = no limit), packed into one argument because each
 --          argument costs the client time to encode.  ARGV[2]: a token unique to this attempt.
@@ -12,6 +14,7 @@
 -- (tokens per minute) can join the same atomic check.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if ARGV[3] then now = tonumber(ARGV[3]) end  -- a virtual clock, for the property tests only
 local c, p, n, l, w = string.match(ARGV[1], '^(%d+) (%d+) (%d+) (%d+) (-?%d+)$')
 local calls, period, concurrency = tonumber(c), tonumber(p), tonumber(n)
 local lease, max_wait = tonumber(l), tonumber(w)

@@ -1,0 +1,248 @@
+"""Redis faults, injected into real redis-server processes: down, killed, paused, restarted.
+
+Every test names "redis" so CI refuses to let them be skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+import redis
+
+from glm_guard import BackendError, RateLimitTimeout, cached_response, rate_limited
+from glm_guard.backends import RedisBackend
+
+from .conftest import REDIS_PASSWORD, RedisServer, free_port
+
+
+def closed_port_url() -> str:
+    return f"redis://:{REDIS_PASSWORD}@127.0.0.1:{free_port()}/0"
+
+
+def warnings_about_redis(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
+
+
+def test_redis_down_at_start_local_policy_limits_locally(caplog: pytest.LogCaptureFixture) -> None:
+    backend = RedisBackend(closed_port_url(), socket_timeout=0.5)
+
+    @rate_limited(4, 60.0, key="down-local", backend=backend, max_wait=0)
+    def call() -> str:
+        return "ok"
+
+    began = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="glm_guard"):
+        assert [call() for _ in range(4)] == ["ok"] * 4
+        with pytest.raises(RateLimitTimeout):
+            call()  # the local share of the limit still holds
+    assert time.monotonic() - began < 2.0  # no call hung on the dead server
+    assert len(warnings_about_redis(caplog)) == 1  # one warning per outage, not per call
+    assert backend.degraded_calls == 5
+    backend.close()
+
+
+def test_redis_down_at_start_open_policy_does_not_limit() -> None:
+    backend = RedisBackend(closed_port_url(), socket_timeout=0.5)
+
+    @rate_limited(1, 60.0, key="down-open", backend=backend, on_backend_error="open", max_wait=0)
+    def call() -> str:
+        return "ok"
+
+    assert [call() for _ in range(5)] == ["ok"] * 5
+    backend.close()
+
+
+def test_redis_down_at_start_closed_policy_raises_at_once() -> None:
+    backend = RedisBackend(closed_port_url(), socket_timeout=0.5)
+
+    @rate_limited(5, 60.0, key="down-closed", backend=backend, on_backend_error="closed")
+    def call() -> str:
+        return "ok"
+
+    for _ in range(3):
+        began = time.monotonic()
+        with pytest.raises(BackendError):
+            call()
+        assert time.monotonic() - began < 1.0
+    backend.close()
+
+
+async def test_redis_down_at_start_async_local_policy() -> None:
+    backend = RedisBackend(closed_port_url(), socket_timeout=0.5)
+
+    @rate_limited(3, 60.0, concurrency=2, key="down-async", backend=backend, max_wait=0)
+    async def call() -> str:
+        return "ok"
+
+    assert [await call() for _ in range(3)] == ["ok"] * 3
+    with pytest.raises(RateLimitTimeout):
+        await call()
+    backend.close()
+
+
+def test_redis_killed_mid_run_then_restarted_resumes_sharing(
+    own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = RedisBackend(own_redis.url, socket_timeout=0.5)
+
+    @rate_limited(1000, 1.0, key="killed-mid-run", backend=backend)
+    def call() -> str:
+        return "ok"
+
+    assert call() == "ok"
+    assert backend.degraded_calls == 0
+    with caplog.at_level(logging.WARNING, logger="glm_guard"):
+        own_redis.kill()
+        for _ in range(20):
+            assert call() == "ok"  # served under the local policy, each at once
+        assert backend.degraded_calls >= 19
+        own_redis.start()
+        deadline = time.monotonic() + 10
+        client = redis.Redis.from_url(own_redis.url)
+        while time.monotonic() < deadline and not client.exists("glm_guard:{killed-mid-run}:starts"):
+            call()
+            time.sleep(0.1)
+        assert client.exists("glm_guard:{killed-mid-run}:starts")  # sharing resumed within seconds
+        client.close()
+    assert len(warnings_about_redis(caplog)) == 1
+    assert any("answers again" in r.getMessage() for r in caplog.records)
+    backend.close()
+
+
+def test_a_paused_redis_never_hangs_a_call(own_redis: RedisServer) -> None:
+    backend = RedisBackend(own_redis.url, socket_timeout=0.3)
+
+    @rate_limited(1000, 1.0, key="paused", backend=backend)
+    def call() -> str:
+        return "ok"
+
+    assert call() == "ok"
+    own_redis.pause()
+    try:
+        began = time.monotonic()
+        assert call() == "ok"
+        assert time.monotonic() - began < 1.5  # one socket timeout, then the local policy
+        began = time.monotonic()
+        assert call() == "ok"
+        assert time.monotonic() - began < 0.2  # within the backoff no socket is even tried
+    finally:
+        own_redis.resume()
+    backend.close()
+
+
+async def test_a_paused_redis_never_hangs_an_async_call(own_redis: RedisServer) -> None:
+    backend = RedisBackend(own_redis.url, socket_timeout=0.3)
+
+    @rate_limited(1000, 1.0, concurrency=10, key="paused-async", backend=backend)
+    async def call() -> str:
+        return "ok"
+
+    assert await call() == "ok"
+    own_redis.pause()
+    try:
+        began = time.monotonic()
+        assert await asyncio.wait_for(call(), 5) == "ok"
+        assert time.monotonic() - began < 1.5
+    finally:
+        own_redis.resume()
+    backend.close()
+
+
+def test_cache_and_cooldown_fall_back_to_local_state_redis() -> None:
+    backend = RedisBackend(closed_port_url(), socket_timeout=0.5)
+    calls: list[int] = []
+
+    @cached_response(backend=backend, key="down-cache")
+    def ask(question: str) -> str:
+        calls.append(1)
+        return question.upper()
+
+    assert ask("q") == ask("q") == "Q"
+    assert len(calls) == 1  # served from this process's cache while Redis is away
+
+    @rate_limited(100, 1.0, key="down-cooldown", backend=backend, cooldown=0.3)
+    def limited(fail: bool) -> None:
+        if fail:
+            raise RuntimeError('429 {"error":{"code":"1302","message":"busy"}}')
+
+    with pytest.raises(RuntimeError):
+        limited(True)
+    began = time.monotonic()
+    limited(False)
+    assert time.monotonic() - began >= 0.25  # the pause was kept locally
+    backend.close()
+
+
+async def test_sequential_event_loops_each_get_their_own_client_redis(redis_url: str) -> None:
+    backend = RedisBackend(redis_url)
+
+    @rate_limited(100, 1.0, concurrency=2, key="loops", backend=backend)
+    async def call() -> str:
+        await asyncio.sleep(0)
+        return "ok"
+
+    def run_in_fresh_loop() -> str:
+        return asyncio.run(call())
+
+    import threading
+
+    results: list[str] = []
+    for _ in range(3):  # one after another, each asyncio.run a new loop
+        thread = threading.Thread(target=lambda: results.append(run_in_fresh_loop()))
+        thread.start()
+        thread.join(10)
+    threads = [threading.Thread(target=lambda: results.append(run_in_fresh_loop())) for _ in range(3)]
+    for thread in threads:  # and side by side, each thread its own loop
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert results == ["ok"] * 6
+    backend.close()
+
+
+def test_after_fork_the_child_uses_its_own_connections_redis(redis_url: str) -> None:
+    import os
+
+    backend = RedisBackend(redis_url)
+
+    @rate_limited(100, 1.0, concurrency=2, key="forked", backend=backend)
+    def call() -> int:
+        return os.getpid()
+
+    assert call() == os.getpid()
+    parent_client = backend.sync_client()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: must not touch the parent's pool, threads or sockets
+        try:
+            ok = call() == os.getpid() and backend.sync_client() is not parent_client
+            os.write(write, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1"
+    os.close(read)
+    assert status == 0
+    assert call() == os.getpid()  # the parent's connection still works
+    assert backend.sync_client() is parent_client
+    backend.close()
+
+
+async def test_wait_for_timeout_around_a_guarded_call_releases_the_lease_redis(redis_url: str) -> None:
+    backend = RedisBackend(redis_url, lease=30)
+
+    @rate_limited(concurrency=1, key="wait-for", backend=backend)
+    async def slow() -> None:
+        await asyncio.sleep(10)
+
+    for _ in range(3):
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(slow(), 0.1)
+    client = redis.Redis.from_url(redis_url)
+    assert client.zcard("glm_guard:{wait-for}:leases") == 0
+    client.close()
+    backend.close()
