@@ -20,6 +20,9 @@ from typing import Any, Final
 
 KEY_VERSION: Final = "v1"
 _SKIPPED_FIRST: Final = ("self", "cls")
+# Values whose equality and hash are stable and type-exact once the type is part of the
+# memo key (1, 1.0 and True hash alike, so the types are kept alongside the values).
+_MEMO_SAFE: Final = frozenset({str, int, float, bool, type(None)})
 
 
 def _encode(value: Any) -> Any:
@@ -49,9 +52,25 @@ def _canonical(material: object) -> str:
 class KeyMaker:
     """Builds the digest for one decorated function's calls."""
 
-    __slots__ = ("_custom", "_defaults", "_name", "_positional", "_prefix", "_skip_first", "_var_positional")
+    __slots__ = (
+        "_custom",
+        "_defaults",
+        "_memo",
+        "_memo_size",
+        "_name",
+        "_positional",
+        "_prefix",
+        "_skip_first",
+        "_var_positional",
+    )
 
-    def __init__(self, fn: Callable[..., Any], namespace: str, custom: Callable[..., object] | None) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], namespace: str, custom: Callable[..., object] | None, memo_size: int = 1024
+    ) -> None:
+        # Digests of recent calls whose arguments are plain scalars: hashing JSON costs
+        # microseconds, a dict lookup a fraction of one.  The digest stays the cache key.
+        self._memo: dict[tuple[Any, ...], str] = {}
+        self._memo_size = memo_size
         self._name = getattr(fn, "__qualname__", repr(fn))
         self._custom = custom
         self._prefix = f"{KEY_VERSION}\x00{namespace}\x00".encode()
@@ -67,6 +86,28 @@ class KeyMaker:
         }
 
     def __call__(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+        if self._custom is not None:
+            return self._digest(args, kwargs)
+        values = args[1:] if self._skip_first else args
+        if kwargs:
+            items = tuple(kwargs.items())
+            types = (*map(type, values), *map(type, kwargs.values()))
+        else:
+            items = ()
+            types = tuple(map(type, values))
+        if not _MEMO_SAFE.issuperset(types):
+            return self._digest(args, kwargs)
+        memo_key = (values, items, types)
+        digest = self._memo.get(memo_key)
+        if digest is None:
+            digest = self._digest(args, kwargs)
+            memo = self._memo
+            if len(memo) >= self._memo_size:
+                memo.pop(next(iter(memo)), None)  # oldest first; a race only drops one more
+            memo[memo_key] = digest
+        return digest
+
+    def _digest(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
         material = self._material(args, kwargs)
         try:
             text = _canonical(material)

@@ -339,3 +339,28 @@ def test_generators_are_refused_at_decoration(local_backend: LocalBackend) -> No
         @cached_response(backend=local_backend)
         def stream() -> Any:
             yield 1
+
+
+def test_equal_but_differently_typed_arguments_get_different_keys(local_backend: LocalBackend) -> None:
+    """1, 1.0 and True hash alike; the key (and its memo) must keep them apart."""
+    calls: list[object] = []
+
+    @cached_response(backend=local_backend)
+    def echo(value: object) -> str:
+        calls.append(value)
+        return repr(value)
+
+    assert [echo(1), echo(1.0), echo(True), echo(1), echo(True)] == ["1", "1.0", "True", "1", "True"]
+    assert calls == [1, 1.0, True]
+
+
+def test_the_digest_memo_gives_the_same_key_as_a_full_computation() -> None:
+    def ask(prompt: str, temperature: float = 0.7) -> str:
+        return prompt
+
+    make = KeyMaker(ask, "ns", None, memo_size=2)
+    fresh = KeyMaker(ask, "ns", None)
+    for args, kwargs in [(("a",), {}), (("b",), {"temperature": 0.1}), (("a",), {}), ((), {"prompt": "a"})]:
+        assert make(args, kwargs) == fresh._digest(args, kwargs)
+    assert make(("a",), {}) == make((), {"prompt": "a"})  # positional or keyword: one key
+    assert len(make._memo) <= 2
