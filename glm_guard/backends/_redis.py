@@ -12,8 +12,8 @@ Key layout, for a limiter key ``K`` and prefix ``P`` (default ``glm_guard:``)::
     P{K}:leases     ZSET  concurrency leases -> expiry (expires after 2 leases + 1 s)
     P{K}:cooldown   STR   pause deadline in server ms (expires at the deadline)
     P{K}:released   pub/sub channel: a lease was given back
-    Pcache:N:D      STR   cached value (expires after the ttl); N, D are digests
-    Pcache:N:D:fill STR   who is computing D right now (expires after the fill lease)
+    Pcache:v1:N:D   STR   cached value (expires after the ttl); v1 the key format, N, D digests
+    P...:D:fill     STR   who is computing D right now (expires after the fill lease)
 
 The ``{K}`` hash tag keeps one key's data in one Redis Cluster slot.
 """
@@ -40,6 +40,7 @@ from typing import Any, Final
 
 from .._config import get_settings, mask_url
 from .._errors import BackendError, ConfigurationError, RateLimitTimeout
+from .._cache_keys import KEY_VERSION
 from ._base import AsyncPermit, Backend, CacheStore, Limiter, LimitPolicy, Permit
 from ._local import LocalCacheStore, LocalLimiter, _resolve
 
@@ -703,7 +704,7 @@ class RedisCacheStore(CacheStore):
     ) -> None:
         self._backend = backend
         digest = hashlib.blake2b(namespace.encode(), digest_size=10).hexdigest()
-        self._prefix = f"{backend.prefix}cache:{digest}:"
+        self._prefix = f"{backend.prefix}cache:{KEY_VERSION}:{digest}:"
         self._ttl_ms = None if ttl is None else max(int(ttl * 1000), 1)
         self._name = owner or namespace
         self._serializer = serializer
