@@ -444,3 +444,26 @@ def test_an_interrupted_waiting_thread_leaks_no_permit(local_backend: LocalBacke
     holder.join(5)
     assert limiter.state.in_flight == 0
     call()  # the slot is free: neither the holder nor the interrupted waiter kept it
+
+
+def test_a_concurrency_waiter_wakes_when_a_cooldown_replaces_the_full_pool(local_backend: LocalBackend) -> None:
+    """The holder fails with a 1302: its slot comes free under a cooldown; the waiter must not hang."""
+    entered = threading.Event()
+    results: list[str] = []
+
+    @rate_limited(concurrency=1, backend=local_backend, key="cool-conc", cooldown=0.2)
+    def call(fail: bool) -> str:
+        if fail:
+            entered.set()
+            time.sleep(0.1)
+            raise ErrorWithText(SEED_1302)
+        return "ok"
+
+    holder = threading.Thread(target=lambda: pytest.raises(ErrorWithText, call, True))
+    holder.start()
+    entered.wait(5)
+    waiter = threading.Thread(target=lambda: results.append(call(False)))
+    waiter.start()
+    waiter.join(5)
+    holder.join(5)
+    assert results == ["ok"]

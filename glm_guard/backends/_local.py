@@ -224,9 +224,10 @@ class LocalLimiter(Limiter):
         while waiters:
             head = waiters[0]
             if self.state.next_admission(head.policy, now) > now:
-                if not head.is_head:
-                    head.is_head = True
-                    head.wake()  # it must now time its own wait for the next slot
+                # Wake the head even if it already was one: what it waits for may have changed
+                # (a slot came free, but a cooldown now holds it), so it must time its wait anew.
+                head.is_head = True
+                head.wake()
                 return
             waiters.popleft()
             self.state.admit(head.policy, now)
