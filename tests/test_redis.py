@@ -448,3 +448,18 @@ def test_concurrent_processes_compute_an_entry_once_redis(redis_url: str) -> Non
     client = redis.Redis.from_url(redis_url)
     assert int(client.get("test:body-runs") or 0) == 1
     client.close()
+
+
+async def test_a_crowd_of_waiting_tasks_keeps_the_limit_and_sees_no_false_outage_redis(redis_url: str) -> None:
+    backend = RedisBackend(redis_url)
+    starts: list[float] = []
+
+    @rate_limited(250, 0.5, key="crowd", backend=backend)
+    async def call() -> None:
+        starts.append(time.monotonic())
+
+    await asyncio.wait_for(asyncio.gather(*(call() for _ in range(1000))), 60)
+    assert len(starts) == 1000
+    assert max_in_window(starts, 0.5) <= 250
+    assert backend.degraded_calls == 0 and backend.health.outages == 0
+    backend.close()

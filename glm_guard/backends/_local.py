@@ -142,10 +142,6 @@ class LocalLimiter(Limiter):
     def __repr__(self) -> str:
         return f"<LocalLimiter {self.key!r} in_flight={self.state.in_flight} waiting={len(self._waiters)}>"
 
-    def idle(self) -> bool:
-        """Nobody holds a permit and nobody waits (a racy read: a hint, not a promise)."""
-        return not self._waiters and self.state.in_flight == 0
-
     # -- the fast path -------------------------------------------------------------------
 
     def _try_now(self, policy: LimitPolicy) -> bool:

@@ -38,9 +38,9 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
+from .._cache_keys import KEY_VERSION
 from .._config import get_settings, mask_url
 from .._errors import BackendError, ConfigurationError, RateLimitTimeout
-from .._cache_keys import KEY_VERSION
 from ._base import AsyncPermit, Backend, CacheStore, Limiter, LimitPolicy, Permit
 from ._local import LocalCacheStore, LocalLimiter, _resolve
 
@@ -488,10 +488,6 @@ _UNLIMITED = _Unlimited()
 _UNLIMITED_ASYNC = _AsyncUnlimited()
 
 
-def _left(deadline: float | None) -> float | None:
-    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
-
-
 def _sleep_holding(permit: _RedisPermit, seconds: float) -> None:
     try:
         time.sleep(seconds)
@@ -541,8 +537,10 @@ class RedisLimiter(Limiter):
             wait = min(wait, max(left, 0.0))
         return wait
 
-    # Callers go straight to Redis unless a caller of this process is already waiting: then
-    # they queue behind it locally, so a crowd of waiters costs Redis what one does.
+    # Every caller passes a local turnstile first, so one caller per process and key talks to
+    # Redis at a time: a crowd of a thousand tasks arriving at once costs Redis one call each,
+    # in order, instead of a thousand calls in flight that swamp the process's own loop.
+    # A caller with a reserved start leaves the turnstile before it sleeps.
 
     def acquire(self, policy: LimitPolicy, max_wait: float | None) -> Permit:
         health = self._backend.health
@@ -579,7 +577,7 @@ class RedisLimiter(Limiter):
     def _acquire_shared(self, policy: LimitPolicy, max_wait: float | None) -> Permit:
         self._backend.heartbeat.start()
         deadline = None if max_wait is None else time.monotonic() + max_wait
-        turn = None if self._turnstile.idle() else self._turnstile.acquire(_TURNSTILE, max_wait)
+        turn: Permit | None = self._turnstile.acquire(_TURNSTILE, max_wait)
         try:
             while True:
                 token = _new_token()
@@ -593,9 +591,6 @@ class RedisLimiter(Limiter):
                             turn = None
                         _sleep_holding(permit, int(reply[1]) / 1000.0)
                     return permit
-                if turn is None:
-                    turn = self._turnstile.acquire(_TURNSTILE, _left(deadline))
-                    continue
                 if int(reply[2]) == 3:
                     released = threading.Event()
                     self._backend._listener.watch(self.channel, released.set)
@@ -610,7 +605,7 @@ class RedisLimiter(Limiter):
     async def _acquire_shared_async(self, policy: LimitPolicy, max_wait: float | None) -> AsyncPermit:
         self._backend.heartbeat.start()
         deadline = None if max_wait is None else time.monotonic() + max_wait
-        turn = None if self._turnstile.idle() else await self._turnstile.acquire_async(_TURNSTILE, max_wait)
+        turn: AsyncPermit | None = await self._turnstile.acquire_async(_TURNSTILE, max_wait)
         try:
             while True:
                 token = _new_token()
@@ -628,9 +623,6 @@ class RedisLimiter(Limiter):
                             await permit.release()
                             raise
                     return permit
-                if turn is None:
-                    turn = await self._turnstile.acquire_async(_TURNSTILE, _left(deadline))
-                    continue
                 if int(reply[2]) == 3:
                     await self._wait_for_release(wait)
                 else:
