@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
-from . import _validate
+from . import _probe, _validate
 from ._cache_keys import KeyMaker
 from ._config import get_settings
 from ._errors import ConfigurationError
@@ -111,6 +111,8 @@ def cached_response(
     if serializer == "pickle" and not get_settings().cache_secret:
         raise ConfigurationError("GLM_GUARD_CACHE_SECRET", "must be set to sign pickled cache entries")
     store = get_backend(backend)
+    if backend is None:
+        _probe.note_default_backend(store)
 
     def decorate(target: Callable[P, R]) -> Callable[P, R]:
         fn, rewrap = unwrap_descriptor(target)
@@ -122,8 +124,11 @@ def cached_response(
         namespace = key if isinstance(key, str) else default_key(fn)
         make_key = KeyMaker(fn, namespace, key if callable(key) else None)
         cache = store.cache(namespace, ttl=lifetime, maxsize=size, serializer=serializer, owner=default_key(fn))
-        wrapped = _wrap(fn, cache, make_key, store_values=lifetime != 0, bypass_unkeyable=unkeyable == "bypass")
-        return cast(Callable[P, R], rewrap(wrapped))
+        inner, label = _probe.attach(fn)
+        wrapped = _wrap(
+            inner, cache, make_key, store_values=lifetime != 0, bypass_unkeyable=unkeyable == "bypass", label=label
+        )
+        return cast(Callable[P, R], rewrap(_probe.entry(wrapped, label)))
 
     return decorate
 
@@ -159,7 +164,13 @@ async def _await_other_process_async(cache: CacheStore, digest: str) -> tuple[bo
 
 
 def _wrap(
-    fn: Callable[..., Any], cache: CacheStore, make_key: KeyMaker, *, store_values: bool, bypass_unkeyable: bool
+    fn: Callable[..., Any],
+    cache: CacheStore,
+    make_key: KeyMaker,
+    *,
+    store_values: bool,
+    bypass_unkeyable: bool,
+    label: _probe.Label,
 ) -> Callable[..., Any]:
     in_flight = _InFlight()
 
@@ -178,6 +189,7 @@ def _wrap(
             while True:
                 hit, value = await cache.get_async(digest)
                 if hit:
+                    _probe.cached(label, True)
                     begin_call()
                     return value
                 leader, future = in_flight.join(digest)
@@ -186,6 +198,7 @@ def _wrap(
                         value, degraded = await asyncio.wrap_future(future)
                     except _LeaderGone:
                         continue
+                    _probe.cached(label, True)  # coalesced: answered without running the body
                     begin_call()
                     if degraded:
                         mark_degraded()
@@ -197,9 +210,11 @@ def _wrap(
                         hit, value = await _await_other_process_async(cache, digest)
                         if hit:
                             future.set_result((value, False))
+                            _probe.cached(label, True)
                             begin_call()
                             return value
                         claimed = True
+                    _probe.cached(label, False)
                     begin_call()
                     value = await fn(*args, **kwargs)
                     degraded = is_degraded()
@@ -233,6 +248,7 @@ def _wrap(
         while True:
             hit, value = cache.get(digest)
             if hit:
+                _probe.cached(label, True)
                 begin_call()
                 return value
             leader, future = in_flight.join(digest)
@@ -241,6 +257,7 @@ def _wrap(
                     value, degraded = future.result()
                 except _LeaderGone:
                     continue
+                _probe.cached(label, True)
                 begin_call()
                 if degraded:
                     mark_degraded()
@@ -252,9 +269,11 @@ def _wrap(
                     hit, value = _await_other_process(cache, digest)
                     if hit:
                         future.set_result((value, False))
+                        _probe.cached(label, True)
                         begin_call()
                         return value
                     claimed = True
+                _probe.cached(label, False)
                 begin_call()
                 value = fn(*args, **kwargs)
                 degraded = is_degraded()

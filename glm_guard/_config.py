@@ -32,7 +32,9 @@ DEFAULT_MODEL = "glm-4"
 DEFAULT_MAX_TRIES = 5
 DEFAULT_REQUEST_TIMEOUT = 60.0
 DEFAULT_REDIS_TIMEOUT = 0.5
-_SECRETS = frozenset({"cache_secret", "api_key"})
+DEFAULT_ALERT_1302_PER_HOUR = 1
+DEFAULT_ALERT_MIN_SUCCESS_RATE = 0.995
+_SECRETS = frozenset({"cache_secret", "api_key", "monitor_token"})
 
 
 def mask_url(url: str) -> str:
@@ -86,6 +88,14 @@ class Settings:
     """``GLM_GUARD_ON_BACKEND_ERROR``: ``local``, ``open`` or ``closed`` while Redis is unreachable."""
     redis_timeout: float = DEFAULT_REDIS_TIMEOUT
     """``GLM_GUARD_REDIS_TIMEOUT``: seconds any one Redis call may take before it counts as down."""
+    stats_enabled: bool = True
+    """``GLM_GUARD_STATS``: record every guarded call for ``glm_guard.stats()`` (``0`` turns it off)."""
+    monitor_token: str = field(default="", repr=False)
+    """``GLM_GUARD_MONITOR_TOKEN``: bearer token the monitoring endpoints require (empty: none)."""
+    alert_1302_per_hour: int = DEFAULT_ALERT_1302_PER_HOUR
+    """``GLM_GUARD_ALERT_1302_PER_HOUR``: alert when a key sees more 1302s than this in the last hour."""
+    alert_min_success_rate: float = DEFAULT_ALERT_MIN_SUCCESS_RATE
+    """``GLM_GUARD_ALERT_MIN_SUCCESS_RATE``: alert when a key's success rate in the last hour is lower."""
 
     def __repr__(self) -> str:
         shown = []
@@ -121,6 +131,10 @@ class Settings:
             request_timeout=_positive_float(env, "GLM_API_TIMEOUT", DEFAULT_REQUEST_TIMEOUT),
             on_backend_error=_choice(env, "GLM_GUARD_ON_BACKEND_ERROR", ("local", "open", "closed")) or "local",
             redis_timeout=_positive_float(env, "GLM_GUARD_REDIS_TIMEOUT", DEFAULT_REDIS_TIMEOUT),
+            stats_enabled=_switch(env, "GLM_GUARD_STATS", True),
+            monitor_token=_text(env, "GLM_GUARD_MONITOR_TOKEN") or "",
+            alert_1302_per_hour=_count(env, "GLM_GUARD_ALERT_1302_PER_HOUR", DEFAULT_ALERT_1302_PER_HOUR),
+            alert_min_success_rate=_fraction(env, "GLM_GUARD_ALERT_MIN_SUCCESS_RATE", DEFAULT_ALERT_MIN_SUCCESS_RATE),
         )
 
 
@@ -187,6 +201,43 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str 
     if raw.lower() not in choices:
         raise ConfigurationError(name, f"must be one of {', '.join(choices)}, got {raw!r}")
     return raw.lower()
+
+
+def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _text(env, name)
+    if raw is None:
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(name, f"must be 1 or 0 (or true/false, yes/no, on/off), got {raw!r}")
+
+
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = _text(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(name, f"must be an integer >= 0, got {raw!r}") from None
+    if value < 0:
+        raise ConfigurationError(name, f"must be an integer >= 0, got {raw!r}")
+    return value
+
+
+def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = _text(env, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(name, f"must be a number from 0 to 1, got {raw!r}") from None
+    if not 0 <= value <= 1:
+        raise ConfigurationError(name, f"must be a number from 0 to 1, got {raw!r}")
+    return value
 
 
 def _http_url(env: Mapping[str, str], name: str) -> str | None:

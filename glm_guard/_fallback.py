@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, cast
 
+from . import _probe
 from ._classify import DEFAULT_CLASSIFIER
 from ._errors import ConfigurationError, GLMRateLimitException
 from ._marks import begin_call, mark_degraded
@@ -59,6 +60,7 @@ def fallback(value_or_callable: Any, *, on: ErrorFilter | None = None) -> Callab
             raise ConfigurationError("fallback", f"cannot wrap the generator function {name}")
         if kind == "sync" and replacement is not None and kind_of(replacement) == "async":
             raise ConfigurationError("value_or_callable", f"is async but {name} is sync; give a sync fallback")
+        inner, label = _probe.attach(fn, fallback=True)
 
         if kind == "async":
 
@@ -66,11 +68,12 @@ def fallback(value_or_callable: Any, *, on: ErrorFilter | None = None) -> Callab
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 begin_call()  # the mark then describes this call, whatever came before
                 try:
-                    return await fn(*args, **kwargs)
+                    return await inner(*args, **kwargs)
                 except Exception as error:
                     if not matches(error):
                         raise
                     logger.warning("glm_guard: %s failed with %s; serving its fallback", name, type(error).__name__)
+                    _probe.fell_back(label, error)
                     if replacement is None:
                         answer = value_or_callable
                     else:
@@ -80,21 +83,22 @@ def fallback(value_or_callable: Any, *, on: ErrorFilter | None = None) -> Callab
                     mark_degraded()
                     return answer
 
-            return cast(Callable[P, R], rewrap(async_wrapper))
+            return cast(Callable[P, R], rewrap(_probe.entry(async_wrapper, label)))
 
         @functools.wraps(fn)
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
             begin_call()
             try:
-                return fn(*args, **kwargs)
+                return inner(*args, **kwargs)
             except Exception as error:
                 if not matches(error):
                     raise
                 logger.warning("glm_guard: %s failed with %s; serving its fallback", name, type(error).__name__)
+                _probe.fell_back(label, error)
                 answer = value_or_callable if replacement is None else replacement(*args, **kwargs)
                 mark_degraded()
                 return answer
 
-        return cast(Callable[P, R], rewrap(sync_wrapper))
+        return cast(Callable[P, R], rewrap(_probe.entry(sync_wrapper, label)))
 
     return decorate

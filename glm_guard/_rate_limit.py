@@ -6,7 +6,7 @@ import functools
 from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any, Final, ParamSpec, TypeVar, cast, overload
 
-from . import _validate
+from . import _probe, _validate
 from ._classify import DEFAULT_CLASSIFIER
 from ._config import TESTING, get_settings
 from ._wrapping import default_key, kind_of, unwrap_descriptor
@@ -85,11 +85,15 @@ def rate_limited(
     pause_seconds = settings.default_cooldown if pause is None else pause
     explicit_key = _validate.key_name("key", key)
     store = get_backend(backend)
+    if backend is None:
+        _probe.note_default_backend(store)
 
     def decorate(target: Callable[P, R]) -> Callable[P, R]:
         fn, rewrap = unwrap_descriptor(target)
         limiter = store.limiter(explicit_key or default_key(fn))
-        return cast(Callable[P, R], rewrap(_wrap(fn, limiter, policy, wait_limit, pause_seconds)))
+        inner, label = _probe.attach(fn, key=explicit_key)
+        wrapper = _wrap(inner, limiter, policy, wait_limit, pause_seconds, label)
+        return cast(Callable[P, R], rewrap(_probe.entry(wrapper, label)))
 
     return decorate
 
@@ -109,6 +113,7 @@ def _wrap(
     policy: LimitPolicy,
     max_wait: float | None,
     pause: float,
+    label: _probe.Label,
 ) -> Callable[..., Any]:
     kind = kind_of(fn)
     if kind == "async":
@@ -117,7 +122,7 @@ def _wrap(
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             if TESTING.active:
                 return await fn(*args, **kwargs)
-            permit = await limiter.acquire_async(policy, max_wait)
+            permit = await _probe.acquire_async(limiter, policy, max_wait, label)
             try:
                 return await fn(*args, **kwargs)
             except Exception as error:
@@ -136,7 +141,7 @@ def _wrap(
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
             if TESTING.active:
                 return fn(*args, **kwargs)
-            permit = limiter.acquire(policy, max_wait)
+            permit = _probe.acquire(limiter, policy, max_wait, label)
             try:
                 return fn(*args, **kwargs)
             except Exception as error:
@@ -154,7 +159,7 @@ def _wrap(
         @functools.wraps(fn)
         def generator_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
             # A stream holds its permit until it is exhausted or closed.
-            permit = None if TESTING.active else limiter.acquire(policy, max_wait)
+            permit = None if TESTING.active else _probe.acquire(limiter, policy, max_wait, label)
             try:
                 return (yield from fn(*args, **kwargs))
             except Exception as error:
@@ -170,7 +175,7 @@ def _wrap(
 
     @functools.wraps(fn)
     async def async_generator_wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        permit = None if TESTING.active else await limiter.acquire_async(policy, max_wait)
+        permit = None if TESTING.active else await _probe.acquire_async(limiter, policy, max_wait, label)
         try:
             async for item in fn(*args, **kwargs):
                 yield item

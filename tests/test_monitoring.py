@@ -1,0 +1,301 @@
+"""The monitoring endpoints over real HTTP, /metrics through prometheus_client's parser, the CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import glm_guard
+from glm_guard import _stats, rate_limited, retry_on_1302
+from glm_guard._events import set_recording
+from glm_guard.backends._local import LocalBackend
+from glm_guard.backends._redis import RedisBackend
+from glm_guard.monitoring import Monitor, create_app
+from glm_guard.monitoring._cli import serve
+
+from .conftest import REDIS_PASSWORD
+from .helpers import SEED_1302, ErrorWithText
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPT = "机密提示词"
+TOKEN = "monitor-t0ken-XYZ"
+BAD_WINDOWS = ["-1", "abc", "0", "1441", "1.5", "", "60&window_minutes=5", "%2B5"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_stats(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    _stats.RECORDER.stop(join=True)
+    monkeypatch.setattr(_stats.RECORDER, "start", lambda: None)
+    _stats.RECORDER.set_sink(None)
+    _stats.RECORDER.reset()
+    set_recording(True)
+    yield
+    _stats.RECORDER.set_sink(None)
+    _stats.RECORDER.reset()
+
+
+@pytest.fixture
+def traffic(local_backend: LocalBackend) -> None:
+    """A few calls: answers, a retried 1302, a failure."""
+    busy = [1]
+
+    @retry_on_1302(max_tries=3, base_delay=0)
+    @rate_limited(100, 1.0, key="glm-4", backend=local_backend, cooldown=0)
+    def ask(prompt: str) -> dict[str, Any]:
+        if prompt == "fail":
+            raise ValueError("broken")
+        if busy[0]:
+            busy[0] -= 1
+            raise ErrorWithText(SEED_1302)
+        return {"text": "ok", "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}
+
+    for _ in range(3):
+        ask(PROMPT)
+    with pytest.raises(ValueError):
+        ask("fail")
+
+
+def start_server(monitor: Monitor) -> tuple[str, Any]:
+    server = serve(monitor, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}", server
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    base, server = start_server(create_app())
+    with httpx.Client(base_url=base, timeout=5) as client:
+        yield client
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_seeds_two_curl_lines_answer(http: httpx.Client, traffic: None) -> None:
+    stats = http.get("/api/v1/monitoring/stats")
+    assert stats.status_code == 200 and stats.headers["content-type"].startswith("application/json")
+    data = stats.json()
+    glm = data["keys"]["glm-4"]
+    assert (glm["calls"], glm["successes"], glm["failures"], glm["errors_1302"], glm["retries"]) == (4, 3, 1, 1, 1)
+    assert data == glm_guard.stats() | {"generated_at": data["generated_at"]}
+
+    window = http.get("/api/v1/monitoring/rate-limit-stats?window_minutes=60")
+    assert window.status_code == 200
+    hour = window.json()
+    assert hour["window_minutes"] == 60 and hour["keys"]["glm-4"]["errors_1302_per_hour"] == 1.0
+    assert hour["keys"]["glm-4"]["success_rate"] == 0.75
+    assert hour["thresholds"] == {"errors_1302_per_hour": 1, "min_success_rate": 0.995}
+    assert http.get("/api/v1/monitoring/rate-limit-stats").json()["window_minutes"] == 60
+    assert http.get("/api/v1/monitoring/rate-limit-stats?window_minutes=1440").status_code == 200
+    for response in (stats, window):
+        assert PROMPT not in response.text and "broken" not in response.text
+
+
+@pytest.mark.parametrize("value", BAD_WINDOWS)
+def test_bad_windows_are_a_400_with_a_json_error(http: httpx.Client, value: str) -> None:
+    response = http.get(f"/api/v1/monitoring/rate-limit-stats?window_minutes={value}")
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["status"] == 400 and "window_minutes" in error["message"] and "1440" in error["message"]
+
+
+def test_unknown_paths_and_methods(http: httpx.Client) -> None:
+    assert http.get("/api/v1/monitoring/nope").status_code == 404
+    post = http.post("/api/v1/monitoring/stats", content=b"{}")
+    assert post.status_code == 405 and post.headers["allow"] == "GET, HEAD"
+    head = http.head("/api/v1/monitoring/stats")
+    assert head.status_code == 200 and head.content == b""
+    assert http.get("/api/v1/monitoring/stats/").status_code == 200  # a trailing slash is the same path
+
+
+def test_a_bearer_token_protects_all_but_healthz(monkeypatch: pytest.MonkeyPatch, traffic: None) -> None:
+    monkeypatch.setenv("GLM_GUARD_MONITOR_TOKEN", TOKEN)
+    glm_guard.reload_settings()
+    base, server = start_server(create_app())
+    try:
+        with httpx.Client(base_url=base, timeout=5) as client:
+            for path in ("/api/v1/monitoring/stats", "/api/v1/monitoring/rate-limit-stats", "/metrics"):
+                bare = client.get(path)
+                assert bare.status_code == 401 and bare.headers["www-authenticate"].startswith("Bearer")
+                assert client.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
+                assert client.get(path, headers={"Authorization": TOKEN}).status_code == 401  # no scheme
+                good = client.get(path, headers={"Authorization": f"Bearer {TOKEN}"})
+                assert good.status_code == 200 and TOKEN not in good.text
+                assert TOKEN not in bare.text
+            assert client.get("/healthz").status_code == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_metrics_parse_with_prometheus_clients_own_parser(http: httpx.Client, traffic: None) -> None:
+    pytest.importorskip("prometheus_client")
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = http.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    families = {family.name: family for family in text_string_to_metric_families(response.text)}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value for family in families.values() for s in family.samples
+    }
+    key = (("key", "glm-4"),)
+    assert samples[("glm_guard_calls_total", (*key, ("outcome", "success")))] == 3
+    assert samples[("glm_guard_calls_total", (*key, ("outcome", "error")))] == 1
+    assert samples[("glm_guard_attempts_total", key)] == 5
+    assert samples[("glm_guard_attempt_errors_total", (("code", "1302"), *key, ("kind", "rate_limit")))] == 1
+    assert samples[("glm_guard_attempt_errors_total", (("code", ""), *key, ("kind", "other")))] == 1
+    assert samples[("glm_guard_retries_total", key)] == 1
+    assert samples[("glm_guard_tokens_total", (*key, ("type", "total")))] == 21
+    assert samples[("glm_guard_errors_1302_last_hour", key)] == 1
+    assert samples[("glm_guard_success_rate_last_hour", key)] == 0.75
+    histogram = families["glm_guard_call_duration_seconds"]
+    assert histogram.type == "histogram"
+    buckets = [s for s in histogram.samples if s.name.endswith("_bucket")]
+    counts = [s.value for s in buckets]
+    assert counts == sorted(counts) and buckets[-1].labels["le"] == "+Inf" and counts[-1] == 4
+    assert samples[("glm_guard_call_duration_seconds_count", key)] == 4
+    assert PROMPT not in response.text
+
+
+def test_metrics_without_prometheus_client_is_a_501(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "glm_guard.monitoring._prometheus", None)  # import fails
+    response = create_app().handle("GET", "/metrics")
+    assert response.status == 501 and b"prometheus" in response.body
+
+
+async def test_the_asgi_app_answers_the_same(traffic: None) -> None:
+    transport = httpx.ASGITransport(app=glm_guard.monitoring.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://monitor") as client:
+        stats = await client.get("/api/v1/monitoring/stats")
+        assert stats.status_code == 200 and stats.json()["keys"]["glm-4"]["calls"] == 4
+        assert stats.headers["cache-control"] == "no-store"
+        bad = await client.get("/api/v1/monitoring/rate-limit-stats", params={"window_minutes": "-1"})
+        assert bad.status_code == 400 and "window_minutes" in bad.json()["error"]["message"]
+        assert (await client.get("/healthz")).json() == {
+            "status": "ok",
+            "source": "process",
+            "backend_reachable": True,
+        }
+        metrics = await client.get("/metrics")
+        if importlib.util.find_spec("prometheus_client") is None:
+            assert metrics.status_code == 501
+        else:
+            assert b"glm_guard_calls_total" in metrics.content
+
+
+async def test_the_asgi_app_mounted_under_a_prefix(traffic: None) -> None:
+    mounted = create_app(prefix="", token=TOKEN)
+    transport = httpx.ASGITransport(app=mounted, root_path="/api/v1/monitoring")
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        response = await client.get("/api/v1/monitoring/rate-limit-stats?window_minutes=5", headers=headers)
+        assert response.status_code == 200 and response.json()["window_minutes"] == 5
+        assert (await client.get("/api/v1/monitoring/stats")).status_code == 401
+    sent: list[dict[str, Any]] = []
+    messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await mounted({"type": "lifespan"}, receive, send)  # type: ignore[arg-type]
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    with pytest.raises(glm_guard.ConfigurationError):
+        create_app(prefix="no-slash")
+
+
+def test_healthz_reports_redis_reachable_or_not_redis(redis_url: str) -> None:
+    live = RedisBackend(redis_url)
+    dead = RedisBackend(f"redis://:{REDIS_PASSWORD}@127.0.0.1:1/0", socket_timeout=0.2)
+    up = Monitor(source=_stats.RedisSource(live)).handle("GET", "/healthz")
+    down = Monitor(source=_stats.RedisSource(dead)).handle("GET", "/healthz")
+    assert up.status == 200 and json.loads(up.body)["backend_reachable"] is True
+    assert down.status == 503 and json.loads(down.body) == {
+        "status": "unavailable",
+        "source": "redis",
+        "backend_reachable": False,
+    }
+    stats = Monitor(source=_stats.RedisSource(dead)).handle("GET", "/api/v1/monitoring/stats")
+    assert stats.status == 200 and json.loads(stats.body)["source"] == "process"  # this process, flagged
+    for response in (up, down, stats):
+        assert REDIS_PASSWORD.encode() not in response.body
+    live.close()
+    dead.close()
+
+
+# -- the commands ---------------------------------------------------------------------------------
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "glm_guard", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def seed_redis(redis_url: str) -> None:
+    backend = RedisBackend(redis_url)
+    minute = int(_stats.RECORDER.clock() // 60)
+    fields = {"calls": 10, "successes": 9, "failures": 1, "attempts": 12, "err.rate_limit.1302": 2, "retries": 2}
+    _stats.RedisSource(backend).write({minute: {"glm-4": fields}})
+    backend.close()
+
+
+def test_stats_command_prints_redis_numbers_redis(redis_url: str) -> None:
+    seed_redis(redis_url)
+    env = {"REDIS_URL": redis_url}
+    as_json = run_cli("stats", "--json", env=env)
+    assert as_json.returncode == 0, as_json.stderr
+    data = json.loads(as_json.stdout)
+    assert data["source"] == "redis" and data["keys"]["glm-4"]["errors_1302"] == 2
+    table = run_cli("stats", "--window-minutes", "60", env=env)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert "last 60 min" in lines[0] and lines[1].split()[:3] == ["KEY", "CALLS", "SUCCESS"]
+    assert lines[2].split()[:3] == ["glm-4", "10", "90.00%"]
+    assert any(line.startswith("ALERT") for line in lines)  # 2 1302s in the hour > 1, and 90% < 99.5%
+    assert REDIS_PASSWORD not in table.stdout + as_json.stdout + table.stderr
+    bad = run_cli("stats", "--window-minutes", "0", env=env)
+    assert bad.returncode == 2 and "window_minutes" in bad.stderr
+
+
+def test_monitor_command_serves_the_endpoints_redis(redis_url: str) -> None:
+    seed_redis(redis_url)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "glm_guard", "monitor", "--host", "127.0.0.1", "--port", "0"],
+        cwd=ROOT,
+        env={**os.environ, "REDIS_URL": redis_url},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        assert "stats from Redis" in banner and REDIS_PASSWORD not in banner
+        base = banner.split()[3].rstrip(",")
+        with httpx.Client(base_url=base, timeout=5) as client:
+            stats = client.get("/api/v1/monitoring/stats")
+            window = client.get("/api/v1/monitoring/rate-limit-stats?window_minutes=60")
+            assert stats.json()["keys"]["glm-4"]["calls"] == 10
+            assert window.json()["keys"]["glm-4"]["errors_1302_per_hour"] == 2.0
+            assert client.get("/healthz").json()["backend_reachable"] is True
+            assert REDIS_PASSWORD not in stats.text + window.text
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)
+    assert process.returncode == 0

@@ -1,0 +1,556 @@
+"""The stats recorder: what is counted where, window arithmetic, Redis aggregation, alerts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+import glm_guard
+from glm_guard import (
+    ConfigurationError,
+    RateLimitTimeout,
+    Settings,
+    _alerts,
+    _histogram,
+    _stats,
+    cached_response,
+    fallback,
+    rate_limited,
+    retry_on_1302,
+)
+from glm_guard._events import HUB, set_recording
+from glm_guard._probe import Label
+from glm_guard.backends._local import LocalBackend
+from glm_guard.backends._redis import RedisBackend
+from glm_guard.testing import run_simulator
+
+from .conftest import REDIS_PASSWORD
+from .helpers import SEED_1113, SEED_1302, ErrorWithText
+
+ROOT = Path(__file__).resolve().parent.parent
+T0 = time.time() // 60 * 60  # a whole minute, so tests know where minute boundaries fall
+
+
+class Clock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(autouse=True)
+def fresh_stats(monkeypatch: pytest.MonkeyPatch) -> Iterator[_stats.Recorder]:
+    """The process recorder, emptied, with its thread stopped so every fold happens in the test."""
+    recorder = _stats.RECORDER
+    recorder.stop(join=True)
+    monkeypatch.setattr(recorder, "start", lambda: None)
+    recorder.set_sink(None)
+    recorder.reset()
+    set_recording(True)
+    monkeypatch.setattr(_alerts.MONITOR, "_local", _alerts._LocalState())
+    yield recorder
+    recorder.set_sink(None)
+    recorder.reset()
+    set_recording(True)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(_stats.RECORDER, "clock", fake)
+    return fake
+
+
+def key_stats(key: str) -> dict[str, Any]:
+    return glm_guard.stats()["keys"][key]
+
+
+# -- what is counted where -----------------------------------------------------------------------
+
+
+def test_a_stack_counts_each_call_once_and_every_attempt(local_backend: LocalBackend) -> None:
+    failures = {"a": 2, "b": 99}
+
+    @cached_response(ttl=60, backend=local_backend)
+    @fallback("busy")
+    @retry_on_1302(max_tries=3, base_delay=0, max_delay=0)
+    @rate_limited(1000, 1.0, key="glm-4", backend=local_backend, cooldown=0)
+    def ask(question: str) -> dict[str, Any]:
+        if failures[question] > 0:
+            failures[question] -= 1
+            raise ErrorWithText(SEED_1302)
+        return {"answer": question, "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}}
+
+    assert ask("a")["answer"] == "a"  # two 1302s, then an answer
+    assert ask("a")["answer"] == "a"  # from the cache
+    assert ask("b") == "busy"  # three 1302s, retries exhausted, the fallback
+
+    data = key_stats("glm-4")  # the rate_limited key names the whole stack
+    assert (data["calls"], data["successes"], data["fallbacks"], data["failures"]) == (3, 2, 1, 0)
+    assert data["success_rate"] == round(2 / 3, 6)
+    assert data["attempts"] == 6
+    assert data["errors"]["rate_limit"] == {"1302": 5} and data["errors_1302"] == 5
+    assert (data["retries"], data["retries_exhausted"]) == (4, 1)
+    assert data["cache"] == {"hits": 1, "misses": 2, "hit_rate": round(1 / 3, 6)}
+    assert data["tokens"] == {"prompt": 7, "completion": 5, "total": 12}
+    assert data["latency"]["count"] == 3 and data["attempt_latency"]["count"] == 6
+    assert glm_guard.stats()["total"]["calls"] == 3
+
+
+async def test_async_calls_count_permanent_other_and_timeout_errors(local_backend: LocalBackend) -> None:
+    @rate_limited(1, 60.0, backend=local_backend, max_wait=0, cooldown=0)
+    async def once() -> str:
+        return "ok"
+
+    @retry_on_1302(max_tries=3, base_delay=0)
+    async def broken(kind: str) -> str:
+        await asyncio.sleep(0)
+        raise ErrorWithText(SEED_1113) if kind == "balance" else ValueError("bug")
+
+    assert await once() == "ok"
+    with pytest.raises(RateLimitTimeout):
+        await once()
+    for kind in ("balance", "bug"):
+        with pytest.raises((ErrorWithText, ValueError)):
+            await broken(kind)
+
+    limited = key_stats(f"{__name__}.test_async_calls_count_permanent_other_and_timeout_errors.<locals>.once")
+    assert (limited["calls"], limited["successes"], limited["failures"], limited["attempts"]) == (2, 1, 1, 1)
+    assert limited["waits"]["timeouts"] == 1
+    failing = key_stats(f"{__name__}.test_async_calls_count_permanent_other_and_timeout_errors.<locals>.broken")
+    assert (failing["calls"], failing["failures"], failing["attempts"], failing["retries"]) == (2, 2, 2, 0)
+    assert failing["errors"]["permanent"] == {"1113": 1} and failing["errors"]["other"] == 1
+
+
+def test_counters_match_the_simulator_with_real_1302s() -> None:
+    with run_simulator(concurrency=1, latency=0.02) as sim:
+        client = httpx.Client(base_url=sim.base_url, headers={"Authorization": "Bearer test-key-1"}, timeout=10)
+
+        @retry_on_1302(max_tries=500, base_delay=0.01, max_delay=0.05)  # never exhausted, even on a busy host
+        def ask(i: int) -> dict[str, Any]:
+            response = client.post(
+                "/chat/completions", json={"model": "glm-4", "messages": [{"role": "user", "content": f"秘密 {i}"}]}
+            )
+            response.raise_for_status()
+            return dict(response.json())
+
+        answers: list[dict[str, Any]] = []
+
+        def worker(start: int) -> None:
+            answers.extend(ask(start + i) for i in range(5))
+
+        threads = [threading.Thread(target=worker, args=(10 * t,)) for t in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        seen = sim.stats
+        client.close()
+
+    data = key_stats(f"{__name__}.test_counters_match_the_simulator_with_real_1302s.<locals>.ask")
+    assert seen.rejected.get("1302", 0) > 0  # four callers against a limit of one: real 1302s
+    assert data["errors_1302"] == seen.rejected["1302"] == data["retries"]
+    assert data["attempts"] == seen.total_requests
+    assert data["calls"] == data["successes"] == len(answers) == 20
+    assert data["tokens"]["total"] == sum(answer["usage"]["total_tokens"] for answer in answers)
+    assert "秘密" not in json.dumps(glm_guard.stats(), ensure_ascii=False)
+
+
+def test_tokens_from_an_sdk_object() -> None:
+    openai = pytest.importorskip("openai")
+    with run_simulator(latency=0) as sim:
+        client = openai.OpenAI(api_key="test-key-1", base_url=sim.base_url, max_retries=0)
+
+        @retry_on_1302
+        def ask() -> Any:
+            return client.chat.completions.create(model="glm-4", messages=[{"role": "user", "content": "hi there"}])
+
+        answer = ask()
+        client.close()
+    data = key_stats(f"{__name__}.test_tokens_from_an_sdk_object.<locals>.ask")
+    usage = answer.usage
+    expected = {"prompt": usage.prompt_tokens, "completion": usage.completion_tokens, "total": usage.total_tokens}
+    assert data["tokens"] == expected and expected["total"] > 0
+
+
+def test_waits_for_a_permit_are_timed(local_backend: LocalBackend) -> None:
+    @rate_limited(2, 0.2, backend=local_backend)
+    def call() -> None:
+        return None
+
+    for _ in range(3):
+        call()
+    waits = key_stats(f"{__name__}.test_waits_for_a_permit_are_timed.<locals>.call")["waits"]
+    assert waits["count"] == 1  # the first two were admitted at once
+    assert 0.1 < waits["mean"] < 0.4 and waits["p50"] == pytest.approx(waits["mean"], rel=0.15)
+
+
+def test_a_stream_is_one_attempt_with_its_last_chunks_usage(local_backend: LocalBackend) -> None:
+    tries = [0]
+
+    @retry_on_1302(max_tries=3, base_delay=0)
+    @rate_limited(100, 1.0, key="stream", backend=local_backend, cooldown=0)
+    def stream() -> Any:
+        tries[0] += 1
+        if tries[0] == 1:
+            raise ErrorWithText(SEED_1302)
+        yield {"delta": "a"}
+        yield {"delta": "b", "usage": {"prompt_tokens": 2, "completion_tokens": 3}}
+        return "done"
+
+    assert list(stream()) == [{"delta": "a"}, {"delta": "b", "usage": {"prompt_tokens": 2, "completion_tokens": 3}}]
+    data = key_stats("stream")
+    assert (data["calls"], data["successes"], data["attempts"], data["errors_1302"]) == (1, 1, 2, 1)
+    assert data["tokens"] == {"prompt": 2, "completion": 3, "total": 5}
+
+
+def test_a_classmethod_stack_is_one_stack(local_backend: LocalBackend) -> None:
+    class Reasoner:
+        @retry_on_1302(max_tries=2, base_delay=0)
+        @classmethod
+        @rate_limited(100, 1.0, key="cls", backend=local_backend)
+        def reason(cls, question: str) -> str:
+            return f"{cls.__name__}: {question}"
+
+    assert Reasoner.reason("q") == "Reasoner: q"
+    assert Reasoner().reason("q") == "Reasoner: q"
+    data = key_stats("cls")
+    assert (data["calls"], data["attempts"]) == (2, 2)
+
+
+def test_recording_never_changes_what_a_call_returns_or_raises(local_backend: LocalBackend) -> None:
+    class Odd:
+        @property
+        def usage(self) -> object:
+            raise RuntimeError("a property that breaks")
+
+    odd, error = Odd(), ErrorWithText(SEED_1302)
+
+    @rate_limited(100, 1.0, backend=local_backend, cooldown=0)
+    def returns() -> Odd:
+        return odd
+
+    @rate_limited(100, 1.0, backend=local_backend, cooldown=0)
+    def raises() -> None:
+        raise error
+
+    assert returns() is odd
+    with pytest.raises(ErrorWithText) as caught:
+        raises()
+    assert caught.value is error
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or sys.version_info >= (3, 12), reason="fork with threads warns on 3.12")
+def test_a_forked_child_starts_from_zero(local_backend: LocalBackend) -> None:
+    @rate_limited(100, 1.0, key="forked", backend=local_backend)
+    def call() -> None:
+        return None
+
+    call()  # still buffered when the child is forked: the parent reports it, not the child
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            call()
+            code = 0 if glm_guard.stats()["keys"]["forked"]["calls"] == 1 else 3
+        except BaseException:
+            code = 4
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert key_stats("forked")["calls"] == 1
+
+
+# -- switches and settings -----------------------------------------------------------------------
+
+
+def test_stats_can_be_turned_off(monkeypatch: pytest.MonkeyPatch, local_backend: LocalBackend) -> None:
+    @rate_limited(100, 1.0, key="switch", backend=local_backend)
+    def call() -> str:
+        return "ok"
+
+    glm_guard.configure_stats(enabled=False)
+    assert not HUB.active  # nobody subscribed either: one flag check per call
+    assert call() == "ok"
+    assert glm_guard.stats()["keys"] == {} and glm_guard.stats()["enabled"] is False
+    glm_guard.configure_stats(enabled=True)
+    call()
+    assert key_stats("switch")["calls"] == 1
+
+    monkeypatch.setattr(_stats, "_configured", False)
+    monkeypatch.setenv("GLM_GUARD_STATS", "0")
+    glm_guard.reload_settings()
+    rate_limited(100, 1.0, backend=local_backend)(lambda: None)  # the first decoration reads it
+    assert HUB.recording is False
+
+
+def test_the_new_variables_are_parsed_and_named_in_errors() -> None:
+    settings = Settings.from_env(
+        {
+            "GLM_GUARD_STATS": "off",
+            "GLM_GUARD_MONITOR_TOKEN": "tok-123456",
+            "GLM_GUARD_ALERT_1302_PER_HOUR": "0",
+            "GLM_GUARD_ALERT_MIN_SUCCESS_RATE": "0.99",
+        }
+    )
+    assert settings.stats_enabled is False and settings.alert_1302_per_hour == 0
+    assert settings.alert_min_success_rate == 0.99 and settings.monitor_token == "tok-123456"
+    assert "tok-123456" not in repr(settings)
+    defaults = Settings.from_env({})
+    assert (defaults.stats_enabled, defaults.alert_1302_per_hour, defaults.alert_min_success_rate) == (True, 1, 0.995)
+    for name, bad in [
+        ("GLM_GUARD_STATS", "maybe"),
+        ("GLM_GUARD_ALERT_1302_PER_HOUR", "-1"),
+        ("GLM_GUARD_ALERT_1302_PER_HOUR", "many"),
+        ("GLM_GUARD_ALERT_MIN_SUCCESS_RATE", "1.5"),
+        ("GLM_GUARD_ALERT_MIN_SUCCESS_RATE", "high"),
+    ]:
+        with pytest.raises(ConfigurationError) as caught:
+            Settings.from_env({name: bad})
+        assert caught.value.name == name and repr(bad) in str(caught.value)
+
+
+# -- window arithmetic ---------------------------------------------------------------------------
+
+
+def test_windows_are_whole_minutes_ending_now(clock: Clock, local_backend: LocalBackend) -> None:
+    @rate_limited(1000, 1.0, key="win", backend=local_backend, cooldown=0)
+    def call(fail: bool) -> None:
+        if fail:
+            raise ErrorWithText(SEED_1302)
+
+    def one(fail: bool) -> None:
+        with pytest.raises(ErrorWithText) if fail else _nothing():
+            call(fail)
+        _stats.RECORDER.drain()  # fold now, while the fake clock says when the call happened
+
+    clock.now = T0 + 59.5  # the last half second of minute 0
+    one(True)
+    clock.now = T0 + 60.5  # minute 1
+    one(True)
+    one(False)
+    in_minute = glm_guard.rate_limit_stats(window_minutes=1)
+    assert in_minute["keys"]["win"]["calls"] == 2 and in_minute["keys"]["win"]["errors_1302"] == 1
+    assert in_minute["from"] == _stats._iso(T0 + 60)
+    two = glm_guard.rate_limit_stats(window_minutes=2)["keys"]["win"]
+    assert two["calls"] == 3 and two["errors_1302"] == 2
+    assert two["errors_1302_per_hour"] == 60.0  # 2 in a 2-minute window
+    assert two["success_rate"] == round(1 / 3, 6)
+
+    clock.now = T0 + 60 * 30 + 1
+    assert glm_guard.rate_limit_stats(window_minutes=30)["keys"]["win"]["calls"] == 2  # minute 0 fell out
+    hour = glm_guard.rate_limit_stats()["keys"]["win"]
+    assert hour["calls"] == 3 and hour["errors_1302_per_hour"] == 2.0
+
+    clock.now = T0 + 60 * (_stats.RETENTION_MINUTES + 5)
+    one(False)  # folding now prunes the minutes past the retention
+    assert min(_stats.RECORDER.local.minutes) > T0 // 60 + 1
+    assert glm_guard.rate_limit_stats(window_minutes=_stats.RETENTION_MINUTES)["keys"]["win"]["calls"] == 1
+    assert glm_guard.stats()["keys"]["win"]["calls"] == 4  # totals keep everything
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@pytest.mark.parametrize("bad", [-1, 0, _stats.RETENTION_MINUTES + 1, 1.5, "60", True, None])
+def test_a_bad_window_names_the_parameter(bad: Any) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        glm_guard.rate_limit_stats(window_minutes=bad)
+    assert caught.value.name == "window_minutes"
+
+
+def test_histogram_percentiles_are_close_and_add_up() -> None:
+    rng = random.Random(7)
+    values = sorted(rng.lognormvariate(-1.5, 1.2) for _ in range(20_000))
+    first: dict[int, int] = {}
+    second: dict[int, int] = {}
+    for i, value in enumerate(values):
+        target = first if i % 2 else second
+        index = _histogram.bucket(value)
+        target[index] = target.get(index, 0) + 1
+    merged = {i: first.get(i, 0) + second.get(i, 0) for i in first.keys() | second.keys()}
+    for q in (0.5, 0.95, 0.99):
+        exact = values[int(q * len(values)) - 1]
+        assert _histogram.quantile(merged, q) == pytest.approx(exact, rel=0.06)
+    assert _histogram.quantile({}, 0.5) is None
+    assert _histogram.bucket(0) == 0 and _histogram.bucket(1e9) == len(_histogram.BOUNDS)
+
+
+def test_fold_adds_stacks_that_share_a_key() -> None:
+    one, two = Label("shared"), Label("shared")  # two stacks, one rate_limited key
+    events = [(_stats.CALL, one.key, 10.0, 0.5, _stats.SUCCESS), (_stats.CALL, two.key, 20.0, 0.5, _stats.ERROR)]
+    batch = _stats.fold(events, 0)
+    histogram = f"lat.{_histogram.bucket(0.5)}"
+    assert batch == {0: {"shared": {"calls": 2, "successes": 1, "failures": 1, "lat_us": 1_000_000, histogram: 2}}}
+
+
+# -- across processes, on Redis --------------------------------------------------------------------
+
+
+def stats_worker(mode: str, redis_url: str, **options: Any) -> subprocess.Popen[str]:
+    env = {**os.environ, "GLM_GUARD_BACKEND": "redis", "REDIS_URL": redis_url}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.stats_worker", mode, json.dumps(options)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_two_processes_aggregate_in_redis(redis_url: str) -> None:
+    with run_simulator(concurrency=4, latency=0.005) as sim:
+        sim.force_next("1302", 3)
+        workers = [stats_worker("exit", redis_url, base_url=sim.base_url, calls=15) for _ in range(2)]
+        reports = []
+        for process in workers:
+            out, _ = process.communicate(timeout=60)
+            assert process.returncode == 0, out
+            reports.append(json.loads(out.strip().splitlines()[-1]))
+
+    glm_guard.configure_stats(backend=redis_url)
+    data = glm_guard.stats()
+    assert data["source"] == "redis"
+    fleet = data["keys"]["mp-glm-4"]
+    assert fleet["calls"] == fleet["successes"] == 30
+    assert fleet["errors_1302"] == 3 and fleet["attempts"] == 33 and fleet["retries"] == 3
+    assert fleet["tokens"]["total"] == sum(report["tokens"] for report in reports)
+    assert fleet["latency"]["count"] == 30 and fleet["latency"]["p99"] is not None
+    window = glm_guard.rate_limit_stats(window_minutes=5)["keys"]["mp-glm-4"]
+    assert window["calls"] == 30 and window["errors_1302"] == 3
+
+    glm_guard.configure_stats(backend="local")  # this process's own numbers: it made no call
+    assert glm_guard.stats()["source"] == "process" and glm_guard.stats()["keys"] == {}
+
+    client = redis.Redis.from_url(redis_url)
+    buckets = list(client.keys("glm_guard:stats:m:*"))
+    assert buckets and all(client.ttl(key) > _stats.RETENTION_MINUTES * 60 for key in buckets)
+    assert client.ttl("glm_guard:stats:total") > 0
+    client.close()
+    assert REDIS_PASSWORD not in json.dumps(data)
+
+
+def test_a_killed_process_loses_nothing_it_already_reported_redis(redis_url: str) -> None:
+    with run_simulator(latency=0) as sim:
+        process = stats_worker("linger", redis_url, base_url=sim.base_url, calls=12, linger=2.5)
+        assert process.stdout is not None
+        json.loads(process.stdout.readline())  # calls done 2.5 s ago: the background flush has run
+        process.send_signal(signal.SIGKILL)  # no atexit, no final flush
+        process.communicate(timeout=10)
+    backend = RedisBackend(redis_url)
+    totals = _stats.RedisSource(backend).totals()
+    backend.close()
+    assert totals["mp-glm-4"]["calls"] == 12 and totals["mp-glm-4"]["attempts"] == 12
+
+
+def test_an_unreachable_redis_falls_back_to_this_process_redis(redis_server: Any, local_backend: LocalBackend) -> None:
+    dead = RedisBackend("redis://:nope-pw@127.0.0.1:1/0", socket_timeout=0.2)
+    glm_guard.configure_stats(backend=dead)
+
+    @rate_limited(100, 1.0, key="offline", backend=local_backend)
+    def call() -> None:
+        return None
+
+    call()
+    data = glm_guard.stats()
+    assert data["source"] == "process" and data["shared_error"]
+    assert data["keys"]["offline"]["calls"] == 1
+    assert "nope-pw" not in json.dumps(data)
+    dead.close()
+
+
+# -- alerts ---------------------------------------------------------------------------------------
+
+
+def test_1302_alert_fires_once_and_again_on_recovery(
+    clock: Clock, local_backend: LocalBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[glm_guard.Alert] = []
+    unregister = glm_guard.on_alert(seen.append)
+    busy = [0]
+
+    @retry_on_1302(max_tries=3, base_delay=0)
+    @rate_limited(100, 1.0, key="alerting", backend=local_backend, cooldown=0)
+    def call() -> str:
+        busy[0] += 1
+        if busy[0] % 2:
+            raise ErrorWithText(SEED_1302)
+        return "ok"
+
+    call()  # one 1302: at the threshold (1 per hour), not over it
+    assert _alerts.MONITOR.check() == []
+    with caplog.at_level(logging.WARNING, logger="glm_guard"):
+        call()  # the second 1302 of the hour
+        first = _alerts.MONITOR.check()
+        for _ in range(3):
+            call()  # more of the same crossing: no new alert
+            assert _alerts.MONITOR.check() == []
+        clock.now += 61 * 60  # the 1302s age out of the hour
+        recovered = _alerts.MONITOR.check()
+    assert [(a.alert, a.key, a.firing, a.value) for a in first] == [("errors_1302", "alerting", True, 2.0)]
+    assert [(a.alert, a.firing, a.value) for a in recovered] == [("errors_1302", False, 0.0)]
+    assert seen == first + recovered
+    warnings = [r.getMessage() for r in caplog.records if "alert" in r.getMessage()]
+    assert len(warnings) == 2 and "alerting" in warnings[0] and "resolved" in warnings[1]
+    unregister()
+    assert glm_guard.rate_limit_stats()["alerts"] == []
+
+
+def test_success_rate_alert_needs_enough_calls(
+    monkeypatch: pytest.MonkeyPatch, clock: Clock, local_backend: LocalBackend
+) -> None:
+    monkeypatch.setenv("GLM_GUARD_ALERT_MIN_SUCCESS_RATE", "0.95")
+    glm_guard.reload_settings()
+    outcomes = iter([False] + [True] * 20)
+
+    @rate_limited(100, 1.0, key="rate", backend=local_backend)
+    def call() -> None:
+        if not next(outcomes):
+            raise ValueError("broken")
+
+    with pytest.raises(ValueError):
+        call()
+    assert _alerts.MONITOR.check() == []  # 0% of one call: too few calls to judge
+    for _ in range(9):
+        call()
+    (alert,) = _alerts.MONITOR.check()  # 9 of 10: 90% < 95%
+    assert (alert.alert, alert.firing, alert.value, alert.threshold) == ("success_rate", True, 0.9, 0.95)
+    assert glm_guard.rate_limit_stats()["alerts"][0]["alert"] == "success_rate"
+    for _ in range(10):
+        call()
+    (back,) = _alerts.MONITOR.check()  # 19 of 20: 95%, not below
+    assert (back.alert, back.firing) == ("success_rate", False)
+
+
+def test_one_process_reports_a_shared_crossing_redis(redis_url: str) -> None:
+    backend = RedisBackend(redis_url)
+    _stats.RedisSource(backend).write({int(T0 // 60): {"shared-key": {"err.rate_limit.1302": 5, "attempts": 5}}})
+    monitors = []
+    for _ in range(2):  # two processes' recorders and monitors, one Redis
+        recorder = _stats.Recorder(clock=Clock(T0 + 1))
+        recorder.set_sink(backend)
+        monitors.append(_alerts.AlertMonitor(recorder))
+    reports = [monitor.check() for monitor in monitors]
+    assert sorted(len(found) for found in reports) == [0, 1]
+    assert [m.check() for m in monitors] == [[], []]
+    backend.close()
