@@ -11,8 +11,10 @@ Four decorators that stack on any sync or async function or method::
 
 from __future__ import annotations
 
+from ._alerts import Alert, on_alert
 from ._cache import cached_response
 from ._classify import Classifier, ErrorInfo
+from ._client import AsyncLLMClient, GLMAPIError, GLMStreamError, LLMClient, get_llm_client
 from ._config import Settings, get_settings, is_testing, reload_settings, set_testing
 from ._errors import (
     BackendError,
@@ -21,30 +23,62 @@ from ._errors import (
     GLMRateLimitException,
     RateLimitTimeout,
 )
+from ._events import (
+    AttemptEvent,
+    CacheEvent,
+    CallEvent,
+    FallbackEvent,
+    GuardEvent,
+    RetryEvent,
+    WaitEvent,
+    subscribe,
+)
 from ._fallback import fallback
 from ._marks import is_degraded
 from ._rate_limit import rate_limited
 from ._retry import retry_on_1302
+from ._sdk import SDKRetryWarning, sdk_retries_off
+from ._stats import configure_stats, rate_limit_stats, stats
 
 __all__ = [
+    "Alert",
+    "AsyncLLMClient",
+    "AttemptEvent",
     "BackendError",
+    "CacheEvent",
+    "CallEvent",
     "Classifier",
     "ConfigurationError",
     "ErrorInfo",
+    "FallbackEvent",
+    "GLMAPIError",
     "GLMGuardError",
     "GLMRateLimitException",
+    "GLMStreamError",
+    "GuardEvent",
+    "LLMClient",
     "RateLimitTimeout",
+    "RetryEvent",
+    "SDKRetryWarning",
     "Settings",
+    "WaitEvent",
     "__version__",
     "cached_response",
+    "configure_stats",
     "fallback",
+    "get_llm_client",
     "get_settings",
     "is_degraded",
     "is_testing",
+    "on_alert",
+    "rate_limit_stats",
     "rate_limited",
     "reload_settings",
     "retry_on_1302",
+    "sdk_retries_off",
     "set_testing",
+    "stats",
+    "subscribe",
 ]
 
 

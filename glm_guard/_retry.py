@@ -15,11 +15,12 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
-from . import _validate
+from . import _probe, _validate
 from ._classify import DEFAULT_CLASSIFIER, DEFAULT_PERMANENT_CODES, DEFAULT_RETRYABLE_CODES, Classifier, ErrorInfo
 from ._config import TESTING
 from ._errors import ConfigurationError, GLMRateLimitException
 from ._marks import RETRYING
+from ._sdk import sdk_retry_warning
 from ._wrapping import default_key, kind_of, unwrap_descriptor
 
 __all__ = ["retry_on_1302"]
@@ -189,7 +190,8 @@ def retry_on_1302(
     def decorate(target: Callable[P, R]) -> Callable[P, R]:
         fn, rewrap = unwrap_descriptor(target)
         policy = _RetryPolicy(default_key(fn), tries, deadline, base, cap, jitter, retry_on_result, classifier)
-        return cast(Callable[P, R], rewrap(_wrap(fn, policy)))
+        inner, label = _probe.attach(fn)
+        return cast(Callable[P, R], rewrap(_probe.entry(_wrap(inner, policy, label), label)))
 
     return decorate
 
@@ -197,10 +199,11 @@ def retry_on_1302(
 class _Run:
     """The state of one retried call: which attempt, since when, the backoff schedule."""
 
-    __slots__ = ("attempt", "attempts", "policy", "schedule", "started")
+    __slots__ = ("attempt", "attempts", "label", "policy", "schedule", "started")
 
-    def __init__(self, policy: _RetryPolicy) -> None:
+    def __init__(self, policy: _RetryPolicy, label: _probe.Label) -> None:
         self.policy = policy
+        self.label = label
         self.attempts = policy.attempts()
         self.started = _clock()
         self.schedule: Generator[float, Any, None] | None = None
@@ -223,14 +226,19 @@ class _Run:
         return self._next(info, None)
 
     def _next(self, info: ErrorInfo, error: BaseException | None) -> float:
-        delay, self.schedule = self.policy.delay_or_raise(
-            self.attempt, self.attempts, info, self.started, self.schedule, error
-        )
+        try:
+            delay, self.schedule = self.policy.delay_or_raise(
+                self.attempt, self.attempts, info, self.started, self.schedule, error
+            )
+        except GLMRateLimitException:
+            _probe.retried(self.label, self.attempt, None, info.code)
+            raise
+        _probe.retried(self.label, self.attempt, delay, info.code)
         self.attempt += 1
         return delay
 
 
-def _wrap(fn: Callable[..., Any], policy: _RetryPolicy) -> Callable[..., Any]:
+def _wrap(fn: Callable[..., Any], policy: _RetryPolicy, label: _probe.Label) -> Callable[..., Any]:
     kind = kind_of(fn)
 
     if kind == "async":
@@ -241,7 +249,7 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy) -> Callable[..., Any]:
                 return await fn(*args, **kwargs)
             token = RETRYING.set(True)
             try:
-                run = _Run(policy)
+                run = _Run(policy, label)
                 while True:
                     try:
                         result = await fn(*args, **kwargs)
@@ -249,6 +257,7 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy) -> Callable[..., Any]:
                         delay = run.after_error(error)
                         if delay is None:
                             raise
+                        sdk_retry_warning(args, kwargs, policy.name)
                     else:
                         delay = run.after_result(result)
                         if delay is None:
@@ -268,7 +277,7 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy) -> Callable[..., Any]:
                 return fn(*args, **kwargs)
             token = RETRYING.set(True)
             try:
-                run = _Run(policy)
+                run = _Run(policy, label)
                 while True:
                     try:
                         result = fn(*args, **kwargs)
@@ -276,6 +285,7 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy) -> Callable[..., Any]:
                         delay = run.after_error(error)
                         if delay is None:
                             raise
+                        sdk_retry_warning(args, kwargs, policy.name)
                     else:
                         delay = run.after_result(result)
                         if delay is None:
@@ -292,7 +302,7 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy) -> Callable[..., Any]:
         @functools.wraps(fn)
         def generator_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
             # Retried only until the first item: a retry after that would repeat output.
-            run = _Run(policy)
+            run = _Run(policy, label)
             while True:
                 stream = fn(*args, **kwargs)
                 try:
@@ -303,6 +313,7 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy) -> Callable[..., Any]:
                     delay = run.after_error(error)
                     if delay is None:
                         raise
+                    sdk_retry_warning(args, kwargs, policy.name)
                     if delay > 0:
                         _sleep(delay)
                     continue
@@ -313,7 +324,7 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     async def async_generator_wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        run = _Run(policy)
+        run = _Run(policy, label)
         while True:
             stream = fn(*args, **kwargs)
             try:
@@ -324,6 +335,7 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy) -> Callable[..., Any]:
                 delay = run.after_error(error)
                 if delay is None:
                     raise
+                sdk_retry_warning(args, kwargs, policy.name)
                 if delay > 0:
                     await _async_sleep(delay)
                 continue

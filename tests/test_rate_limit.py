@@ -435,13 +435,14 @@ def test_an_interrupted_waiting_thread_leaks_no_permit(local_backend: LocalBacke
     waiter = threading.Thread(target=waiter_body)
     waiter.start()
     time.sleep(0.05)
+    # The exception is raised as soon as the waiter runs again, i.e. when it is woken.
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(waiter.ident or 0), ctypes.py_object(Interrupted))
+    hold.set()
     waiter.join(5)
+    holder.join(5)
     assert outcome == ["interrupted"]
     limiter = local_backend._limiters["interrupt"]
     assert len(limiter._waiters) == 0
-    hold.set()
-    holder.join(5)
     assert limiter.state.in_flight == 0
     call()  # the slot is free: neither the holder nor the interrupted waiter kept it
 
@@ -459,7 +460,11 @@ def test_a_concurrency_waiter_wakes_when_a_cooldown_replaces_the_full_pool(local
             raise ErrorWithText(SEED_1302)
         return "ok"
 
-    holder = threading.Thread(target=lambda: pytest.raises(ErrorWithText, call, True))
+    def fail_once() -> None:
+        with pytest.raises(ErrorWithText):
+            call(True)
+
+    holder = threading.Thread(target=fail_once)
     holder.start()
     entered.wait(5)
     waiter = threading.Thread(target=lambda: results.append(call(False)))
