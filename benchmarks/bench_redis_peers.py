@@ -1,0 +1,333 @@
+"""One Redis connection, one caller, one operation after another: what one admission costs.
+
+PING is the floor (one round trip that does nothing).  Beside it: one glm_guard admission
+(rate, concurrency and cooldown checked in one script), glm_guard's decorated calls, one
+cache hit, and the peers doing one admission: ``limits`` (moving and fixed window),
+``pyrate-limiter`` (Redis bucket) and a bare GCRA Lua script.  Rounds interleave the cases;
+each operation is timed on its own (``perf_counter`` around it), and round trips are counted
+on the client (every request redis-py writes to its socket).
+
+``python benchmarks/bench_redis_peers.py --out redis_peers.json`` (starts its own redis-server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bench_common as common
+
+BIG = 10**6  # never binds: every admission is admitted at once
+
+GCRA = """
+-- GCRA (as in redis-gcra / throttled): KEYS[1] theoretical arrival time in ms.
+-- ARGV[1] emission interval ms, ARGV[2] burst.  Server clock.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local interval = tonumber(ARGV[1])
+local tolerance = interval * tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - tolerance
+if now < allow_at then
+  return {0, math.ceil(allow_at - now)}
+end
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1)
+return {1, 0}
+"""
+
+
+@dataclass
+class Case:
+    key: str
+    label: str
+    who: str
+    run: Callable[[], Any]  # one operation, timed on its own; may return an awaitable
+    is_async: bool = False
+    after: Callable[[Any], Any] | None = None  # untimed follow-up with the operation's result
+
+
+async def build(url: str) -> list[Case]:
+    import redis
+    import redis.asyncio
+    from limits import RateLimitItemPerSecond
+    from limits.aio.strategies import MovingWindowRateLimiter as AsyncMovingWindow
+    from limits.storage import RedisStorage, storage_from_string
+    from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
+    from pyrate_limiter import Duration, Limiter, Rate, RedisBucket
+
+    import glm_guard
+    from glm_guard.backends import LimitPolicy
+    from glm_guard.backends._redis import RedisBackend
+
+    backend = RedisBackend(url)
+    client = redis.Redis.from_url(url)
+    aclient = redis.asyncio.Redis.from_url(url)
+
+    full = LimitPolicy(BIG, 1.0, BIG)  # rate + concurrency (+ the cooldown, always checked)
+    limiter = backend.limiter("bench-seq-admission")
+    alimiter = backend.limiter("bench-seq-admission-async")
+
+    @glm_guard.rate_limited(BIG, 1.0, key="bench-seq-rate", backend=backend)
+    def rate_call() -> None:
+        return None
+
+    @glm_guard.rate_limited(BIG, 1.0, key="bench-seq-rate-async", backend=backend)
+    async def rate_call_async() -> None:
+        return None
+
+    @glm_guard.rate_limited(BIG, 1.0, concurrency=BIG, key="bench-seq-lease", backend=backend)
+    def lease_call() -> None:
+        return None
+
+    @glm_guard.cached_response(ttl=600, key="bench-seq-cache", backend=backend)
+    def cached(question: str) -> str:
+        return question
+
+    cached("warm")
+
+    item = RateLimitItemPerSecond(BIG)
+    storage = RedisStorage(url)
+    moving = MovingWindowRateLimiter(storage)
+    fixed = FixedWindowRateLimiter(storage)
+    amoving = AsyncMovingWindow(storage_from_string("async+" + url, implementation="redispy"))
+
+    rates = [Rate(BIG, Duration.SECOND)]
+    pyrate = Limiter(RedisBucket.init(rates, redis.Redis.from_url(url), "bench-seq-pyrate"))
+    apyrate = Limiter(await RedisBucket.init(rates, redis.asyncio.Redis.from_url(url), "bench-seq-pyrate-async"))
+
+    gcra = client.register_script(GCRA)
+    gcra_sha = client.script_load(GCRA)
+    agcra_keys = ["bench-seq-gcra-async"]
+
+    def gcra_call() -> Any:
+        return client.evalsha(gcra_sha, 1, "bench-seq-gcra", 0.001, 1000)
+
+    del gcra
+    return [
+        Case("ping", "PING", "baseline", client.ping),
+        Case(
+            "gg_admission",
+            "glm_guard admission: rate + concurrency + cooldown, one script",
+            "glm_guard",
+            lambda: limiter.acquire(full, None),
+            after=lambda permit: permit.release(),
+        ),
+        Case("gg_call_rate", "glm_guard @rate_limited call (rate + cooldown)", "glm_guard", rate_call),
+        Case(
+            "gg_call_lease",
+            "glm_guard @rate_limited call with concurrency (acquire + release)",
+            "glm_guard",
+            lease_call,
+        ),
+        Case("gg_cache_hit", "glm_guard @cached_response hit", "glm_guard", lambda: cached("warm")),
+        Case("limits_moving", "limits moving window hit", "peer", lambda: moving.hit(item, "bench-seq")),
+        Case("limits_fixed", "limits fixed window hit", "peer", lambda: fixed.hit(item, "bench-seq-fixed")),
+        Case(
+            "pyrate",
+            "pyrate-limiter Redis bucket try_acquire",
+            "peer",
+            lambda: pyrate.try_acquire("bench-seq", blocking=False),
+        ),
+        Case("gcra", "bare GCRA Lua script (EVALSHA)", "peer", gcra_call),
+        Case("ping_async", "PING (asyncio)", "baseline", aclient.ping, is_async=True),
+        Case(
+            "gg_admission_async",
+            "glm_guard admission, asyncio",
+            "glm_guard",
+            lambda: alimiter.acquire_async(full, None),
+            is_async=True,
+            after=lambda permit: permit.release(),
+        ),
+        Case(
+            "gg_call_rate_async", "glm_guard @rate_limited call, asyncio", "glm_guard", rate_call_async, is_async=True
+        ),
+        Case(
+            "limits_moving_async",
+            "limits moving window hit, asyncio (redis-py)",
+            "peer",
+            lambda: amoving.hit(item, "bench-seq-async"),
+            is_async=True,
+        ),
+        Case(
+            "pyrate_async",
+            "pyrate-limiter Redis bucket, asyncio",
+            "peer",
+            lambda: apyrate.try_acquire_async("bench-seq-async", blocking=False),
+            is_async=True,
+        ),
+        Case(
+            "gcra_async",
+            "bare GCRA Lua script, asyncio",
+            "peer",
+            lambda: aclient.evalsha(gcra_sha, 1, *agcra_keys, 0.001, 1000),
+            is_async=True,
+        ),
+    ]
+
+
+async def _sample(case: Case, n: int) -> tuple[float, int]:
+    total = 0.0
+    trips = 0
+    for _ in range(n):
+        before = common.round_trips()
+        began = time.perf_counter()
+        result = case.run()
+        if case.is_async:
+            result = await result
+        total += time.perf_counter() - began
+        trips += common.round_trips() - before
+        if case.after is not None:
+            done = case.after(result)
+            if isinstance(done, Awaitable):
+                await done
+    return total / n * 1e6, trips
+
+
+async def _measure(url: str, rounds: int, n: int) -> dict[str, Any]:
+    common.install_round_trip_counter()
+    cases = await build(url)
+    for case in cases:
+        await _sample(case, 200)  # scripts loaded, connections open, threads started
+    per_op: dict[str, list[float]] = {c.key: [] for c in cases}
+    trips: dict[str, int] = {c.key: 0 for c in cases}
+    order = list(cases)
+    shuffler = random.Random(1302)
+    for _ in range(rounds):
+        shuffler.shuffle(order)
+        for case in order:
+            us, count = await _sample(case, n)
+            per_op[case.key].append(us)
+            trips[case.key] += count
+    rows = {}
+    for case in cases:
+        ping = "ping_async" if case.is_async else "ping"
+        ratios = [t / p for t, p in zip(per_op[case.key], per_op[ping], strict=True)]
+        rows[case.key] = {
+            "label": case.label,
+            "who": case.who,
+            "asyncio": case.is_async,
+            "us": common.spread(per_op[case.key]),
+            "x_ping": common.spread(ratios),
+            "round_trips_per_op": trips[case.key] / (rounds * n),
+        }
+    return rows
+
+
+def measure(args: Any) -> dict[str, Any]:
+    rounds, n = (3, 200) if args.quick else (9, 1000)
+    with common.redis_url(args.redis_url) as url:
+        common.log(f"redis, one connection: {rounds} interleaved rounds x {n} operations per case")
+        rows = asyncio.run(_measure(url, rounds, n))
+    admission = rows["gg_admission"]
+    return {
+        "rounds": rounds,
+        "operations_per_sample": n,
+        "cases": rows,
+        "targets": [
+            {
+                "target": "one admission (rate + concurrency + cooldown) ≤ 1.3 × PING",
+                "measured": admission["x_ping"]["median"],
+                "p25": admission["x_ping"]["p25"],
+                "p75": admission["x_ping"]["p75"],
+                "limit": 1.3,
+                "unit": "× PING",
+                "met": admission["x_ping"]["median"] <= 1.3,
+            },
+            {
+                "target": "in exactly one round trip",
+                "measured": admission["round_trips_per_op"],
+                "p25": admission["round_trips_per_op"],
+                "p75": admission["round_trips_per_op"],
+                "limit": 1.0,
+                "unit": "round trips",
+                "met": admission["round_trips_per_op"] == 1.0,
+            },
+        ],
+    }
+
+
+def render(section: dict[str, Any], out: Path) -> str:
+    pyplot = common.plt()
+    rows = section["cases"]
+    lines = [
+        "# Redis: one connection, one operation at a time",
+        "",
+        f"{section['rounds']} rounds × {section['operations_per_sample']} operations per case, cases interleaved "
+        "in a shuffled order each round. Each operation is timed on its own; × PING is taken round by round "
+        "against the PING of the same round (sync cases against sync PING, asyncio cases against asyncio "
+        "PING). Round trips are counted on the client: every request redis-py writes to its socket.",
+        "",
+        "Every limit is a million per second, so every admission succeeds at once.",
+        "",
+        "## Target",
+        "",
+        common.table(
+            ["target", "measured", "p25–p75", "limit", "verdict"],
+            [
+                [
+                    t["target"],
+                    f"{t['measured']:.2f} {t['unit']}",
+                    f"{t['p25']:.2f}–{t['p75']:.2f}",
+                    f"{t['limit']:g}",
+                    common.verdict(t["met"]),
+                ]
+                for t in section["targets"]
+            ],
+            "lrrrl",
+        ),
+        "",
+        "## All operations",
+        "",
+        common.table(
+            ["operation", "median µs", "p25–p75 µs", "× PING", "p25–p75", "round trips"],
+            [
+                [
+                    ("**" + r["label"] + "**") if r["who"] == "glm_guard" else r["label"],
+                    common.fmt(r["us"]["median"], 1),
+                    f"{r['us']['p25']:.1f}–{r['us']['p75']:.1f}",
+                    common.fmt(r["x_ping"]["median"], 2),
+                    f"{r['x_ping']['p25']:.2f}–{r['x_ping']['p75']:.2f}",
+                    common.fmt(r["round_trips_per_op"], 2),
+                ]
+                for r in rows.values()
+            ],
+            "lrrrrr",
+        ),
+        "",
+        "![Redis operations](redis_peers.png)",
+        "",
+        "The peers' scripts differ in what they check: `limits` moving window reads the client's clock and keeps a "
+        "list of up to `limit` timestamps; `pyrate-limiter` reads the client's clock and keeps one sorted-set "
+        "member per call until a background thread trims it; the GCRA script keeps one number. glm_guard's "
+        "script reads the server's clock, checks the cooldown, the window and the concurrency leases, and "
+        "reserves the next legal start when the window is full.",
+        "",
+    ]
+    shown = list(rows.values())
+    fig, ax = pyplot.subplots(figsize=(8, 0.3 * len(shown) + 1.2))
+    medians = [r["x_ping"]["median"] for r in shown]
+    low = [m - r["x_ping"]["p25"] for m, r in zip(medians, shown, strict=True)]
+    high = [r["x_ping"]["p75"] - m for m, r in zip(medians, shown, strict=True)]
+    colours = [
+        "#c0392b" if r["who"] == "glm_guard" else ("#34495e" if r["who"] == "baseline" else "#7f8c8d") for r in shown
+    ]
+    ax.barh(range(len(shown)), medians, xerr=[low, high], color=colours, capsize=2)
+    ax.axvline(1.3, color="#c0392b", linestyle=":", linewidth=1)
+    ax.set_yticks(range(len(shown)), [r["label"] for r in shown])
+    ax.invert_yaxis()
+    ax.set_xlabel("time per operation ÷ PING in the same round (dotted: the 1.3 × target)")
+    ax.set_title("One connection, sequential: glm_guard (red), peers (grey), PING (dark)")
+    fig.savefig(out / "redis_peers.png")
+    pyplot.close(fig)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    common.part_main("redis_peers", measure)
