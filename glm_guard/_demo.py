@@ -17,7 +17,7 @@ import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
@@ -348,10 +348,36 @@ def render_table(cfg: DemoConfig, results: Sequence[RunResult]) -> str:
     return "\n".join(lines)
 
 
-def to_json(cfg: DemoConfig, results: Sequence[RunResult]) -> str:
+def monitor_figures() -> dict[str, Any]:
+    """What ``glm_guard.stats()`` (the monitor's numbers) recorded for the guarded run."""
+    from ._stats import stats
+
+    return dict(stats()["total"])
+
+
+def render_monitor(figures: Mapping[str, Any], processes: int) -> str:
+    where = "this process" if processes == 1 else "this process (workers report to their own, or to Redis)"
+    waits, latency = figures["waits"], figures["latency"]
+    rate = figures["success_rate"]
+    lines = [
+        f"monitor (glm_guard.stats(), {where}):",
+        f"  calls {figures['calls']}, successes {figures['successes']}, fallbacks {figures['fallbacks']}, "
+        f"success rate {'-' if rate is None else f'{rate:.1%}'}",
+        f"  provider attempts {figures['attempts']}, 1302 errors seen {figures['errors_1302']}, "
+        f"retries {figures['retries']}",
+        f"  waited for a permit: {waits['count']} calls, p50 {waits['p50'] or 0:.3f}s, p99 {waits['p99'] or 0:.3f}s",
+        f"  call latency: p50 {latency['p50'] or 0:.3f}s, p99 {latency['p99'] or 0:.3f}s",
+    ]
+    return "\n".join(lines)
+
+
+def to_json(cfg: DemoConfig, results: Sequence[RunResult], monitor: Mapping[str, Any] | None = None) -> str:
     config = asdict(cfg)
     config["backend"] = mask_url(cfg.backend)
-    return json.dumps({"config": config, "runs": [asdict(r) for r in results]}, ensure_ascii=False, indent=2)
+    document: dict[str, Any] = {"config": config, "runs": [asdict(r) for r in results]}
+    if monitor is not None:
+        document["monitor"] = monitor
+    return json.dumps(document, ensure_ascii=False, indent=2)
 
 
 # -- command line ------------------------------------------------------------------------
@@ -511,5 +537,9 @@ def main_demo(argv: list[str] | None = None) -> int:
     except Exception as error:  # a crashed run is reported, not dumped as a traceback
         print(f"glm-guard demo: a run failed: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
-    print(to_json(cfg, results) if ns.json else render_table(cfg, results), flush=True)
+    figures = monitor_figures()
+    if ns.json:
+        print(to_json(cfg, results, figures), flush=True)
+    else:
+        print(render_table(cfg, results) + "\n\n" + render_monitor(figures, cfg.processes), flush=True)
     return 0 if results[-1].failed == 0 else 1

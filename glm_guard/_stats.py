@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 import time
 from bisect import bisect_left
@@ -704,7 +705,17 @@ def stats() -> dict[str, Any]:
     limits and permanent errors by code), retries, waits for a permit, latency percentiles,
     cache hits and misses, and tokens.  With a Redis sink the numbers cover every process.
     """
-    return render_totals(*read_totals(RECORDER), RECORDER.clock())
+    result = render_totals(*read_totals(RECORDER), RECORDER.clock())
+    result["backends"] = _backend_reports()
+    return result
+
+
+def _backend_reports() -> list[dict[str, Any]]:
+    """Calls each Redis backend of this process served under its failure policy."""
+    module = sys.modules.get("glm_guard.backends._redis")  # never imported just to report
+    if module is None:
+        return []
+    return [backend.degraded_report() for backend in list(module.LIVE_BACKENDS)]
 
 
 def rate_limit_stats(window_minutes: int = 60) -> dict[str, Any]:

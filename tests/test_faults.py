@@ -246,3 +246,22 @@ async def test_wait_for_timeout_around_a_guarded_call_releases_the_lease_redis(r
     assert client.zcard("glm_guard:{wait-for}:leases") == 0
     client.close()
     backend.close()
+
+
+def test_stats_count_the_degraded_calls_redis() -> None:
+    import glm_guard
+
+    url = closed_port_url()
+    backend = RedisBackend(url, socket_timeout=0.5)
+
+    @rate_limited(10, 60.0, key="down-stats", backend=backend)
+    def call() -> str:
+        return "ok"
+
+    for _ in range(3):
+        call()
+    masked = url.replace(REDIS_PASSWORD, "***")
+    (report,) = [r for r in glm_guard.stats()["backends"] if r["backend"] == masked]
+    assert report["degraded_calls"] == 3 and report["outages"] == 1
+    assert REDIS_PASSWORD not in str(report)
+    backend.close()

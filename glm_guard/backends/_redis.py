@@ -67,6 +67,9 @@ def _new_token() -> str:
     return f"{_token_prefix[1]}{next(_token_counter):x}"
 
 
+LIVE_BACKENDS: weakref.WeakSet[RedisBackend] = weakref.WeakSet()
+
+
 def _load_script(name: str) -> str:
     return importlib.resources.files("glm_guard.backends").joinpath(f"lua/{name}.lua").read_text("utf-8")
 
@@ -119,6 +122,16 @@ class RedisBackend(Backend):
         self._shares: dict[tuple[LimitPolicy, int], LimitPolicy] = {}
         self._pid = -1
         self._reset_process_state()
+        LIVE_BACKENDS.add(self)
+
+    def degraded_report(self) -> dict[str, Any]:
+        """For ``glm_guard.stats()``: how often this process served calls without Redis."""
+        return {
+            "backend": mask_url(self._url),
+            "available": self.health.available(),
+            "outages": self.health.outages,
+            "degraded_calls": self.degraded_calls,
+        }
 
     def __repr__(self) -> str:
         return f"<RedisBackend {mask_url(self._url)!r} prefix={self.prefix!r}>"
