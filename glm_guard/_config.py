@@ -7,13 +7,17 @@ result.  :func:`reload_settings` re-reads it (tests, or after loading a ``.env``
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from ._errors import ConfigurationError
+
+N = TypeVar("N", int, float)
 
 __all__ = [
     "Settings",
@@ -161,37 +165,34 @@ def _text(env: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
-def _positive_int(env: Mapping[str, str], name: str) -> int | None:
+def _parsed(
+    env: Mapping[str, str], name: str, convert: Callable[[str], N], valid: Callable[[N], bool], expected: str
+) -> N | None:
+    """The variable converted and checked, ``None`` when unset; the error names it and the rule."""
     raw = _text(env, name)
     if raw is None:
         return None
     try:
-        value = int(raw)
+        value = convert(raw)
     except ValueError:
-        raise ConfigurationError(name, f"must be a positive integer, got {raw!r}") from None
-    if value <= 0:
-        raise ConfigurationError(name, f"must be a positive integer, got {raw!r}")
+        raise ConfigurationError(name, f"must be {expected}, got {raw!r}") from None
+    if not valid(value):
+        raise ConfigurationError(name, f"must be {expected}, got {raw!r}")
     return value
+
+
+def _positive_int(env: Mapping[str, str], name: str) -> int | None:
+    return _parsed(env, name, int, lambda v: v > 0, "a positive integer")
 
 
 def _non_negative_float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = _text(env, name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigurationError(name, f"must be a number of seconds >= 0, got {raw!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise ConfigurationError(name, f"must be a number of seconds >= 0, got {raw!r}")
-    return value
+    value = _parsed(env, name, float, lambda v: 0 <= v < math.inf, "a number of seconds >= 0")
+    return default if value is None else value
 
 
 def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
-    value = _non_negative_float(env, name, default)
-    if value == 0:
-        raise ConfigurationError(name, "must be a number of seconds > 0, got '0'")
-    return value
+    value = _parsed(env, name, float, lambda v: 0 < v < math.inf, "a number of seconds > 0")
+    return default if value is None else value
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:
@@ -215,29 +216,13 @@ def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 
 def _count(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = _text(env, name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(name, f"must be an integer >= 0, got {raw!r}") from None
-    if value < 0:
-        raise ConfigurationError(name, f"must be an integer >= 0, got {raw!r}")
-    return value
+    value = _parsed(env, name, int, lambda v: v >= 0, "an integer >= 0")
+    return default if value is None else value
 
 
 def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = _text(env, name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigurationError(name, f"must be a number from 0 to 1, got {raw!r}") from None
-    if not 0 <= value <= 1:
-        raise ConfigurationError(name, f"must be a number from 0 to 1, got {raw!r}")
-    return value
+    value = _parsed(env, name, float, lambda v: 0 <= v <= 1, "a number from 0 to 1")
+    return default if value is None else value
 
 
 def _http_url(env: Mapping[str, str], name: str) -> str | None:
