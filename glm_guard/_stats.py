@@ -663,6 +663,7 @@ def render_totals(name: str, per_key: PerKey, error: str | None, now: float) -> 
         "generated_at": _iso(now),
         "total": block(_total(per_key)),
         "keys": {key: block(fields) for key, fields in sorted(per_key.items())},
+        "backends": _backend_reports(),
     }
     if error is not None:
         result["shared_error"] = error
@@ -705,9 +706,7 @@ def stats() -> dict[str, Any]:
     limits and permanent errors by code), retries, waits for a permit, latency percentiles,
     cache hits and misses, and tokens.  With a Redis sink the numbers cover every process.
     """
-    result = render_totals(*read_totals(RECORDER), RECORDER.clock())
-    result["backends"] = _backend_reports()
-    return result
+    return render_totals(*read_totals(RECORDER), RECORDER.clock())
 
 
 def _backend_reports() -> list[dict[str, Any]]:
