@@ -64,15 +64,15 @@ def test_json_figures_show_the_guard_removing_1302s(capsys: pytest.CaptureFixtur
 def test_the_demo_ends_with_the_monitors_figures(capsys: pytest.CaptureFixture[str]) -> None:
     import glm_guard
 
-    before = glm_guard.stats()["total"]["calls"]
+    before = glm_guard.stats()["total"]  # other tests in this process count too: compare deltas
     assert main_demo([*QUICK, "--json", "--quiet"]) == 0
     monitor = json.loads(capsys.readouterr().out)["monitor"]
-    assert monitor["calls"] - before == 12  # the guarded run, as the monitor recorded it
-    assert monitor["errors_1302"] == 0
+    assert monitor["calls"] - before["calls"] == 12  # the guarded run, as the monitor recorded it
+    assert monitor["errors_1302"] == before["errors_1302"]
     assert main_demo([*QUICK, "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "monitor (glm_guard.stats()" in out
-    assert "1302 errors seen 0" in out
+    assert "1302 errors seen" in out
 
 
 def test_table_on_stdout_progress_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:

@@ -359,7 +359,8 @@ class _Heartbeat:
     def _loop(self) -> None:
         while not self._stop.is_set():
             if self._backend.health.available():
-                with contextlib.suppress(BackendError):
+                # Also a socket closed under it by close(): a background beat must never raise.
+                with contextlib.suppress(Exception):
                     self.beat()
             self._stop.wait(self.INTERVAL)
 
