@@ -18,7 +18,7 @@ from . import _probe, _validate
 from ._cache_keys import KeyMaker
 from ._config import get_settings
 from ._errors import ConfigurationError
-from ._marks import begin_call, is_degraded, mark_degraded
+from ._marks import begin_call, mark_degraded, result_degraded
 from ._wrapping import default_key, kind_of, unwrap_descriptor
 from .backends import CacheStore, get_backend
 from .backends._base import Backend
@@ -217,7 +217,7 @@ def _wrap(
                     _probe.cached(label, False)
                     begin_call()
                     value = await fn(*args, **kwargs)
-                    degraded = is_degraded()
+                    degraded = result_degraded(value)
                     if store_values and not degraded:
                         await cache.set_async(digest, value)
                 except Exception as error:
@@ -276,7 +276,7 @@ def _wrap(
                 _probe.cached(label, False)
                 begin_call()
                 value = fn(*args, **kwargs)
-                degraded = is_degraded()
+                degraded = result_degraded(value)
                 if store_values and not degraded:
                     cache.set(digest, value)
             except Exception as error:

@@ -47,6 +47,12 @@ def mask_url(url: str) -> str:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
         return "<unparseable url>"
+    if parts.query:  # redis-py also takes ?password=... in the query string
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        if any(name.lower() == "password" for name, _ in query):
+            masked = [(name, "***" if name.lower() == "password" else value) for name, value in query]
+            parts = parts._replace(query=urllib.parse.urlencode(masked, safe="*"))
+            url = urllib.parse.urlunsplit(parts)
     if parts.password is None:
         return url
     user = parts.username or ""

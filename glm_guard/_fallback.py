@@ -80,7 +80,7 @@ def fallback(value_or_callable: Any, *, on: ErrorFilter | None = None) -> Callab
                         answer = replacement(*args, **kwargs)
                         if inspect.isawaitable(answer):
                             answer = await answer
-                    mark_degraded()
+                    mark_degraded(answer, remember=True)
                     return answer
 
             return cast(Callable[P, R], rewrap(_probe.entry(async_wrapper, label)))
@@ -96,7 +96,7 @@ def fallback(value_or_callable: Any, *, on: ErrorFilter | None = None) -> Callab
                 logger.warning("glm_guard: %s failed with %s; serving its fallback", name, type(error).__name__)
                 _probe.fell_back(label, error)
                 answer = value_or_callable if replacement is None else replacement(*args, **kwargs)
-                mark_degraded()
+                mark_degraded(answer, remember=True)
                 return answer
 
         return cast(Callable[P, R], rewrap(_probe.entry(sync_wrapper, label)))

@@ -8,10 +8,19 @@ it in the caller's context, so the mark crosses ``await`` as well as plain calls
 
 from __future__ import annotations
 
+import time
 from contextvars import ContextVar
+from typing import Final
 
 _DEGRADED: ContextVar[bool] = ContextVar("glm_guard_degraded", default=False)
 RETRYING: ContextVar[bool] = ContextVar("glm_guard_retrying", default=False)
+
+# A context mark does not travel back out of a child task or thread (``asyncio.wait_for``,
+# ``gather``, ``to_thread``), so fallback answers are also remembered by identity for a while:
+# a cache that receives the very object a fallback produced will not store it.
+_RECENT: dict[int, tuple[object, float]] = {}
+_RECENT_SIZE: Final = 4096
+_RECENT_SECONDS: Final = 300.0
 
 
 def begin_call() -> None:
@@ -19,8 +28,20 @@ def begin_call() -> None:
     _DEGRADED.set(False)
 
 
-def mark_degraded() -> None:
+def mark_degraded(answer: object = None, *, remember: bool = False) -> None:
     _DEGRADED.set(True)
+    if remember:
+        if len(_RECENT) >= _RECENT_SIZE:
+            _RECENT.pop(next(iter(_RECENT)), None)
+        _RECENT[id(answer)] = (answer, time.monotonic() + _RECENT_SECONDS)
+
+
+def result_degraded(value: object) -> bool:
+    """Whether ``value`` came from a fallback, seen through the context or by identity."""
+    if _DEGRADED.get():
+        return True
+    entry = _RECENT.get(id(value))
+    return entry is not None and entry[0] is value and entry[1] > time.monotonic()
 
 
 def is_degraded() -> bool:

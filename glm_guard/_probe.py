@@ -19,6 +19,7 @@ decorator that is not glm_guard's, placed between two guards, splits the stack i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import AsyncIterator, Callable, Generator
@@ -318,10 +319,11 @@ def attempts(fn: Callable[..., Any], label: Label) -> Callable[..., Any]:
         started = perf_counter()
         usage: object = None
         try:
-            async for item in fn(*args, **kwargs):
-                if _carries_usage(item):
-                    usage = item
-                yield item
+            async with contextlib.aclosing(fn(*args, **kwargs)) as stream:  # closed at once, not by gc
+                async for item in stream:
+                    if _carries_usage(item):
+                        usage = item
+                    yield item
         except Exception as error:
             if HUB.active:
                 _attempt_done(label, started, error, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any, Final, ParamSpec, TypeVar, cast, overload
@@ -177,8 +178,9 @@ def _wrap(
     async def async_generator_wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         permit = None if TESTING.active else await _probe.acquire_async(limiter, policy, max_wait, label)
         try:
-            async for item in fn(*args, **kwargs):
-                yield item
+            async with contextlib.aclosing(fn(*args, **kwargs)) as stream:  # the permit ends with it
+                async for item in stream:
+                    yield item
         except Exception as error:
             seconds = _cool_down_for(error, pause)
             if seconds > 0 and permit is not None:

@@ -8,6 +8,7 @@ supplies the delay schedule (``expo``) and the jitter (``full_jitter``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -339,9 +340,10 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy, label: _probe.Label) -> 
                 if delay > 0:
                     await _async_sleep(delay)
                 continue
-            yield first
-            async for item in stream:
-                yield item
+            async with contextlib.aclosing(stream):  # a consumer that stops early closes it at once
+                yield first
+                async for item in stream:
+                    yield item
             return
 
     return async_generator_wrapper

@@ -364,3 +364,22 @@ def test_the_digest_memo_gives_the_same_key_as_a_full_computation() -> None:
         assert make(args, kwargs) == fresh._digest(args, kwargs)
     assert make(("a",), {}) == make((), {"prompt": "a"})  # positional or keyword: one key
     assert len(make._memo) <= 2
+
+
+async def test_a_fallback_answer_from_a_child_task_is_not_cached(local_backend: LocalBackend) -> None:
+    """``asyncio.wait_for`` runs the inner call in a task of its own: the context mark stays there."""
+    failures = [1]
+
+    @fallback("DEGRADED")
+    async def llm(question: str) -> str:
+        if failures[0]:
+            failures[0] -= 1
+            raise ErrorWithText(SEED_1302)
+        return f"real {question}"
+
+    @cached_response(backend=local_backend)
+    async def answer(question: str) -> str:
+        return await asyncio.wait_for(llm(question), 5)
+
+    assert await answer("q") == "DEGRADED"
+    assert await answer("q") == "real q"  # the degraded answer was not cached

@@ -90,3 +90,10 @@ def test_applications_sharing_one_redis_do_not_collide_redis(redis_url: str) -> 
         one()
     first.close()
     second.close()
+
+
+def test_a_password_in_the_query_string_is_masked_too() -> None:
+    from glm_guard._config import mask_url
+
+    assert "s3cret" not in mask_url("redis://localhost:6379/0?password=s3cret")
+    assert "s3cret" not in repr(Settings.from_env({"REDIS_URL": "redis://localhost:6379/0?password=s3cret"}))

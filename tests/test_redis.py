@@ -463,3 +463,49 @@ async def test_a_crowd_of_waiting_tasks_keeps_the_limit_and_sees_no_false_outage
     assert max_in_window(starts, 0.5) <= 250
     assert backend.degraded_calls == 0 and backend.health.outages == 0
     backend.close()
+
+
+def test_a_cooldown_holds_back_callers_whose_start_was_already_reserved_redis(redis_url: str) -> None:
+    import threading
+
+    backend = RedisBackend(redis_url)
+    starts: list[float] = []
+
+    @rate_limited(1, 1.0, key="reserved-cooldown", backend=backend)
+    def call() -> None:
+        starts.append(time.monotonic())
+
+    call()  # the window is now full for 1 s
+    began = time.monotonic()
+    second = threading.Thread(target=call)
+    second.start()  # reserves the start at ~1 s and sleeps
+    time.sleep(0.3)
+    backend.limiter("reserved-cooldown").cooldown(1.5)  # a 1302 elsewhere: pause until ~1.8 s
+    second.join(10)
+    assert starts[1] - began >= 1.7  # it waited out the cooldown, not just its reservation
+    backend.close()
+
+
+def test_pickle_entries_that_cannot_be_read_or_written_never_fail_the_call_redis(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    import threading
+
+    monkeypatch.setenv("GLM_GUARD_CACHE_SECRET", "k" * 32)
+    glm_guard.reload_settings()
+    calls: list[int] = []
+
+    @cached_response(backend=redis_url, key="unpicklable-redis", serializer="pickle")
+    def lock_holder(x: int) -> object:
+        calls.append(1)
+        return threading.Lock()  # cannot be pickled
+
+    assert lock_holder(1) is not None and lock_holder(1) is not None
+    assert len(calls) == 2  # returned both times, cached never
+    store = RedisBackend(redis_url).cache("n", ttl=60, maxsize=8, serializer="pickle")
+    body = b"\x80\x04\x95\x14\x00\x00\x00\x00\x00\x00\x00\x8c\x08gone_mod\x94\x8c\x01X\x94\x93\x94."
+    import hashlib
+    import hmac
+
+    signed = b"gg1p:" + hmac.new(b"k" * 32, body, hashlib.sha256).digest() + body
+    assert store.decode(signed) == (False, None)  # a signed entry of a class that is gone: a miss

@@ -114,7 +114,9 @@ class RedisBackend(Backend):
         self._socket_timeout = get_settings().redis_timeout if socket_timeout is None else socket_timeout
         self._lock = threading.Lock()
         self._limiters: dict[str, RedisLimiter] = {}
-        self._scripts = {name: _load_script(name) for name in ("acquire", "release", "renew", "cooldown", "heartbeat")}
+        self._scripts = {
+            name: _load_script(name) for name in ("acquire", "release", "renew", "cooldown", "heartbeat", "confirm")
+        }
         self._shas = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in self._scripts.items()}
         self.health = _Health(url)
         self.degraded_calls = 0
@@ -149,10 +151,12 @@ class RedisBackend(Backend):
         self.heartbeat = _Heartbeat(self)
 
     def _check_fork(self) -> None:
-        if os.getpid() != self._pid:  # never share a socket or a thread with the parent
+        if os.getpid() != self._pid:  # never share a socket, a thread or a held lock with the parent
             with self._lock:
                 if os.getpid() != self._pid:
                     self._reset_process_state()
+                    for limiter in self._limiters.values():
+                        limiter.after_fork()
 
     def _options(self) -> dict[str, Any]:
         return {"socket_timeout": self._socket_timeout, "socket_connect_timeout": self._socket_timeout}
@@ -486,6 +490,10 @@ class _AsyncRedisPermit(_RedisPermit):
             await self._limiter.give_back_async(token)
 
 
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+
 class _Unlimited:
     """The permit of the ``open`` policy: nothing was taken, so nothing is given back."""
 
@@ -525,6 +533,20 @@ class RedisLimiter(Limiter):
     def __repr__(self) -> str:
         return f"<RedisLimiter {self.key!r}>"
 
+    def after_fork(self) -> None:
+        """The parent's threads are gone from a forked child: so are their places and permits."""
+        self._turnstile._after_fork()
+        self._local._after_fork()
+
+    def _paused(self) -> bool:
+        """A cooldown this process set is in force (checked without a round trip).
+
+        A reserved caller re-checks Redis only then: asking on every reserved start would add
+        a round trip that, under a crowd, delays starts into the next window.  A cooldown set
+        by another process after the reservation was made is not seen by it (known gap).
+        """
+        return self._local.state.cooldown_until > time.monotonic()
+
     def _args(self, policy: LimitPolicy, token: str, deadline: float | None) -> list[object]:
         left_ms = -1 if deadline is None else max(int((deadline - time.monotonic()) * 1000), 0)
         limits = f"{policy.calls or 0} {int(policy.period * 1000)} {policy.concurrency or 0} {self._lease_ms} {left_ms}"
@@ -557,6 +579,7 @@ class RedisLimiter(Limiter):
     # A caller with a reserved start leaves the turnstile before it sleeps.
 
     def acquire(self, policy: LimitPolicy, max_wait: float | None) -> Permit:
+        self._backend._check_fork()
         health = self._backend.health
         if health.available():
             try:
@@ -573,6 +596,7 @@ class RedisLimiter(Limiter):
         return self._local.acquire(self._backend.share(policy), max_wait)
 
     async def acquire_async(self, policy: LimitPolicy, max_wait: float | None) -> AsyncPermit:
+        self._backend._check_fork()
         health = self._backend.health
         if health.available():
             try:
@@ -604,6 +628,11 @@ class RedisLimiter(Limiter):
                             turn.release()
                             turn = None
                         _sleep_holding(permit, int(reply[1]) / 1000.0)
+                        paused_ms = int(self._backend.script("confirm", self.keys, [token])) if self._paused() else 0
+                        if paused_ms > 0:  # a cooldown began while it slept: queue again after it
+                            self._backend._leases.discard(self.keys[1], token)
+                            time.sleep(paused_ms / 1000.0)
+                            return self._acquire_shared(policy, _remaining(deadline))
                     return permit
                 if int(reply[2]) == 3:
                     released = threading.Event()
@@ -636,6 +665,15 @@ class RedisLimiter(Limiter):
                         except BaseException:
                             await permit.release()
                             raise
+                        paused_ms = (
+                            int(await self._backend.script_async("confirm", self.keys, [token]))
+                            if self._paused()
+                            else 0
+                        )
+                        if paused_ms > 0:  # a cooldown began while it slept: queue again after it
+                            self._backend._leases.discard(self.keys[1], token)
+                            await asyncio.sleep(paused_ms / 1000.0)
+                            return await self._acquire_shared_async(policy, _remaining(deadline))
                     return permit
                 if int(reply[2]) == 3:
                     await self._wait_for_release(wait)
@@ -723,18 +761,26 @@ class RedisCacheStore(CacheStore):
 
     def encode(self, value: object) -> bytes | None:
         if self._serializer == "pickle":
-            body = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            try:
+                body = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception:  # the answer was paid for: return it, just do not cache it
+                self._warn_not_cached(value, "pickle")
+                return None
             return _PICKLE_TAG + hmac.new(self._secret, body, hashlib.sha256).digest() + body
         if not _json_native(value, 0):
-            if not self._warned:
-                self._warned = True
-                logger.warning(
-                    "glm_guard: %s returned a %s, which JSON cannot store faithfully; its results are not cached",
-                    self._name,
-                    type(value).__qualname__,
-                )
+            self._warn_not_cached(value, "JSON")
             return None
         return _JSON_TAG + json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+    def _warn_not_cached(self, value: object, form: str) -> None:
+        if not self._warned:
+            self._warned = True
+            logger.warning(
+                "glm_guard: %s returned a %s, which %s cannot store faithfully; its results are not cached",
+                self._name,
+                type(value).__qualname__,
+                form,
+            )
 
     def decode(self, raw: bytes | None) -> tuple[bool, object]:
         if raw is None:
@@ -747,7 +793,7 @@ class RedisCacheStore(CacheStore):
                 expected = hmac.new(self._secret, body, hashlib.sha256).digest()
                 if hmac.compare_digest(signature, expected):
                     return True, pickle.loads(body)  # signed with our secret: written by us
-        except (ValueError, pickle.UnpicklingError, EOFError, TypeError):
+        except Exception:  # a renamed class, a failing __setstate__, deep JSON: all a miss
             pass
         self.corrupt_entries += 1  # corrupt, truncated, foreign or unsigned: a miss
         return False, None
