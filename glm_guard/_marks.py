@@ -13,7 +13,20 @@ from contextvars import ContextVar
 from typing import Final
 
 _DEGRADED: ContextVar[bool] = ContextVar("glm_guard_degraded", default=False)
-RETRYING: ContextVar[bool] = ContextVar("glm_guard_retrying", default=False)
+class Retrying:
+    """Set while a ``retry_on_1302`` owns a call's attempts; ``active`` ends with that call.
+
+    A task spawned inside the call copies the context and so this object; once the outer call
+    has returned, ``active`` is false and retries nested in that task work normally again.
+    """
+
+    __slots__ = ("active",)
+
+    def __init__(self) -> None:
+        self.active = True
+
+
+RETRYING: ContextVar[Retrying | None] = ContextVar("glm_guard_retrying", default=None)
 
 # A context mark does not travel back out of a child task or thread (``asyncio.wait_for``,
 # ``gather``, ``to_thread``), so fallback answers are also remembered by identity for a while:

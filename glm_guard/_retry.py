@@ -20,7 +20,7 @@ from . import _probe, _validate
 from ._classify import DEFAULT_CLASSIFIER, DEFAULT_PERMANENT_CODES, DEFAULT_RETRYABLE_CODES, Classifier, ErrorInfo
 from ._config import TESTING
 from ._errors import ConfigurationError, GLMRateLimitException
-from ._marks import RETRYING
+from ._marks import RETRYING, Retrying
 from ._sdk import sdk_retry_warning
 from ._wrapping import default_key, kind_of, unwrap_descriptor
 
@@ -246,9 +246,11 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy, label: _probe.Label) -> 
 
         @functools.wraps(fn)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            if RETRYING.get():  # an outer retry owns the attempts
+            outer = RETRYING.get()
+            if outer is not None and outer.active:  # an outer retry owns the attempts
                 return await fn(*args, **kwargs)
-            token = RETRYING.set(True)
+            owner = Retrying()
+            token = RETRYING.set(owner)
             try:
                 run = _Run(policy, label)
                 while True:
@@ -266,6 +268,7 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy, label: _probe.Label) -> 
                     if delay > 0:
                         await _async_sleep(delay)
             finally:
+                owner.active = False
                 RETRYING.reset(token)
 
         return async_wrapper
@@ -274,9 +277,11 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy, label: _probe.Label) -> 
 
         @functools.wraps(fn)
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-            if RETRYING.get():
+            outer = RETRYING.get()
+            if outer is not None and outer.active:
                 return fn(*args, **kwargs)
-            token = RETRYING.set(True)
+            owner = Retrying()
+            token = RETRYING.set(owner)
             try:
                 run = _Run(policy, label)
                 while True:
@@ -294,6 +299,7 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy, label: _probe.Label) -> 
                     if delay > 0:
                         _sleep(delay)
             finally:
+                owner.active = False
                 RETRYING.reset(token)
 
         return sync_wrapper

@@ -472,3 +472,33 @@ def test_a_concurrency_waiter_wakes_when_a_cooldown_replaces_the_full_pool(local
     waiter.join(5)
     holder.join(5)
     assert results == ["ok"]
+
+
+def test_a_waiter_whose_event_loop_was_closed_does_not_block_the_queue(local_backend: LocalBackend) -> None:
+    """A loop closed without cancelling its tasks (not asyncio.run) leaves a waiter behind."""
+    gate = threading.Event()
+
+    @rate_limited(concurrency=1, backend=local_backend, key="closed-loop")
+    def hold() -> None:
+        gate.wait(5)
+
+    @rate_limited(concurrency=1, backend=local_backend, key="closed-loop")
+    async def wait_in_a_loop() -> None:
+        return None
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    time.sleep(0.05)
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(wait_in_a_loop())
+    loop.run_until_complete(asyncio.sleep(0.05))  # the task is now queued behind the holder
+    loop.close()  # closed with the task still pending, as a careless shutdown would
+    gate.set()
+    holder.join(5)
+    hold_again = threading.Thread(target=hold)
+    hold_again.start()
+    hold_again.join(5)
+    assert not hold_again.is_alive()  # the dead waiter neither blocked it nor kept the slot
+    limiter = local_backend._limiters["closed-loop"]
+    assert limiter.state.in_flight == 0 and not limiter._waiters
+    del task

@@ -253,3 +253,30 @@ def test_real_sleep_is_bounded_by_max_delay() -> None:
     calls, call = flaky(1, ErrorWithText(SEED_1302))
     assert retry_on_1302(2, base_delay=0.01, max_delay=0.01)(call)() == "answer"
     assert len(calls) == 2
+
+
+async def test_a_task_outliving_its_retried_parent_retries_on_its_own(sleeps: list[float]) -> None:
+    attempts: list[int] = []
+
+    @retry_on_1302(3)
+    async def inner() -> str:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise ErrorWithText(SEED_1302)
+        return "ok"
+
+    spawned: list[asyncio.Task[str]] = []
+    release = asyncio.Event()
+
+    async def later() -> str:
+        await release.wait()  # runs only after the outer call has returned
+        return await inner()
+
+    @retry_on_1302(2)
+    async def outer() -> None:
+        spawned.append(asyncio.create_task(later()))  # copies the outer call's context
+
+    await outer()
+    release.set()
+    assert await spawned[0] == "ok"
+    assert len(attempts) == 3  # its own three attempts, not one

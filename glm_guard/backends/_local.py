@@ -99,14 +99,20 @@ class _Waiter:
         self.granted = False
         self.is_head = False
 
-    def wake(self) -> None:
+    def wake(self) -> bool:
+        """Wake the waiter; ``False`` if it can never wake (its event loop was closed)."""
         if self.event is not None:
             self.event.set()
-            return
+            return True
         future, loop = self.future, self.loop
+        if loop is not None and loop.is_closed():
+            return False
         if future is not None and loop is not None and not future.done():
-            with contextlib.suppress(RuntimeError):  # a closed loop: its task is gone with it
+            try:
                 loop.call_soon_threadsafe(_resolve, future)
+            except RuntimeError:  # closed between the check and the call
+                return False
+        return True
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -223,12 +229,15 @@ class LocalLimiter(Limiter):
                 # Wake the head even if it already was one: what it waits for may have changed
                 # (a slot came free, but a cooldown now holds it), so it must time its wait anew.
                 head.is_head = True
-                head.wake()
-                return
+                if head.wake():
+                    return
+                waiters.popleft()  # its loop is closed: it would block everyone behind it
+                continue
             waiters.popleft()
             self.state.admit(head.policy, now)
             head.granted = True
-            head.wake()
+            if not head.wake():
+                self.state.release()  # granted to a task whose loop is gone: give it back
 
     def _head_timeout(self, waiter: _Waiter, now: float) -> float | None:
         if not waiter.is_head:

@@ -115,7 +115,8 @@ class RedisBackend(Backend):
         self._lock = threading.Lock()
         self._limiters: dict[str, RedisLimiter] = {}
         self._scripts = {
-            name: _load_script(name) for name in ("acquire", "release", "renew", "cooldown", "heartbeat", "confirm")
+            name: _load_script(name)
+            for name in ("acquire", "release", "renew", "cooldown", "heartbeat", "confirm", "unclaim")
         }
         self._shas = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in self._scripts.items()}
         self.health = _Health(url)
@@ -756,6 +757,7 @@ class RedisCacheStore(CacheStore):
         self._warned = False
         self.corrupt_entries = 0
         self._local = LocalCacheStore(ttl, maxsize)
+        self._claims: dict[str, str] = {}  # digest -> our fill token, for a compare-and-delete
 
     # -- encoding ---------------------------------------------------------------------------
 
@@ -859,18 +861,22 @@ class RedisCacheStore(CacheStore):
         if not self._shared():
             return True
         ms = int(self._backend.fill_lease * 1000)
+        token = _new_token()
         try:
             client = self._backend.sync_client()
-            return bool(self._backend.run(lambda: client.set(self._prefix + key + ":fill", _FILLER, nx=True, px=ms)))
+            won = bool(self._backend.run(lambda: client.set(self._prefix + key + ":fill", token, nx=True, px=ms)))
         except BackendError as error:
             self._down(error)
             return True
+        if won:
+            self._claims[key] = token
+        return won
 
     def unclaim(self, key: str) -> None:
-        if self._shared():
+        token = self._claims.pop(key, None)
+        if token is not None and self._shared():
             try:
-                client = self._backend.sync_client()
-                self._backend.run(lambda: client.delete(self._prefix + key + ":fill"))
+                self._backend.script("unclaim", [self._prefix + key + ":fill"], [token])
             except BackendError as error:  # the claim expires by itself
                 self._down(error)
 
@@ -878,26 +884,26 @@ class RedisCacheStore(CacheStore):
         if not self._shared():
             return True
         ms = int(self._backend.fill_lease * 1000)
+        token = _new_token()
         try:
             client = await self._backend.async_client()
             reply = await self._backend.run_async(
-                lambda: client.set(self._prefix + key + ":fill", _FILLER, nx=True, px=ms)
+                lambda: client.set(self._prefix + key + ":fill", token, nx=True, px=ms)
             )
-            return bool(reply)
         except BackendError as error:
             self._down(error)
             return True
+        if reply:
+            self._claims[key] = token
+        return bool(reply)
 
     async def unclaim_async(self, key: str) -> None:
-        if self._shared():
+        token = self._claims.pop(key, None)
+        if token is not None and self._shared():
             try:
-                client = await self._backend.async_client()
-                await self._backend.run_async(lambda: client.delete(self._prefix + key + ":fill"))
+                await self._backend.script_async("unclaim", [self._prefix + key + ":fill"], [token])
             except BackendError as error:
                 self._down(error)
-
-
-_FILLER = "1"
 
 
 def _json_native(value: object, depth: int) -> bool:
