@@ -51,6 +51,9 @@ logger = logging.getLogger("glm_guard")
 #: How long a waiter for a concurrency slot sleeps at most before asking again, in case
 #: the release notice was missed (a holder that died gives its slot back by lease expiry).
 CONCURRENCY_POLL_SECONDS: Final = 0.25
+#: A caller that wakes this much after its reserved start gives the slot back and asks again:
+#: started that late it could share a window with the starts reserved after its own.
+LATE_START_SECONDS: Final = 0.01
 _TURNSTILE: Final = LimitPolicy(None, 1.0, 1)
 _JSON_TAG: Final = b"gg1j:"
 _PICKLE_TAG: Final = b"gg1p:"
@@ -628,12 +631,15 @@ class RedisLimiter(Limiter):
                         if turn is not None:
                             turn.release()
                             turn = None
+                        wake_at = time.monotonic() + int(reply[1]) / 1000.0
                         _sleep_holding(permit, int(reply[1]) / 1000.0)
-                        paused_ms = int(self._backend.script("confirm", self.keys, [token])) if self._paused() else 0
-                        if paused_ms > 0:  # a cooldown began while it slept: queue again after it
-                            self._backend._leases.discard(self.keys[1], token)
-                            time.sleep(paused_ms / 1000.0)
-                            return self._acquire_shared(policy, _remaining(deadline))
+                        late = time.monotonic() - wake_at > LATE_START_SECONDS
+                        if late or self._paused():
+                            paused_ms = int(self._backend.script("confirm", self.keys, [token, "1" if late else "0"]))
+                            if paused_ms >= 0:  # gave its slot back: queue again (after any cooldown)
+                                self._backend._leases.discard(self.keys[1], token)
+                                time.sleep(paused_ms / 1000.0)
+                                return self._acquire_shared(policy, _remaining(deadline))
                     return permit
                 if int(reply[2]) == 3:
                     released = threading.Event()
@@ -661,20 +667,20 @@ class RedisLimiter(Limiter):
                         if turn is not None:
                             await turn.release()
                             turn = None
+                        wake_at = time.monotonic() + int(reply[1]) / 1000.0
                         try:
                             await asyncio.sleep(int(reply[1]) / 1000.0)
                         except BaseException:
                             await permit.release()
                             raise
-                        paused_ms = (
-                            int(await self._backend.script_async("confirm", self.keys, [token]))
-                            if self._paused()
-                            else 0
-                        )
-                        if paused_ms > 0:  # a cooldown began while it slept: queue again after it
-                            self._backend._leases.discard(self.keys[1], token)
-                            await asyncio.sleep(paused_ms / 1000.0)
-                            return await self._acquire_shared_async(policy, _remaining(deadline))
+                        late = time.monotonic() - wake_at > LATE_START_SECONDS
+                        if late or self._paused():
+                            args = [token, "1" if late else "0"]
+                            paused_ms = int(await self._backend.script_async("confirm", self.keys, args))
+                            if paused_ms >= 0:  # gave its slot back: queue again (after any cooldown)
+                                self._backend._leases.discard(self.keys[1], token)
+                                await asyncio.sleep(paused_ms / 1000.0)
+                                return await self._acquire_shared_async(policy, _remaining(deadline))
                     return permit
                 if int(reply[2]) == 3:
                     await self._wait_for_release(wait)
