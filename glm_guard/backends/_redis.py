@@ -21,6 +21,7 @@ The ``{K}`` hash tag keeps one key's data in one Redis Cluster slot.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import hashlib
 import hmac
@@ -71,6 +72,14 @@ def _new_token() -> str:
 
 
 LIVE_BACKENDS: weakref.WeakSet[RedisBackend] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """Close this process's connections before the interpreter tears sockets down itself."""
+    for backend in list(LIVE_BACKENDS):
+        with contextlib.suppress(Exception):
+            backend.close()
 
 
 def _load_script(name: str) -> str:
