@@ -13,6 +13,8 @@ from contextvars import ContextVar
 from typing import Final
 
 _DEGRADED: ContextVar[bool] = ContextVar("glm_guard_degraded", default=False)
+
+
 class Retrying:
     """Set while a ``retry_on_1302`` owns a call's attempts; ``active`` ends with that call.
 

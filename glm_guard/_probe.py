@@ -450,8 +450,9 @@ def entry(layer: Callable[..., Any], label: Label) -> Callable[..., Any]:
         async def async_generator_entry(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
             started = perf_counter()
             try:
-                async for item in layer(*args, **kwargs):
-                    yield item
+                async with contextlib.aclosing(layer(*args, **kwargs)) as stream:
+                    async for item in stream:
+                        yield item
             except Exception as error:
                 if HUB.active:
                     _call_done(label, started, ERROR, error)

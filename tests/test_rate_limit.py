@@ -502,3 +502,26 @@ def test_a_waiter_whose_event_loop_was_closed_does_not_block_the_queue(local_bac
     limiter = local_backend._limiters["closed-loop"]
     assert limiter.state.in_flight == 0 and not limiter._waiters
     del task
+
+
+async def test_closing_a_guarded_stream_early_gives_its_permit_back_at_once(local_backend: LocalBackend) -> None:
+    from collections.abc import AsyncIterator
+
+    from glm_guard import retry_on_1302
+
+    closed: list[bool] = []
+
+    @retry_on_1302(2)
+    @rate_limited(concurrency=1, backend=local_backend, key="stream-close")
+    async def stream() -> AsyncIterator[int]:
+        try:
+            for i in range(10):
+                yield i
+        finally:
+            closed.append(True)
+
+    chunks = stream()
+    assert await chunks.__anext__() == 0
+    await chunks.aclose()
+    assert closed == [True]  # the user's finally ran inside aclose(), not a loop tick later
+    assert local_backend._limiters["stream-close"].state.in_flight == 0
