@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def main() -> int:
@@ -33,28 +31,15 @@ def main() -> int:
     args = parser.parse_args()
 
     import redis
+    from bench_common import RedisServer
 
     from glm_guard.testing import run_simulator
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    workdir = tempfile.mkdtemp()
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
     failed = False
-    try:
-        with run_simulator(concurrency=args.limit, latency=0.01) as simulator:
+    with RedisServer() as server, run_simulator(concurrency=args.limit, latency=0.01) as simulator:
+        url = server.url
+        client = redis.Redis.from_url(url)
+        try:
             stop = time.monotonic() + args.minutes * 60
             round_number = 0
             while time.monotonic() < stop:
@@ -92,11 +77,8 @@ def main() -> int:
                 )
                 if sum(outcomes.values()) != expected or stats.rejected.get("1302", 0) or keys > 5:
                     failed = True
-    finally:
-        client.close()
-        server.terminate()
-        server.wait(10)
-        shutil.rmtree(workdir, ignore_errors=True)
+        finally:
+            client.close()
     return 1 if failed else 0
 
 

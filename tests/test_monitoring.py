@@ -86,7 +86,9 @@ def test_the_seeds_two_curl_lines_answer(http: httpx.Client, traffic: None) -> N
     data = stats.json()
     glm = data["keys"]["glm-4"]
     assert (glm["calls"], glm["successes"], glm["failures"], glm["errors_1302"], glm["retries"]) == (4, 3, 1, 1, 1)
-    assert data == glm_guard.stats() | {"generated_at": data["generated_at"]}
+    # The same numbers as stats(); the backends' health is live state that may move in between.
+    expected = glm_guard.stats() | {"generated_at": data["generated_at"]}
+    assert {k: v for k, v in data.items() if k != "backends"} == {k: v for k, v in expected.items() if k != "backends"}
 
     window = http.get("/api/v1/monitoring/rate-limit-stats?window_minutes=60")
     assert window.status_code == 200

@@ -219,16 +219,33 @@ class RedisBackend(Backend):
     def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run a packaged script by SHA; load it once if the server does not know it (NOSCRIPT).
 
-        Called directly rather than through redis-py's ``Script`` wrapper, whose per-call
-        argument handling costs more than the script itself on loopback.
+        Sent on a pooled connection with redis-py's own ``send_command`` / ``read_response``:
+        the client's generic command path (and the ``Script`` wrapper) cost more per call
+        than the script itself does on loopback.  A connection that failed mid-command is
+        dropped, never handed back to the pool.
         """
-        client = self.sync_client()
+        pool = self.sync_client().connection_pool
         try:
-            reply = client.evalsha(self._shas[name], len(keys), *keys, *args)
-        except self._redis.exceptions.NoScriptError:  # after SCRIPT FLUSH, a restart or a failover
-            reply = self.run(lambda: client.eval(self._scripts[name], len(keys), *keys, *args))
+            connection = pool.get_connection()
         except self._redis.RedisError as error:
             raise self._wrap(error) from error
+        try:
+            connection.send_command("EVALSHA", self._shas[name], len(keys), *keys, *args)
+            reply = connection.read_response()
+        except self._redis.exceptions.NoScriptError:  # after SCRIPT FLUSH, a restart or a failover
+            pool.release(connection)
+            client = self.sync_client()
+            return self.run(lambda: client.eval(self._scripts[name], len(keys), *keys, *args))
+        except self._redis.exceptions.ResponseError as error:  # the command failed; the link is fine
+            pool.release(connection)
+            raise self._wrap(error) from error
+        except BaseException as error:
+            connection.disconnect()
+            pool.release(connection)
+            if isinstance(error, self._redis.RedisError):
+                raise self._wrap(error) from error
+            raise
+        pool.release(connection)
         if self.health.failures:
             self.health.succeeded()
         return reply
