@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _config, _histogram
@@ -130,6 +130,12 @@ class _Tally:
         return result
 
 
+def _observe(histogram: dict[int, int], bounds: Sequence[float], seconds: float) -> None:
+    """Count ``seconds`` in its log-spaced bucket."""
+    index = bisect_left(bounds, seconds)
+    histogram[index] = histogram.get(index, 0) + 1
+
+
 def fold(events: Iterable[tuple[Any, ...]], offset: float) -> dict[int, PerKey]:
     """Counters per minute and key from buffered tuples; ``offset`` turns their clock into wall time."""
     minutes: dict[float, dict[str, _Tally]] = {}
@@ -150,9 +156,7 @@ def fold(events: Iterable[tuple[Any, ...]], offset: float) -> dict[int, PerKey]:
             seconds = event[3]
             c[5] += 1
             c[6] += seconds
-            h = tally.histograms[1]
-            i = bisect_left(bounds, seconds)
-            h[i] = h.get(i, 0) + 1
+            _observe(tally.histograms[1], bounds, seconds)
             if event[4] is not None:
                 e = tally.errors
                 e[event[4]] = e.get(event[4], 0) + 1
@@ -166,9 +170,7 @@ def fold(events: Iterable[tuple[Any, ...]], offset: float) -> dict[int, PerKey]:
             c[0] += 1
             c[1 + event[4]] += 1
             c[4] += seconds
-            h = tally.histograms[0]
-            i = bisect_left(bounds, seconds)
-            h[i] = h.get(i, 0) + 1
+            _observe(tally.histograms[0], bounds, seconds)
         elif kind == WAIT:
             if event[4]:
                 c[9] += 1
@@ -176,9 +178,7 @@ def fold(events: Iterable[tuple[Any, ...]], offset: float) -> dict[int, PerKey]:
                 seconds = event[3]
                 c[7] += 1
                 c[8] += seconds
-                h = tally.histograms[2]
-                i = bisect_left(bounds, seconds)
-                h[i] = h.get(i, 0) + 1
+                _observe(tally.histograms[2], bounds, seconds)
         elif kind == RETRY:
             c[11 if event[3] else 10] += 1
         elif kind == CACHE:
