@@ -608,35 +608,39 @@ class RedisLimiter(Limiter):
     # in order, instead of a thousand calls in flight that swamp the process's own loop.
     # A caller with a reserved start leaves the turnstile before it sleeps.
 
-    def acquire(self, policy: LimitPolicy, max_wait: float | None) -> Permit:
+    # The failure policy, decided in two steps shared by both flavours: before asking Redis
+    # (is it worth trying?) and after it failed (give up, or serve the call without it).
+
+    def _try_shared(self, policy: LimitPolicy) -> bool:
         self._backend._check_fork()
-        health = self._backend.health
-        if health.available():
+        if self._backend.health.available():
+            return True
+        if policy.on_backend_error == "closed":
+            raise self._backend.health.error()
+        return False
+
+    def _shared_failed(self, policy: LimitPolicy, error: BackendError) -> None:
+        self._backend.health.failed(error)
+        if policy.on_backend_error == "closed":
+            raise error
+
+    def acquire(self, policy: LimitPolicy, max_wait: float | None) -> Permit:
+        if self._try_shared(policy):
             try:
                 return self._acquire_shared(policy, max_wait)
             except BackendError as error:
-                health.failed(error)
-                if policy.on_backend_error == "closed":
-                    raise
-        elif policy.on_backend_error == "closed":
-            raise health.error()
+                self._shared_failed(policy, error)
         self._backend.count_degraded()
         if policy.on_backend_error == "open":
             return _UNLIMITED
         return self._local.acquire(self._backend.share(policy), max_wait)
 
     async def acquire_async(self, policy: LimitPolicy, max_wait: float | None) -> AsyncPermit:
-        self._backend._check_fork()
-        health = self._backend.health
-        if health.available():
+        if self._try_shared(policy):
             try:
                 return await self._acquire_shared_async(policy, max_wait)
             except BackendError as error:
-                health.failed(error)
-                if policy.on_backend_error == "closed":
-                    raise
-        elif policy.on_backend_error == "closed":
-            raise health.error()
+                self._shared_failed(policy, error)
         self._backend.count_degraded()
         if policy.on_backend_error == "open":
             return _UNLIMITED_ASYNC
