@@ -11,10 +11,11 @@ Four decorators that stack on any sync or async function or method::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._alerts import Alert, on_alert
 from ._cache import cached_response
 from ._classify import Classifier, ErrorInfo
-from ._client import AsyncLLMClient, GLMAPIError, GLMStreamError, LLMClient, get_llm_client
 from ._config import Settings, get_settings, is_testing, reload_settings, set_testing
 from ._errors import (
     BackendError,
@@ -37,8 +38,22 @@ from ._fallback import fallback
 from ._marks import is_degraded
 from ._rate_limit import rate_limited
 from ._retry import retry_on_1302
-from ._sdk import SDKRetryWarning, sdk_retries_off
 from ._stats import configure_stats, rate_limit_stats, stats
+
+if TYPE_CHECKING:
+    from ._client import AsyncLLMClient, GLMAPIError, GLMStreamError, LLMClient, get_llm_client
+    from ._sdk import SDKRetryWarning, sdk_retries_off
+
+# The client pulls in more than the decorators need; it is imported on first use.
+_LAZY = {
+    "AsyncLLMClient": "._client",
+    "GLMAPIError": "._client",
+    "GLMStreamError": "._client",
+    "LLMClient": "._client",
+    "get_llm_client": "._client",
+    "SDKRetryWarning": "._sdk",
+    "sdk_retries_off": "._sdk",
+}
 
 __all__ = [
     "Alert",
@@ -82,9 +97,16 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> str:
+def __getattr__(name: str) -> object:
     if name == "__version__":
         from importlib.metadata import version
 
         return version("glm-guard")
+    module = _LAZY.get(name)
+    if module is not None:
+        import importlib
+
+        value = getattr(importlib.import_module(module, __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,13 +8,10 @@ strings, so it cannot be used for a key that other processes must compute identi
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import decimal
 import enum
 import hashlib
 import inspect
 import json
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -38,6 +35,10 @@ def _encode(value: Any) -> Any:
         return {"__set__": sorted(items)}
     if isinstance(value, (bytes, bytearray)):
         return {"__bytes__": bytes(value).hex()}
+    import datetime  # deferred with the two below: only unusual argument types reach here
+    import decimal
+    import uuid
+
     if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
         return {"__time__": value.isoformat()}
     if isinstance(value, (decimal.Decimal, uuid.UUID)):

@@ -10,7 +10,6 @@ imported: errors are read through the attributes the SDKs happen to expose (``co
 from __future__ import annotations
 
 import ast
-import email.utils
 import json
 import re
 import time
@@ -340,6 +339,8 @@ def retry_after_from_headers(headers: object) -> float | None:
         seconds = float(text)
     except ValueError:
         try:
+            import email.utils  # deferred: only an HTTP-date Retry-After needs it
+
             when = email.utils.parsedate_to_datetime(text)
         except (TypeError, ValueError, IndexError):
             return None
