@@ -30,30 +30,41 @@ end
 -- Only the last `calls` starts can matter, so the set is trimmed by rank, never scanned.
 -- While the window is not full no reservation can lie in the future (a reservation is
 -- only made when `calls` starts fill its own window), so the last start matters only then.
+-- Before a start is added the set holds at most `calls` members, so it needs trimming back
+-- to `calls` only when the window was already at capacity (the calls-th start exists).
 local start = now
+local full = false
 if calls > 0 then
   local nth = redis.call('ZREVRANGE', KEYS[1], calls - 1, calls - 1, 'WITHSCORES')
-  if nth[2] and tonumber(nth[2]) + period > now then
-    start = tonumber(nth[2]) + period
-    local last = redis.call('ZREVRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-    if tonumber(last[2]) > start then start = tonumber(last[2]) end
+  if nth[2] then
+    full = true
+    if tonumber(nth[2]) + period > now then
+      start = tonumber(nth[2]) + period
+      local last = redis.call('ZREVRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+      if tonumber(last[2]) > start then start = tonumber(last[2]) end
+    end
   end
   if max_wait >= 0 and start - now > max_wait then
     return {0, start - now, 2}
   end
 end
 
+-- Expired leases (of holders that died) only ever make the count larger, so they are swept
+-- only when the count reaches the limit: the set never holds more than `concurrency` + 1.
 if concurrency > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-  if redis.call('ZCARD', KEYS[2]) >= concurrency then
-    local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-    return {0, tonumber(first[2]) - now, 3}
+  local held = redis.call('ZCARD', KEYS[2])
+  if held >= concurrency then
+    held = held - redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+    if held >= concurrency then
+      local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+      return {0, tonumber(first[2]) - now, 3}
+    end
   end
 end
 
 if calls > 0 then
   redis.call('ZADD', KEYS[1], start, token)
-  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(calls + 1))
+  if full then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(calls + 1)) end
   redis.call('PEXPIRE', KEYS[1], start - now + period + 1000)
 end
 if concurrency > 0 then
