@@ -202,11 +202,11 @@ class _Run:
 
     __slots__ = ("attempt", "attempts", "label", "policy", "schedule", "started")
 
-    def __init__(self, policy: _RetryPolicy, label: _probe.Label) -> None:
+    def __init__(self, policy: _RetryPolicy, label: _probe.Label, started: float | None = None) -> None:
         self.policy = policy
         self.label = label
         self.attempts = policy.attempts()
-        self.started = _clock()
+        self.started = _clock() if started is None else started
         self.schedule: Generator[float, Any, None] | None = None
         self.attempt = 1
 
@@ -241,6 +241,7 @@ class _Run:
 
 def _wrap(fn: Callable[..., Any], policy: _RetryPolicy, label: _probe.Label) -> Callable[..., Any]:
     kind = kind_of(fn)
+    retry_on_result = policy.retry_on_result
 
     if kind == "async":
 
@@ -251,17 +252,24 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy, label: _probe.Label) -> 
                 return await fn(*args, **kwargs)
             owner = Retrying()
             token = RETRYING.set(owner)
+            started = _clock()
+            run = None  # built at the first failure: a call that succeeds at once needs none
             try:
-                run = _Run(policy, label)
                 while True:
                     try:
                         result = await fn(*args, **kwargs)
                     except Exception as error:
+                        if run is None:
+                            run = _Run(policy, label, started)
                         delay = run.after_error(error)
                         if delay is None:
                             raise
                         sdk_retry_warning(args, kwargs, policy.name)
                     else:
+                        if not retry_on_result:
+                            return result
+                        if run is None:
+                            run = _Run(policy, label, started)
                         delay = run.after_result(result)
                         if delay is None:
                             return result
@@ -282,17 +290,24 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy, label: _probe.Label) -> 
                 return fn(*args, **kwargs)
             owner = Retrying()
             token = RETRYING.set(owner)
+            started = _clock()
+            run = None  # built at the first failure: a call that succeeds at once needs none
             try:
-                run = _Run(policy, label)
                 while True:
                     try:
                         result = fn(*args, **kwargs)
                     except Exception as error:
+                        if run is None:
+                            run = _Run(policy, label, started)
                         delay = run.after_error(error)
                         if delay is None:
                             raise
                         sdk_retry_warning(args, kwargs, policy.name)
                     else:
+                        if not retry_on_result:
+                            return result
+                        if run is None:
+                            run = _Run(policy, label, started)
                         delay = run.after_result(result)
                         if delay is None:
                             return result
