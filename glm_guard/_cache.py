@@ -7,23 +7,28 @@ calls in one process are coalesced: one runs the body, the others wait for its o
 
 from __future__ import annotations
 
-import concurrent.futures
+import contextlib
 import functools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from . import _probe, _validate
 from ._cache_keys import KeyMaker
 from ._config import get_settings
 from ._errors import ConfigurationError
-from ._marks import begin_call, mark_degraded, result_degraded
+from ._events import HUB
+from ._marks import DEGRADED, begin_call, mark_degraded, result_degraded
+from ._stats import HIT_CALL
 from ._wrapping import default_key, kind_of, unwrap_descriptor
 from .backends import CacheStore, get_backend
 from .backends._base import Backend
 
 __all__ = ["cached_response"]
+
+perf_counter = time.perf_counter
+record = HUB.buffer.append  # the deque is never replaced, only cleared
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -33,29 +38,79 @@ class _LeaderGone(Exception):
     """The call the others were waiting on was cancelled; one of them takes over."""
 
 
+class _Pending:
+    """One call running now, and the identical calls waiting for its outcome.
+
+    Most calls are never joined, so a call costs this small object and nothing more; a
+    follower brings its own way to be woken (an event, or a future on its own loop).
+    """
+
+    __slots__ = ("followers", "outcome")
+
+    def __init__(self) -> None:
+        self.followers: list[threading.Event | tuple[Any, Any]] = []
+        self.outcome: tuple[object, bool] | BaseException | None = None
+
+    def result(self) -> tuple[object, bool]:
+        outcome = self.outcome
+        if isinstance(outcome, BaseException):
+            raise outcome
+        assert outcome is not None
+        return outcome
+
+
 class _InFlight:
     """Calls running now, by key, so identical concurrent calls share one outcome."""
 
     __slots__ = ("_calls", "_lock")
 
     def __init__(self) -> None:
-        self._calls: dict[str, concurrent.futures.Future[tuple[object, bool]]] = {}
+        self._calls: dict[Hashable, _Pending] = {}
         self._lock = threading.Lock()
 
-    def join(self, key: str) -> tuple[bool, concurrent.futures.Future[tuple[object, bool]]]:
-        """``(True, future)`` if the caller must run the body and settle ``future``."""
-        with self._lock:
-            future = self._calls.get(key)
-            if future is not None:
-                return False, future
-            future = concurrent.futures.Future()
-            future.set_running_or_notify_cancel()  # no follower can cancel it for the rest
-            self._calls[key] = future
-            return True, future
+    def lead(self, key: Hashable) -> _Pending | None:
+        """Register the caller as the one running ``key``; ``None`` if another already is."""
+        lock = self._lock
+        lock.acquire()  # explicit: on the hot path a ``with`` block costs twice as much
+        try:
+            if key in self._calls:
+                return None
+            pending = self._calls[key] = _Pending()
+            return pending
+        finally:
+            lock.release()
 
-    def leave(self, key: str) -> None:
+    def follow(self, key: Hashable, waker: threading.Event | tuple[Any, Any]) -> _Pending | None:
+        """Wait on the call running ``key`` (woken through ``waker``); ``None`` if it just ended."""
         with self._lock:
-            self._calls.pop(key, None)
+            pending = self._calls.get(key)
+            if pending is not None:
+                pending.followers.append(waker)
+            return pending
+
+    def settle(self, key: Hashable, pending: _Pending, outcome: tuple[object, bool] | BaseException) -> None:
+        """End the leader's call with ``outcome`` and wake whoever waits for it."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self._calls.get(key) is pending:
+                del self._calls[key]
+            pending.outcome = outcome
+            followers = pending.followers
+        finally:
+            lock.release()
+        for waker in followers:
+            if isinstance(waker, threading.Event):
+                waker.set()
+            else:
+                loop, future = waker
+                with contextlib.suppress(RuntimeError):  # the follower's loop is gone
+                    loop.call_soon_threadsafe(_wake_future, future)
+
+
+def _wake_future(future: Any) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 @overload
@@ -122,13 +177,13 @@ def cached_response(
                 f"cannot cache the generator function {default_key(fn)}; cache a function that returns the full answer",
             )
         namespace = key if isinstance(key, str) else default_key(fn)
-        make_key = KeyMaker(fn, namespace, key if callable(key) else None)
         cache = store.cache(namespace, ttl=lifetime, maxsize=size, serializer=serializer, owner=default_key(fn))
+        make_key = KeyMaker(fn, namespace, key if callable(key) else None, stable=cache.shared).key_of
         inner, label = _probe.attach(fn)
-        wrapped = _wrap(
+        layer, outermost = _wrap(
             inner, cache, make_key, store_values=lifetime != 0, bypass_unkeyable=unkeyable == "bypass", label=label
         )
-        return cast(Callable[P, R], rewrap(_probe.entry(wrapped, label)))
+        return cast(Callable[P, R], rewrap(_probe.entry(layer, label, reporting=outermost)))
 
     return decorate
 
@@ -136,7 +191,7 @@ def cached_response(
 _POLL_SECONDS = 0.05
 
 
-def _await_other_process(cache: CacheStore, digest: str) -> tuple[bool, object]:
+def _await_other_process(cache: CacheStore, digest: Any) -> tuple[bool, object]:
     """Wait for the process holding the claim; ``(False, None)`` means: compute it yourself.
 
     Ends when the entry appears, or when the claim is free again (the other process failed,
@@ -151,7 +206,7 @@ def _await_other_process(cache: CacheStore, digest: str) -> tuple[bool, object]:
             return False, None
 
 
-async def _await_other_process_async(cache: CacheStore, digest: str) -> tuple[bool, object]:
+async def _await_other_process_async(cache: CacheStore, digest: Any) -> tuple[bool, object]:
     import asyncio
 
     while True:
@@ -166,131 +221,238 @@ async def _await_other_process_async(cache: CacheStore, digest: str) -> tuple[bo
 def _wrap(
     fn: Callable[..., Any],
     cache: CacheStore,
-    make_key: KeyMaker,
+    make_key: Callable[[tuple[Any, ...], dict[str, Any]], Any],
     *,
     store_values: bool,
     bypass_unkeyable: bool,
     label: _probe.Label,
-) -> Callable[..., Any]:
+) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """``(the guard as a layer of a stack, the guard reporting the call as the outermost one)``.
+
+    The outermost flavour does the entry's work itself, so a cache hit at the top of a stack,
+    the common case, costs one wrapper and one stats record instead of two of each.
+    """
     in_flight = _InFlight()
+    # A store in this process answers at once and needs no claim across processes: its
+    # async callers use the plain methods and skip the claim round trips.
+    shared = cache.shared
+    get: Callable[[Any], tuple[bool, object]] = cache.get
+    put: Callable[[Any, object], None] = cache.set
 
     if kind_of(fn) == "async":
         import asyncio
 
-        @functools.wraps(fn)
-        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                digest = make_key(args, kwargs)
-            except TypeError:
-                if not bypass_unkeyable:
-                    raise
-                begin_call()
-                return await fn(*args, **kwargs)
+        async def lookup_async(key: Any) -> tuple[bool, object]:
+            return await cache.get_async(key) if shared else get(key)
+
+        async def fill_async(key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            """A miss: wait for an identical call running now, or run the body and store its answer."""
             while True:
-                hit, value = await cache.get_async(digest)
-                if hit:
-                    _probe.cached(label, True)
-                    begin_call()
-                    return value
-                leader, future = in_flight.join(digest)
-                if not leader:
-                    try:
-                        value, degraded = await asyncio.wrap_future(future)
-                    except _LeaderGone:
-                        continue
-                    _probe.cached(label, True)  # coalesced: answered without running the body
-                    begin_call()
-                    if degraded:
-                        mark_degraded()
-                    return value
+                pending = in_flight.lead(key)
+                if pending is None:  # an identical call is running: wait for its outcome
+                    loop = asyncio.get_running_loop()
+                    woken = loop.create_future()
+                    pending = in_flight.follow(key, (loop, woken))
+                    if pending is not None:
+                        await woken
+                        try:
+                            value, degraded = pending.result()
+                        except _LeaderGone:
+                            pass  # cancelled: one of its followers takes over
+                        else:
+                            _probe.cached(label, True)  # coalesced: answered without running the body
+                            begin_call()
+                            if degraded:
+                                mark_degraded()
+                            return value
+                    hit, value = await lookup_async(key)  # it ended: its answer may be stored now
+                    if hit:
+                        _probe.cached(label, True)
+                        begin_call()
+                        return value
+                    continue
                 claimed = False
                 try:
-                    claimed = await cache.claim_async(digest)
-                    if not claimed:  # another process is computing it: wait for its answer
-                        hit, value = await _await_other_process_async(cache, digest)
-                        if hit:
-                            future.set_result((value, False))
-                            _probe.cached(label, True)
-                            begin_call()
-                            return value
-                        claimed = True
+                    if shared:
+                        claimed = await cache.claim_async(key)
+                        if not claimed:  # another process is computing it: wait for its answer
+                            hit, value = await _await_other_process_async(cache, key)
+                            if hit:
+                                in_flight.settle(key, pending, (value, False))
+                                _probe.cached(label, True)
+                                begin_call()
+                                return value
+                            claimed = True
                     _probe.cached(label, False)
                     begin_call()
                     value = await fn(*args, **kwargs)
                     degraded = result_degraded(value)
                     if store_values and not degraded:
-                        await cache.set_async(digest, value)
+                        if shared:
+                            await cache.set_async(key, value)
+                        else:
+                            put(key, value)
                 except Exception as error:
-                    future.set_exception(error)
+                    in_flight.settle(key, pending, error)
                     raise
                 except BaseException:
-                    future.set_exception(_LeaderGone())
+                    in_flight.settle(key, pending, _LeaderGone())
                     raise
-                else:
-                    future.set_result((value, degraded))
-                    return value
                 finally:
-                    in_flight.leave(digest)
                     if claimed:
-                        await cache.unclaim_async(digest)
+                        await cache.unclaim_async(key)
+                in_flight.settle(key, pending, (value, degraded))
+                return value
 
-        return async_wrapper
-
-    @functools.wraps(fn)
-    def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            digest = make_key(args, kwargs)
-        except TypeError:
-            if not bypass_unkeyable:
-                raise
-            begin_call()
-            return fn(*args, **kwargs)
-        while True:
-            hit, value = cache.get(digest)
+        @functools.wraps(fn)
+        async def async_layer(*args: Any, **kwargs: Any) -> Any:
+            try:
+                key = make_key(args, kwargs)
+            except TypeError:
+                if not bypass_unkeyable:
+                    raise
+                begin_call()
+                return await fn(*args, **kwargs)
+            hit, value = await cache.get_async(key) if shared else get(key)
             if hit:
                 _probe.cached(label, True)
                 begin_call()
                 return value
-            leader, future = in_flight.join(digest)
-            if not leader:
-                try:
-                    value, degraded = future.result()
-                except _LeaderGone:
-                    continue
-                _probe.cached(label, True)
-                begin_call()
-                if degraded:
-                    mark_degraded()
-                return value
-            claimed = False
+            return await fill_async(key, args, kwargs)
+
+        @functools.wraps(fn)
+        async def async_outermost(*args: Any, **kwargs: Any) -> Any:
+            if not HUB.active:
+                return await async_layer(*args, **kwargs)
+            started = perf_counter()
             try:
-                claimed = cache.claim(digest)
-                if not claimed:  # another process is computing it: wait for its answer
-                    hit, value = _await_other_process(cache, digest)
-                    if hit:
-                        future.set_result((value, False))
+                try:
+                    key = make_key(args, kwargs)
+                except TypeError:
+                    if not bypass_unkeyable:
+                        raise
+                    begin_call()
+                    value = await fn(*args, **kwargs)
+                else:
+                    hit, value = await cache.get_async(key) if shared else get(key)
+                    if hit:  # the hot path, inlined: begin_call() and answered_from_cache()
+                        if DEGRADED.get():
+                            DEGRADED.set(False)
+                        ended = perf_counter()
+                        if HUB.subscribers or not HUB.recording:
+                            _probe.answered_from_cache(label, started, ended)
+                        else:
+                            record((HIT_CALL, label.key, ended, ended - started))
+                        return value
+                    value = await fill_async(key, args, kwargs)
+            except Exception as error:
+                _probe.call_failed(label, started, error)
+                raise
+            _probe.call_answered(label, started)
+            return value
+
+        return async_layer, async_outermost
+
+    def fill(key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A miss: wait for an identical call running now, or run the body and store its answer."""
+        while True:
+            pending = in_flight.lead(key)
+            if pending is None:
+                woken = threading.Event()
+                pending = in_flight.follow(key, woken)
+                if pending is not None:
+                    woken.wait()
+                    try:
+                        value, degraded = pending.result()
+                    except _LeaderGone:
+                        pass
+                    else:
                         _probe.cached(label, True)
                         begin_call()
+                        if degraded:
+                            mark_degraded()
                         return value
-                    claimed = True
+                hit, value = get(key)
+                if hit:
+                    _probe.cached(label, True)
+                    begin_call()
+                    return value
+                continue
+            claimed = False
+            try:
+                if shared:
+                    claimed = cache.claim(key)
+                    if not claimed:  # another process is computing it: wait for its answer
+                        hit, value = _await_other_process(cache, key)
+                        if hit:
+                            in_flight.settle(key, pending, (value, False))
+                            _probe.cached(label, True)
+                            begin_call()
+                            return value
+                        claimed = True
                 _probe.cached(label, False)
                 begin_call()
                 value = fn(*args, **kwargs)
                 degraded = result_degraded(value)
                 if store_values and not degraded:
-                    cache.set(digest, value)
+                    put(key, value)
             except Exception as error:
-                future.set_exception(error)
+                in_flight.settle(key, pending, error)
                 raise
             except BaseException:
-                future.set_exception(_LeaderGone())
+                in_flight.settle(key, pending, _LeaderGone())
                 raise
-            else:
-                future.set_result((value, degraded))
-                return value
             finally:
-                in_flight.leave(digest)
                 if claimed:
-                    cache.unclaim(digest)
+                    cache.unclaim(key)
+            in_flight.settle(key, pending, (value, degraded))
+            return value
 
-    return sync_wrapper
+    @functools.wraps(fn)
+    def sync_layer(*args: Any, **kwargs: Any) -> Any:
+        try:
+            key = make_key(args, kwargs)
+        except TypeError:
+            if not bypass_unkeyable:
+                raise
+            begin_call()
+            return fn(*args, **kwargs)
+        hit, value = get(key)
+        if hit:
+            _probe.cached(label, True)
+            begin_call()
+            return value
+        return fill(key, args, kwargs)
+
+    @functools.wraps(fn)
+    def sync_outermost(*args: Any, **kwargs: Any) -> Any:
+        if not HUB.active:
+            return sync_layer(*args, **kwargs)
+        started = perf_counter()
+        try:
+            try:
+                key = make_key(args, kwargs)
+            except TypeError:
+                if not bypass_unkeyable:
+                    raise
+                begin_call()
+                value = fn(*args, **kwargs)
+            else:
+                hit, value = get(key)
+                if hit:  # the hot path, inlined: begin_call() and answered_from_cache()
+                    if DEGRADED.get():
+                        DEGRADED.set(False)
+                    ended = perf_counter()
+                    if HUB.subscribers or not HUB.recording:
+                        _probe.answered_from_cache(label, started, ended)
+                    else:
+                        record((HIT_CALL, label.key, ended, ended - started))
+                    return value
+                value = fill(key, args, kwargs)
+        except Exception as error:
+            _probe.call_failed(label, started, error)
+            raise
+        _probe.call_answered(label, started)
+        return value
+
+    return sync_layer, sync_outermost

@@ -3,6 +3,10 @@
 Arguments are bound to parameter names (``f(1)`` and ``f(x=1)`` are the same call), encoded
 as canonical JSON and hashed with BLAKE2b.  Python's ``hash()`` is salted per process for
 strings, so it cannot be used for a key that other processes must compute identically.
+
+A store that lives in this process only needs no such stability: there, a call whose
+arguments are plain scalars is keyed by the values and their types, as ``functools`` and
+cachetools key theirs, which costs a tuple instead of a JSON encoding and a hash.
 """
 
 from __future__ import annotations
@@ -51,22 +55,33 @@ def _canonical(material: object) -> str:
 
 
 class KeyMaker:
-    """Builds the digest for one decorated function's calls."""
+    """Builds the key for one decorated function's calls: a digest, or in-process a tuple."""
 
     __slots__ = (
+        "_arity",
         "_custom",
         "_defaults",
         "_memo",
         "_memo_size",
         "_name",
+        "_names",
+        "_pads",
         "_positional",
         "_prefix",
+        "_single",
         "_skip_first",
+        "_stable",
         "_var_positional",
     )
 
     def __init__(
-        self, fn: Callable[..., Any], namespace: str, custom: Callable[..., object] | None, memo_size: int = 1024
+        self,
+        fn: Callable[..., Any],
+        namespace: str,
+        custom: Callable[..., object] | None,
+        memo_size: int = 1024,
+        *,
+        stable: bool = True,
     ) -> None:
         # Digests of recent calls whose arguments are plain scalars: hashing JSON costs
         # microseconds, a dict lookup a fraction of one.  The digest stays the cache key.
@@ -74,21 +89,44 @@ class KeyMaker:
         self._memo_size = memo_size
         self._name = getattr(fn, "__qualname__", repr(fn))
         self._custom = custom
+        self._stable = stable
         self._prefix = f"{KEY_VERSION}\x00{namespace}\x00".encode()
         params = list(inspect.signature(fn).parameters.values())
         self._skip_first = bool(params) and params[0].name in _SKIPPED_FIRST
+        if self._skip_first:
+            params = params[1:]
         positional_kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
         self._positional = tuple(p.name for p in params if p.kind in positional_kinds)
+        if self._skip_first:
+            self._positional = ("", *self._positional)  # args[0] is self/cls and keeps its index
         self._var_positional = next((p.name for p in params if p.kind is inspect.Parameter.VAR_POSITIONAL), None)
-        self._defaults = {
-            p.name: p.default
-            for p in params
-            if p.default is not inspect.Parameter.empty and not (self._skip_first and p is params[0])
-        }
+        self._defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+        # In-process keys put every named parameter's value in signature order.  With only
+        # positional parameters, a call with k positional arguments is padded with the
+        # defaults of the rest: _pads[k], so f(1) and f(1, b=2) get one key without binding.
+        variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        self._names = tuple(p.name for p in params if p.kind not in variadic)
+        self._single = len(params) == 1 and params[0].kind in positional_kinds
+        self._arity = len(params) + self._skip_first
+        self._pads: dict[int, tuple[Any, ...]] = {}
+        if all(p.kind in positional_kinds for p in params):
+            for count in range(len(params) + 1):
+                rest = params[count:]
+                if all(p.default is not inspect.Parameter.empty for p in rest):
+                    self._pads[count] = tuple(p.default for p in rest)
 
-    def __call__(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
+    def __call__(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+        """The key of one call: a digest ``str`` when stable, else any hashable."""
+        return self.key_of(args, kwargs)
+
+    @property
+    def key_of(self) -> Callable[[tuple[Any, ...], Mapping[str, Any]], Any]:
+        """The key function itself, for a caller that looks keys up on every call."""
         if self._custom is not None:
-            return self._digest(args, kwargs)
+            return self._digest
+        return self._stable_key if self._stable else self._in_process_key
+
+    def _stable_key(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
         values = args[1:] if self._skip_first else args
         if kwargs:
             items = tuple(kwargs.items())
@@ -107,6 +145,36 @@ class KeyMaker:
                 memo.pop(next(iter(memo)), None)  # oldest first; a race only drops one more
             memo[memo_key] = digest
         return digest
+
+    def _in_process_key(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+        """Every named parameter's value in signature order, then their types; else the digest.
+
+        Both halves have one entry per named parameter, so one flat tuple is unambiguous.
+        """
+        if self._single and not kwargs and len(args) == self._arity:
+            # One argument, the commonest shape (a prompt): its value and type, as
+            # functools.lru_cache keys a lone str or int, without building tuples first.
+            value = args[-1]
+            kind = type(value)
+            if kind in _MEMO_SAFE:
+                return value, kind
+            return self._digest(args, kwargs)
+        values = args[1:] if self._skip_first else args
+        pad = None if kwargs else self._pads.get(len(values))
+        if pad is None:  # keywords or a richer signature: bind by name
+            bound = self._material(args, kwargs)
+            if not isinstance(bound, dict) or len(bound) != len(self._names):
+                return self._digest(args, kwargs)  # *args, **kwargs or a missing argument
+            try:
+                values = tuple([bound[name] for name in self._names])
+            except KeyError:
+                return self._digest(args, kwargs)
+        elif pad:
+            values = values + pad
+        types = tuple(map(type, values))
+        if _MEMO_SAFE.issuperset(types):
+            return values + types
+        return self._digest(args, kwargs)
 
     def _digest(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
         material = self._material(args, kwargs)

@@ -12,7 +12,7 @@ import time
 from contextvars import ContextVar
 from typing import Final
 
-_DEGRADED: ContextVar[bool] = ContextVar("glm_guard_degraded", default=False)
+DEGRADED: ContextVar[bool] = ContextVar("glm_guard_degraded", default=False)
 
 
 class Retrying:
@@ -40,11 +40,12 @@ _RECENT_SECONDS: Final = 300.0
 
 def begin_call() -> None:
     """Start observing a fresh inner call: nothing below has been degraded yet."""
-    _DEGRADED.set(False)
+    if DEGRADED.get():  # setting a context variable copies the context: skip a no-op set
+        DEGRADED.set(False)
 
 
 def mark_degraded(answer: object = None, *, remember: bool = False) -> None:
-    _DEGRADED.set(True)
+    DEGRADED.set(True)
     if remember:
         if len(_RECENT) >= _RECENT_SIZE:
             _RECENT.pop(next(iter(_RECENT)), None)
@@ -53,7 +54,7 @@ def mark_degraded(answer: object = None, *, remember: bool = False) -> None:
 
 def result_degraded(value: object) -> bool:
     """Whether ``value`` came from a fallback, seen through the context or by identity."""
-    if _DEGRADED.get():
+    if DEGRADED.get():
         return True
     entry = _RECENT.get(id(value))
     return entry is not None and entry[0] is value and entry[1] > time.monotonic()
@@ -61,4 +62,4 @@ def result_degraded(value: object) -> bool:
 
 def is_degraded() -> bool:
     """Whether the last guarded result returned in this context came from a fallback."""
-    return _DEGRADED.get()
+    return DEGRADED.get()

@@ -39,7 +39,7 @@ from ._events import (
     deliver,
 )
 from ._marks import is_degraded
-from ._stats import ATTEMPT, CACHE, CALL, ERROR, FALLBACK, RETRY, SUCCESS, WAIT
+from ._stats import ATTEMPT, CACHE, CALL, CALL_ATTEMPT, ERROR, FALLBACK, HIT_CALL, RETRY, SUCCESS, WAIT
 from ._wrapping import default_key, kind_of
 
 __all__ = ["Label", "attach"]
@@ -47,6 +47,7 @@ __all__ = ["Label", "attach"]
 #: A permit granted faster than this was not waited for (a Redis round trip is ~0.2 ms).
 WAIT_THRESHOLD: Final = 0.001
 _STACK: Final = "_glm_guard_stack"
+_RAW: Final = "_glm_guard_attempts_of"
 _OUTCOMES: Final = ("success", "fallback", "error")
 _MAX_CODES: Final = 64  # distinct codes kept apart; a flood of odd codes must not grow the counters
 
@@ -245,8 +246,35 @@ async def acquire_async(limiter: Any, policy: Any, max_wait: float | None, label
 # -- the two wrappers ------------------------------------------------------------------------------
 
 
+def unreported(inner: Callable[..., Any]) -> Callable[..., Any] | None:
+    """The user's own function if ``inner`` is just its attempt report (no guard below)."""
+    raw = getattr(inner, _RAW, None)
+    return raw[1] if raw is not None and raw[0] is inner else None
+
+
+def solo_answered(label: Label, started: float, began: float, result: object) -> None:
+    """A one-guard stack's attempt, begun at ``began``, answered a call begun at ``started``."""
+    if result.__class__ in _PLAIN and HUB.recording and not HUB.subscribers and not label.has_fallback:
+        ended = perf_counter()
+        _append((CALL_ATTEMPT, label.key, ended, ended - started, SUCCESS, ended - began))
+    else:
+        _attempt_done(label, began, None, result)
+        call_answered(label, started)
+
+
+def solo_failed(label: Label, started: float, began: float, error: BaseException) -> None:
+    _attempt_done(label, began, error, None)
+    _call_done(label, started, ERROR, error)
+
+
 def attempts(fn: Callable[..., Any], label: Label) -> Callable[..., Any]:
     """``fn``, reporting each run of it as one attempt."""
+    wrapper = _attempts(fn, label)
+    setattr(wrapper, _RAW, (wrapper, fn))
+    return wrapper
+
+
+def _attempts(fn: Callable[..., Any], label: Label) -> Callable[..., Any]:
     kind = kind_of(fn)
     if kind == "async":
 
@@ -377,8 +405,40 @@ class _Watched:
         self._stream.close()
 
 
-def entry(layer: Callable[..., Any], label: Label) -> Callable[..., Any]:
-    """``layer`` (a guard's wrapper), reporting the call when it is the outermost guard."""
+def call_answered(label: Label, started: float) -> None:
+    """The outermost guard returned an answer (the provider's, or a fallback's)."""
+    if label.has_fallback or HUB.subscribers:
+        _call_done(label, started, FALLBACK if label.has_fallback and is_degraded() else SUCCESS, None)
+    else:
+        ended = perf_counter()
+        _append((CALL, label.key, ended, ended - started, SUCCESS))
+
+
+def call_failed(label: Label, started: float, error: BaseException) -> None:
+    _call_done(label, started, ERROR, error)
+
+
+def answered_from_cache(label: Label, started: float, ended: float) -> None:
+    """The outermost guard answered from its cache: one record for the hit and the call."""
+    if HUB.recording:
+        _append((HIT_CALL, label.key, ended, ended - started))
+    if HUB.subscribers:
+        now = time.time()
+        deliver(CacheEvent(label.key, True, now))
+        deliver(CallEvent(label.key, ended - started, "success", None, now))
+
+
+def entry(
+    layer: Callable[..., Any], label: Label, *, reporting: Callable[..., Any] | None = None
+) -> Callable[..., Any]:
+    """``layer`` (a guard's wrapper), reporting the call when it is the outermost guard.
+
+    ``reporting`` is the guard's own outermost flavour, which reports the call itself; a
+    guard applied on top of it still joins the stack through ``layer``.
+    """
+    if reporting is not None:
+        setattr(reporting, _STACK, (reporting, layer, label))
+        return reporting
     kind = kind_of(layer)
     wrapper: Callable[..., Any]
     if kind == "async":

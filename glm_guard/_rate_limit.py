@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any, Final, ParamSpec, TypeVar, cast, overload
 
 from . import _probe, _validate
 from ._classify import DEFAULT_CLASSIFIER
 from ._config import TESTING, get_settings
+from ._events import HUB
 from ._wrapping import default_key, kind_of, unwrap_descriptor
 from .backends import Limiter, LimitPolicy, get_backend
-from .backends._base import Backend
+from .backends._base import Backend, Permit
 
 __all__ = ["rate_limited"]
+
+perf_counter = time.perf_counter
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -94,7 +98,11 @@ def rate_limited(
         limiter = store.limiter(explicit_key or default_key(fn))
         inner, label = _probe.attach(fn, key=explicit_key)
         wrapper = _wrap(inner, limiter, policy, wait_limit, pause_seconds, label)
-        return cast(Callable[P, R], rewrap(_probe.entry(wrapper, label)))
+        raw = _probe.unreported(inner)
+        solo = None
+        if raw is not None and limiter.in_process:
+            solo = _solo(raw, wrapper, limiter, policy, wait_limit, pause_seconds, label)
+        return cast(Callable[P, R], rewrap(_probe.entry(wrapper, label, reporting=solo)))
 
     return decorate
 
@@ -108,6 +116,85 @@ def _cool_down_for(error: BaseException, default: float) -> float:
     return min(seconds, MAX_COOLDOWN_SECONDS)
 
 
+def _solo(
+    raw: Callable[..., Any],
+    layer: Callable[..., Any],
+    limiter: Limiter,
+    policy: LimitPolicy,
+    max_wait: float | None,
+    pause: float,
+    label: _probe.Label,
+) -> Callable[..., Any] | None:
+    """The whole stack when ``rate_limited`` (in-process) is its only guard, in one wrapper.
+
+    It admits, runs ``raw`` and reports the attempt and the call itself, so limiting a plain
+    function costs one wrapper and one stats record rather than three and two.  The layered
+    stack serves the rare ways: testing mode, or nothing recording.
+    """
+    layered = _probe.entry(layer, label)
+    kind = kind_of(raw)
+    try_acquire, release = limiter.try_acquire, limiter.release
+    if kind == "async":
+
+        @functools.wraps(raw)
+        async def async_solo(*args: Any, **kwargs: Any) -> Any:
+            if TESTING.active or not HUB.active:
+                return await layered(*args, **kwargs)
+            started = began = perf_counter()
+            if HUB.subscribers or not try_acquire(policy):
+                try:
+                    await _probe.acquire_async(limiter, policy, max_wait, label)
+                except Exception as error:
+                    _probe.call_failed(label, started, error)
+                    raise
+                began = perf_counter()
+            try:
+                result = await raw(*args, **kwargs)
+            except Exception as error:
+                _probe.solo_failed(label, started, began, error)
+                seconds = _cool_down_for(error, pause)
+                if seconds > 0:
+                    limiter.cooldown(seconds)
+                raise
+            finally:
+                release()
+            _probe.solo_answered(label, started, began, result)
+            return result
+
+        return async_solo
+
+    if kind == "sync":
+
+        @functools.wraps(raw)
+        def sync_solo(*args: Any, **kwargs: Any) -> Any:
+            if TESTING.active or not HUB.active:
+                return layered(*args, **kwargs)
+            started = began = perf_counter()
+            if HUB.subscribers or not try_acquire(policy):
+                try:
+                    _probe.acquire(limiter, policy, max_wait, label)
+                except Exception as error:
+                    _probe.call_failed(label, started, error)
+                    raise
+                began = perf_counter()
+            try:
+                result = raw(*args, **kwargs)
+            except Exception as error:
+                _probe.solo_failed(label, started, began, error)
+                seconds = _cool_down_for(error, pause)
+                if seconds > 0:
+                    limiter.cooldown(seconds)
+                raise
+            finally:
+                release()
+            _probe.solo_answered(label, started, began, result)
+            return result
+
+        return sync_solo
+
+    return None  # streams keep the layered way
+
+
 def _wrap(
     fn: Callable[..., Any],
     limiter: Limiter,
@@ -117,6 +204,30 @@ def _wrap(
     label: _probe.Label,
 ) -> Callable[..., Any]:
     kind = kind_of(fn)
+    # An in-process limiter admits a free call with one plain method call; only a caller
+    # that must wait (or whose wait a subscriber wants to see) takes the timed, awaited way.
+    try_acquire = limiter.try_acquire if limiter.in_process else None
+    if kind == "async" and try_acquire is not None:
+        release = limiter.release
+
+        @functools.wraps(fn)
+        async def async_local_wrapper(*args: Any, **kwargs: Any) -> Any:
+            if TESTING.active:
+                return await fn(*args, **kwargs)
+            if HUB.subscribers or not try_acquire(policy):
+                await _probe.acquire_async(limiter, policy, max_wait, label)
+            try:
+                return await fn(*args, **kwargs)
+            except Exception as error:
+                seconds = _cool_down_for(error, pause)
+                if seconds > 0:
+                    limiter.cooldown(seconds)
+                raise
+            finally:
+                release()
+
+        return async_local_wrapper
+
     if kind == "async":
 
         @functools.wraps(fn)
@@ -142,7 +253,9 @@ def _wrap(
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
             if TESTING.active:
                 return fn(*args, **kwargs)
-            permit = _probe.acquire(limiter, policy, max_wait, label)
+            permit: Permit = limiter
+            if try_acquire is None or HUB.subscribers or not try_acquire(policy):
+                permit = _probe.acquire(limiter, policy, max_wait, label)
             try:
                 return fn(*args, **kwargs)
             except Exception as error:

@@ -201,6 +201,48 @@ def test_waits_for_a_permit_are_timed(local_backend: LocalBackend) -> None:
     assert 0.1 < waits["mean"] < 0.4 and waits["p50"] == pytest.approx(waits["mean"], rel=0.15)
 
 
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_lone_rate_limit_counts_calls_attempts_errors_and_waits(flavour: str, local_backend: LocalBackend) -> None:
+    # rate_limited alone reports its call and its attempt itself, in one record when it can.
+    outcomes = iter([None, None, {"answer": 1, "usage": {"total_tokens": 3}}, ErrorWithText(SEED_1302), None])
+
+    def step() -> Any:
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    if flavour == "sync":
+
+        @rate_limited(4, 0.3, key="lone", backend=local_backend, cooldown=0)
+        def call() -> Any:
+            return step()
+
+        def run() -> Any:
+            return call()
+    else:
+
+        @rate_limited(4, 0.3, key="lone", backend=local_backend, cooldown=0)
+        async def acall() -> Any:
+            return step()
+
+        def run() -> Any:
+            return asyncio.run(acall())
+
+    results = []
+    for _ in range(5):
+        try:
+            results.append(run())
+        except ErrorWithText:
+            results.append("1302")
+    assert results == [None, None, {"answer": 1, "usage": {"total_tokens": 3}}, "1302", None]
+    data = key_stats("lone")
+    assert (data["calls"], data["successes"], data["failures"], data["attempts"]) == (5, 4, 1, 5)
+    assert data["errors_1302"] == 1 and data["tokens"]["total"] == 3
+    assert data["latency"]["count"] == 5 and data["attempt_latency"]["count"] == 5
+    assert data["waits"]["count"] == 1  # the fifth start waited for the window
+
+
 def test_a_stream_is_one_attempt_with_its_last_chunks_usage(local_backend: LocalBackend) -> None:
     tries = [0]
 

@@ -76,6 +76,17 @@ class Limiter(ABC):
 
     key: str
 
+    #: Admission involves no I/O: :meth:`try_acquire`, :meth:`release` and :meth:`cooldown`
+    #: are plain calls that return at once, which async code may make without awaiting.
+    in_process: bool = False
+
+    def try_acquire(self, policy: LimitPolicy) -> bool:
+        """Admit one call now if ``policy`` allows it and nobody is queued; never waits."""
+        return False
+
+    def release(self) -> None:  # noqa: B027 - only in-process limiters release this way
+        """End an admission made by :meth:`try_acquire`."""
+
     @abstractmethod
     def acquire(self, policy: LimitPolicy, max_wait: float | None) -> Permit:
         """Block the thread until ``policy`` admits one more call, in arrival order."""
@@ -95,6 +106,10 @@ class Limiter(ABC):
 
 class CacheStore(ABC):
     """Stored results for one cache namespace, keyed by argument digests."""
+
+    #: Other processes read and write this store, so its keys are digests every process
+    #: computes alike.  A store in this process only (``False``) takes any hashable key.
+    shared: bool = True
 
     @abstractmethod
     def get(self, key: str) -> tuple[bool, object]:

@@ -22,7 +22,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 from .._errors import RateLimitTimeout
 from ._base import AsyncPermit, Backend, CacheStore, Limiter, LimitPolicy, Permit
@@ -150,13 +150,24 @@ class LocalLimiter(Limiter):
 
     # -- the fast path -------------------------------------------------------------------
 
+    in_process = True
+
+    def try_acquire(self, policy: LimitPolicy) -> bool:
+        lock = self._lock
+        lock.acquire()  # explicit: on the hot path a ``with`` block costs twice as much
+        try:
+            return self._try_now(policy)
+        finally:
+            lock.release()
+
     def _try_now(self, policy: LimitPolicy) -> bool:
         """Admit at once if nobody is queued and the policy allows it (caller holds the lock)."""
         if self._waiters:
             return False
         now = self._clock()
-        if self.state.next_admission(policy, now) <= now:
-            self.state.admit(policy, now)
+        state = self.state
+        if state.next_admission(policy, now) <= now:
+            state.admit(policy, now)
             return True
         return False
 
@@ -177,10 +188,14 @@ class LocalLimiter(Limiter):
         return self._async_permit
 
     def release(self) -> None:
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             self.state.release()
             if self._waiters:
                 self._dispatch(self._clock())
+        finally:
+            lock.release()
 
     def cooldown(self, seconds: float) -> None:
         with self._lock:
@@ -331,27 +346,35 @@ class LocalCacheStore(CacheStore):
     """A cachetools TTL + LRU cache behind a lock (cachetools caches are not thread-safe)."""
 
     __slots__ = ("_data", "_lock")
+    shared = False
 
     def __init__(self, ttl: float | None, maxsize: int, timer: Clock = time.monotonic) -> None:
         import cachetools  # deferred: keeps `import glm_guard` light
 
-        self._data: cachetools.Cache[str, object]
+        self._data: cachetools.Cache[Hashable, object]
         if ttl is None:
             self._data = cachetools.LRUCache(maxsize)
         else:
             self._data = cachetools.TTLCache(maxsize, ttl, timer)
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> tuple[bool, object]:
-        with self._lock:
-            try:
-                return True, self._data[key]
-            except KeyError:
-                return False, None
+    def get(self, key: Hashable) -> tuple[bool, object]:
+        lock = self._lock
+        lock.acquire()  # explicit: on the hot path a ``with`` block costs twice as much
+        try:
+            return True, self._data[key]
+        except KeyError:
+            return False, None
+        finally:
+            lock.release()
 
-    def set(self, key: str, value: object) -> None:
-        with self._lock:
+    def set(self, key: Hashable, value: object) -> None:
+        lock = self._lock
+        lock.acquire()
+        try:
             self._data[key] = value
+        finally:
+            lock.release()
 
     def __len__(self) -> int:
         with self._lock:
