@@ -366,6 +366,36 @@ def test_the_digest_memo_gives_the_same_key_as_a_full_computation() -> None:
     assert len(make._memo) <= 2
 
 
+def test_in_process_keys_treat_every_spelling_of_a_call_alike() -> None:
+    """A local store's keys skip the digest for plain scalars, but bind arguments just the same."""
+
+    def ask(prompt: str, temperature: float = 0.7, *, model: str = "glm-4") -> str:
+        return prompt
+
+    def lone(prompt: str) -> str:
+        return prompt
+
+    def spread(*parts: str, **options: str) -> str:
+        return "".join(parts)
+
+    class Bot:
+        def reply(self, prompt: str, temperature: float = 0.7) -> str:
+            return prompt
+
+    key = KeyMaker(ask, "ns", None, stable=False)
+    same = [(("a",), {}), (("a", 0.7), {}), ((), {"prompt": "a"}), (("a",), {"model": "glm-4"})]
+    assert len({key(args, kwargs) for args, kwargs in same}) == 1
+    assert key(("a",), {}) != key(("a", 0.1), {}) != key(("a",), {"model": "glm-4-air"})
+    assert isinstance(key(("a",), {"model": ["x"]}), str)  # not a scalar: the digest
+    one = KeyMaker(lone, "ns", None, stable=False)
+    assert one(("a",), {}) == one((), {"prompt": "a"}) != one((1,), {})
+    assert one((1,), {}) != one((True,), {}) != one((1.0,), {})
+    variadic = KeyMaker(spread, "ns", None, stable=False)
+    assert variadic(("a", "b"), {}) != variadic(("ab",), {}) and variadic(("a",), {"x": "1"}) != variadic(("a",), {})
+    method = KeyMaker(Bot.reply, "ns", None, stable=False)
+    assert method((Bot(), "a"), {}) == method((Bot(), "a", 0.7), {}) == method((Bot(),), {"prompt": "a"})
+
+
 async def test_a_fallback_answer_from_a_child_task_is_not_cached(local_backend: LocalBackend) -> None:
     """``asyncio.wait_for`` runs the inner call in a task of its own: the context mark stays there."""
     failures = [1]
