@@ -264,6 +264,71 @@ def test_noscript_after_a_script_flush_is_handled(redis_url: str) -> None:
     backend.close()
 
 
+async def test_noscript_is_handled_on_the_async_path_too_redis(redis_url: str) -> None:
+    backend = RedisBackend(redis_url)
+
+    @rate_limited(50, 1.0, concurrency=5, key="noscript-async-redis", backend=backend)
+    async def call() -> str:
+        return "ok"
+
+    assert await call() == "ok"
+    client = redis.Redis.from_url(redis_url)
+    client.script_flush()
+    assert await call() == "ok"
+    assert backend.health.outages == 0
+    client.close()
+    backend.close()
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_connections_the_server_closed_while_idle_are_reopened_without_an_outage_redis(
+    redis_url: str, flavour: str
+) -> None:
+    backend = RedisBackend(redis_url)
+
+    @rate_limited(50, 1.0, concurrency=5, key=f"killed-link-{flavour}", backend=backend)
+    def call() -> str:
+        return "ok"
+
+    @rate_limited(50, 1.0, concurrency=5, key=f"killed-link-{flavour}", backend=backend)
+    async def acall() -> str:
+        return "ok"
+
+    async def twice_async() -> None:
+        assert await acall() == "ok"
+        client.client_kill_filter(_type="normal", skipme=True)  # a restart, an idle timeout
+        time.sleep(0.1)
+        assert await acall() == "ok"
+
+    client = redis.Redis.from_url(redis_url)
+    if flavour == "sync":
+        assert call() == "ok"
+        client.client_kill_filter(_type="normal", skipme=True)
+        time.sleep(0.1)
+        assert call() == "ok"
+    else:
+        asyncio.run(twice_async())
+    assert backend.health.outages == 0 and backend.degraded_calls == 0
+    client.close()
+    backend.close()
+
+
+def test_expired_leases_are_swept_when_the_count_reaches_the_limit_redis(redis_url: str) -> None:
+    backend = RedisBackend(redis_url)
+    client = redis.Redis.from_url(redis_url)
+    leases = "glm_guard:{sweep-redis}:leases"
+    client.zadd(leases, {"dead-1": 1, "dead-2": 2})  # holders that died long ago
+
+    @rate_limited(concurrency=2, key="sweep-redis", backend=backend, max_wait=0.5)
+    def call() -> int:
+        return int(client.zcard(leases))
+
+    assert call() == 1  # both dead leases swept, only this call's own is left
+    assert client.zcard(leases) == 0
+    client.close()
+    backend.close()
+
+
 async def test_a_cancelled_task_releases_its_lease_at_once(redis_url: str) -> None:
     backend = RedisBackend(redis_url, lease=30)
 

@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import pickle
+import select
 import socket
 import threading
 import time
@@ -61,14 +62,20 @@ _PICKLE_TAG: Final = b"gg1p:"
 
 
 _token_counter = itertools.count()
-_token_prefix = [os.getpid(), uuid.uuid4().hex[:12]]
+_token_prefix = [uuid.uuid4().hex[:12].encode()]
 
 
-def _new_token() -> str:
+def _new_token_prefix() -> None:
+    _token_prefix[0] = uuid.uuid4().hex[:12].encode()
+
+
+if hasattr(os, "register_at_fork"):  # a forked child must not repeat its parent's tokens
+    os.register_at_fork(after_in_child=_new_token_prefix)
+
+
+def _new_token() -> bytes:
     """A token unique across processes: a random per-process prefix and a counter."""
-    if _token_prefix[0] != os.getpid():  # a forked child must not repeat its parent's tokens
-        _token_prefix[:] = [os.getpid(), uuid.uuid4().hex[:12]]
-    return f"{_token_prefix[1]}{next(_token_counter):x}"
+    return b"%b%x" % (_token_prefix[0], next(_token_counter))
 
 
 LIVE_BACKENDS: weakref.WeakSet[RedisBackend] = weakref.WeakSet()
@@ -84,6 +91,35 @@ def _close_at_exit() -> None:
 
 def _load_script(name: str) -> str:
     return importlib.resources.files("glm_guard.backends").joinpath(f"lua/{name}.lua").read_text("utf-8")
+
+
+def _bulk(value: object) -> bytes:
+    """One RESP bulk string, encoded as redis-py would (str as UTF-8, numbers as text)."""
+    if isinstance(value, bytes):
+        data = value
+    elif isinstance(value, str):
+        data = value.encode()
+    elif isinstance(value, int) and not isinstance(value, bool):
+        data = b"%d" % value
+    elif isinstance(value, float):
+        data = repr(value).encode()
+    else:
+        raise TypeError(f"cannot send a {type(value).__name__} to Redis")
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+def _bulks(values: list[Any]) -> bytes:
+    return b"".join([_bulk(value) for value in values])
+
+
+def _watch(current: Any, sock: Any, poller: Any) -> tuple[Any, Any]:
+    """A poller on a connection's ``current`` socket, made anew only when the socket changed."""
+    if current is None:
+        return None, None
+    if current is not sock or poller is None:
+        poller = select.poll()
+        poller.register(current, select.POLLIN)
+    return current, poller
 
 
 def _hash_tag(key: str) -> str:
@@ -131,6 +167,8 @@ class RedisBackend(Backend):
             for name in ("acquire", "release", "renew", "cooldown", "heartbeat", "confirm", "unclaim")
         }
         self._shas = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in self._scripts.items()}
+        self._evalsha_bulks = {name: b"$7\r\nEVALSHA\r\n" + _bulk(sha) for name, sha in self._shas.items()}
+        self._eval_bulks = {name: b"$4\r\nEVAL\r\n" + _bulk(source) for name, source in self._scripts.items()}
         self.health = _Health(url)
         self.degraded_calls = 0
         self._degraded_lock = threading.Lock()
@@ -156,7 +194,9 @@ class RedisBackend(Backend):
     def _reset_process_state(self) -> None:
         self._pid = os.getpid()
         self._sync_client: Any = None
-        self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, Any]] = (
+        self._idle: list[tuple[Any, Any, Any]] = []  # (connection, its socket, a poller on it)
+        # Per event loop: the client, the generator that closes it with the loop, idle connections.
+        self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, Any, list[Any]]] = (
             weakref.WeakKeyDictionary()
         )
         self._leases = _LeaseKeeper(self)
@@ -185,6 +225,9 @@ class RedisBackend(Backend):
         return client
 
     async def async_client(self) -> Any:
+        return (await self._async_entry())[0]
+
+    async def _async_entry(self) -> tuple[Any, Any, list[Any]]:
         self._check_fork()
         loop = asyncio.get_running_loop()
         entry = self._async_clients.get(loop)
@@ -194,70 +237,126 @@ class RedisBackend(Backend):
             client = redis.asyncio.Redis.from_url(self._url, **self._options())
             closer = _close_with_loop(client)
             await closer.__anext__()  # the loop now owns it and closes it at shutdown_asyncgens
-            entry = self._async_clients[loop] = (client, closer)
-        return entry[0]
+            entry = self._async_clients[loop] = (client, closer, [])
+        return entry
 
-    def run(self, call: Callable[[], Any]) -> Any:
-        """Run one Redis call, wrapping failures into :class:`BackendError` in one place."""
-        try:
-            reply = call()
-        except self._redis.RedisError as error:
-            raise self._wrap(error) from error
-        if self.health.failures:
-            self.health.succeeded()
-        return reply
+    def script(self, name: str, keys: list[Any], args: list[Any]) -> Any:
+        """Run a packaged script by SHA; send its source once if the server lacks it (NOSCRIPT)."""
+        return self.run_packed(name, 3 + len(keys) + len(args), _bulk(len(keys)) + _bulks(keys) + _bulks(args))
 
-    async def run_async(self, call: Callable[[], Any]) -> Any:
-        try:
-            reply = await call()
-        except self._redis.RedisError as error:
-            raise self._wrap(error) from error
-        if self.health.failures:
-            self.health.succeeded()
-        return reply
+    def run_packed(self, name: str, parts: int, body: bytes) -> Any:
+        """Run script ``name`` with ``body``: its key count, keys and arguments, RESP-encoded.
 
-    def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        """Run a packaged script by SHA; load it once if the server does not know it (NOSCRIPT).
-
-        Sent on a pooled connection with redis-py's own ``send_command`` / ``read_response``:
-        the client's generic command path (and the ``Script`` wrapper) cost more per call
-        than the script itself does on loopback.  A connection that failed mid-command is
-        dropped, never handed back to the pool.
+        ``parts`` counts every element of the command (EVALSHA and the SHA included).  The
+        admission path packs its body once per policy, so a call costs one concatenation.
+        After ``SCRIPT FLUSH``, a restart or a failover the server answers NOSCRIPT without
+        running anything; the same body then goes out once more with the script's source.
         """
-        pool = self.sync_client().connection_pool
+        head = b"*%d\r\n" % parts
         try:
-            connection = pool.get_connection()
+            try:
+                return self._roundtrip(head + self._evalsha_bulks[name] + body)
+            except self._redis.exceptions.NoScriptError:
+                return self._roundtrip(head + self._eval_bulks[name] + body)
         except self._redis.RedisError as error:
             raise self._wrap(error) from error
+
+    def _roundtrip(self, packed: bytes) -> Any:
+        """One request and its reply on a connection of this process's own.
+
+        Scripts bypass redis-py's command machinery and its pool checkout, each of which
+        costs more per call on loopback than the script itself: connections wait in a list
+        (``pop`` and ``append`` are atomic), taken from the pool once and kept.  One that was
+        closed under us while idle (a restart, a timeout) is reopened before anything is
+        sent, so nothing is sent twice; one that fails mid-request is disconnected (it
+        reconnects on its next use) and the error goes to the caller.
+        """
         try:
-            connection.send_command("EVALSHA", self._shas[name], len(keys), *keys, *args)
-            reply = connection.read_response()
-        except self._redis.exceptions.NoScriptError:  # after SCRIPT FLUSH, a restart or a failover
-            pool.release(connection)
-            client = self.sync_client()
-            return self.run(lambda: client.eval(self._scripts[name], len(keys), *keys, *args))
-        except self._redis.exceptions.ResponseError as error:  # the command failed; the link is fine
-            pool.release(connection)
-            raise self._wrap(error) from error
-        except BaseException as error:
+            connection, sock, poller = self._idle.pop()
+        except IndexError:
+            connection = self.sync_client().connection_pool.get_connection()
+            sock = poller = None
+        sock, poller = _watch(connection._sock, sock, poller)
+        if poller is not None and poller.poll(0):  # readable while idle: closed by the server
             connection.disconnect()
-            pool.release(connection)
-            if isinstance(error, self._redis.RedisError):
-                raise self._wrap(error) from error
+            sock = poller = None
+        try:
+            connection.send_packed_command((packed,))
+            reply = connection.read_response()
+        except self._redis.exceptions.ResponseError:  # an error reply, read in full: link intact
+            self._idle.append((connection, sock, poller))
             raise
-        pool.release(connection)
+        except BaseException:
+            connection.disconnect()
+            self._idle.append((connection, None, None))
+            raise
+        self._idle.append((connection, sock, poller))
         if self.health.failures:
             self.health.succeeded()
         return reply
 
-    async def script_async(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        client = await self.async_client()
+    async def script_async(self, name: str, keys: list[Any], args: list[Any]) -> Any:
+        body = _bulk(len(keys)) + _bulks(keys) + _bulks(args)
+        return await self.run_packed_async(name, 3 + len(keys) + len(args), body)
+
+    async def run_packed_async(self, name: str, parts: int, body: bytes) -> Any:
+        head = b"*%d\r\n" % parts
         try:
-            reply = await client.evalsha(self._shas[name], len(keys), *keys, *args)
-        except self._redis.exceptions.NoScriptError:
-            reply = await self.run_async(lambda: client.eval(self._scripts[name], len(keys), *keys, *args))
+            try:
+                return await self._roundtrip_async(head + self._evalsha_bulks[name] + body)
+            except self._redis.exceptions.NoScriptError:
+                return await self._roundtrip_async(head + self._eval_bulks[name] + body)
         except self._redis.RedisError as error:
             raise self._wrap(error) from error
+
+    def command(self, *parts: object) -> Any:
+        """One plain command (``GET``, ``SET``) on the scripts' connections."""
+        try:
+            return self._roundtrip(b"*%d\r\n" % len(parts) + _bulks(list(parts)))
+        except self._redis.RedisError as error:
+            raise self._wrap(error) from error
+
+    async def command_async(self, *parts: object) -> Any:
+        try:
+            return await self._roundtrip_async(b"*%d\r\n" % len(parts) + _bulks(list(parts)))
+        except self._redis.RedisError as error:
+            raise self._wrap(error) from error
+
+    async def _roundtrip_async(self, packed: bytes) -> Any:
+        """:meth:`_roundtrip` on this event loop's connections (they cannot cross loops)."""
+        client, _, idle = await self._async_entry()
+        try:
+            connection, sock, poller = idle.pop()
+        except IndexError:
+            connection = await client.connection_pool.get_connection()
+            sock = poller = None
+        # The loop notices a closed socket only when it next polls it, which a caller that
+        # has not yielded since has not let it do: so the socket is asked directly.  One the
+        # loop did notice stays readable (end of file), or its transport is closing (a reset).
+        writer = connection._writer
+        if writer is None:  # not connected yet, or disconnected: the send connects it
+            stale, sock, poller = False, None, None
+        elif writer.is_closing():
+            stale = True
+        else:
+            sock, poller = _watch(writer.get_extra_info("socket"), sock, poller)
+            stale = poller is not None and bool(poller.poll(0))
+        if stale:
+            await connection.disconnect()  # closed by the server while idle: reopen
+            sock = poller = None
+        try:
+            await connection.send_packed_command((packed,))
+            reply = await connection.read_response()
+        except self._redis.exceptions.ResponseError:
+            idle.append((connection, sock, poller))
+            raise
+        except BaseException:
+            # redis-py disconnects a connection that failed (a cancelled read too); it reconnects
+            # on its next use.  One still connected is left to the pool, which closes it.
+            if not connection.is_connected:
+                idle.append((connection, None, None))
+            raise
+        idle.append((connection, sock, poller))
         if self.health.failures:
             self.health.succeeded()
         return reply
@@ -306,8 +405,9 @@ class RedisBackend(Backend):
         self.heartbeat.stop()
         client = self._sync_client
         if client is not None and os.getpid() == self._pid:
-            client.close()
+            client.close()  # the pool disconnects every connection it gave out, ours too
         self._sync_client = None
+        self._idle = []
 
 
 async def _close_with_loop(client: Any) -> AsyncIterator[None]:
@@ -403,36 +503,41 @@ class _Heartbeat:
 
 
 class _LeaseKeeper:
-    """Renews this process's concurrency leases from one daemon thread, every lease / 3."""
+    """Renews this process's concurrency leases from one daemon thread, every lease / 3.
+
+    Adding and dropping a lease is O(1) on the admission path: a set per leases key, kept
+    (empty) between admissions, so a steady caller allocates nothing here.
+    """
 
     def __init__(self, backend: RedisBackend) -> None:
         self._backend = backend
-        self._held: dict[str, set[str]] = {}
+        self._held: dict[str, set[bytes]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def add(self, leases_key: str, token: str) -> None:
+    def add(self, leases_key: str, token: bytes) -> None:
         with self._lock:
-            self._held.setdefault(leases_key, set()).add(token)
+            tokens = self._held.get(leases_key)
+            if tokens is None:
+                tokens = self._held[leases_key] = set()
+            tokens.add(token)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="glm-guard-leases", daemon=True)
                 self._thread.start()
 
-    def discard(self, leases_key: str, token: str) -> None:
+    def discard(self, leases_key: str, token: bytes) -> None:
         with self._lock:
             tokens = self._held.get(leases_key)
             if tokens is not None:
                 tokens.discard(token)
-                if not tokens:
-                    del self._held[leases_key]
 
     def _loop(self) -> None:
         interval = self._backend.lease / 3
         lease_ms = int(self._backend.lease * 1000)
         while not self._stop.wait(interval):
             with self._lock:
-                held = [(key, list(tokens)) for key, tokens in self._held.items()]
+                held = [(key, list(tokens)) for key, tokens in self._held.items() if tokens]
             for leases_key, tokens in held:
                 try:
                     self._backend.script("renew", [leases_key], [lease_ms, *tokens])
@@ -501,7 +606,7 @@ class _ReleaseListener:
 class _RedisPermit:
     __slots__ = ("_limiter", "_token")
 
-    def __init__(self, limiter: RedisLimiter, token: str | None) -> None:
+    def __init__(self, limiter: RedisLimiter, token: bytes | None) -> None:
         self._limiter = limiter
         self._token = token
 
@@ -525,7 +630,7 @@ def _remaining(deadline: float | None) -> float | None:
 
 
 class _Unlimited:
-    """The permit of the ``open`` policy: nothing was taken, so nothing is given back."""
+    """A permit that holds no lease (the ``open`` policy, or no concurrency limit): a no-op."""
 
     def release(self) -> None:
         return None
@@ -538,6 +643,9 @@ class _AsyncUnlimited:
 
 _UNLIMITED = _Unlimited()
 _UNLIMITED_ASYNC = _AsyncUnlimited()
+#: The permit of an admission without a concurrency limit: no lease to give back.
+_NOTHING_HELD = _Unlimited()
+_NOTHING_HELD_ASYNC = _AsyncUnlimited()
 
 
 def _sleep_holding(permit: _RedisPermit, seconds: float) -> None:
@@ -559,6 +667,11 @@ class RedisLimiter(Limiter):
         self._turnstile = LocalLimiter(f"{key}#turnstile")
         self._local = LocalLimiter(key)  # serves the "local" policy while Redis is away
         self._lease_ms = int(backend.lease * 1000)
+        self._keys_bulk = _bulk(len(self.keys)) + _bulks(self.keys)
+        self._release_keys_bulk = _bulk(1) + _bulk(self.keys[1])
+        self._channel_bulk = _bulk(self.channel)
+        self._bodies: dict[LimitPolicy, bytes] = {}
+        self._last: tuple[LimitPolicy | None, bytes] = (None, b"")
 
     def __repr__(self) -> str:
         return f"<RedisLimiter {self.key!r}>"
@@ -577,19 +690,47 @@ class RedisLimiter(Limiter):
         """
         return self._local.state.cooldown_until > time.monotonic()
 
-    def _args(self, policy: LimitPolicy, token: str, deadline: float | None) -> list[object]:
-        left_ms = -1 if deadline is None else max(int((deadline - time.monotonic()) * 1000), 0)
-        limits = f"{policy.calls or 0} {int(policy.period * 1000)} {policy.concurrency or 0} {self._lease_ms} {left_ms}"
-        return [limits, token]
+    def _body(self, policy: LimitPolicy, deadline: float | None) -> bytes:
+        """The acquire script's key count, keys and limits, RESP-encoded (all but the token).
 
-    def _decide(
-        self, reply: list[int], policy: LimitPolicy, token: str, deadline: float | None, max_wait: float | None
-    ) -> float | None:
-        """``None`` when admitted, else how long to sleep; raises when past ``deadline``."""
-        if int(reply[0]) in (1, 2):
-            if policy.concurrency is not None:
-                self._backend._leases.add(self.keys[1], token)
+        Without a deadline they are the same on every call, so they are packed once per
+        policy (the last one is kept by identity, which is how decorators pass theirs).
+        """
+        if deadline is None:
+            last = self._last  # one attribute, so another thread never pairs a policy with a wrong body
+            if last[0] is policy:
+                return last[1]
+            body = self._bodies.get(policy)
+            if body is None:
+                if len(self._bodies) >= 64:  # limits made up per call: do not grow without bound
+                    self._bodies.clear()
+                body = self._bodies[policy] = self._keys_bulk + _bulk(self._limits(policy, -1))
+            self._last = (policy, body)
+            return body
+        left_ms = max(int((deadline - time.monotonic()) * 1000), 0)
+        return self._keys_bulk + _bulk(self._limits(policy, left_ms))
+
+    def _limits(self, policy: LimitPolicy, left_ms: int) -> str:
+        return f"{policy.calls or 0} {int(policy.period * 1000)} {policy.concurrency or 0} {self._lease_ms} {left_ms}"
+
+    def _admit(self, policy: LimitPolicy, deadline: float | None) -> tuple[list[int], bytes]:
+        """One run of the acquire script for a fresh token: its reply and the token."""
+        token = _new_token()
+        return self._backend.run_packed("acquire", 8, self._body(policy, deadline) + _bulk(token)), token
+
+    async def _admit_async(self, policy: LimitPolicy, deadline: float | None) -> tuple[list[int], bytes]:
+        token = _new_token()
+        return await self._backend.run_packed_async("acquire", 8, self._body(policy, deadline) + _bulk(token)), token
+
+    def _hold(self, policy: LimitPolicy, token: bytes) -> bytes | None:
+        """An admission's lease, now renewed by this process; ``None`` without a concurrency limit."""
+        if policy.concurrency is None:
             return None
+        self._backend._leases.add(self.keys[1], token)
+        return token
+
+    def _wait(self, reply: list[int], deadline: float | None, max_wait: float | None) -> float:
+        """How long a refused caller sleeps before asking again; raises when past ``deadline``."""
         wait = max(int(reply[1]), 1) / 1000.0
         concurrency_bound = int(reply[2]) == 3
         if concurrency_bound:
@@ -650,75 +791,85 @@ class RedisLimiter(Limiter):
         self._backend.heartbeat.start()
         deadline = None if max_wait is None else time.monotonic() + max_wait
         turn: Permit | None = self._turnstile.acquire(_TURNSTILE, max_wait)
+        watching = False
         try:
             while True:
-                token = _new_token()
-                reply = self._backend.script("acquire", self.keys, self._args(policy, token, deadline))
-                wait = self._decide(reply, policy, token, deadline, max_wait)
-                if wait is None:
-                    permit = _RedisPermit(self, token if policy.concurrency is not None else None)
-                    if int(reply[0]) == 2:  # a reserved start: the next local waiter may reserve its own
-                        if turn is not None:
-                            turn.release()
-                            turn = None
-                        wake_at = time.monotonic() + int(reply[1]) / 1000.0
-                        _sleep_holding(permit, int(reply[1]) / 1000.0)
-                        late = time.monotonic() - wake_at > LATE_START_SECONDS
-                        if late or self._paused():
-                            paused_ms = int(self._backend.script("confirm", self.keys, [token, "1" if late else "0"]))
-                            if paused_ms >= 0:  # gave its slot back: queue again (after any cooldown)
-                                self._backend._leases.discard(self.keys[1], token)
-                                time.sleep(paused_ms / 1000.0)
-                                return self._acquire_shared(policy, _remaining(deadline))
+                reply, token = self._admit(policy, deadline)
+                code = int(reply[0])
+                if code:  # 1: admitted now; 2: admitted with a start reserved reply[1] ms from now
+                    held = self._hold(policy, token)
+                    if code == 1:
+                        return _NOTHING_HELD if held is None else _RedisPermit(self, held)
+                    permit = _RedisPermit(self, held)
+                    if turn is not None:  # the next local waiter may reserve its own start
+                        turn.release()
+                        turn = None
+                    wake_at = time.monotonic() + int(reply[1]) / 1000.0
+                    _sleep_holding(permit, int(reply[1]) / 1000.0)
+                    late = time.monotonic() - wake_at > LATE_START_SECONDS
+                    if late or self._paused():
+                        paused_ms = int(self._backend.script("confirm", self.keys, [token, "1" if late else "0"]))
+                        if paused_ms >= 0:  # gave its slot back: queue again (after any cooldown)
+                            self._backend._leases.discard(self.keys[1], token)
+                            time.sleep(paused_ms / 1000.0)
+                            return self._acquire_shared(policy, _remaining(deadline))
                     return permit
+                wait = self._wait(reply, deadline, max_wait)
                 if int(reply[2]) == 3:
                     released = threading.Event()
                     self._backend._listener.watch(self.channel, released.set)
+                    watching = True
                     released.wait(wait)
                 else:
                     time.sleep(wait)
         finally:
             if turn is not None:
-                self._backend._listener.unwatch(self.channel)
+                if watching:
+                    self._backend._listener.unwatch(self.channel)
                 turn.release()
 
     async def _acquire_shared_async(self, policy: LimitPolicy, max_wait: float | None) -> AsyncPermit:
         self._backend.heartbeat.start()
         deadline = None if max_wait is None else time.monotonic() + max_wait
         turn: AsyncPermit | None = await self._turnstile.acquire_async(_TURNSTILE, max_wait)
+        watching = False
         try:
             while True:
-                token = _new_token()
-                reply = await self._backend.script_async("acquire", self.keys, self._args(policy, token, deadline))
-                wait = self._decide(reply, policy, token, deadline, max_wait)
-                if wait is None:
-                    permit = _AsyncRedisPermit(self, token if policy.concurrency is not None else None)
-                    if int(reply[0]) == 2:  # a reserved start: the next local waiter may reserve its own
-                        if turn is not None:
-                            await turn.release()
-                            turn = None
-                        wake_at = time.monotonic() + int(reply[1]) / 1000.0
-                        try:
-                            await asyncio.sleep(int(reply[1]) / 1000.0)
-                        except BaseException:
-                            await permit.release()
-                            raise
-                        late = time.monotonic() - wake_at > LATE_START_SECONDS
-                        if late or self._paused():
-                            args = [token, "1" if late else "0"]
-                            paused_ms = int(await self._backend.script_async("confirm", self.keys, args))
-                            if paused_ms >= 0:  # gave its slot back: queue again (after any cooldown)
-                                self._backend._leases.discard(self.keys[1], token)
-                                await asyncio.sleep(paused_ms / 1000.0)
-                                return await self._acquire_shared_async(policy, _remaining(deadline))
+                reply, token = await self._admit_async(policy, deadline)
+                code = int(reply[0])
+                if code:
+                    held = self._hold(policy, token)
+                    if code == 1:
+                        return _NOTHING_HELD_ASYNC if held is None else _AsyncRedisPermit(self, held)
+                    permit = _AsyncRedisPermit(self, held)
+                    if turn is not None:  # the next local waiter may reserve its own start
+                        await turn.release()
+                        turn = None
+                    wake_at = time.monotonic() + int(reply[1]) / 1000.0
+                    try:
+                        await asyncio.sleep(int(reply[1]) / 1000.0)
+                    except BaseException:
+                        await permit.release()
+                        raise
+                    late = time.monotonic() - wake_at > LATE_START_SECONDS
+                    if late or self._paused():
+                        args = [token, "1" if late else "0"]
+                        paused_ms = int(await self._backend.script_async("confirm", self.keys, args))
+                        if paused_ms >= 0:  # gave its slot back: queue again (after any cooldown)
+                            self._backend._leases.discard(self.keys[1], token)
+                            await asyncio.sleep(paused_ms / 1000.0)
+                            return await self._acquire_shared_async(policy, _remaining(deadline))
                     return permit
+                wait = self._wait(reply, deadline, max_wait)
                 if int(reply[2]) == 3:
+                    watching = True
                     await self._wait_for_release(wait)
                 else:
                     await asyncio.sleep(wait)
         finally:
             if turn is not None:
-                self._backend._listener.unwatch(self.channel)
+                if watching:
+                    self._backend._listener.unwatch(self.channel)
                 await turn.release()
 
     async def _wait_for_release(self, seconds: float) -> None:
@@ -737,20 +888,23 @@ class RedisLimiter(Limiter):
     # Giving back and cooling down never raise into the caller's result: if Redis is away
     # the lease simply expires, and the pause is kept in this process instead.
 
-    def give_back(self, token: str) -> None:
+    def _release_body(self, token: bytes) -> bytes:
+        return self._release_keys_bulk + _bulk(token) + self._channel_bulk
+
+    def give_back(self, token: bytes) -> None:
         self._backend._leases.discard(self.keys[1], token)
         if self._backend.health.available():
             try:
-                self._backend.script("release", [self.keys[1]], [token, self.channel])
+                self._backend.run_packed("release", 6, self._release_body(token))
             except BackendError as error:
                 self._backend.health.failed(error)
 
-    async def give_back_async(self, token: str) -> None:
+    async def give_back_async(self, token: bytes) -> None:
         self._backend._leases.discard(self.keys[1], token)
         if self._backend.health.available():
             try:
                 # Shielded: a task cancelled while holding a permit still gives it back at once.
-                await asyncio.shield(self._backend.script_async("release", [self.keys[1]], [token, self.channel]))
+                await asyncio.shield(self._backend.run_packed_async("release", 6, self._release_body(token)))
             except BackendError as error:
                 self._backend.health.failed(error)
 
@@ -793,7 +947,7 @@ class RedisCacheStore(CacheStore):
         self._warned = False
         self.corrupt_entries = 0
         self._local = LocalCacheStore(ttl, maxsize)
-        self._claims: dict[str, str] = {}  # digest -> our fill token, for a compare-and-delete
+        self._claims: dict[str, bytes] = {}  # digest -> our fill token, for a compare-and-delete
 
     # -- encoding ---------------------------------------------------------------------------
 
@@ -847,11 +1001,18 @@ class RedisCacheStore(CacheStore):
         self._backend.health.failed(error)
         self._backend.count_degraded()
 
+    def _set_args(self, key: str, data: bytes) -> tuple[object, ...]:
+        if self._ttl_ms is None:
+            return (b"SET", self._prefix + key, data)
+        return (b"SET", self._prefix + key, data, b"PX", self._ttl_ms)
+
+    def _claim_args(self, key: str, token: bytes) -> tuple[object, ...]:
+        return (b"SET", self._prefix + key + ":fill", token, b"NX", b"PX", int(self._backend.fill_lease * 1000))
+
     def get(self, key: str) -> tuple[bool, object]:
         if self._shared():
             try:
-                client = self._backend.sync_client()
-                return self.decode(self._backend.run(lambda: client.get(self._prefix + key)))
+                return self.decode(self._backend.command(b"GET", self._prefix + key))
             except BackendError as error:
                 self._down(error)
         return self._local.get(key)
@@ -862,8 +1023,7 @@ class RedisCacheStore(CacheStore):
             return
         if self._shared():
             try:
-                client = self._backend.sync_client()
-                self._backend.run(lambda: client.set(self._prefix + key, data, px=self._ttl_ms))
+                self._backend.command(*self._set_args(key, data))
                 return
             except BackendError as error:
                 self._down(error)
@@ -872,8 +1032,7 @@ class RedisCacheStore(CacheStore):
     async def get_async(self, key: str) -> tuple[bool, object]:
         if self._shared():
             try:
-                client = await self._backend.async_client()
-                return self.decode(await self._backend.run_async(lambda: client.get(self._prefix + key)))
+                return self.decode(await self._backend.command_async(b"GET", self._prefix + key))
             except BackendError as error:
                 self._down(error)
         return self._local.get(key)
@@ -884,8 +1043,7 @@ class RedisCacheStore(CacheStore):
             return
         if self._shared():
             try:
-                client = await self._backend.async_client()
-                await self._backend.run_async(lambda: client.set(self._prefix + key, data, px=self._ttl_ms))
+                await self._backend.command_async(*self._set_args(key, data))
                 return
             except BackendError as error:
                 self._down(error)
@@ -896,11 +1054,9 @@ class RedisCacheStore(CacheStore):
     def claim(self, key: str) -> bool:
         if not self._shared():
             return True
-        ms = int(self._backend.fill_lease * 1000)
         token = _new_token()
         try:
-            client = self._backend.sync_client()
-            won = bool(self._backend.run(lambda: client.set(self._prefix + key + ":fill", token, nx=True, px=ms)))
+            won = self._backend.command(*self._claim_args(key, token)) is not None  # nil: someone else's
         except BackendError as error:
             self._down(error)
             return True
@@ -919,19 +1075,15 @@ class RedisCacheStore(CacheStore):
     async def claim_async(self, key: str) -> bool:
         if not self._shared():
             return True
-        ms = int(self._backend.fill_lease * 1000)
         token = _new_token()
         try:
-            client = await self._backend.async_client()
-            reply = await self._backend.run_async(
-                lambda: client.set(self._prefix + key + ":fill", token, nx=True, px=ms)
-            )
+            won = await self._backend.command_async(*self._claim_args(key, token)) is not None
         except BackendError as error:
             self._down(error)
             return True
-        if reply:
+        if won:
             self._claims[key] = token
-        return bool(reply)
+        return won
 
     async def unclaim_async(self, key: str) -> None:
         token = self._claims.pop(key, None)
