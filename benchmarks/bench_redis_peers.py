@@ -112,9 +112,16 @@ async def build(url: str) -> list[Case]:
     def gcra_call() -> Any:
         return client.evalsha(gcra_sha, 1, "bench-seq-gcra", 0.001, 1000)
 
+    bare = redis.Redis.from_url(url).connection_pool.get_connection()  # kept: no checkout per call
+
+    def bare_ping() -> Any:
+        bare.send_packed_command((b"*1\r\n$4\r\nPING\r\n",))
+        return bare.read_response()
+
     del gcra
     return [
         Case("ping", "PING", "baseline", client.ping),
+        Case("ping_bare", "PING on a bare connection (send_packed_command + read_response)", "baseline", bare_ping),
         Case(
             "gg_admission",
             "glm_guard admission: rate + concurrency + cooldown, one script",
@@ -324,6 +331,12 @@ def render(section: dict[str, Any], out: Path) -> str:
         "reported apart: the background column is how many of them landed inside that case's timed operations.",
         "",
         "Every limit is a million per second, so every admission succeeds at once.",
+        "",
+        "PING goes through redis-py's command path (pool checkout, retry wrapper, response callbacks) like the "
+        "peers' calls do. glm_guard sends its pre-packed scripts on connections it keeps, with redis-py's "
+        "`send_packed_command` and `read_response`; *PING on a bare connection* does the same with a PING, "
+        "so it is the floor of any request on this machine, and the gap between the two PING rows is client "
+        "overhead that glm_guard's requests do not pay.",
         "",
         "## Target",
         "",
