@@ -329,6 +329,9 @@ class RedisBackend(Backend):
             connection, sock, poller = idle.pop()
         except IndexError:
             connection = await client.connection_pool.get_connection()
+            # Bounded below as a whole instead: redis-py would bound the send with wait_for,
+            # a task per call (tens of µs), and the read with a timeout of its own.
+            connection.socket_timeout = None
             sock = poller = None
         # The loop notices a closed socket only when it next polls it, which a caller that
         # has not yielded since has not let it do: so the socket is asked directly.  One the
@@ -345,16 +348,19 @@ class RedisBackend(Backend):
             await connection.disconnect()  # closed by the server while idle: reopen
             sock = poller = None
         try:
-            await connection.send_packed_command((packed,))
-            reply = await connection.read_response()
+            async with asyncio.timeout(self._socket_timeout):
+                await connection.send_packed_command((packed,))
+                reply = await connection.read_response()
         except self._redis.exceptions.ResponseError:
             idle.append((connection, sock, poller))
             raise
-        except BaseException:
+        except BaseException as error:
             # redis-py disconnects a connection that failed (a cancelled read too); it reconnects
             # on its next use.  One still connected is left to the pool, which closes it.
             if not connection.is_connected:
                 idle.append((connection, None, None))
+            if isinstance(error, TimeoutError) and not isinstance(error, self._redis.RedisError):
+                raise self._redis.exceptions.TimeoutError(f"no reply within {self._socket_timeout} s") from error
             raise
         idle.append((connection, sock, poller))
         if self.health.failures:
