@@ -4,12 +4,12 @@
 -- ARGV[3] (tests only): a virtual "now" in ms, so the same vectors can check this script and
 -- the local algorithm against one oracle.
 -- ARGV[1]: "calls period_ms concurrency lease_ms max_wait_ms" (calls or concurrency 0 = no
---          such limit; max_wait_ms -1 = no limit), packed into one argument because each
---          argument costs the client time to encode.  ARGV[2]: a token unique to this attempt.
--- Returns {1, 0} when admitted now; {2, wait_ms} when admitted with a start reserved
--- wait_ms from now (the caller sleeps, then starts without asking again: one round trip
--- per admission even under contention); else {0, wait_ms, reason} with reason
--- 1 = cooldown, 2 = rate window (the wait would exceed max_wait), 3 = concurrency.
+--          such limit; max_wait_ms -1 = no limit), one argument the client packs once per
+--          policy.  ARGV[2]: a token unique to this attempt.
+-- Returns {1} when admitted now (the usual reply, kept short); {2, wait_ms} when admitted
+-- with a start reserved wait_ms from now (the caller sleeps, then starts without asking
+-- again: one round trip per admission even under contention); else {0, wait_ms, reason}
+-- with reason 1 = cooldown, 2 = rate window (the wait would exceed max_wait), 3 = concurrency.
 -- Limits arrive with every call, so a limit can change at run time and further limits
 -- (tokens per minute) can join the same atomic check.
 local t = redis.call('TIME')
@@ -75,4 +75,4 @@ end
 if start > now then
   return {2, start - now}
 end
-return {1, 0}
+return {1}
