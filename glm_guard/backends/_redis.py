@@ -1,14 +1,16 @@
 """The Redis backend: one limit, one concurrency pool, one cooldown, one cache for all.
 
-Every admission is one Lua script run by SHA (redis-py's ``Script`` reloads it on
-NOSCRIPT), on the server's clock (``TIME``), so hosts with skewed clocks share one correct
-limit.  Within a process only the first waiter of a key talks to Redis (the others queue
-behind it locally, in arrival order), and it sleeps until the moment the script names, so
-a thousand waiting tasks cost Redis what one does.
+Every admission is one Lua script run by SHA (sent once with its source after a NOSCRIPT),
+on the server's clock (``TIME``), so hosts with skewed clocks share one correct limit.
+Requests are packed here and go out on connections the backend keeps, with redis-py's
+``send_packed_command`` / ``read_response``: its generic command path costs more per call
+than the script does.  Within a process only the first waiter of a key talks to Redis
+(the others queue behind it locally, in arrival order), and it sleeps until the moment the
+script names, so a thousand waiting tasks cost Redis what one does.
 
 Key layout, for a limiter key ``K`` and prefix ``P`` (default ``glm_guard:``)::
 
-    P{K}:starts     ZSET  start times of the last ``period`` (expires after period + 1 s)
+    P{K}:starts     ZSET  the last ``calls`` start times (expires after period + 1 s)
     P{K}:leases     ZSET  concurrency leases -> expiry (expires after 2 leases + 1 s)
     P{K}:cooldown   STR   pause deadline in server ms (expires at the deadline)
     P{K}:released   pub/sub channel: a lease was given back
