@@ -449,6 +449,34 @@ def test_four_processes_share_one_limit_redis(redis_url: str) -> None:
     assert len(steady) >= 0.9 * calls * 2
 
 
+def test_starts_as_the_caller_sees_them_never_share_a_window_redis(redis_url: str) -> None:
+    """Redis decides on its clock and the caller starts after the reply: the window's margin
+    covers that distance, so even the caller's own start times hold the limit exactly."""
+    from glm_guard.backends._redis import _window_ms
+
+    assert (_window_ms(60.0), _window_ms(1.0), _window_ms(0.3)) == (60_020, 1_020, 306)
+    backend = RedisBackend(redis_url)
+    starts: list[float] = []
+
+    @rate_limited(4, 0.3, key="margin", backend=backend)
+    async def call() -> None:
+        starts.append(time.monotonic())
+
+    async def caller() -> None:
+        for _ in range(4):
+            await call()
+
+    async def main() -> None:
+        await asyncio.gather(*(caller() for _ in range(4)))
+
+    asyncio.run(main())
+    starts.sort()
+    gaps = [later - earlier for earlier, later in zip(starts, starts[4:], strict=False)]
+    assert len(starts) == 16 and min(gaps) >= 0.3  # no tolerance: four starts per 0.3 s, never five
+    assert starts[-1] - starts[0] < 3 * 0.306 + 0.25  # and the budget is still used: 16 starts in 4 windows
+    backend.close()
+
+
 def test_a_skewed_client_clock_changes_nothing_redis(redis_url: str) -> None:
     processes = [
         worker("rate", url=redis_url, key="skew", calls=10, period=1.0, tasks=4, seconds=2.0, skew_seconds=skew)

@@ -55,9 +55,22 @@ logger = logging.getLogger("glm_guard")
 #: How long a waiter for a concurrency slot sleeps at most before asking again, in case
 #: the release notice was missed (a holder that died gives its slot back by lease expiry).
 CONCURRENCY_POLL_SECONDS: Final = 0.25
-#: A caller that wakes this much after its reserved start gives the slot back and asks again:
-#: started that late it could share a window with the starts reserved after its own.
+#: A caller that may start this much after the moment Redis gave it gives the slot back and
+#: asks again: started that late it could share a window with the starts given after its own.
+#: The moment is known only within the request's round trip, so that counts as late too.
 LATE_START_SECONDS: Final = 0.01
+#: Redis decides a start on its clock; the caller starts after the reply arrives (and any
+#: sleep).  The window is kept this much longer than ``period`` (at most 2 % of it), so a
+#: start up to LATE_START_SECONDS late, as the caller sees it, still never shares a window
+#: with ``calls`` others.  A 60 s window loses 0.03 % of its budget, a 1 s window 2 %.
+WINDOW_MARGIN_SECONDS: Final = 0.02
+
+
+def _window_ms(period: float) -> int:
+    """The window the script enforces for ``period``: the period plus its margin, in ms."""
+    return int(period * 1000) + int(min(WINDOW_MARGIN_SECONDS, period * 0.02) * 1000)
+
+
 _TURNSTILE: Final = LimitPolicy(None, 1.0, 1)
 _JSON_TAG: Final = b"gg1j:"
 _PICKLE_TAG: Final = b"gg1p:"
@@ -680,6 +693,7 @@ class RedisLimiter(Limiter):
         self._channel_bulk = _bulk(self.channel)
         self._bodies: dict[LimitPolicy, bytes] = {}
         self._last: tuple[LimitPolicy | None, bytes] = (None, b"")
+        self._round_trip = 0.0  # the usual admission round trip, a floor that drifts up slowly
 
     def __repr__(self) -> str:
         return f"<RedisLimiter {self.key!r}>"
@@ -719,7 +733,8 @@ class RedisLimiter(Limiter):
         return self._keys_bulk + _bulk(self._limits(policy, left_ms))
 
     def _limits(self, policy: LimitPolicy, left_ms: int) -> str:
-        return f"{policy.calls or 0} {int(policy.period * 1000)} {policy.concurrency or 0} {self._lease_ms} {left_ms}"
+        window = _window_ms(policy.period) if policy.calls else int(policy.period * 1000)
+        return f"{policy.calls or 0} {window} {policy.concurrency or 0} {self._lease_ms} {left_ms}"
 
     def _admit(self, policy: LimitPolicy, deadline: float | None) -> tuple[list[int], bytes]:
         """One run of the acquire script for a fresh token: its reply and the token."""
@@ -729,6 +744,19 @@ class RedisLimiter(Limiter):
     async def _admit_async(self, policy: LimitPolicy, deadline: float | None) -> tuple[list[int], bytes]:
         token = _new_token()
         return await self._backend.run_packed_async("acquire", 8, self._body(policy, deadline) + _bulk(token)), token
+
+    def _late(self, policy: LimitPolicy, sent: float, answered: float, wait: float) -> bool:
+        """Whether a start given by a request sent at ``sent`` may now be too late to take.
+
+        Redis chose it at some moment after ``sent``; only the part of the round trip beyond
+        the usual one counts, so a distant Redis does not make every start late.
+        """
+        if policy.calls is None:
+            return False  # no window to share
+        trip = answered - sent
+        usual = self._round_trip
+        self._round_trip = trip if trip < usual or not usual else usual + (trip - usual) * 0.01
+        return time.monotonic() - (sent + wait) > LATE_START_SECONDS + min(usual or trip, trip)
 
     def _hold(self, policy: LimitPolicy, token: bytes) -> bytes | None:
         """An admission's lease, now renewed by this process; ``None`` without a concurrency limit."""
@@ -795,32 +823,38 @@ class RedisLimiter(Limiter):
             return _UNLIMITED_ASYNC
         return await self._local.acquire_async(self._backend.share(policy), max_wait)
 
-    def _acquire_shared(self, policy: LimitPolicy, max_wait: float | None) -> Permit:
+    def _acquire_shared(self, policy: LimitPolicy, max_wait: float | None, patience: int = 3) -> Permit:
+        """Admission through Redis; ``patience``: how many more late starts to give back."""
         self._backend.heartbeat.start()
         deadline = None if max_wait is None else time.monotonic() + max_wait
         turn: Permit | None = self._turnstile.acquire(_TURNSTILE, max_wait)
         watching = False
         try:
             while True:
+                sent = time.monotonic()
                 reply, token = self._admit(policy, deadline)
+                answered = time.monotonic()
                 code = int(reply[0])
                 if code:  # 1: admitted now; 2: admitted with a start reserved reply[1] ms from now
                     held = self._hold(policy, token)
-                    if code == 1:
+                    if code == 1 and (patience <= 0 or not self._late(policy, sent, answered, 0.0)):
                         return _NOTHING_HELD if held is None else _RedisPermit(self, held)
                     permit = _RedisPermit(self, held)
                     if turn is not None:  # the next local waiter may reserve its own start
                         turn.release()
                         turn = None
-                    wake_at = time.monotonic() + int(reply[1]) / 1000.0
-                    _sleep_holding(permit, int(reply[1]) / 1000.0)
-                    late = time.monotonic() - wake_at > LATE_START_SECONDS
-                    if late or self._paused():
+                    wait = int(reply[1]) / 1000.0 if code == 2 else 0.0
+                    if wait:
+                        _sleep_holding(permit, wait)
+                    late = patience > 0 and (code == 1 or self._late(policy, sent, answered, wait))
+                    if late or (wait and self._paused()):
                         paused_ms = int(self._backend.script("confirm", self.keys, [token, "1" if late else "0"]))
                         if paused_ms >= 0:  # gave its slot back: queue again (after any cooldown)
                             self._backend._leases.discard(self.keys[1], token)
                             time.sleep(paused_ms / 1000.0)
-                            return self._acquire_shared(policy, _remaining(deadline))
+                            return self._acquire_shared(
+                                policy, _remaining(deadline), patience - 1 if late else patience
+                            )
                     return permit
                 wait = self._wait(reply, deadline, max_wait)
                 if int(reply[2]) == 3:
@@ -836,37 +870,44 @@ class RedisLimiter(Limiter):
                     self._backend._listener.unwatch(self.channel)
                 turn.release()
 
-    async def _acquire_shared_async(self, policy: LimitPolicy, max_wait: float | None) -> AsyncPermit:
+    async def _acquire_shared_async(
+        self, policy: LimitPolicy, max_wait: float | None, patience: int = 3
+    ) -> AsyncPermit:
         self._backend.heartbeat.start()
         deadline = None if max_wait is None else time.monotonic() + max_wait
         turn: AsyncPermit | None = await self._turnstile.acquire_async(_TURNSTILE, max_wait)
         watching = False
         try:
             while True:
+                sent = time.monotonic()
                 reply, token = await self._admit_async(policy, deadline)
+                answered = time.monotonic()
                 code = int(reply[0])
                 if code:
                     held = self._hold(policy, token)
-                    if code == 1:
+                    if code == 1 and (patience <= 0 or not self._late(policy, sent, answered, 0.0)):
                         return _NOTHING_HELD_ASYNC if held is None else _AsyncRedisPermit(self, held)
                     permit = _AsyncRedisPermit(self, held)
                     if turn is not None:  # the next local waiter may reserve its own start
                         await turn.release()
                         turn = None
-                    wake_at = time.monotonic() + int(reply[1]) / 1000.0
-                    try:
-                        await asyncio.sleep(int(reply[1]) / 1000.0)
-                    except BaseException:
-                        await permit.release()
-                        raise
-                    late = time.monotonic() - wake_at > LATE_START_SECONDS
-                    if late or self._paused():
+                    wait = int(reply[1]) / 1000.0 if code == 2 else 0.0
+                    if wait:
+                        try:
+                            await asyncio.sleep(wait)
+                        except BaseException:
+                            await permit.release()
+                            raise
+                    late = patience > 0 and (code == 1 or self._late(policy, sent, answered, wait))
+                    if late or (wait and self._paused()):
                         args = [token, "1" if late else "0"]
                         paused_ms = int(await self._backend.script_async("confirm", self.keys, args))
                         if paused_ms >= 0:  # gave its slot back: queue again (after any cooldown)
                             self._backend._leases.discard(self.keys[1], token)
                             await asyncio.sleep(paused_ms / 1000.0)
-                            return await self._acquire_shared_async(policy, _remaining(deadline))
+                            return await self._acquire_shared_async(
+                                policy, _remaining(deadline), patience - 1 if late else patience
+                            )
                     return permit
                 wait = self._wait(reply, deadline, max_wait)
                 if int(reply[2]) == 3:
