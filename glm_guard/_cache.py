@@ -23,7 +23,7 @@ from ._marks import DEGRADED, begin_call, mark_degraded, result_degraded
 from ._stats import HIT_CALL
 from ._wrapping import default_key, kind_of, unwrap_descriptor
 from .backends import CacheStore, get_backend
-from .backends._base import Backend
+from .backends._base import MISSING, Backend
 
 __all__ = ["cached_response"]
 
@@ -238,6 +238,7 @@ def _wrap(
     shared = cache.shared
     get: Callable[[Any], tuple[bool, object]] = cache.get
     put: Callable[[Any, object], None] = cache.set
+    read = cache.reader()  # the outermost guard's hit path: one call, no tuple
 
     if kind_of(fn) == "async":
         import asyncio
@@ -334,8 +335,13 @@ def _wrap(
                     begin_call()
                     value = await fn(*args, **kwargs)
                 else:
-                    hit, value = await cache.get_async(key) if shared else get(key)
-                    if hit:  # the hot path, inlined: begin_call() and answered_from_cache()
+                    if shared:
+                        hit, value = await cache.get_async(key)
+                        if not hit:
+                            value = MISSING
+                    else:
+                        value = read(key)
+                    if value is not MISSING:  # the hot path, inlined: begin_call() and answered_from_cache()
                         if DEGRADED.get():
                             DEGRADED.set(False)
                         ended = perf_counter()
@@ -438,8 +444,8 @@ def _wrap(
                 begin_call()
                 value = fn(*args, **kwargs)
             else:
-                hit, value = get(key)
-                if hit:  # the hot path, inlined: begin_call() and answered_from_cache()
+                value = read(key)
+                if value is not MISSING:  # the hot path, inlined: begin_call() and answered_from_cache()
                     if DEGRADED.get():
                         DEGRADED.set(False)
                     ended = perf_counter()

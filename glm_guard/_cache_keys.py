@@ -124,7 +124,23 @@ class KeyMaker:
         """The key function itself, for a caller that looks keys up on every call."""
         if self._custom is not None:
             return self._digest
-        return self._stable_key if self._stable else self._in_process_key
+        if self._stable:
+            return self._stable_key
+        if not self._single:
+            return self._in_process_key
+        arity, general = self._arity, self._in_process_key
+
+        def lone_argument(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+            # One argument, the commonest shape (a prompt): its value and type, as
+            # functools.lru_cache keys a lone str or int, without building tuples first.
+            if not kwargs and len(args) == arity:
+                value = args[-1]
+                kind = type(value)
+                if kind in _MEMO_SAFE:
+                    return value, kind
+            return general(args, kwargs)
+
+        return lone_argument
 
     def _stable_key(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
         values = args[1:] if self._skip_first else args
@@ -152,13 +168,8 @@ class KeyMaker:
         Both halves have one entry per named parameter, so one flat tuple is unambiguous.
         """
         if self._single and not kwargs and len(args) == self._arity:
-            # One argument, the commonest shape (a prompt): its value and type, as
-            # functools.lru_cache keys a lone str or int, without building tuples first.
-            value = args[-1]
-            kind = type(value)
-            if kind in _MEMO_SAFE:
-                return value, kind
-            return self._digest(args, kwargs)
+            kind = type(args[-1])
+            return (args[-1], kind) if kind in _MEMO_SAFE else self._digest(args, kwargs)
         values = args[1:] if self._skip_first else args
         pad = None if kwargs else self._pads.get(len(values))
         if pad is None:  # keywords or a richer signature: bind by name

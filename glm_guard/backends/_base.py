@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Final, Protocol
 
 from .._errors import ConfigurationError
 
 __all__ = ["BACKEND_ERROR_POLICIES", "AsyncPermit", "Backend", "CacheStore", "LimitPolicy", "Limiter", "Permit"]
+
+#: What :meth:`CacheStore.reader`'s function returns for a key that is not stored.
+MISSING: Final[object] = object()
 
 #: ``local``: limit in this process with its share of the limit; ``open``: call without
 #: limiting; ``closed``: raise :class:`~glm_guard.BackendError` at once.
@@ -118,6 +122,15 @@ class CacheStore(ABC):
     @abstractmethod
     def set(self, key: str, value: object) -> None:
         """Store ``value`` under ``key`` for the store's TTL."""
+
+    def reader(self) -> Callable[[Any], object]:
+        """``get`` as one plain function returning :data:`MISSING` on a miss (for hot paths)."""
+
+        def read(key: Any) -> object:
+            hit, value = self.get(key)
+            return value if hit else MISSING
+
+        return read
 
     async def get_async(self, key: str) -> tuple[bool, object]:
         return self.get(key)

@@ -23,9 +23,10 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Hashable
+from typing import Any
 
 from .._errors import RateLimitTimeout
-from ._base import AsyncPermit, Backend, CacheStore, Limiter, LimitPolicy, Permit
+from ._base import MISSING, AsyncPermit, Backend, CacheStore, Limiter, LimitPolicy, Permit
 
 __all__ = ["LocalBackend", "LocalCacheStore", "LocalLimiter", "WindowState"]
 
@@ -367,6 +368,21 @@ class LocalCacheStore(CacheStore):
             return False, None
         finally:
             lock.release()
+
+    def reader(self) -> Callable[[Any], object]:
+        """``get`` as one plain function returning ``MISSING`` on a miss: the hit path's only call."""
+        acquire, release, data = self._lock.acquire, self._lock.release, self._data
+
+        def read(key: Any) -> object:
+            acquire()
+            try:
+                return data[key]
+            except KeyError:
+                return MISSING
+            finally:
+                release()
+
+        return read
 
     def set(self, key: Hashable, value: object) -> None:
         lock = self._lock
