@@ -273,13 +273,14 @@ def _wrap(
                         return value
                     continue
                 claimed = False
+                outcome: tuple[object, bool] | BaseException | None = None
                 try:
                     if shared:
                         claimed = await cache.claim_async(key)
                         if not claimed:  # another process is computing it: wait for its answer
                             hit, value = await _await_other_process_async(cache, key)
                             if hit:
-                                in_flight.settle(key, pending, (value, False))
+                                outcome = (value, False)
                                 _probe.cached(label, True)
                                 begin_call()
                                 return value
@@ -293,16 +294,16 @@ def _wrap(
                             await cache.set_async(key, value)
                         else:
                             put(key, value)
+                    outcome = (value, degraded)
                 except Exception as error:
-                    in_flight.settle(key, pending, error)
-                    raise
-                except BaseException:
-                    in_flight.settle(key, pending, _LeaderGone())
+                    outcome = error
                     raise
                 finally:
+                    # Settled before the claim goes back: waiters must never depend on that
+                    # round trip succeeding (or on this task not being cancelled during it).
+                    in_flight.settle(key, pending, _LeaderGone() if outcome is None else outcome)
                     if claimed:
                         await cache.unclaim_async(key)
-                in_flight.settle(key, pending, (value, degraded))
                 return value
 
         @functools.wraps(fn)
@@ -385,13 +386,14 @@ def _wrap(
                     return value
                 continue
             claimed = False
+            outcome: tuple[object, bool] | BaseException | None = None
             try:
                 if shared:
                     claimed = cache.claim(key)
                     if not claimed:  # another process is computing it: wait for its answer
                         hit, value = _await_other_process(cache, key)
                         if hit:
-                            in_flight.settle(key, pending, (value, False))
+                            outcome = (value, False)
                             _probe.cached(label, True)
                             begin_call()
                             return value
@@ -402,16 +404,16 @@ def _wrap(
                 degraded = result_degraded(value)
                 if store_values and not degraded:
                     put(key, value)
+                outcome = (value, degraded)
             except Exception as error:
-                in_flight.settle(key, pending, error)
-                raise
-            except BaseException:
-                in_flight.settle(key, pending, _LeaderGone())
+                outcome = error
                 raise
             finally:
+                # Settled before the claim goes back: waiters must never depend on that
+                # round trip succeeding (or on this task not being cancelled during it).
+                in_flight.settle(key, pending, _LeaderGone() if outcome is None else outcome)
                 if claimed:
                     cache.unclaim(key)
-            in_flight.settle(key, pending, (value, degraded))
             return value
 
     @functools.wraps(fn)

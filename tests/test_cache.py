@@ -396,6 +396,53 @@ def test_in_process_keys_treat_every_spelling_of_a_call_alike() -> None:
     assert method((Bot(), "a"), {}) == method((Bot(), "a", 0.7), {}) == method((Bot(),), {"prompt": "a"})
 
 
+async def test_waiters_get_the_answer_even_if_the_leader_is_cancelled_giving_its_claim_back() -> None:
+    """On a shared store the leader gives its claim back after the answer is stored; the
+    calls waiting on it must not depend on that last step finishing."""
+    from glm_guard.backends._base import CacheStore
+
+    claim_returned = asyncio.Event()
+
+    class SlowUnclaimStore(CacheStore):  # shared (the default): claims are used
+        def __init__(self) -> None:
+            self.data: dict[str, object] = {}
+
+        def get(self, key: str) -> tuple[bool, object]:
+            return (True, self.data[key]) if key in self.data else (False, None)
+
+        def set(self, key: str, value: object) -> None:
+            self.data[key] = value
+
+        async def unclaim_async(self, key: str) -> None:
+            claim_returned.set()
+            await asyncio.sleep(30)  # a round trip that never ends
+
+    class Store(LocalBackend):
+        def cache(self, namespace: str, **options: Any) -> CacheStore:
+            return SlowUnclaimStore()
+
+    gate = asyncio.Event()
+    runs: list[str] = []
+
+    @cached_response(ttl=60, backend=Store())
+    async def ask(question: str) -> str:
+        runs.append(question)
+        await gate.wait()
+        return question.upper()
+
+    leader = asyncio.create_task(ask("q"))
+    await asyncio.sleep(0.01)
+    follower = asyncio.create_task(ask("q"))
+    await asyncio.sleep(0.01)
+    gate.set()
+    await asyncio.wait_for(claim_returned.wait(), 2)
+    leader.cancel()
+    assert await asyncio.wait_for(follower, 2) == "Q"
+    assert runs == ["q"]
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+
+
 async def test_a_fallback_answer_from_a_child_task_is_not_cached(local_backend: LocalBackend) -> None:
     """``asyncio.wait_for`` runs the inner call in a task of its own: the context mark stays there."""
     failures = [1]
