@@ -232,6 +232,36 @@ def test_after_fork_the_child_uses_its_own_connections_redis(redis_url: str) -> 
     backend.close()
 
 
+def test_after_fork_cache_calls_never_share_the_parents_socket_redis(redis_url: str) -> None:
+    """The cache talks to Redis on kept connections: a forked child must not inherit them."""
+    import os
+
+    backend = RedisBackend(redis_url)
+
+    @cached_response(ttl=60, key="forked-cache", backend=backend)
+    def echo(text: str) -> str:
+        return text.upper()
+
+    assert echo("warm") == "WARM"  # the parent now keeps an idle connection
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: interleaves with the parent below; a shared socket mixes replies
+        try:
+            ok = backend._idle == [] and all(echo(f"child {i}") == f"CHILD {i}" for i in range(60))
+            os.write(write, b"1" if ok else b"0")
+        except BaseException:
+            os.write(write, b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    assert all(echo(f"parent {i}") == f"PARENT {i}" for i in range(60))
+    _, status = os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1" and status == 0
+    os.close(read)
+    assert echo("warm") == "WARM"
+    backend.close()
+
+
 async def test_wait_for_timeout_around_a_guarded_call_releases_the_lease_redis(redis_url: str) -> None:
     backend = RedisBackend(redis_url, lease=30)
 

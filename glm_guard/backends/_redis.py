@@ -96,6 +96,21 @@ def _new_token() -> bytes:
 LIVE_BACKENDS: weakref.WeakSet[RedisBackend] = weakref.WeakSet()
 
 
+def _forget_parent_connections() -> None:
+    """In a forked child: never send on a socket the parent still reads replies from.
+
+    The kept connections are taken without the fork check that every other path makes, so
+    they are dropped here, before the child can run anything (redis-py does not shut down
+    a socket whose connection belongs to another process).
+    """
+    for backend in list(LIVE_BACKENDS):
+        backend._idle = []
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_parent_connections)
+
+
 @atexit.register
 def _close_at_exit() -> None:
     """Close this process's connections before the interpreter tears sockets down itself."""
@@ -841,6 +856,9 @@ class RedisLimiter(Limiter):
                         return _NOTHING_HELD if held is None else _RedisPermit(self, held)
                     permit = _RedisPermit(self, held)
                     if turn is not None:  # the next local waiter may reserve its own start
+                        if watching:
+                            self._backend._listener.unwatch(self.channel)
+                            watching = False
                         turn.release()
                         turn = None
                     wait = int(reply[1]) / 1000.0 if code == 2 else 0.0
@@ -848,7 +866,11 @@ class RedisLimiter(Limiter):
                         _sleep_holding(permit, wait)
                     late = patience > 0 and (code == 1 or self._late(policy, sent, answered, wait))
                     if late or (wait and self._paused()):
-                        paused_ms = int(self._backend.script("confirm", self.keys, [token, "1" if late else "0"]))
+                        try:
+                            paused_ms = int(self._backend.script("confirm", self.keys, [token, "1" if late else "0"]))
+                        except BaseException:  # the start stays ours: give it back the usual way
+                            permit.release()
+                            raise
                         if paused_ms >= 0:  # gave its slot back: queue again (after any cooldown)
                             self._backend._leases.discard(self.keys[1], token)
                             time.sleep(paused_ms / 1000.0)
@@ -889,6 +911,9 @@ class RedisLimiter(Limiter):
                         return _NOTHING_HELD_ASYNC if held is None else _AsyncRedisPermit(self, held)
                     permit = _AsyncRedisPermit(self, held)
                     if turn is not None:  # the next local waiter may reserve its own start
+                        if watching:
+                            self._backend._listener.unwatch(self.channel)
+                            watching = False
                         await turn.release()
                         turn = None
                     wait = int(reply[1]) / 1000.0 if code == 2 else 0.0
@@ -901,7 +926,11 @@ class RedisLimiter(Limiter):
                     late = patience > 0 and (code == 1 or self._late(policy, sent, answered, wait))
                     if late or (wait and self._paused()):
                         args = [token, "1" if late else "0"]
-                        paused_ms = int(await self._backend.script_async("confirm", self.keys, args))
+                        try:
+                            paused_ms = int(await self._backend.script_async("confirm", self.keys, args))
+                        except BaseException:  # the start stays ours: give it back the usual way
+                            await permit.release()
+                            raise
                         if paused_ms >= 0:  # gave its slot back: queue again (after any cooldown)
                             self._backend._leases.discard(self.keys[1], token)
                             await asyncio.sleep(paused_ms / 1000.0)
