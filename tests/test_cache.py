@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -15,7 +16,7 @@ import pytest
 
 from glm_guard import ConfigurationError, cached_response, fallback
 from glm_guard._cache_keys import KeyMaker
-from glm_guard.backends._local import LocalBackend
+from glm_guard.backends._local import LocalBackend, LocalCacheStore
 
 from .helpers import SEED_1302, ErrorWithText
 
@@ -441,6 +442,24 @@ async def test_waiters_get_the_answer_even_if_the_leader_is_cancelled_giving_its
     assert runs == ["q"]
     with pytest.raises(asyncio.CancelledError):
         await leader
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_can_use_a_cache_whose_lock_another_thread_held() -> None:
+    store = LocalCacheStore(ttl=60, maxsize=8)
+    read = store.reader()
+    store.set("a", "A")
+    store._lock.acquire()  # as if another thread were inside the cache at the moment of fork()
+    try:
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(5)  # a deadlock ends the child instead of hanging the test run
+            store.set("b", "B")
+            os._exit(0 if read("a") == "A" and store.get("b") == (True, "B") else 1)
+    finally:
+        store._lock.release()
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
 async def test_a_fallback_answer_from_a_child_task_is_not_cached(local_backend: LocalBackend) -> None:

@@ -358,6 +358,7 @@ class LocalCacheStore(CacheStore):
         else:
             self._data = cachetools.TTLCache(maxsize, ttl, timer)
         self._lock = threading.Lock()
+        _LIVE_STORES.add(self)
 
     def get(self, key: Hashable) -> tuple[bool, object]:
         lock = self._lock
@@ -371,16 +372,17 @@ class LocalCacheStore(CacheStore):
 
     def reader(self) -> Callable[[Any], object]:
         """``get`` as one plain function returning ``MISSING`` on a miss: the hit path's only call."""
-        acquire, release, data = self._lock.acquire, self._lock.release, self._data
+        data = self._data
 
         def read(key: Any) -> object:
-            acquire()
+            lock = self._lock  # looked up each time: a forked child gets a fresh one
+            lock.acquire()
             try:
                 return data[key]
             except KeyError:
                 return MISSING
             finally:
-                release()
+                lock.release()
 
         return read
 
@@ -434,11 +436,15 @@ class LocalBackend(Backend):
 
 
 _LIVE_BACKENDS: weakref.WeakSet[LocalBackend] = weakref.WeakSet()
+_LIVE_STORES: weakref.WeakSet[LocalCacheStore] = weakref.WeakSet()
 
 
 def _reset_after_fork() -> None:
+    """In a forked child no other thread exists: a lock one of them held would never open."""
     for backend in list(_LIVE_BACKENDS):
         backend._after_fork()
+    for store in list(_LIVE_STORES):
+        store._lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
