@@ -131,11 +131,13 @@ class KeyMaker:
         arity, general = self._arity, self._in_process_key
 
         def lone_argument(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
-            # One argument, the commonest shape (a prompt): its value and type, as
-            # functools.lru_cache keys a lone str or int, without building tuples first.
+            # One argument, the commonest shape (a prompt), keyed as functools.lru_cache keys
+            # a lone str: the str itself, whose hash is cached, with no tuple to build.
             if not kwargs and len(args) == arity:
                 value = args[-1]
                 kind = type(value)
+                if kind is str:
+                    return value
                 if kind in _MEMO_SAFE:
                     return value, kind
             return general(args, kwargs)
@@ -163,29 +165,33 @@ class KeyMaker:
         return digest
 
     def _in_process_key(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
-        """Every named parameter's value in signature order, then their types; else the digest.
+        """Every named parameter's value in signature order, then their types; else ``(digest,)``.
 
-        Both halves have one entry per named parameter, so one flat tuple is unambiguous.
+        Both halves have one entry per named parameter, so one flat tuple is unambiguous; a
+        function of one parameter keys a str argument by itself and other scalars as
+        ``(value, type)``.  A digest comes in a 1-tuple, so no str argument can equal it.
         """
         if self._single and not kwargs and len(args) == self._arity:
-            kind = type(args[-1])
-            return (args[-1], kind) if kind in _MEMO_SAFE else self._digest(args, kwargs)
-        values = args[1:] if self._skip_first else args
-        pad = None if kwargs else self._pads.get(len(values))
-        if pad is None:  # keywords or a richer signature: bind by name
-            bound = self._material(args, kwargs)
-            if not isinstance(bound, dict) or len(bound) != len(self._names):
-                return self._digest(args, kwargs)  # *args, **kwargs or a missing argument
-            try:
-                values = tuple([bound[name] for name in self._names])
-            except KeyError:
-                return self._digest(args, kwargs)
-        elif pad:
-            values = values + pad
+            values: tuple[Any, ...] = (args[-1],)
+        else:
+            values = args[1:] if self._skip_first else args
+            pad = None if kwargs else self._pads.get(len(values))
+            if pad is None:  # keywords or a richer signature: bind by name
+                bound = self._material(args, kwargs)
+                if not isinstance(bound, dict) or len(bound) != len(self._names):
+                    return (self._digest(args, kwargs),)  # *args, **kwargs or a missing argument
+                try:
+                    values = tuple([bound[name] for name in self._names])
+                except KeyError:
+                    return (self._digest(args, kwargs),)
+            elif pad:
+                values = values + pad
         types = tuple(map(type, values))
-        if _MEMO_SAFE.issuperset(types):
-            return values + types
-        return self._digest(args, kwargs)
+        if not _MEMO_SAFE.issuperset(types):
+            return (self._digest(args, kwargs),)
+        if self._single:
+            return values[0] if types[0] is str else (values[0], types[0])
+        return values + types
 
     def _digest(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
         material = self._material(args, kwargs)

@@ -387,9 +387,12 @@ def test_in_process_keys_treat_every_spelling_of_a_call_alike() -> None:
     same = [(("a",), {}), (("a", 0.7), {}), ((), {"prompt": "a"}), (("a",), {"model": "glm-4"})]
     assert len({key(args, kwargs) for args, kwargs in same}) == 1
     assert key(("a",), {}) != key(("a", 0.1), {}) != key(("a",), {"model": "glm-4-air"})
-    assert isinstance(key(("a",), {"model": ["x"]}), str)  # not a scalar: the digest
+    digest = key(("a",), {"model": ["x"]})  # not a scalar: the digest, in a tuple of its own
+    assert isinstance(digest, tuple) and len(digest) == 1 and len(digest[0]) == 40
     one = KeyMaker(lone, "ns", None, stable=False)
     assert one(("a",), {}) == one((), {"prompt": "a"}) != one((1,), {})
+    hexdigest = one((["x"],), {})[0]
+    assert one((hexdigest,), {}) != one((["x"],), {})  # a str argument never equals a digest key
     assert one((1,), {}) != one((True,), {}) != one((1.0,), {})
     variadic = KeyMaker(spread, "ns", None, stable=False)
     assert variadic(("a", "b"), {}) != variadic(("ab",), {}) and variadic(("a",), {"x": "1"}) != variadic(("a",), {})
