@@ -72,6 +72,7 @@ class KeyMaker:
         "_skip_first",
         "_stable",
         "_var_positional",
+        "key_of",
     )
 
     def __init__(
@@ -114,14 +115,15 @@ class KeyMaker:
                 rest = params[count:]
                 if all(p.default is not inspect.Parameter.empty for p in rest):
                     self._pads[count] = tuple(p.default for p in rest)
+        #: The key function itself, for a caller that looks keys up on every call.
+        self.key_of = self._choose()
 
     def __call__(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
         """The key of one call: a digest ``str`` when stable, else any hashable."""
         return self.key_of(args, kwargs)
 
-    @property
-    def key_of(self) -> Callable[[tuple[Any, ...], Mapping[str, Any]], Any]:
-        """The key function itself, for a caller that looks keys up on every call."""
+    def _choose(self) -> Callable[[tuple[Any, ...], Mapping[str, Any]], Any]:
+        """The key function for this function and store, picked once."""
         if self._custom is not None:
             return self._digest
         if self._stable:

@@ -9,7 +9,9 @@ learn its place in it:
 - the **outermost** guard reports the call: what the caller got (an answer, a fallback, an
   error) and how long it took in all (waits, retries and backoff included).  Each guard
   returns an *entry* function that does this; a guard applied on top of an entry unwraps it
-  and puts its own entry outside, so only the outermost entry of a stack ever runs;
+  and puts its own entry outside, so only the outermost entry of a stack ever runs.  Where
+  the cost matters most a guard is its own entry (``entry(..., reporting=)``): a cache hit at
+  the top of a stack, and a lone in-process ``rate_limited``, each make one stats record;
 - the layers in between report their own work: waits, retries, cache hits, fallbacks.
 
 All of a stack shares one :class:`Label`, whose ``key`` is the stack's stats key: the
@@ -453,11 +455,7 @@ def entry(
             except Exception as error:
                 _call_done(label, started, ERROR, error)
                 raise
-            if label.has_fallback or HUB.subscribers:
-                _call_done(label, started, FALLBACK if label.has_fallback and is_degraded() else SUCCESS, None)
-            else:  # the common case, inline: one clock read and one append
-                ended = perf_counter()
-                _append((CALL, label.key, ended, ended - started, SUCCESS))
+            call_answered(label, started)
             return result
 
         wrapper = async_entry
@@ -474,11 +472,7 @@ def entry(
             except Exception as error:
                 _call_done(label, started, ERROR, error)
                 raise
-            if label.has_fallback or HUB.subscribers:
-                _call_done(label, started, FALLBACK if label.has_fallback and is_degraded() else SUCCESS, None)
-            else:  # the common case, inline: one clock read and one append
-                ended = perf_counter()
-                _append((CALL, label.key, ended, ended - started, SUCCESS))
+            call_answered(label, started)
             return result
 
         wrapper = sync_entry
