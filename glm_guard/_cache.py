@@ -218,6 +218,12 @@ async def _await_other_process_async(cache: CacheStore, digest: Any) -> tuple[bo
             return False, None
 
 
+def _count_hit(label: _probe.Label) -> None:
+    """A call answered without running the body: a hit, and a fresh degraded mark for the caller."""
+    _probe.cached(label, True)
+    begin_call()
+
+
 def _wrap(
     fn: Callable[..., Any],
     cache: CacheStore,
@@ -261,15 +267,13 @@ def _wrap(
                         except _LeaderGone:
                             pass  # cancelled: one of its followers takes over
                         else:
-                            _probe.cached(label, True)  # coalesced: answered without running the body
-                            begin_call()
+                            _count_hit(label)  # coalesced: answered without running the body
                             if degraded:
                                 mark_degraded()
                             return value
                     hit, value = await lookup_async(key)  # it ended: its answer may be stored now
                     if hit:
-                        _probe.cached(label, True)
-                        begin_call()
+                        _count_hit(label)
                         return value
                     continue
                 claimed = False
@@ -281,8 +285,7 @@ def _wrap(
                             hit, value = await _await_other_process_async(cache, key)
                             if hit:
                                 outcome = (value, False)
-                                _probe.cached(label, True)
-                                begin_call()
+                                _count_hit(label)
                                 return value
                             claimed = True
                     _probe.cached(label, False)
@@ -317,8 +320,7 @@ def _wrap(
                 return await fn(*args, **kwargs)
             hit, value = await cache.get_async(key) if shared else get(key)
             if hit:
-                _probe.cached(label, True)
-                begin_call()
+                _count_hit(label)
                 return value
             return await fill_async(key, args, kwargs)
 
@@ -374,15 +376,13 @@ def _wrap(
                     except _LeaderGone:
                         pass
                     else:
-                        _probe.cached(label, True)
-                        begin_call()
+                        _count_hit(label)
                         if degraded:
                             mark_degraded()
                         return value
                 hit, value = get(key)
                 if hit:
-                    _probe.cached(label, True)
-                    begin_call()
+                    _count_hit(label)
                     return value
                 continue
             claimed = False
@@ -394,8 +394,7 @@ def _wrap(
                         hit, value = _await_other_process(cache, key)
                         if hit:
                             outcome = (value, False)
-                            _probe.cached(label, True)
-                            begin_call()
+                            _count_hit(label)
                             return value
                         claimed = True
                 _probe.cached(label, False)
@@ -427,8 +426,7 @@ def _wrap(
             return fn(*args, **kwargs)
         hit, value = get(key)
         if hit:
-            _probe.cached(label, True)
-            begin_call()
+            _count_hit(label)
             return value
         return fill(key, args, kwargs)
 
