@@ -281,13 +281,15 @@ def _wrap(
                 try:
                     if shared:
                         claimed = await cache.claim_async(key)
-                        if not claimed:  # another process is computing it: wait for its answer
+                        if claimed:  # the holder may have stored its answer and let go since we looked
+                            hit, value = await cache.get_async(key)
+                        else:  # another process is computing it: wait for its answer (or its claim)
                             hit, value = await _await_other_process_async(cache, key)
-                            if hit:
-                                outcome = (value, False)
-                                _count_hit(label)
-                                return value
-                            claimed = True
+                            claimed = not hit
+                        if hit:
+                            outcome = (value, False)
+                            _count_hit(label)
+                            return value
                     _probe.cached(label, False)
                     begin_call()
                     value = await fn(*args, **kwargs)
@@ -390,13 +392,15 @@ def _wrap(
             try:
                 if shared:
                     claimed = cache.claim(key)
-                    if not claimed:  # another process is computing it: wait for its answer
+                    if claimed:  # the holder may have stored its answer and let go since we looked
+                        hit, value = cache.get(key)
+                    else:  # another process is computing it: wait for its answer (or its claim)
                         hit, value = _await_other_process(cache, key)
-                        if hit:
-                            outcome = (value, False)
-                            _count_hit(label)
-                            return value
-                        claimed = True
+                        claimed = not hit
+                    if hit:
+                        outcome = (value, False)
+                        _count_hit(label)
+                        return value
                 _probe.cached(label, False)
                 begin_call()
                 value = fn(*args, **kwargs)

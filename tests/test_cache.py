@@ -447,6 +447,40 @@ async def test_waiters_get_the_answer_even_if_the_leader_is_cancelled_giving_its
         await leader
 
 
+def test_an_answer_stored_by_another_process_just_before_the_claim_is_used() -> None:
+    """On a shared store the holder can store its answer and let go between our read and our
+    claim; the claim then succeeds, and the body must still not run a second time."""
+    from glm_guard.backends._base import CacheStore
+
+    class RacingStore(CacheStore):
+        def __init__(self) -> None:
+            self.reads = 0
+            self.unclaimed: list[str] = []
+
+        def get(self, key: str) -> tuple[bool, object]:
+            self.reads += 1
+            return (False, None) if self.reads == 1 else (True, "from the other process")
+
+        def set(self, key: str, value: object) -> None:
+            raise AssertionError("nothing to store: the answer was there")
+
+        def unclaim(self, key: str) -> None:
+            self.unclaimed.append(key)
+
+    store = RacingStore()
+
+    class Store(LocalBackend):
+        def cache(self, namespace: str, **options: Any) -> CacheStore:
+            return store
+
+    @cached_response(ttl=60, backend=Store())
+    def ask(question: str) -> str:
+        raise AssertionError("the body ran although another process had answered")
+
+    assert ask("q") == "from the other process"
+    assert store.reads == 2 and len(store.unclaimed) == 1  # the claim taken is given back
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_can_use_a_cache_whose_lock_another_thread_held() -> None:
     store = LocalCacheStore(ttl=60, maxsize=8)
