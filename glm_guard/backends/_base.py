@@ -10,13 +10,25 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from .._errors import ConfigurationError
 
-__all__ = ["BACKEND_ERROR_POLICIES", "AsyncPermit", "Backend", "CacheStore", "LimitPolicy", "Limiter", "Permit"]
+__all__ = [
+    "BACKEND_ERROR_POLICIES",
+    "AsyncPermit",
+    "Backend",
+    "CacheStore",
+    "Counters",
+    "LimitPolicy",
+    "Limiter",
+    "Permit",
+    "ReportsOutages",
+    "SharedStats",
+    "SharesStats",
+]
 
 #: What :meth:`CacheStore.reader`'s function returns for a key that is not stored.
 MISSING: Final[object] = object()
@@ -176,3 +188,64 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op for in-memory backends
         """Release connections; the backend may not be used afterwards."""
+
+
+#: Counters by stats key, then by field name: ``{"mod.fn": {"calls": 3, "lat.42": 1}}``.
+Counters = dict[str, dict[str, int]]
+
+
+class SharedStats(ABC):
+    """Counters and alert states that every process adds to and reads, kept by a backend.
+
+    The monitoring package talks to a shared store only through this interface, so a new
+    deployment (TLS, Sentinel, Cluster) is a backend's concern, never the recorder's.
+    Minutes are whole UTC minutes (``unix time // 60``).
+    """
+
+    name: str
+    """Where the numbers come from, as ``stats()`` reports it (``"redis"``)."""
+
+    @abstractmethod
+    def add(self, minutes: Mapping[int, Counters]) -> None:
+        """Add per-minute counters (and the same to the running totals), all or nothing."""
+
+    @abstractmethod
+    def totals(self) -> Counters:
+        """Every process's counters since the store was first used."""
+
+    @abstractmethod
+    def window(self, first_minute: int, last_minute: int) -> Counters:
+        """Every process's counters of the minutes ``first_minute..last_minute``, summed."""
+
+    @abstractmethod
+    def reachable(self) -> bool:
+        """Whether the store answers now (for ``/healthz``); never raises."""
+
+    @abstractmethod
+    def firing_alerts(self) -> set[str]:
+        """The alerts some process reported as firing and nobody has resolved yet."""
+
+    @abstractmethod
+    def start_alert(self, name: str) -> bool:
+        """Mark ``name`` firing; ``True`` only for the one process that changed it."""
+
+    @abstractmethod
+    def end_alert(self, name: str) -> bool:
+        """Mark ``name`` resolved; ``True`` only for the one process that changed it."""
+
+
+class SharesStats(ABC):
+    """A backend whose processes can share their stats: the monitoring package asks it for them."""
+
+    @abstractmethod
+    def shared_stats(self) -> SharedStats:
+        """The store every process using this backend adds its counters to."""
+
+
+class ReportsOutages(ABC):
+    """A backend that can lose its shared store, and so serves some calls by its outage policy."""
+
+    @abstractmethod
+    def outage_report(self) -> dict[str, object]:
+        """For ``stats()``: the store (password masked), whether it is reachable now, how many
+        outages began, and how many calls this process served under ``on_backend_error``."""
