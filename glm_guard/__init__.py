@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._alerts import Alert, on_alert
 from ._cache import cached_response
+from ._call_context import is_degraded
 from ._classify import Classifier, ErrorInfo
 from ._config import Settings, get_settings, is_testing, reload_settings, set_testing
 from ._errors import (
@@ -24,7 +24,11 @@ from ._errors import (
     GLMRateLimitException,
     RateLimitTimeout,
 )
-from ._events import (
+from ._fallback import fallback
+from ._rate_limit import rate_limited
+from ._retry import retry_on_1302
+from .monitoring import (
+    Alert,
     AttemptEvent,
     CacheEvent,
     CallEvent,
@@ -32,13 +36,12 @@ from ._events import (
     GuardEvent,
     RetryEvent,
     WaitEvent,
+    configure_stats,
+    on_alert,
+    rate_limit_stats,
+    stats,
     subscribe,
 )
-from ._fallback import fallback
-from ._marks import is_degraded
-from ._rate_limit import rate_limited
-from ._retry import retry_on_1302
-from ._stats import configure_stats, rate_limit_stats, stats
 
 if TYPE_CHECKING:
     from ._client import AsyncLLMClient, GLMAPIError, GLMStreamError, LLMClient, get_llm_client

@@ -350,7 +350,7 @@ def render_table(cfg: DemoConfig, results: Sequence[RunResult]) -> str:
 
 def monitor_figures() -> dict[str, Any]:
     """What ``glm_guard.stats()`` (the monitor's numbers) recorded for the guarded run."""
-    from ._stats import stats
+    from .monitoring import stats
 
     return dict(stats()["total"])
 

@@ -8,10 +8,9 @@ import logging
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, cast
 
-from . import _probe
-from ._classify import DEFAULT_CLASSIFIER
+from ._call_context import begin_call, mark_degraded
 from ._errors import ConfigurationError, GLMRateLimitException
-from ._marks import begin_call, mark_degraded
+from ._stack import Stack, entry, join
 from ._wrapping import default_key, kind_of, unwrap_descriptor
 
 __all__ = ["fallback"]
@@ -24,13 +23,10 @@ logger = logging.getLogger("glm_guard")
 ErrorFilter = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 
 
-def _is_rate_limit(error: BaseException) -> bool:
-    return isinstance(error, GLMRateLimitException) or DEFAULT_CLASSIFIER.classify(error).is_rate_limit
-
-
-def _matcher(on: ErrorFilter | None) -> Callable[[BaseException], bool]:
+def _matcher(on: ErrorFilter | None) -> Callable[[BaseException], bool] | None:
+    """The filter ``on`` describes; ``None`` for the default, rate limits as the stack sees them."""
     if on is None:
-        return _is_rate_limit
+        return None
     if isinstance(on, type) and issubclass(on, BaseException):
         return lambda error: isinstance(error, on)
     if isinstance(on, tuple) and on and all(isinstance(t, type) and issubclass(t, BaseException) for t in on):
@@ -49,7 +45,7 @@ def fallback(value_or_callable: Any, *, on: ErrorFilter | None = None) -> Callab
     recognises; other errors propagate untouched.  The answer is marked degraded, so
     ``cached_response`` never stores it, and its type is unchanged.
     """
-    matches = _matcher(on)
+    chosen = _matcher(on)
     replacement: Callable[..., Any] | None = value_or_callable if callable(value_or_callable) else None
 
     def decorate(target: Callable[P, R]) -> Callable[P, R]:
@@ -60,7 +56,8 @@ def fallback(value_or_callable: Any, *, on: ErrorFilter | None = None) -> Callab
             raise ConfigurationError("fallback", f"cannot wrap the generator function {name}")
         if kind == "sync" and replacement is not None and kind_of(replacement) == "async":
             raise ConfigurationError("value_or_callable", f"is async but {name} is sync; give a sync fallback")
-        inner, label = _probe.attach(fn, fallback=True)
+        inner, stack = join(fn, fallback=True)
+        matches = chosen or _rate_limits_of(stack)
 
         if kind == "async":
 
@@ -73,17 +70,17 @@ def fallback(value_or_callable: Any, *, on: ErrorFilter | None = None) -> Callab
                     if not matches(error):
                         raise
                     logger.warning("glm_guard: %s failed with %s; serving its fallback", name, type(error).__name__)
-                    _probe.fell_back(label, error)
+                    stack.fell_back(error)
                     if replacement is None:
                         answer = value_or_callable
                     else:
                         answer = replacement(*args, **kwargs)
                         if inspect.isawaitable(answer):
                             answer = await answer
-                    mark_degraded(answer, remember=True)
+                    mark_degraded()
                     return answer
 
-            return cast(Callable[P, R], rewrap(_probe.entry(async_wrapper, label)))
+            return cast(Callable[P, R], rewrap(entry(async_wrapper, stack)))
 
         @functools.wraps(fn)
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -94,11 +91,18 @@ def fallback(value_or_callable: Any, *, on: ErrorFilter | None = None) -> Callab
                 if not matches(error):
                     raise
                 logger.warning("glm_guard: %s failed with %s; serving its fallback", name, type(error).__name__)
-                _probe.fell_back(label, error)
+                stack.fell_back(error)
                 answer = value_or_callable if replacement is None else replacement(*args, **kwargs)
-                mark_degraded(answer, remember=True)
+                mark_degraded()
                 return answer
 
-        return cast(Callable[P, R], rewrap(_probe.entry(sync_wrapper, label)))
+        return cast(Callable[P, R], rewrap(entry(sync_wrapper, stack)))
 
     return decorate
+
+
+def _rate_limits_of(stack: Stack) -> Callable[[BaseException], bool]:
+    def is_rate_limit(error: BaseException) -> bool:
+        return isinstance(error, GLMRateLimitException) or stack.verdict(error).is_rate_limit
+
+    return is_rate_limit

@@ -16,12 +16,12 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
-from . import _probe, _validate
-from ._classify import DEFAULT_CLASSIFIER, DEFAULT_PERMANENT_CODES, DEFAULT_RETRYABLE_CODES, Classifier, ErrorInfo
-from ._config import TESTING
+from . import _validate
+from ._call_context import RETRYING, Retrying
+from ._classify import DEFAULT_PERMANENT_CODES, DEFAULT_RETRYABLE_CODES, Classifier, ErrorInfo
 from ._errors import ConfigurationError, GLMRateLimitException
-from ._marks import RETRYING, Retrying
 from ._sdk import sdk_retry_warning
+from ._stack import Stack, entry, join
 from ._wrapping import default_key, kind_of, unwrap_descriptor
 
 __all__ = ["retry_on_1302"]
@@ -51,11 +51,6 @@ class _RetryPolicy:
     max_delay: float
     jitter: bool
     retry_on_result: bool
-    classifier: Classifier
-
-    def attempts(self) -> int:
-        cap = TESTING.attempts
-        return self.max_tries if cap is None else min(cap, self.max_tries)
 
     def delay_or_raise(
         self,
@@ -65,6 +60,7 @@ class _RetryPolicy:
         started: float,
         schedule: Generator[float, Any, None] | None,
         error: BaseException | None,
+        stack: Stack,
     ) -> tuple[float, Generator[float, Any, None] | None]:
         """The sleep before the next attempt, or raise :class:`GLMRateLimitException`."""
         if attempt >= attempts:
@@ -77,8 +73,7 @@ class _RetryPolicy:
             delay = next(schedule)
             if self.jitter:
                 delay = _full_jitter(delay)
-        if TESTING.active:
-            delay = 0.0
+        delay = stack.backoff(delay)
         if self.max_time is not None and _clock() - started + delay > self.max_time:
             raise self.give_up(attempt, info, f"the next wait would pass max_time={self.max_time:g}s", error)
         logger.info(
@@ -181,18 +176,18 @@ def retry_on_1302(
     cap = cast(float, _validate.seconds("max_delay", max_delay))
     if cap < base:
         raise ConfigurationError("max_delay", f"must be >= base_delay ({base:g}), got {max_delay!r}")
-    classifier = Classifier(
-        _codes("retry_codes", retry_codes, DEFAULT_RETRYABLE_CODES),
-        _codes("permanent_codes", permanent_codes, DEFAULT_PERMANENT_CODES),
-    )
-    if retry_codes is None and permanent_codes is None:
-        classifier = DEFAULT_CLASSIFIER
+    classifier = None  # the stack keeps the default one
+    if retry_codes is not None or permanent_codes is not None:
+        classifier = Classifier(
+            _codes("retry_codes", retry_codes, DEFAULT_RETRYABLE_CODES),
+            _codes("permanent_codes", permanent_codes, DEFAULT_PERMANENT_CODES),
+        )
 
     def decorate(target: Callable[P, R]) -> Callable[P, R]:
         fn, rewrap = unwrap_descriptor(target)
-        policy = _RetryPolicy(default_key(fn), tries, deadline, base, cap, jitter, retry_on_result, classifier)
-        inner, label = _probe.attach(fn)
-        return cast(Callable[P, R], rewrap(_probe.entry(_wrap(inner, policy, label), label)))
+        policy = _RetryPolicy(default_key(fn), tries, deadline, base, cap, jitter, retry_on_result)
+        inner, stack = join(fn, classifier=classifier)
+        return cast(Callable[P, R], rewrap(entry(_wrap(inner, policy, stack), stack)))
 
     return decorate
 
@@ -200,19 +195,19 @@ def retry_on_1302(
 class _Run:
     """The state of one retried call: which attempt, since when, the backoff schedule."""
 
-    __slots__ = ("attempt", "attempts", "label", "policy", "schedule", "started")
+    __slots__ = ("attempt", "attempts", "policy", "schedule", "stack", "started")
 
-    def __init__(self, policy: _RetryPolicy, label: _probe.Label, started: float | None = None) -> None:
+    def __init__(self, policy: _RetryPolicy, stack: Stack, started: float | None = None) -> None:
         self.policy = policy
-        self.label = label
-        self.attempts = policy.attempts()
+        self.stack = stack
+        self.attempts = stack.attempts_allowed(policy.max_tries)
         self.started = _clock() if started is None else started
         self.schedule: Generator[float, Any, None] | None = None
         self.attempt = 1
 
     def after_error(self, error: BaseException) -> float | None:
         """The sleep before the next attempt; ``None`` when ``error`` must propagate as is."""
-        info = self.policy.classifier.classify(error)
+        info = self.stack.verdict(error)
         if not info.is_rate_limit:
             return None
         return self._next(info, error)
@@ -221,7 +216,7 @@ class _Run:
         """The sleep before the next attempt; ``None`` when ``result`` is the answer."""
         if not self.policy.retry_on_result:
             return None
-        info = self.policy.classifier.classify_result(result)
+        info = self.stack.classifier.classify_result(result)
         if not info.is_rate_limit:
             return None
         return self._next(info, None)
@@ -229,17 +224,17 @@ class _Run:
     def _next(self, info: ErrorInfo, error: BaseException | None) -> float:
         try:
             delay, self.schedule = self.policy.delay_or_raise(
-                self.attempt, self.attempts, info, self.started, self.schedule, error
+                self.attempt, self.attempts, info, self.started, self.schedule, error, self.stack
             )
         except GLMRateLimitException:
-            _probe.retried(self.label, self.attempt, None, info.code)
+            self.stack.retrying(self.attempt, None, info)
             raise
-        _probe.retried(self.label, self.attempt, delay, info.code)
+        self.stack.retrying(self.attempt, delay, info)
         self.attempt += 1
         return delay
 
 
-def _wrap(fn: Callable[..., Any], policy: _RetryPolicy, label: _probe.Label) -> Callable[..., Any]:
+def _wrap(fn: Callable[..., Any], policy: _RetryPolicy, stack: Stack) -> Callable[..., Any]:
     kind = kind_of(fn)
     retry_on_result = policy.retry_on_result
 
@@ -260,7 +255,7 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy, label: _probe.Label) -> 
                         result = await fn(*args, **kwargs)
                     except Exception as error:
                         if run is None:
-                            run = _Run(policy, label, started)
+                            run = _Run(policy, stack, started)
                         delay = run.after_error(error)
                         if delay is None:
                             raise
@@ -269,7 +264,7 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy, label: _probe.Label) -> 
                         if not retry_on_result:
                             return result
                         if run is None:
-                            run = _Run(policy, label, started)
+                            run = _Run(policy, stack, started)
                         delay = run.after_result(result)
                         if delay is None:
                             return result
@@ -298,7 +293,7 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy, label: _probe.Label) -> 
                         result = fn(*args, **kwargs)
                     except Exception as error:
                         if run is None:
-                            run = _Run(policy, label, started)
+                            run = _Run(policy, stack, started)
                         delay = run.after_error(error)
                         if delay is None:
                             raise
@@ -307,7 +302,7 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy, label: _probe.Label) -> 
                         if not retry_on_result:
                             return result
                         if run is None:
-                            run = _Run(policy, label, started)
+                            run = _Run(policy, stack, started)
                         delay = run.after_result(result)
                         if delay is None:
                             return result
@@ -324,7 +319,7 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy, label: _probe.Label) -> 
         @functools.wraps(fn)
         def generator_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
             # Retried only until the first item: a retry after that would repeat output.
-            run = _Run(policy, label)
+            run = _Run(policy, stack)
             while True:
                 stream = fn(*args, **kwargs)
                 try:
@@ -346,7 +341,7 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy, label: _probe.Label) -> 
 
     @functools.wraps(fn)
     async def async_generator_wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        run = _Run(policy, label)
+        run = _Run(policy, stack)
         while True:
             stream = fn(*args, **kwargs)
             try:

@@ -484,7 +484,6 @@ def test_an_answer_stored_by_another_process_just_before_the_claim_is_used() -> 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_can_use_a_cache_whose_lock_another_thread_held() -> None:
     store = LocalCacheStore(ttl=60, maxsize=8)
-    read = store.reader()
     store.set("a", "A")
     store._lock.acquire()  # as if another thread were inside the cache at the moment of fork()
     try:
@@ -492,7 +491,7 @@ def test_a_forked_child_can_use_a_cache_whose_lock_another_thread_held() -> None
         if pid == 0:
             signal.alarm(5)  # a deadlock ends the child instead of hanging the test run
             store.set("b", "B")
-            os._exit(0 if read("a") == "A" and store.get("b") == (True, "B") else 1)
+            os._exit(0 if store.get("a") == (True, "A") and store.get("b") == (True, "B") else 1)
     finally:
         store._lock.release()
     _, status = os.waitpid(pid, 0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -18,14 +17,14 @@ from glm_guard import (
     GuardEvent,
     RetryEvent,
     WaitEvent,
-    _stats,
     cached_response,
     fallback,
     rate_limited,
     retry_on_1302,
 )
-from glm_guard._events import HUB, set_recording
 from glm_guard.backends._local import LocalBackend
+from glm_guard.monitoring._events import HUB
+from glm_guard.monitoring._recorder import RECORDER
 from glm_guard.monitoring import LoggingSubscriber
 
 from .helpers import SEED_1302, ErrorWithText
@@ -35,13 +34,13 @@ PROMPT = "请解释量子纠缠"  # must never reach an event, a log line or a m
 
 @pytest.fixture(autouse=True)
 def fresh_stats(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    _stats.RECORDER.stop(join=True)
-    monkeypatch.setattr(_stats.RECORDER, "start", lambda: None)
-    _stats.RECORDER.reset()
-    set_recording(True)
+    RECORDER.stop(join=True)
+    monkeypatch.setattr(RECORDER, "start", lambda: None)
+    RECORDER.reset()
+    RECORDER.set_recording(True)
     yield
-    _stats.RECORDER.reset()
-    set_recording(True)
+    RECORDER.reset()
+    RECORDER.set_recording(True)
 
 
 @pytest.fixture
@@ -132,10 +131,10 @@ def test_events_flow_with_stats_off_and_stop_after_unsubscribe(local_backend: Lo
     assert not HUB.active
     seen: list[GuardEvent] = []
     unsubscribe = glm_guard.subscribe(seen.append)
-    assert HUB.active and not HUB.recording
+    assert HUB.active and not RECORDER.recording
     call()
     assert [type(e) for e in seen] == [WaitEvent, AttemptEvent, CallEvent]
-    assert len(HUB.buffer) == 0  # nothing recorded while stats are off
+    assert len(RECORDER.buffer) == 0  # nothing recorded while stats are off
     unsubscribe()
     unsubscribe()  # twice is harmless
     call()
@@ -162,11 +161,12 @@ def test_a_failing_subscriber_never_breaks_the_call(
     assert len([r for r in caplog.records if "subscriber" in r.getMessage()]) == 1  # logged once
 
 
-def test_events_are_frozen_slotted_records() -> None:
+def test_events_are_immutable_records() -> None:
     event = CallEvent("k", 0.1, "success", None, 0.0)
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         event.key = "other"  # type: ignore[misc]
     assert not hasattr(event, "__dict__")
+    assert event._replace(key="other").key == "other" and event.key == "k"
     with pytest.raises(TypeError):
         glm_guard.subscribe("not callable")  # type: ignore[arg-type]
 

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 import glm_guard
-from glm_guard import _stats, rate_limited, retry_on_1302
-from glm_guard._events import set_recording
+from glm_guard import rate_limited, retry_on_1302
+from glm_guard.monitoring._recorder import RECORDER
 from glm_guard.backends._local import LocalBackend
 from glm_guard.backends._redis import RedisBackend
 from glm_guard.monitoring import Monitor, create_app
@@ -34,14 +34,14 @@ BAD_WINDOWS = ["-1", "abc", "0", "1441", "1.5", "", "60&window_minutes=5", "%2B5
 
 @pytest.fixture(autouse=True)
 def fresh_stats(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    _stats.RECORDER.stop(join=True)
-    monkeypatch.setattr(_stats.RECORDER, "start", lambda: None)
-    _stats.RECORDER.set_sink(None)
-    _stats.RECORDER.reset()
-    set_recording(True)
+    RECORDER.stop(join=True)
+    monkeypatch.setattr(RECORDER, "start", lambda: None)
+    RECORDER.set_sink(None)
+    RECORDER.reset()
+    RECORDER.set_recording(True)
     yield
-    _stats.RECORDER.set_sink(None)
-    _stats.RECORDER.reset()
+    RECORDER.set_sink(None)
+    RECORDER.reset()
 
 
 @pytest.fixture
@@ -220,15 +220,15 @@ async def test_the_asgi_app_mounted_under_a_prefix(traffic: None) -> None:
 def test_healthz_reports_redis_reachable_or_not_redis(redis_url: str) -> None:
     live = RedisBackend(redis_url)
     dead = RedisBackend(f"redis://:{REDIS_PASSWORD}@127.0.0.1:1/0", socket_timeout=0.2)
-    up = Monitor(source=_stats.RedisSource(live)).handle("GET", "/healthz")
-    down = Monitor(source=_stats.RedisSource(dead)).handle("GET", "/healthz")
+    up = Monitor(source=live.shared_stats()).handle("GET", "/healthz")
+    down = Monitor(source=dead.shared_stats()).handle("GET", "/healthz")
     assert up.status == 200 and json.loads(up.body)["backend_reachable"] is True
     assert down.status == 503 and json.loads(down.body) == {
         "status": "unavailable",
         "source": "redis",
         "backend_reachable": False,
     }
-    stats = Monitor(source=_stats.RedisSource(dead)).handle("GET", "/api/v1/monitoring/stats")
+    stats = Monitor(source=dead.shared_stats()).handle("GET", "/api/v1/monitoring/stats")
     assert stats.status == 200 and json.loads(stats.body)["source"] == "process"  # this process, flagged
     for response in (up, down, stats):
         assert REDIS_PASSWORD.encode() not in response.body
@@ -252,9 +252,9 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
 
 def seed_redis(redis_url: str) -> None:
     backend = RedisBackend(redis_url)
-    minute = int(_stats.RECORDER.clock() // 60)
+    minute = int(RECORDER.clock() // 60)
     fields = {"calls": 10, "successes": 9, "failures": 1, "attempts": 12, "err.rate_limit.1302": 2, "retries": 2}
-    _stats.RedisSource(backend).write({minute: {"glm-4": fields}})
+    backend.shared_stats().add({minute: {"glm-4": fields}})
     backend.close()
 
 

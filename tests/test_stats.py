@@ -25,18 +25,15 @@ from glm_guard import (
     ConfigurationError,
     RateLimitTimeout,
     Settings,
-    _alerts,
-    _histogram,
-    _stats,
     cached_response,
     fallback,
     rate_limited,
     retry_on_1302,
 )
-from glm_guard._events import HUB, set_recording
-from glm_guard._probe import Label
 from glm_guard.backends._local import LocalBackend
 from glm_guard.backends._redis import RedisBackend
+from glm_guard.monitoring import _alerts, _counters, _events, _histogram, _recorder, _views
+from glm_guard.monitoring._events import HUB, CallEvent
 from glm_guard.testing import run_simulator
 
 from .conftest import REDIS_PASSWORD
@@ -55,25 +52,27 @@ class Clock:
 
 
 @pytest.fixture(autouse=True)
-def fresh_stats(monkeypatch: pytest.MonkeyPatch) -> Iterator[_stats.Recorder]:
+def fresh_stats(monkeypatch: pytest.MonkeyPatch) -> Iterator[_recorder.Recorder]:
     """The process recorder, emptied, with its thread stopped so every fold happens in the test."""
-    recorder = _stats.RECORDER
+    recorder = _recorder.RECORDER
     recorder.stop(join=True)
     monkeypatch.setattr(recorder, "start", lambda: None)
     recorder.set_sink(None)
     recorder.reset()
-    set_recording(True)
-    monkeypatch.setattr(_alerts.MONITOR, "_local", _alerts._LocalState())
+    recorder.set_recording(True)
+    monkeypatch.setattr(_alerts.MONITOR, "_local", _alerts._ProcessState())
     yield recorder
     recorder.set_sink(None)
     recorder.reset()
-    set_recording(True)
+    recorder.set_recording(True)
 
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """One fake wall clock for the events' time stamps and the recorder's idea of now."""
     fake = Clock()
-    monkeypatch.setattr(_stats.RECORDER, "clock", fake)
+    monkeypatch.setattr(_recorder.RECORDER, "clock", fake)
+    monkeypatch.setattr(_events, "wall_clock", fake)
     return fake
 
 
@@ -334,11 +333,11 @@ def test_stats_can_be_turned_off(monkeypatch: pytest.MonkeyPatch, local_backend:
     call()
     assert key_stats("switch")["calls"] == 1
 
-    monkeypatch.setattr(_stats, "_configured", False)
+    monkeypatch.setattr(_recorder, "_configured", False)
     monkeypatch.setenv("GLM_GUARD_STATS", "0")
     glm_guard.reload_settings()
     rate_limited(100, 1.0, backend=local_backend)(lambda: None)  # the first decoration reads it
-    assert HUB.recording is False
+    assert _recorder.RECORDER.recording is False
 
 
 def test_the_new_variables_are_parsed_and_named_in_errors() -> None:
@@ -379,7 +378,7 @@ def test_windows_are_whole_minutes_ending_now(clock: Clock, local_backend: Local
     def one(fail: bool) -> None:
         with pytest.raises(ErrorWithText) if fail else _nothing():
             call(fail)
-        _stats.RECORDER.drain()  # fold now, while the fake clock says when the call happened
+        _recorder.RECORDER.drain()  # fold now, while the fake clock says when the call happened
 
     clock.now = T0 + 59.5  # the last half second of minute 0
     one(True)
@@ -388,7 +387,7 @@ def test_windows_are_whole_minutes_ending_now(clock: Clock, local_backend: Local
     one(False)
     in_minute = glm_guard.rate_limit_stats(window_minutes=1)
     assert in_minute["keys"]["win"]["calls"] == 2 and in_minute["keys"]["win"]["errors_1302"] == 1
-    assert in_minute["from"] == _stats._iso(T0 + 60)
+    assert in_minute["from"] == _views._iso(T0 + 60)
     two = glm_guard.rate_limit_stats(window_minutes=2)["keys"]["win"]
     assert two["calls"] == 3 and two["errors_1302"] == 2
     assert two["errors_1302_per_hour"] == 60.0  # 2 in a 2-minute window
@@ -399,10 +398,10 @@ def test_windows_are_whole_minutes_ending_now(clock: Clock, local_backend: Local
     hour = glm_guard.rate_limit_stats()["keys"]["win"]
     assert hour["calls"] == 3 and hour["errors_1302_per_hour"] == 2.0
 
-    clock.now = T0 + 60 * (_stats.RETENTION_MINUTES + 5)
+    clock.now = T0 + 60 * (_counters.RETENTION_MINUTES + 5)
     one(False)  # folding now prunes the minutes past the retention
-    assert min(_stats.RECORDER.local.minutes) > T0 // 60 + 1
-    assert glm_guard.rate_limit_stats(window_minutes=_stats.RETENTION_MINUTES)["keys"]["win"]["calls"] == 1
+    assert min(_recorder.RECORDER.local.minutes) > T0 // 60 + 1
+    assert glm_guard.rate_limit_stats(window_minutes=_counters.RETENTION_MINUTES)["keys"]["win"]["calls"] == 1
     assert glm_guard.stats()["keys"]["win"]["calls"] == 4  # totals keep everything
 
 
@@ -414,7 +413,7 @@ class _nothing:
         return None
 
 
-@pytest.mark.parametrize("bad", [-1, 0, _stats.RETENTION_MINUTES + 1, 1.5, "60", True, None])
+@pytest.mark.parametrize("bad", [-1, 0, _counters.RETENTION_MINUTES + 1, 1.5, "60", True, None])
 def test_a_bad_window_names_the_parameter(bad: Any) -> None:
     with pytest.raises(ConfigurationError) as caught:
         glm_guard.rate_limit_stats(window_minutes=bad)
@@ -439,9 +438,8 @@ def test_histogram_percentiles_are_close_and_add_up() -> None:
 
 
 def test_fold_adds_stacks_that_share_a_key() -> None:
-    one, two = Label("shared"), Label("shared")  # two stacks, one rate_limited key
-    events = [(_stats.CALL, one.key, 10.0, 0.5, _stats.SUCCESS), (_stats.CALL, two.key, 20.0, 0.5, _stats.ERROR)]
-    batch = _stats.fold(events, 0)
+    events = [CallEvent("shared", 0.5, "success", None, 10.0), CallEvent("shared", 0.5, "error", "ValueError", 20.0)]
+    batch = _counters.fold(events, {})
     histogram = f"lat.{_histogram.bucket(0.5)}"
     assert batch == {0: {"shared": {"calls": 2, "successes": 1, "failures": 1, "lat_us": 1_000_000, histogram: 2}}}
 
@@ -486,7 +484,7 @@ def test_two_processes_aggregate_in_redis(redis_url: str) -> None:
 
     client = redis.Redis.from_url(redis_url)
     buckets = list(client.keys("glm_guard:stats:m:*"))
-    assert buckets and all(client.ttl(key) > _stats.RETENTION_MINUTES * 60 for key in buckets)
+    assert buckets and all(client.ttl(key) > _counters.RETENTION_MINUTES * 60 for key in buckets)
     assert client.ttl("glm_guard:stats:total") > 0
     client.close()
     assert REDIS_PASSWORD not in json.dumps(data)
@@ -500,7 +498,7 @@ def test_a_killed_process_loses_nothing_it_already_reported_redis(redis_url: str
         process.send_signal(signal.SIGKILL)  # no atexit, no final flush
         process.communicate(timeout=10)
     backend = RedisBackend(redis_url)
-    totals = _stats.RedisSource(backend).totals()
+    totals = backend.shared_stats().totals()
     backend.close()
     assert totals["mp-glm-4"]["calls"] == 12 and totals["mp-glm-4"]["attempts"] == 12
 
@@ -586,11 +584,11 @@ def test_success_rate_alert_needs_enough_calls(
 
 def test_one_process_reports_a_shared_crossing_redis(redis_url: str) -> None:
     backend = RedisBackend(redis_url)
-    _stats.RedisSource(backend).write({int(T0 // 60): {"shared-key": {"err.rate_limit.1302": 5, "attempts": 5}}})
+    backend.shared_stats().add({int(T0 // 60): {"shared-key": {"err.rate_limit.1302": 5, "attempts": 5}}})
     monitors = []
     for _ in range(2):  # two processes' recorders and monitors, one Redis
-        recorder = _stats.Recorder(clock=Clock(T0 + 1))
-        recorder.set_sink(backend)
+        recorder = _recorder.Recorder(clock=Clock(T0 + 1))
+        recorder.set_sink(backend.shared_stats())
         monitors.append(_alerts.AlertMonitor(recorder))
     reports = [monitor.check() for monitor in monitors]
     assert sorted(len(found) for found in reports) == [0, 1]

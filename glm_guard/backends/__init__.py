@@ -29,6 +29,7 @@ __all__ = [
     "Permit",
     "RedisBackend",
     "get_backend",
+    "live_backends",
     "reset_backends",
 ]
 
@@ -107,6 +108,14 @@ def _local_backend() -> LocalBackend:
     from ._local import LocalBackend
 
     return LocalBackend()
+
+
+def live_backends() -> list[Backend]:
+    """The backends this process has opened and not closed (for monitoring's reports)."""
+    import sys
+
+    module = sys.modules.get("glm_guard.backends._redis")  # TEMPORARY until the Redis package registers itself
+    return [] if module is None else list(module.LIVE_BACKENDS)
 
 
 def reset_backends() -> None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Protocol
 
 from .._errors import ConfigurationError
 
@@ -29,9 +29,6 @@ __all__ = [
     "SharedStats",
     "SharesStats",
 ]
-
-#: What :meth:`CacheStore.reader`'s function returns for a key that is not stored.
-MISSING: Final[object] = object()
 
 #: ``local``: limit in this process with its share of the limit; ``open``: call without
 #: limiting; ``closed``: raise :class:`~glm_guard.BackendError` at once.
@@ -92,17 +89,6 @@ class Limiter(ABC):
 
     key: str
 
-    #: Admission involves no I/O: :meth:`try_acquire`, :meth:`release` and :meth:`cooldown`
-    #: are plain calls that return at once, which async code may make without awaiting.
-    in_process: bool = False
-
-    def try_acquire(self, policy: LimitPolicy) -> bool:
-        """Admit one call now if ``policy`` allows it and nobody is queued; never waits."""
-        return False
-
-    def release(self) -> None:  # noqa: B027 - only in-process limiters release this way
-        """End an admission made by :meth:`try_acquire`."""
-
     @abstractmethod
     def acquire(self, policy: LimitPolicy, max_wait: float | None) -> Permit:
         """Block the thread until ``policy`` admits one more call, in arrival order."""
@@ -134,15 +120,6 @@ class CacheStore(ABC):
     @abstractmethod
     def set(self, key: str, value: object) -> None:
         """Store ``value`` under ``key`` for the store's TTL."""
-
-    def reader(self) -> Callable[[Any], object]:
-        """``get`` as one plain function returning :data:`MISSING` on a miss (for hot paths)."""
-
-        def read(key: Any) -> object:
-            hit, value = self.get(key)
-            return value if hit else MISSING
-
-        return read
 
     async def get_async(self, key: str) -> tuple[bool, object]:
         return self.get(key)

@@ -23,10 +23,9 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Hashable
-from typing import Any
 
 from .._errors import RateLimitTimeout
-from ._base import MISSING, AsyncPermit, Backend, CacheStore, Limiter, LimitPolicy, Permit
+from ._base import AsyncPermit, Backend, CacheStore, Limiter, LimitPolicy, Permit
 
 __all__ = ["LocalBackend", "LocalCacheStore", "LocalLimiter", "WindowState"]
 
@@ -149,17 +148,7 @@ class LocalLimiter(Limiter):
     def __repr__(self) -> str:
         return f"<LocalLimiter {self.key!r} in_flight={self.state.in_flight} waiting={len(self._waiters)}>"
 
-    # -- the fast path -------------------------------------------------------------------
-
-    in_process = True
-
-    def try_acquire(self, policy: LimitPolicy) -> bool:
-        lock = self._lock
-        lock.acquire()  # explicit: on the hot path a ``with`` block costs twice as much
-        try:
-            return self._try_now(policy)
-        finally:
-            lock.release()
+    # -- admission -------------------------------------------------------------------------
 
     def _try_now(self, policy: LimitPolicy) -> bool:
         """Admit at once if nobody is queued and the policy allows it (caller holds the lock)."""
@@ -189,14 +178,10 @@ class LocalLimiter(Limiter):
         return self._async_permit
 
     def release(self) -> None:
-        lock = self._lock
-        lock.acquire()
-        try:
+        with self._lock:
             self.state.release()
             if self._waiters:
                 self._dispatch(self._clock())
-        finally:
-            lock.release()
 
     def cooldown(self, seconds: float) -> None:
         with self._lock:
@@ -361,38 +346,15 @@ class LocalCacheStore(CacheStore):
         _LIVE_STORES.add(self)
 
     def get(self, key: Hashable) -> tuple[bool, object]:
-        lock = self._lock
-        lock.acquire()  # explicit: on the hot path a ``with`` block costs twice as much
-        try:
-            return True, self._data[key]
-        except KeyError:
-            return False, None
-        finally:
-            lock.release()
-
-    def reader(self) -> Callable[[Any], object]:
-        """``get`` as one plain function returning ``MISSING`` on a miss: the hit path's only call."""
-        data = self._data
-
-        def read(key: Any) -> object:
-            lock = self._lock  # looked up each time: a forked child gets a fresh one
-            lock.acquire()
+        with self._lock:
             try:
-                return data[key]
+                return True, self._data[key]
             except KeyError:
-                return MISSING
-            finally:
-                lock.release()
-
-        return read
+                return False, None
 
     def set(self, key: Hashable, value: object) -> None:
-        lock = self._lock
-        lock.acquire()
-        try:
+        with self._lock:
             self._data[key] = value
-        finally:
-            lock.release()
 
     def __len__(self) -> int:
         with self._lock:

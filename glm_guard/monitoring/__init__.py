@@ -1,4 +1,9 @@
-"""Monitoring for glm_guard: HTTP endpoints, Prometheus, and event subscribers.
+"""Monitoring for glm_guard: events, the stats recorder, the numbers, alerts, and exporters.
+
+Everything a guard reports is a typed event (:func:`subscribe` to see them); the built-in
+recorder is a subscriber that counts them per key and per minute, in this process or, with
+a backend that shares stats (Redis), for the whole fleet.  :func:`stats` and
+:func:`rate_limit_stats` read those counters; alerts fire on the seed's thresholds.
 
 ``app`` is a plain ASGI application (no framework needed) serving::
 
@@ -15,23 +20,50 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ._alerts import on_alert
 from ._app import DEFAULT_PREFIX, Monitor, Response, create_app
+from ._events import (
+    Alert,
+    AttemptEvent,
+    CacheEvent,
+    CallEvent,
+    FallbackEvent,
+    GuardEvent,
+    RetryEvent,
+    WaitEvent,
+    subscribe,
+)
 from ._logging import LoggingSubscriber
+from ._recorder import configure_stats
+from ._views import rate_limit_stats, stats
 
 if TYPE_CHECKING:
     from ._prometheus import PrometheusSubscriber
 
+    app: Monitor
+
 __all__ = [
     "DEFAULT_PREFIX",
+    "Alert",
+    "AttemptEvent",
+    "CacheEvent",
+    "CallEvent",
+    "FallbackEvent",
+    "GuardEvent",
     "LoggingSubscriber",
     "Monitor",
     "PrometheusSubscriber",
     "Response",
+    "RetryEvent",
+    "WaitEvent",
     "app",
+    "configure_stats",
     "create_app",
+    "on_alert",
+    "rate_limit_stats",
+    "stats",
+    "subscribe",
 ]
-
-app = create_app()
 
 
 def __getattr__(name: str) -> object:
@@ -39,4 +71,7 @@ def __getattr__(name: str) -> object:
         from ._prometheus import PrometheusSubscriber
 
         return PrometheusSubscriber
+    if name == "app":
+        value = globals()["app"] = create_app()
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,9 +14,12 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .. import _stats
 from .._config import get_settings
 from .._errors import ConfigurationError
+from ..backends._base import SharedStats
+from . import _views
+from ._counters import RETENTION_MINUTES
+from ._recorder import RECORDER, CounterSource
 
 __all__ = ["DEFAULT_PREFIX", "Monitor", "Response", "create_app"]
 
@@ -51,13 +54,13 @@ class Monitor:
 
     ``source`` is where the numbers come from: ``None`` for what ``glm_guard.stats()`` reads
     (Redis when this process shares its stats there, else this process), or a stats source
-    such as ``RedisSource``.  ``token`` (default ``GLM_GUARD_MONITOR_TOKEN``, read on each
+    such as a backend's ``shared_stats()``.  ``token`` (default ``GLM_GUARD_MONITOR_TOKEN``, read on each
     request) makes every endpoint but ``/healthz`` require ``Authorization: Bearer <token>``.
     ``prefix`` is where the two JSON endpoints live; ``/metrics`` and ``/healthz`` sit at the root.
     """
 
     def __init__(
-        self, *, source: _stats.Source | None = None, token: str | None = None, prefix: str = DEFAULT_PREFIX
+        self, *, source: CounterSource | None = None, token: str | None = None, prefix: str = DEFAULT_PREFIX
     ) -> None:
         if not isinstance(prefix, str) or (prefix and not prefix.startswith("/")):
             raise ConfigurationError("prefix", f"must be empty or start with '/', got {prefix!r}")
@@ -97,35 +100,32 @@ class Monitor:
         return hmac.compare_digest(given.strip().encode(), expected.encode())
 
     def _stats(self, query: dict[str, list[str]]) -> Response:
-        recorder = _stats.RECORDER
-        return _json(200, _stats.render_totals(*_stats.read_totals(recorder, self.source), recorder.clock()))
+        return _json(200, _views.render_totals(*_views.read_totals(RECORDER, self.source), RECORDER.clock()))
 
     def _window(self, query: dict[str, list[str]]) -> Response:
         values = query.get("window_minutes", ["60"])
-        limit = _stats.RETENTION_MINUTES
+        limit = RETENTION_MINUTES
         problem = f"window_minutes must be a whole number of minutes from 1 to {limit} (the minutes kept)"
         if len(values) != 1 or not _DIGITS.fullmatch(values[0]):
             return _error(400, problem)
         minutes = int(values[0])
         if not 1 <= minutes <= limit:
             return _error(400, problem)
-        recorder = _stats.RECORDER
-        name, per_key, error = _stats.read_window(recorder, minutes, self.source)
-        return _json(200, _stats.render_window(name, per_key, error, recorder.clock(), minutes))
+        name, per_key, error = _views.read_window(RECORDER, minutes, self.source)
+        return _json(200, _views.render_window(name, per_key, error, RECORDER.clock(), minutes))
 
     def _metrics(self, query: dict[str, list[str]]) -> Response:
         try:
             from ._prometheus import CONTENT_TYPE, render
         except ImportError:
             return _error(501, "GET /metrics needs prometheus_client: pip install 'glm-guard[prometheus]'")
-        recorder = _stats.RECORDER
-        _, totals, _ = _stats.read_totals(recorder, self.source)
-        _, hour, _ = _stats.read_window(recorder, 60, self.source)
+        _, totals, _ = _views.read_totals(RECORDER, self.source)
+        _, hour, _ = _views.read_window(RECORDER, 60, self.source)
         return Response(200, render(totals, hour), CONTENT_TYPE)
 
     def _health(self, query: dict[str, list[str]]) -> Response:
-        source = self.source or _stats.RECORDER.source()
-        reachable = source.reachable() if isinstance(source, _stats.RedisSource) else True
+        source = self.source or RECORDER.source()
+        reachable = source.reachable() if isinstance(source, SharedStats) else True
         body = {"status": "ok" if reachable else "unavailable", "source": source.name, "backend_reachable": reachable}
         return _json(200 if reachable else 503, body)
 
@@ -172,7 +172,7 @@ async def _in_thread(call: Callable[[], Response]) -> Response:
 
 
 def create_app(
-    *, source: _stats.Source | None = None, token: str | None = None, prefix: str = DEFAULT_PREFIX
+    *, source: CounterSource | None = None, token: str | None = None, prefix: str = DEFAULT_PREFIX
 ) -> Monitor:
     """A monitoring app; see :class:`Monitor` for the arguments."""
     return Monitor(source=source, token=token, prefix=prefix)

@@ -19,25 +19,28 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .. import _stats
 from .._config import get_settings
 from .._errors import GLMGuardError
+from ..backends._base import SharedStats, SharesStats
+from . import _views
 from ._app import DEFAULT_PREFIX, Monitor
+from ._recorder import RECORDER
 
 __all__ = ["main_monitor", "main_stats", "serve"]
 
 logger = logging.getLogger("glm_guard.monitoring")
 
 
-def shared_source() -> _stats.RedisSource | None:
-    """The Redis the workers share their stats through, from the environment; ``None`` if none."""
+def shared_source() -> SharedStats | None:
+    """The store the workers share their stats through, from the environment; ``None`` if none."""
     settings = get_settings()
     spec = settings.backend if settings.backend.lower() != "local" else settings.redis_url
     if spec is None:
         return None
     from ..backends import get_backend
 
-    return _stats.RedisSource(get_backend(spec, parameter="REDIS_URL"))
+    backend = get_backend(spec, parameter="REDIS_URL")
+    return backend.shared_stats() if isinstance(backend, SharesStats) else None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -188,13 +191,13 @@ def main_stats(argv: list[str]) -> int:
     options = parser.parse_args(argv)
     try:
         source = shared_source()
-        recorder = _stats.RECORDER
+        recorder = RECORDER
         if options.window_minutes is None:
-            data = _stats.render_totals(*_stats.read_totals(recorder, source), recorder.clock())
+            data = _views.render_totals(*_views.read_totals(recorder, source), recorder.clock())
         else:
-            minutes = _stats.check_window(options.window_minutes)
-            name, per_key, error = _stats.read_window(recorder, minutes, source)
-            data = _stats.render_window(name, per_key, error, recorder.clock(), minutes)
+            minutes = _views.check_window(options.window_minutes)
+            name, per_key, error = _views.read_window(recorder, minutes, source)
+            data = _views.render_window(name, per_key, error, recorder.clock(), minutes)
     except GLMGuardError as error:
         print(f"glm-guard stats: {error}", file=sys.stderr)
         return 2

@@ -7,11 +7,11 @@ Events hold keys, durations and codes only: no prompt text or argument ever reac
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 
-from .._events import (
+from ._events import (
+    Alert,
     AttemptEvent,
     CacheEvent,
     CallEvent,
@@ -31,6 +31,7 @@ _KINDS = {
     RetryEvent: "retry",
     CacheEvent: "cache",
     FallbackEvent: "fallback",
+    Alert: "alert",
 }
 
 
@@ -50,6 +51,8 @@ def _summary(event: GuardEvent) -> str:
         return f"attempt {event.attempt} failed (code {event.code}); retrying in {event.delay:.2f}s"
     if isinstance(event, CacheEvent):
         return "hit" if event.hit else "miss"
+    if isinstance(event, Alert):
+        return f"{event.alert} {'firing' if event.firing else 'resolved'} at {event.value:.4g}"
     return f"served a fallback after {event.error}" + (f" (code {event.code})" if event.code else "")
 
 
@@ -70,6 +73,6 @@ class LoggingSubscriber:
         if not self.logger.isEnabledFor(self.level):
             return
         kind = _KINDS[type(event)]
-        extra = {f"glm_guard_{field.name}": getattr(event, field.name) for field in dataclasses.fields(event)}
+        extra = {f"glm_guard_{name}": value for name, value in event._asdict().items()}
         extra["glm_guard_event"] = kind
         self.logger.log(self.level, "glm_guard %s %s: %s", kind, event.key, _summary(event), extra=extra)

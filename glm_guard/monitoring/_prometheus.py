@@ -27,8 +27,8 @@ from prometheus_client.core import (  # type: ignore[import-not-found, unused-ig
     Metric,
 )
 
-from .. import _histogram, _stats
-from .._events import AttemptEvent, CacheEvent, CallEvent, GuardEvent, RetryEvent, WaitEvent, subscribe
+from . import _histogram, _views
+from ._events import AttemptEvent, CacheEvent, CallEvent, GuardEvent, RetryEvent, WaitEvent, subscribe
 
 __all__ = ["CONTENT_TYPE", "PrometheusSubscriber", "render"]
 
@@ -108,7 +108,7 @@ class _Collector:
         yield from self._last_hour()
 
     def _last_hour(self) -> Iterator[Metric]:
-        blocks = {key: _stats.block(fields) for key, fields in self._hour.items()}
+        blocks = {key: _views.block(fields) for key, fields in self._hour.items()}
         errors_1302 = GaugeMetricFamily(
             "glm_guard_errors_1302_last_hour", "1302 errors in the last 60 minutes", labels=["key"]
         )
@@ -124,7 +124,7 @@ class _Collector:
             errors_1302.add_metric([key], data["errors_1302"])
             if data["success_rate"] is not None:
                 success.add_metric([key], data["success_rate"])
-        for breach in _stats.breaches(blocks, 60, _stats.thresholds()):
+        for breach in _views.breaches(blocks, 60, _views.thresholds()):
             firing.add_metric([breach["key"], breach["alert"]], 1)
         yield from (errors_1302, success, firing)
 

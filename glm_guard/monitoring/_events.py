@@ -1,24 +1,23 @@
-"""What each guard did, as typed events for users' subscribers, and the switchboard behind them.
+"""What the guards did, as typed events, and the one channel that carries them.
 
-Every decorator reports through :data:`HUB`: it appends a plain tuple to a buffer that the
-stats recorder folds in later (so the caller pays for an append, not for the arithmetic), and
-it builds a typed event only when somebody has subscribed.  One attribute read
-(``HUB.active``) decides whether there is anything to do at all.
+Every report a guard makes becomes one of the event types below, handed to each subscriber
+in turn; the stats recorder is a subscriber like any other.  With nobody subscribed (stats
+off, no listener) no event is built: one attribute read (``HUB.active``) decides.
 
-Events carry the stats key (``module.qualname`` or the ``rate_limited`` key), durations and
-error codes: never arguments, results or prompt text.
+Events are small named tuples: immutable, typed, and cheap enough to build on every call.
+They carry the stats key, durations and error codes: never arguments, results or prompt text.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import Literal, NamedTuple, TypeAlias
 
 __all__ = [
+    "Alert",
     "AttemptEvent",
     "CacheEvent",
     "CallEvent",
@@ -32,10 +31,10 @@ __all__ = [
 logger = logging.getLogger("glm_guard")
 
 ErrorKind: TypeAlias = Literal["rate_limit", "permanent", "guard_timeout", "other"]
+AlertKind: TypeAlias = Literal["errors_1302", "success_rate"]
 
 
-@dataclass(frozen=True, slots=True)
-class CallEvent:
+class CallEvent(NamedTuple):
     """A call finished as its caller saw it (the outermost guard of a stack reports it)."""
 
     key: str
@@ -47,8 +46,7 @@ class CallEvent:
     """Wall-clock time (``time.time()``) of the end of the call."""
 
 
-@dataclass(frozen=True, slots=True)
-class AttemptEvent:
+class AttemptEvent(NamedTuple):
     """One run of the user's function: what the provider answered, how long it took."""
 
     key: str
@@ -56,16 +54,15 @@ class AttemptEvent:
     error_kind: ErrorKind | None
     """``None`` for an answer; else the classifier's verdict on the error."""
     code: str | None
-    """The provider's error code (``"1302"``), when it named one."""
+    """The provider's error code (``"1302"``), or the HTTP status when it named none."""
     prompt_tokens: int | None
     completion_tokens: int | None
     total_tokens: int | None
     at: float
 
 
-@dataclass(frozen=True, slots=True)
-class WaitEvent:
-    """``rate_limited`` admitted a call (or gave up waiting) after ``seconds``."""
+class WaitEvent(NamedTuple):
+    """``rate_limited`` admitted a call after ``seconds``, or gave up waiting (``timed_out``)."""
 
     key: str
     seconds: float
@@ -73,8 +70,7 @@ class WaitEvent:
     at: float
 
 
-@dataclass(frozen=True, slots=True)
-class RetryEvent:
+class RetryEvent(NamedTuple):
     """``retry_on_1302`` scheduled another attempt, or gave up (``exhausted``)."""
 
     key: str
@@ -87,17 +83,15 @@ class RetryEvent:
     at: float
 
 
-@dataclass(frozen=True, slots=True)
-class CacheEvent:
-    """``cached_response`` answered from the cache (``hit``) or ran the function."""
+class CacheEvent(NamedTuple):
+    """``cached_response`` answered without running the body (``hit``), or ran it."""
 
     key: str
     hit: bool
     at: float
 
 
-@dataclass(frozen=True, slots=True)
-class FallbackEvent:
+class FallbackEvent(NamedTuple):
     """``fallback`` served its degraded answer instead of raising ``error``."""
 
     key: str
@@ -107,27 +101,38 @@ class FallbackEvent:
     at: float
 
 
-GuardEvent: TypeAlias = CallEvent | AttemptEvent | WaitEvent | RetryEvent | CacheEvent | FallbackEvent
+class Alert(NamedTuple):
+    """A threshold crossing (``firing=True``) or the recovery from one (``firing=False``)."""
+
+    alert: AlertKind
+    key: str
+    firing: bool
+    value: float
+    """1302s per hour, or the success rate, at the time of the check."""
+    threshold: float
+    window_minutes: int
+    at: float
+
+
+GuardEvent: TypeAlias = CallEvent | AttemptEvent | WaitEvent | RetryEvent | CacheEvent | FallbackEvent | Alert
 Subscriber: TypeAlias = Callable[[GuardEvent], object]
 
 
 class _Hub:
-    """Process-wide switches, read on every guarded call, so kept to plain attributes."""
+    """The subscribers, kept as a tuple that is replaced, never changed, so reading needs no lock."""
 
-    __slots__ = ("active", "buffer", "recording", "subscribers")
+    __slots__ = ("active", "subscribers")
 
     def __init__(self) -> None:
-        self.recording = True
         self.subscribers: tuple[Subscriber, ...] = ()
-        self.active = True
-        # deque.append and popleft are atomic: any thread appends, the recorder drains.
-        self.buffer: collections.deque[tuple[object, ...]] = collections.deque()
-
-    def refresh(self) -> None:
-        self.active = self.recording or bool(self.subscribers)
+        self.active = False
 
 
 HUB = _Hub()
+
+#: The wall clock that stamps every event (``at``); tests replace it to place calls in time.
+wall_clock = time.time
+
 _lock = threading.Lock()
 _failed: set[int] = set()
 
@@ -142,7 +147,7 @@ def subscribe(callback: Subscriber) -> Callable[[], None]:
         raise TypeError(f"subscribe() needs a callable, got {type(callback).__name__}")
     with _lock:
         HUB.subscribers = (*HUB.subscribers, callback)
-        HUB.refresh()
+        HUB.active = True
 
     def unsubscribe() -> None:
         with _lock:
@@ -150,12 +155,12 @@ def subscribe(callback: Subscriber) -> Callable[[], None]:
             if callback in remaining:
                 remaining.remove(callback)
             HUB.subscribers = tuple(remaining)
-            HUB.refresh()
+            HUB.active = bool(remaining)
 
     return unsubscribe
 
 
-def deliver(event: GuardEvent) -> None:
+def emit(event: GuardEvent) -> None:
     """Hand ``event`` to every subscriber; a failing subscriber never breaks the call."""
     for callback in HUB.subscribers:
         try:
@@ -164,9 +169,3 @@ def deliver(event: GuardEvent) -> None:
             if id(callback) not in _failed:
                 _failed.add(id(callback))
                 logger.warning("glm_guard: event subscriber %r raised; it stays subscribed", callback, exc_info=True)
-
-
-def set_recording(enabled: bool) -> None:
-    with _lock:
-        HUB.recording = enabled
-        HUB.refresh()

@@ -1,0 +1,413 @@
+"""Joins stacked guards into one stack, and turns what they did into reports.
+
+The decorators only decide; this is the one module that knows about monitoring and about
+``set_testing``.  Each guard gets a :class:`Stack` when it is applied, asks it what the
+test switches say, and tells it what happened (a wait, a retry, a cache hit, a fallback).
+
+A stack is settled at decoration time:
+
+- the **innermost** guard (the first applied, right on the user's function) runs it through
+  :func:`attempts`, which reports every run: outcome, duration, error code, tokens.  So each
+  1302 the provider sends is counted once, retried or not;
+- the **outermost** guard's wrapper is wrapped by :func:`entry`, which reports the call as
+  the caller saw it (an answer, a fallback, an error, and the time in all).  A guard applied
+  on top of an entry unwraps it and puts its own entry outside, so only the outermost entry
+  of a stack ever runs.
+
+An exception is classified once per attempt, by the stack's one classifier (the codes a
+``retry_on_1302`` in the stack names, else the defaults); the verdict travels with the
+exception, so the rate limiter's cooldown, the retry and the stats always agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from collections.abc import AsyncIterator, Callable, Generator
+from typing import Any, Final
+
+from ._call_context import DEGRADED, begin_call
+from ._classify import DEFAULT_CLASSIFIER, Classifier, ErrorInfo
+from ._config import TESTING
+from ._wrapping import default_key, kind_of
+from .monitoring import _events, _recorder
+from .monitoring._events import (
+    HUB,
+    AttemptEvent,
+    CacheEvent,
+    CallEvent,
+    FallbackEvent,
+    RetryEvent,
+    WaitEvent,
+    emit,
+)
+
+__all__ = ["Stack", "attempts", "entry", "join"]
+
+_ENTRY: Final = "_glm_guard_entry"
+_VERDICT: Final = "_glm_guard_verdict"
+_PLAIN: Final = frozenset({str, bytes, int, float, bool, type(None)})  # results that carry no usage
+
+clock = time.perf_counter
+
+
+class Stack:
+    """One stack of guards around one function: its stats key, its classifier, its reports."""
+
+    __slots__ = ("classifier", "has_fallback", "key")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.has_fallback = False
+        self.classifier: Classifier = DEFAULT_CLASSIFIER
+
+    # -- what a guard asks -------------------------------------------------------------------
+
+    @property
+    def limits_on(self) -> bool:
+        """``False`` while ``set_testing(True)``: admission, waits and cooldowns are off."""
+        return not TESTING.active
+
+    def attempts_allowed(self, max_tries: int) -> int:
+        cap = TESTING.attempts
+        return max_tries if cap is None else min(cap, max_tries)
+
+    def backoff(self, seconds: float) -> float:
+        """The sleep a retry should really make: none at all in testing mode."""
+        return 0.0 if TESTING.active else seconds
+
+    def verdict(self, error: BaseException) -> ErrorInfo:
+        """What ``error`` means, decided once per attempt and kept on the exception."""
+        found = getattr(error, _VERDICT, None)
+        if isinstance(found, tuple) and len(found) == 2 and found[0] is self.classifier:
+            info: ErrorInfo = found[1]
+            return info
+        info = self.classifier.classify(error)
+        with contextlib.suppress(Exception):  # an exception that refuses attributes is classified again
+            setattr(error, _VERDICT, (self.classifier, info))
+        return info
+
+    # -- what a guard reports ---------------------------------------------------------------
+
+    def waited(self, seconds: float, timed_out: bool) -> None:
+        """``rate_limited`` admitted a call after ``seconds``, or gave up (``timed_out``)."""
+        if HUB.active:
+            emit(WaitEvent(self.key, seconds, timed_out, _events.wall_clock()))
+
+    def retrying(self, attempt: int, delay: float | None, info: ErrorInfo) -> None:
+        """``retry_on_1302`` will try again after ``delay``; ``None``: it gave up."""
+        if HUB.active:
+            emit(RetryEvent(self.key, attempt, delay, info.code, delay is None, _events.wall_clock()))
+
+    def cache_answered(self, hit: bool) -> None:
+        """``cached_response`` answered without running the body (``hit``), or ran it."""
+        if HUB.active:
+            emit(CacheEvent(self.key, hit, _events.wall_clock()))
+
+    def fell_back(self, error: BaseException) -> None:
+        """``fallback`` served its answer instead of ``error``."""
+        if HUB.active:
+            emit(FallbackEvent(self.key, type(error).__name__, self.verdict(error).code, _events.wall_clock()))
+
+    def _attempted(self, started: float, error: BaseException | None, result: object) -> None:
+        seconds = clock() - started
+        kind = code = None
+        usage = None
+        if error is not None:
+            info = self.verdict(error)
+            kind, code = info.kind, info.code or (None if info.status is None else str(info.status))
+        elif result.__class__ not in _PLAIN:
+            usage = usage_of(result)
+            if isinstance(result, dict) and "error" in result:  # an error dict returned as a value
+                found = self.classifier.classify_result(result)
+                if found.kind != "other":
+                    kind, code = found.kind, found.code
+        emit(
+            AttemptEvent(
+                self.key,
+                seconds,
+                kind,
+                code,
+                None if usage is None else usage[0],
+                None if usage is None else usage[1],
+                None if usage is None else usage[2],
+                _events.wall_clock(),
+            )
+        )
+
+    def _called(self, started: float, error: BaseException | None) -> None:
+        if error is not None:
+            outcome, name = "error", type(error).__name__
+        else:
+            outcome, name = ("fallback" if self.has_fallback and DEGRADED.get() else "success"), None
+        emit(CallEvent(self.key, clock() - started, outcome, name, _events.wall_clock()))  # type: ignore[arg-type]
+
+
+def join(
+    fn: Callable[..., Any], *, key: str | None = None, classifier: Classifier | None = None, fallback: bool = False
+) -> tuple[Callable[..., Any], Stack]:
+    """``(what the new guard should call, the stack)`` for a guard applied to ``fn``."""
+    found = getattr(fn, _ENTRY, None)
+    if found is not None and found[0] is fn:  # fn is the entry of a glm_guard stack: join it
+        inner, stack = found[1], found[2]
+    else:
+        stack = Stack(default_key(fn))
+        inner = attempts(fn, stack)
+    if key is not None:
+        stack.key = key
+    if classifier is not None:
+        stack.classifier = classifier
+    if fallback:
+        stack.has_fallback = True
+    _recorder.ensure_started()
+    return inner, stack
+
+
+# -- usage ---------------------------------------------------------------------------------------
+
+
+def _number(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _read(usage: object, name: str) -> object:
+    return usage.get(name) if isinstance(usage, dict) else getattr(usage, name, None)
+
+
+def usage_of(result: object) -> tuple[int, int, int] | None:
+    """Token counts from a result's ``usage`` (a dict or an SDK object); ``None`` when it has none."""
+    try:
+        usage = result.get("usage") if isinstance(result, dict) else getattr(result, "usage", None)
+        if usage is None:
+            return None
+        prompt = _number(_read(usage, "prompt_tokens"))
+        if prompt is None:
+            prompt = _number(_read(usage, "input_tokens"))  # Anthropic's names
+        completion = _number(_read(usage, "completion_tokens"))
+        if completion is None:
+            completion = _number(_read(usage, "output_tokens"))
+        total = _number(_read(usage, "total_tokens"))
+    except Exception:  # an odd result object must never break the call
+        return None
+    if prompt is None and completion is None and total is None:
+        return None
+    prompt, completion = prompt or 0, completion or 0
+    return prompt, completion, prompt + completion if total is None else total
+
+
+def _carries_usage(item: object) -> bool:
+    if isinstance(item, dict):
+        return bool(item.get("usage"))
+    try:
+        return getattr(item, "usage", None) is not None
+    except Exception:
+        return False
+
+
+# -- the innermost wrapper: every run of the function is an attempt ---------------------------
+
+
+def attempts(fn: Callable[..., Any], stack: Stack) -> Callable[..., Any]:
+    """``fn``, reporting each run of it as one attempt."""
+    kind = kind_of(fn)
+    if kind == "async":
+
+        @functools.wraps(fn)
+        async def async_attempt(*args: Any, **kwargs: Any) -> Any:
+            if not HUB.active:
+                return await fn(*args, **kwargs)
+            started = clock()
+            try:
+                result = await fn(*args, **kwargs)
+            except Exception as error:
+                stack._attempted(started, error, None)
+                raise
+            stack._attempted(started, None, result)
+            return result
+
+        return async_attempt
+
+    if kind == "sync":
+
+        @functools.wraps(fn)
+        def sync_attempt(*args: Any, **kwargs: Any) -> Any:
+            if not HUB.active:
+                return fn(*args, **kwargs)
+            started = clock()
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as error:
+                stack._attempted(started, error, None)
+                raise
+            stack._attempted(started, None, result)
+            return result
+
+        return sync_attempt
+
+    if kind == "generator":
+
+        @functools.wraps(fn)
+        def generator_attempt(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+            # A stream is one attempt, from the request to its last chunk (or its error); one
+            # closed early by its consumer counts as answered.
+            started = clock()
+            watched = _Watched(fn(*args, **kwargs))
+            try:
+                result = yield from watched
+            except Exception as error:
+                if HUB.active:
+                    stack._attempted(started, error, None)
+                raise
+            except GeneratorExit:
+                if HUB.active:
+                    stack._attempted(started, None, watched.usage)
+                raise
+            if HUB.active:
+                stack._attempted(started, None, watched.usage)
+            return result
+
+        return generator_attempt
+
+    @functools.wraps(fn)
+    async def async_generator_attempt(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        started = clock()
+        usage: object = None
+        try:
+            async with contextlib.aclosing(fn(*args, **kwargs)) as stream:  # closed at once, not by gc
+                async for item in stream:
+                    if _carries_usage(item):
+                        usage = item
+                    yield item
+        except Exception as error:
+            if HUB.active:
+                stack._attempted(started, error, None)
+            raise
+        except GeneratorExit:
+            if HUB.active:
+                stack._attempted(started, None, usage)
+            raise
+        if HUB.active:
+            stack._attempted(started, None, usage)
+
+    return async_generator_attempt
+
+
+class _Watched:
+    """A generator seen through: every method forwarded, the last chunk with ``usage`` kept."""
+
+    __slots__ = ("_stream", "usage")
+
+    def __init__(self, stream: Generator[Any, Any, Any]) -> None:
+        self._stream = stream
+        self.usage: object = None
+
+    def __iter__(self) -> _Watched:
+        return self
+
+    def _see(self, item: Any) -> Any:
+        if _carries_usage(item):
+            self.usage = item
+        return item
+
+    def __next__(self) -> Any:
+        return self._see(next(self._stream))
+
+    def send(self, value: Any) -> Any:
+        return self._see(self._stream.send(value))
+
+    def throw(self, error: BaseException) -> Any:
+        return self._see(self._stream.throw(error))
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+# -- the outermost wrapper: the call as its caller saw it --------------------------------------
+
+
+def entry(layer: Callable[..., Any], stack: Stack) -> Callable[..., Any]:
+    """``layer`` (a guard's wrapper), reporting the call when it is the outermost guard."""
+    kind = kind_of(layer)
+    wrapper: Callable[..., Any]
+    if kind == "async":
+
+        @functools.wraps(layer)
+        async def async_entry(*args: Any, **kwargs: Any) -> Any:
+            begin_call()  # the degraded mark then describes this call, whatever came before
+            if not HUB.active:
+                return await layer(*args, **kwargs)
+            started = clock()
+            try:
+                result = await layer(*args, **kwargs)
+            except Exception as error:
+                stack._called(started, error)
+                raise
+            stack._called(started, None)
+            return result
+
+        wrapper = async_entry
+
+    elif kind == "sync":
+
+        @functools.wraps(layer)
+        def sync_entry(*args: Any, **kwargs: Any) -> Any:
+            begin_call()
+            if not HUB.active:
+                return layer(*args, **kwargs)
+            started = clock()
+            try:
+                result = layer(*args, **kwargs)
+            except Exception as error:
+                stack._called(started, error)
+                raise
+            stack._called(started, None)
+            return result
+
+        wrapper = sync_entry
+
+    elif kind == "generator":
+
+        @functools.wraps(layer)
+        def generator_entry(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+            started = clock()
+            try:
+                result = yield from layer(*args, **kwargs)
+            except Exception as error:
+                if HUB.active:
+                    stack._called(started, error)
+                raise
+            except GeneratorExit:  # the consumer stopped reading: it had its answer
+                if HUB.active:
+                    stack._called(started, None)
+                raise
+            if HUB.active:
+                stack._called(started, None)
+            return result
+
+        wrapper = generator_entry
+
+    else:
+
+        @functools.wraps(layer)
+        async def async_generator_entry(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+            started = clock()
+            try:
+                async with contextlib.aclosing(layer(*args, **kwargs)) as stream:
+                    async for item in stream:
+                        yield item
+            except Exception as error:
+                if HUB.active:
+                    stack._called(started, error)
+                raise
+            except GeneratorExit:
+                if HUB.active:
+                    stack._called(started, None)
+                raise
+            if HUB.active:
+                stack._called(started, None)
+
+        wrapper = async_generator_entry
+
+    setattr(wrapper, _ENTRY, (wrapper, layer, stack))
+    return wrapper
