@@ -7,13 +7,40 @@ worker's would; it calls the GLM simulator through a guarded function and prints
 from __future__ import annotations
 
 import json
+import multiprocessing
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
+
+_pooled: Callable[[int], int] | None = None  # set before the pool forks, so its workers have it
+
+
+def pooled_call(i: int) -> int:
+    assert _pooled is not None
+    return _pooled(i)
+
+
+def run_pool(options: dict[str, Any]) -> None:
+    """A ``multiprocessing.Pool`` in a ``with`` block: its workers end by ``terminate()``."""
+    global _pooled
+    import glm_guard
+
+    @glm_guard.rate_limited(1000, 1.0, key="mp-pool")
+    def work(i: int) -> int:
+        return i
+
+    _pooled = work
+    with multiprocessing.get_context("fork").Pool(options["workers"]) as pool:
+        total = sum(pool.map(pooled_call, range(options["calls"]), chunksize=1))
+    print(json.dumps({"total": total}), flush=True)
 
 
 def main() -> None:
     mode, options = sys.argv[1], json.loads(sys.argv[2])
+    if mode == "pool":
+        run_pool(options)
+        return
     import httpx
 
     import glm_guard

@@ -123,3 +123,50 @@ def test_bad_arguments_fail_at_decoration() -> None:
             return "y"
 
     assert caught.value.name == "value_or_callable"
+
+
+def test_a_fallback_none_elsewhere_does_not_stop_caches_storing_none() -> None:
+    """Fallback answers were once remembered by ``id()``: ``None``, ``""`` and small ints are shared objects."""
+
+    @fallback(None)
+    def busy() -> None:
+        raise ErrorWithText(SEED_1302)
+
+    runs: list[str] = []
+
+    @glm_guard.cached_response(ttl=60)
+    def lookup(name: str) -> None:
+        runs.append(name)
+        return None
+
+    assert busy() is None and glm_guard.is_degraded()
+    for _ in range(3):
+        assert lookup("x") is None
+    assert runs == ["x"]  # the body ran once: None is a value like any other
+
+
+@pytest.mark.parametrize("spawn", ["gather", "to_thread"])
+async def test_a_fallback_inside_a_child_task_or_thread_is_not_cached(spawn: str) -> None:
+    failures = [1]
+
+    @fallback("DEGRADED")
+    def llm_sync(question: str) -> str:
+        if failures[0]:
+            failures[0] -= 1
+            raise ErrorWithText(SEED_1302)
+        return f"real {question}"
+
+    @fallback("DEGRADED")
+    async def llm(question: str) -> str:
+        return llm_sync(question)
+
+    @glm_guard.cached_response(ttl=60)
+    async def answer(question: str) -> str:
+        if spawn == "gather":
+            (result,) = await asyncio.gather(llm(question))
+            return result
+        return await asyncio.to_thread(llm_sync, question)
+
+    assert await answer("q") == "DEGRADED"
+    assert await answer("q") == "real q"  # the degraded answer was not cached
+    assert await answer("q") == "real q"

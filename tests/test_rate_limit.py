@@ -270,6 +270,8 @@ def test_env_concurrency_is_enforced(monkeypatch: pytest.MonkeyPatch, local_back
         ({"calls": 5, "key": ""}, "key"),
         ({"calls": 5, "backend": "memcached"}, "backend"),
         ({"calls": 5, "cooldown": -2}, "cooldown"),
+        ({"period": 1.0}, "period"),  # once a silent per-minute limit: period means nothing without calls
+        ({"period": 1.0, "concurrency": 2}, "period"),
     ],
 )
 def test_bad_arguments_fail_at_decoration_naming_the_parameter(kwargs: dict[str, object], name: str) -> None:

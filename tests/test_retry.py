@@ -280,3 +280,32 @@ async def test_a_task_outliving_its_retried_parent_retries_on_its_own(sleeps: li
     release.set()
     assert await spawned[0] == "ok"
     assert len(attempts) == 3  # its own three attempts, not one
+
+
+def test_cooldown_follows_the_retry_codes_of_the_stack(local_backend: Any) -> None:
+    """One classifier per stack: codes retry_on_1302 names are what rate_limited pauses for, and what stats count."""
+    from glm_guard import RateLimitTimeout, rate_limited
+
+    seen: list[glm_guard.GuardEvent] = []
+    unsubscribe = glm_guard.subscribe(seen.append)
+
+    @retry_on_1302(1, retry_codes=["9999"])
+    @rate_limited(100, 1.0, key="custom-codes", backend=local_backend, cooldown=30, max_wait=0)
+    def call(code: str) -> str:
+        raise ErrorWithText(f'{{"error":{{"code":"{code}","message":"busy"}}}}')
+
+    try:
+        with pytest.raises(ErrorWithText):
+            call("1302")  # not a rate limit for this stack: no retry, no pause
+        with pytest.raises(ErrorWithText):
+            call("1302")  # so the next call is admitted at once
+        with pytest.raises(GLMRateLimitException) as caught:
+            call("9999")  # a rate limit here: retried (once allowed), and the key pauses
+        assert not isinstance(caught.value, RateLimitTimeout)
+        with pytest.raises(RateLimitTimeout):
+            call("9999")  # the cooldown holds every caller of the key
+    finally:
+        unsubscribe()
+    attempts = [e for e in seen if isinstance(e, glm_guard.AttemptEvent)]
+    assert [e.error_kind for e in attempts] == ["other", "other", "rate_limit"]
+    assert attempts[-1].code == "9999"

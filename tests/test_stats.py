@@ -503,6 +503,19 @@ def test_a_killed_process_loses_nothing_it_already_reported_redis(redis_url: str
     assert totals["mp-glm-4"]["calls"] == 12 and totals["mp-glm-4"]["attempts"] == 12
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the pool forks its workers")
+def test_pool_workers_ended_by_terminate_report_every_call_redis(redis_url: str) -> None:
+    """``with Pool()`` ends its workers with SIGTERM: no exit hook runs there, yet no call is lost."""
+    process = stats_worker("pool", redis_url, workers=3, calls=24)
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, out
+    assert json.loads(out.strip().splitlines()[-1]) == {"total": sum(range(24))}
+    backend = RedisBackend(redis_url)
+    totals = backend.shared_stats().totals()
+    backend.close()
+    assert totals["mp-pool"]["calls"] == 24 and totals["mp-pool"]["successes"] == 24
+
+
 def test_an_unreachable_redis_falls_back_to_this_process_redis(redis_server: Any, local_backend: LocalBackend) -> None:
     dead = RedisBackend("redis://:nope-pw@127.0.0.1:1/0", socket_timeout=0.2)
     glm_guard.configure_stats(backend=dead)
