@@ -23,9 +23,9 @@ from glm_guard import (
     retry_on_1302,
 )
 from glm_guard.backends._local import LocalBackend
+from glm_guard.monitoring import LoggingSubscriber
 from glm_guard.monitoring._events import HUB
 from glm_guard.monitoring._recorder import RECORDER
-from glm_guard.monitoring import LoggingSubscriber
 
 from .helpers import SEED_1302, ErrorWithText
 
