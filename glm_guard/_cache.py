@@ -195,7 +195,8 @@ def _wrap_async(fn: Callable[..., Any], policy: _CachePolicy) -> Callable[..., A
         if key is None:
             return await fn(*args, **kwargs)
         while True:
-            hit, value = await cache.get_async(key)
+            # A store in this process answers at once: only a shared one is awaited.
+            hit, value = await cache.get_async(key) if cache.shared else cache.get(key)
             if hit:
                 return policy.answered(value)
             pending = in_flight.lead(key)

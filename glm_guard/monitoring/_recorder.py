@@ -90,16 +90,23 @@ class Recorder:
 
     def set_recording(self, enabled: bool) -> None:
         with self._lock:
-            if enabled and self._unsubscribe is None:
-                self._unsubscribe = subscribe(self._record)
-            elif not enabled and self._unsubscribe is not None:
+            if self._unsubscribe is not None:
                 self._unsubscribe()
                 self._unsubscribe = None
+            if enabled:
+                # Usually the subscriber is the buffer's own append: a call pays for no more.
+                self._unsubscribe = subscribe(self._record_and_flush if self.flush_every_call else self.buffer.append)
 
-    def _record(self, event: GuardEvent) -> None:
+    def _record_and_flush(self, event: GuardEvent) -> None:
         self.buffer.append(event)
-        if self.flush_every_call and event.__class__ is CallEvent and not self._flush_failing and self.sink():
+        if event.__class__ is CallEvent and not self._flush_failing and self.sink():
             self.sync()
+
+    def flush_after_every_call(self) -> None:
+        """From now on each finished call reaches the sink before it returns (a worker process)."""
+        self.flush_every_call = True
+        if self.recording:
+            self.set_recording(True)
 
     # -- the sink --------------------------------------------------------------------------------
 
@@ -272,7 +279,7 @@ def _flush_every_call_in_worker_processes() -> None:
 
 
 def _in_a_worker_process(recorder: Recorder) -> None:
-    recorder.flush_every_call = True
+    recorder.flush_after_every_call()
 
 
 if hasattr(os, "register_at_fork"):
