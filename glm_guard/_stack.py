@@ -49,7 +49,6 @@ _ENTRY: Final = "_glm_guard_entry"
 _VERDICT: Final = "_glm_guard_verdict"
 _PLAIN: Final = frozenset({str, bytes, int, float, bool, type(None)})  # results that carry no usage
 
-clock = time.perf_counter
 
 
 class Stack:
@@ -111,7 +110,7 @@ class Stack:
             emit(FallbackEvent(self.key, type(error).__name__, self.verdict(error).code, _events.wall_clock()))
 
     def _attempted(self, started: float, error: BaseException | None, result: object) -> None:
-        seconds = clock() - started
+        seconds = time.perf_counter() - started
         kind = code = None
         usage = None
         if error is not None:
@@ -141,7 +140,7 @@ class Stack:
             outcome, name = "error", type(error).__name__
         else:
             outcome, name = ("fallback" if self.has_fallback and DEGRADED.get() else "success"), None
-        emit(CallEvent(self.key, clock() - started, outcome, name, _events.wall_clock()))  # type: ignore[arg-type]
+        emit(CallEvent(self.key, time.perf_counter() - started, outcome, name, _events.wall_clock()))  # type: ignore[arg-type]
 
 
 def join(
@@ -217,7 +216,7 @@ def attempts(fn: Callable[..., Any], stack: Stack) -> Callable[..., Any]:
         async def async_attempt(*args: Any, **kwargs: Any) -> Any:
             if not HUB.active:
                 return await fn(*args, **kwargs)
-            started = clock()
+            started = time.perf_counter()
             try:
                 result = await fn(*args, **kwargs)
             except Exception as error:
@@ -234,7 +233,7 @@ def attempts(fn: Callable[..., Any], stack: Stack) -> Callable[..., Any]:
         def sync_attempt(*args: Any, **kwargs: Any) -> Any:
             if not HUB.active:
                 return fn(*args, **kwargs)
-            started = clock()
+            started = time.perf_counter()
             try:
                 result = fn(*args, **kwargs)
             except Exception as error:
@@ -251,7 +250,7 @@ def attempts(fn: Callable[..., Any], stack: Stack) -> Callable[..., Any]:
         def generator_attempt(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
             # A stream is one attempt, from the request to its last chunk (or its error); one
             # closed early by its consumer counts as answered.
-            started = clock()
+            started = time.perf_counter()
             watched = _Watched(fn(*args, **kwargs))
             try:
                 result = yield from watched
@@ -271,7 +270,7 @@ def attempts(fn: Callable[..., Any], stack: Stack) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     async def async_generator_attempt(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        started = clock()
+        started = time.perf_counter()
         usage: object = None
         try:
             async with contextlib.aclosing(fn(*args, **kwargs)) as stream:  # closed at once, not by gc
@@ -337,7 +336,7 @@ def entry(layer: Callable[..., Any], stack: Stack) -> Callable[..., Any]:
             begin_call()  # the degraded mark then describes this call, whatever came before
             if not HUB.active:
                 return await layer(*args, **kwargs)
-            started = clock()
+            started = time.perf_counter()
             try:
                 result = await layer(*args, **kwargs)
             except Exception as error:
@@ -355,7 +354,7 @@ def entry(layer: Callable[..., Any], stack: Stack) -> Callable[..., Any]:
             begin_call()
             if not HUB.active:
                 return layer(*args, **kwargs)
-            started = clock()
+            started = time.perf_counter()
             try:
                 result = layer(*args, **kwargs)
             except Exception as error:
@@ -370,7 +369,7 @@ def entry(layer: Callable[..., Any], stack: Stack) -> Callable[..., Any]:
 
         @functools.wraps(layer)
         def generator_entry(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-            started = clock()
+            started = time.perf_counter()
             try:
                 result = yield from layer(*args, **kwargs)
             except Exception as error:
@@ -391,7 +390,7 @@ def entry(layer: Callable[..., Any], stack: Stack) -> Callable[..., Any]:
 
         @functools.wraps(layer)
         async def async_generator_entry(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-            started = clock()
+            started = time.perf_counter()
             try:
                 async with contextlib.aclosing(layer(*args, **kwargs)) as stream:
                     async for item in stream:
