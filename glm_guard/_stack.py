@@ -25,7 +25,7 @@ import contextlib
 import functools
 import time
 from collections.abc import AsyncIterator, Callable, Generator
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from ._call_context import DEGRADED, begin_call
 from ._classify import DEFAULT_CLASSIFIER, Classifier, ErrorInfo
@@ -48,7 +48,6 @@ __all__ = ["Stack", "attempts", "entry", "join"]
 _ENTRY: Final = "_glm_guard_entry"
 _VERDICT: Final = "_glm_guard_verdict"
 _PLAIN: Final = frozenset({str, bytes, int, float, bool, type(None)})  # results that carry no usage
-
 
 
 class Stack:
@@ -109,38 +108,82 @@ class Stack:
         if HUB.active:
             emit(FallbackEvent(self.key, type(error).__name__, self.verdict(error).code, _events.wall_clock()))
 
-    def _attempted(self, started: float, error: BaseException | None, result: object) -> None:
-        seconds = time.perf_counter() - started
+    def attempt(self) -> _Report:
+        """Times one run of the function (a context manager); reports it as it ends."""
+        return _Attempt(self) if HUB.active else _UNREPORTED
+
+    def call(self) -> _Report:
+        """Times one call through the whole stack; reports it as it ends."""
+        begin_call()  # the degraded mark then describes this call, whatever came before
+        return _Call(self) if HUB.active else _UNREPORTED
+
+
+class _Report:
+    """One attempt or call being timed.  ``answered(result)`` notes the answer and passes it on;
+    leaving the ``with`` block reports: an exception as a failure, a generator closed by its
+    consumer as answered (it had what it wanted), a cancellation not at all."""
+
+    __slots__ = ("result", "stack", "started")
+
+    def __init__(self, stack: Stack | None) -> None:
+        self.stack = stack
+        self.started = time.perf_counter()
+        self.result: object = None
+
+    def answered(self, result: Any) -> Any:
+        self.result = result
+        return result
+
+    def __enter__(self) -> _Report:
+        return self
+
+    def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
+        if error is None or isinstance(error, GeneratorExit):
+            self.report(None)
+        elif isinstance(error, Exception):
+            self.report(error)
+
+    def report(self, error: Exception | None) -> None:
+        """Nothing to report: nobody listens."""
+
+
+class _Attempt(_Report):
+    __slots__ = ()
+
+    def report(self, error: Exception | None) -> None:
+        stack = self.stack
+        assert stack is not None
+        seconds = time.perf_counter() - self.started
         kind = code = None
         usage = None
+        result = self.result
         if error is not None:
-            info = self.verdict(error)
+            info = stack.verdict(error)
             kind, code = info.kind, info.code or (None if info.status is None else str(info.status))
         elif result.__class__ not in _PLAIN:
             usage = usage_of(result)
             if isinstance(result, dict) and "error" in result:  # an error dict returned as a value
-                found = self.classifier.classify_result(result)
+                found = stack.classifier.classify_result(result)
                 if found.kind != "other":
                     kind, code = found.kind, found.code
-        emit(
-            AttemptEvent(
-                self.key,
-                seconds,
-                kind,
-                code,
-                None if usage is None else usage[0],
-                None if usage is None else usage[1],
-                None if usage is None else usage[2],
-                _events.wall_clock(),
-            )
-        )
+        prompt, completion, total = (None, None, None) if usage is None else usage
+        emit(AttemptEvent(stack.key, seconds, kind, code, prompt, completion, total, _events.wall_clock()))
 
-    def _called(self, started: float, error: BaseException | None) -> None:
-        if error is not None:
-            outcome, name = "error", type(error).__name__
-        else:
-            outcome, name = ("fallback" if self.has_fallback and DEGRADED.get() else "success"), None
-        emit(CallEvent(self.key, time.perf_counter() - started, outcome, name, _events.wall_clock()))  # type: ignore[arg-type]
+
+class _Call(_Report):
+    __slots__ = ()
+
+    def report(self, error: Exception | None) -> None:
+        stack = self.stack
+        assert stack is not None
+        outcome: Literal["success", "fallback", "error"] = "error"
+        if error is None:
+            outcome = "fallback" if stack.has_fallback and DEGRADED.get() else "success"
+        name = None if error is None else type(error).__name__
+        emit(CallEvent(stack.key, time.perf_counter() - self.started, outcome, name, _events.wall_clock()))
+
+
+_UNREPORTED: Final = _Report(None)
 
 
 def join(
@@ -214,16 +257,8 @@ def attempts(fn: Callable[..., Any], stack: Stack) -> Callable[..., Any]:
 
         @functools.wraps(fn)
         async def async_attempt(*args: Any, **kwargs: Any) -> Any:
-            if not HUB.active:
-                return await fn(*args, **kwargs)
-            started = time.perf_counter()
-            try:
-                result = await fn(*args, **kwargs)
-            except Exception as error:
-                stack._attempted(started, error, None)
-                raise
-            stack._attempted(started, None, result)
-            return result
+            with stack.attempt() as attempt:
+                return attempt.answered(await fn(*args, **kwargs))
 
         return async_attempt
 
@@ -231,16 +266,8 @@ def attempts(fn: Callable[..., Any], stack: Stack) -> Callable[..., Any]:
 
         @functools.wraps(fn)
         def sync_attempt(*args: Any, **kwargs: Any) -> Any:
-            if not HUB.active:
-                return fn(*args, **kwargs)
-            started = time.perf_counter()
-            try:
-                result = fn(*args, **kwargs)
-            except Exception as error:
-                stack._attempted(started, error, None)
-                raise
-            stack._attempted(started, None, result)
-            return result
+            with stack.attempt() as attempt:
+                return attempt.answered(fn(*args, **kwargs))
 
         return sync_attempt
 
@@ -248,75 +275,49 @@ def attempts(fn: Callable[..., Any], stack: Stack) -> Callable[..., Any]:
 
         @functools.wraps(fn)
         def generator_attempt(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-            # A stream is one attempt, from the request to its last chunk (or its error); one
-            # closed early by its consumer counts as answered.
-            started = time.perf_counter()
-            watched = _Watched(fn(*args, **kwargs))
-            try:
-                result = yield from watched
-            except Exception as error:
-                if HUB.active:
-                    stack._attempted(started, error, None)
-                raise
-            except GeneratorExit:
-                if HUB.active:
-                    stack._attempted(started, None, watched.usage)
-                raise
-            if HUB.active:
-                stack._attempted(started, None, watched.usage)
-            return result
+            # A stream is one attempt, from the request to its last chunk (or its error).
+            with stack.attempt() as attempt:
+                return (yield from _Watched(fn(*args, **kwargs), attempt))
 
         return generator_attempt
 
     @functools.wraps(fn)
     async def async_generator_attempt(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        started = time.perf_counter()
-        usage: object = None
-        try:
+        with stack.attempt() as attempt:
             async with contextlib.aclosing(fn(*args, **kwargs)) as stream:  # closed at once, not by gc
                 async for item in stream:
-                    if _carries_usage(item):
-                        usage = item
-                    yield item
-        except Exception as error:
-            if HUB.active:
-                stack._attempted(started, error, None)
-            raise
-        except GeneratorExit:
-            if HUB.active:
-                stack._attempted(started, None, usage)
-            raise
-        if HUB.active:
-            stack._attempted(started, None, usage)
+                    yield _seen(attempt, item)
 
     return async_generator_attempt
 
 
+def _seen(attempt: _Report, item: Any) -> Any:
+    """A streamed chunk passes on; the last one that carries ``usage`` is the attempt's answer."""
+    if _carries_usage(item):
+        attempt.answered(item)
+    return item
+
+
 class _Watched:
-    """A generator seen through: every method forwarded, the last chunk with ``usage`` kept."""
+    """A generator seen through: every method forwarded, each chunk shown to the attempt."""
 
-    __slots__ = ("_stream", "usage")
+    __slots__ = ("_attempt", "_stream")
 
-    def __init__(self, stream: Generator[Any, Any, Any]) -> None:
+    def __init__(self, stream: Generator[Any, Any, Any], attempt: _Report) -> None:
         self._stream = stream
-        self.usage: object = None
+        self._attempt = attempt
 
     def __iter__(self) -> _Watched:
         return self
 
-    def _see(self, item: Any) -> Any:
-        if _carries_usage(item):
-            self.usage = item
-        return item
-
     def __next__(self) -> Any:
-        return self._see(next(self._stream))
+        return _seen(self._attempt, next(self._stream))
 
     def send(self, value: Any) -> Any:
-        return self._see(self._stream.send(value))
+        return _seen(self._attempt, self._stream.send(value))
 
     def throw(self, error: BaseException) -> Any:
-        return self._see(self._stream.throw(error))
+        return _seen(self._attempt, self._stream.throw(error))
 
     def close(self) -> None:
         self._stream.close()
@@ -333,17 +334,8 @@ def entry(layer: Callable[..., Any], stack: Stack) -> Callable[..., Any]:
 
         @functools.wraps(layer)
         async def async_entry(*args: Any, **kwargs: Any) -> Any:
-            begin_call()  # the degraded mark then describes this call, whatever came before
-            if not HUB.active:
-                return await layer(*args, **kwargs)
-            started = time.perf_counter()
-            try:
-                result = await layer(*args, **kwargs)
-            except Exception as error:
-                stack._called(started, error)
-                raise
-            stack._called(started, None)
-            return result
+            with stack.call() as call:
+                return call.answered(await layer(*args, **kwargs))
 
         wrapper = async_entry
 
@@ -351,17 +343,8 @@ def entry(layer: Callable[..., Any], stack: Stack) -> Callable[..., Any]:
 
         @functools.wraps(layer)
         def sync_entry(*args: Any, **kwargs: Any) -> Any:
-            begin_call()
-            if not HUB.active:
-                return layer(*args, **kwargs)
-            started = time.perf_counter()
-            try:
-                result = layer(*args, **kwargs)
-            except Exception as error:
-                stack._called(started, error)
-                raise
-            stack._called(started, None)
-            return result
+            with stack.call() as call:
+                return call.answered(layer(*args, **kwargs))
 
         wrapper = sync_entry
 
@@ -369,20 +352,8 @@ def entry(layer: Callable[..., Any], stack: Stack) -> Callable[..., Any]:
 
         @functools.wraps(layer)
         def generator_entry(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-            started = time.perf_counter()
-            try:
-                result = yield from layer(*args, **kwargs)
-            except Exception as error:
-                if HUB.active:
-                    stack._called(started, error)
-                raise
-            except GeneratorExit:  # the consumer stopped reading: it had its answer
-                if HUB.active:
-                    stack._called(started, None)
-                raise
-            if HUB.active:
-                stack._called(started, None)
-            return result
+            with stack.call():  # a consumer that stops reading had its answer
+                return (yield from layer(*args, **kwargs))
 
         wrapper = generator_entry
 
@@ -390,21 +361,10 @@ def entry(layer: Callable[..., Any], stack: Stack) -> Callable[..., Any]:
 
         @functools.wraps(layer)
         async def async_generator_entry(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-            started = time.perf_counter()
-            try:
+            with stack.call():
                 async with contextlib.aclosing(layer(*args, **kwargs)) as stream:
                     async for item in stream:
                         yield item
-            except Exception as error:
-                if HUB.active:
-                    stack._called(started, error)
-                raise
-            except GeneratorExit:
-                if HUB.active:
-                    stack._called(started, None)
-                raise
-            if HUB.active:
-                stack._called(started, None)
 
         wrapper = async_generator_entry
 
