@@ -124,25 +124,84 @@ class _Guard:
         seconds = self.cooldown if info.retry_after is None else info.retry_after
         return min(seconds, MAX_COOLDOWN_SECONDS)
 
-    def admit(self, limiter: Limiter, stack: Stack) -> Permit:
-        started = time.perf_counter()
-        try:
-            permit = limiter.acquire(self.policy, self.max_wait)
-        except RateLimitTimeout:
-            stack.waited(time.perf_counter() - started, True)
-            raise
-        stack.waited(time.perf_counter() - started, False)
-        return permit
+    def held(self, limiter: Limiter, stack: Stack) -> _Held | _Unguarded:
+        """A permit for one call, as a context manager (sync or async); none in testing mode."""
+        return _Held(self, limiter, stack) if stack.limits_on else _UNGUARDED
 
-    async def admit_async(self, limiter: Limiter, stack: Stack) -> AsyncPermit:
+
+class _Held:
+    """A permit held for one call: admitted on entry, given back on exit, and the key paused
+    when a rate-limit error passes out."""
+
+    __slots__ = ("guard", "limiter", "permit", "stack")
+
+    def __init__(self, guard: _Guard, limiter: Limiter, stack: Stack) -> None:
+        self.guard = guard
+        self.limiter = limiter
+        self.stack = stack
+
+    def _timed(self, started: float, timed_out: bool) -> None:
+        self.stack.waited(time.perf_counter() - started, timed_out)
+
+    def __enter__(self) -> None:
         started = time.perf_counter()
         try:
-            permit = await limiter.acquire_async(self.policy, self.max_wait)
+            self.permit: Permit | AsyncPermit = self.limiter.acquire(self.guard.policy, self.guard.max_wait)
         except RateLimitTimeout:
-            stack.waited(time.perf_counter() - started, True)
+            self._timed(started, True)
             raise
-        stack.waited(time.perf_counter() - started, False)
-        return permit
+        self._timed(started, False)
+
+    def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
+        try:
+            seconds = self._pause_for(error)
+            if seconds > 0:
+                self.limiter.cooldown(seconds)
+        finally:
+            cast(Permit, self.permit).release()
+
+    async def __aenter__(self) -> None:
+        started = time.perf_counter()
+        try:
+            self.permit = await self.limiter.acquire_async(self.guard.policy, self.guard.max_wait)
+        except RateLimitTimeout:
+            self._timed(started, True)
+            raise
+        self._timed(started, False)
+
+    async def __aexit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
+        try:
+            seconds = self._pause_for(error)
+            if seconds > 0:
+                await self.limiter.cooldown_async(seconds)
+        finally:
+            await cast(AsyncPermit, self.permit).release()
+
+    def _pause_for(self, error: BaseException | None) -> float:
+        if not isinstance(error, Exception):
+            return 0.0
+        return self.guard.pause_after(self.stack.verdict(error))
+
+
+class _Unguarded:
+    """``set_testing(True)``: no permit, no wait, no pause."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+_UNGUARDED: Final = _Unguarded()
 
 
 def _wrap(fn: Callable[..., Any], limiter: Limiter, guard: _Guard, stack: Stack) -> Callable[..., Any]:
@@ -151,18 +210,8 @@ def _wrap(fn: Callable[..., Any], limiter: Limiter, guard: _Guard, stack: Stack)
 
         @functools.wraps(fn)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            if not stack.limits_on:
+            async with guard.held(limiter, stack):
                 return await fn(*args, **kwargs)
-            permit = await guard.admit_async(limiter, stack)
-            try:
-                return await fn(*args, **kwargs)
-            except Exception as error:
-                seconds = guard.pause_after(stack.verdict(error))
-                if seconds > 0:
-                    await limiter.cooldown_async(seconds)
-                raise
-            finally:
-                await permit.release()
 
         return async_wrapper
 
@@ -170,18 +219,8 @@ def _wrap(fn: Callable[..., Any], limiter: Limiter, guard: _Guard, stack: Stack)
 
         @functools.wraps(fn)
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-            if not stack.limits_on:
+            with guard.held(limiter, stack):
                 return fn(*args, **kwargs)
-            permit = guard.admit(limiter, stack)
-            try:
-                return fn(*args, **kwargs)
-            except Exception as error:
-                seconds = guard.pause_after(stack.verdict(error))
-                if seconds > 0:
-                    limiter.cooldown(seconds)
-                raise
-            finally:
-                permit.release()
 
         return sync_wrapper
 
@@ -189,40 +228,16 @@ def _wrap(fn: Callable[..., Any], limiter: Limiter, guard: _Guard, stack: Stack)
 
         @functools.wraps(fn)
         def generator_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-            # A stream holds its permit until it is exhausted or closed.
-            if not stack.limits_on:
+            with guard.held(limiter, stack):  # a stream holds its permit until it ends or is closed
                 return (yield from fn(*args, **kwargs))
-            permit = guard.admit(limiter, stack)
-            try:
-                return (yield from fn(*args, **kwargs))
-            except Exception as error:
-                seconds = guard.pause_after(stack.verdict(error))
-                if seconds > 0:
-                    limiter.cooldown(seconds)
-                raise
-            finally:
-                permit.release()
 
         return generator_wrapper
 
     @functools.wraps(fn)
     async def async_generator_wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        if not stack.limits_on:
-            async with contextlib.aclosing(fn(*args, **kwargs)) as stream:
-                async for item in stream:
-                    yield item
-            return
-        permit = await guard.admit_async(limiter, stack)
-        try:
-            async with contextlib.aclosing(fn(*args, **kwargs)) as stream:  # the permit ends with it
-                async for item in stream:
-                    yield item
-        except Exception as error:
-            seconds = guard.pause_after(stack.verdict(error))
-            if seconds > 0:
-                await limiter.cooldown_async(seconds)
-            raise
-        finally:
-            await permit.release()
+        # The permit ends with the stream, which is closed at once, not by the garbage collector.
+        async with guard.held(limiter, stack), contextlib.aclosing(fn(*args, **kwargs)) as stream:
+            async for item in stream:
+                yield item
 
     return async_generator_wrapper
