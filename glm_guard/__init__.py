@@ -27,7 +27,8 @@ from ._errors import (
 from ._fallback import fallback
 from ._rate_limit import rate_limited
 from ._retry import retry_on_1302
-from .monitoring import (
+from .monitoring import configure_stats, on_alert, rate_limit_stats, stats, subscribe
+from .monitoring._events import (
     Alert,
     AttemptEvent,
     CacheEvent,
@@ -36,11 +37,6 @@ from .monitoring import (
     GuardEvent,
     RetryEvent,
     WaitEvent,
-    configure_stats,
-    on_alert,
-    rate_limit_stats,
-    stats,
-    subscribe,
 )
 
 if TYPE_CHECKING:

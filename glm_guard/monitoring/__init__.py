@@ -22,17 +22,8 @@ from typing import TYPE_CHECKING
 
 from ._alerts import on_alert
 from ._app import DEFAULT_PREFIX, Monitor, Response, create_app
-from ._events import (
-    Alert,
-    AttemptEvent,
-    CacheEvent,
-    CallEvent,
-    FallbackEvent,
-    GuardEvent,
-    RetryEvent,
-    WaitEvent,
-    subscribe,
-)
+from ._events import Alert, AttemptEvent, CacheEvent, CallEvent, FallbackEvent, GuardEvent, RetryEvent, WaitEvent
+from ._events import subscribe as subscribe
 from ._logging import LoggingSubscriber
 from ._recorder import configure_stats
 from ._views import rate_limit_stats, stats

@@ -16,18 +16,6 @@ import time
 from collections.abc import Callable
 from typing import Literal, NamedTuple, TypeAlias
 
-__all__ = [
-    "Alert",
-    "AttemptEvent",
-    "CacheEvent",
-    "CallEvent",
-    "FallbackEvent",
-    "GuardEvent",
-    "RetryEvent",
-    "WaitEvent",
-    "subscribe",
-]
-
 logger = logging.getLogger("glm_guard")
 
 ErrorKind: TypeAlias = Literal["rate_limit", "permanent", "guard_timeout", "other"]
