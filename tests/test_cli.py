@@ -16,6 +16,12 @@ import pytest
 from glm_guard.cli import _demo, _monitor, _simulate, _stats, main
 
 COMMANDS = {"demo": _demo, "monitor": _monitor, "simulate": _simulate, "stats": _stats}
+SUMMARIES = {
+    "demo": "run one workload unguarded, with the seed's sleep remedy, and guarded; print the figures",
+    "monitor": "serve the monitoring endpoints (stats, rate-limit stats, /metrics) on 127.0.0.1:8000",
+    "simulate": "run the GLM simulator on 127.0.0.1 until interrupted",
+    "stats": "print the recorded call numbers as a table (from Redis when REDIS_URL is set)",
+}
 
 
 def run(command: list[str]) -> subprocess.CompletedProcess[str]:
@@ -59,8 +65,8 @@ def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) 
         main(["--help"])
     assert exc.value.code == 0
     words = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
-    for name, module in COMMANDS.items():
-        assert f"{name} {module.HELP}" in words
+    for name, summary in SUMMARIES.items():
+        assert f"{name} {summary}" in words
     assert "--version" in words
 
 
@@ -71,7 +77,8 @@ def test_each_command_has_help_for_every_option(name: str, capsys: pytest.Captur
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: glm-guard {name} ")
-    parser = COMMANDS[name].register(argparse.ArgumentParser().add_subparsers())
+    parser = argparse.ArgumentParser()
+    COMMANDS[name].add_arguments(parser)
     options = [option for action in parser._actions for option in action.option_strings]
     assert len(options) > 2  # more than -h/--help
     for action in parser._actions:

@@ -16,7 +16,7 @@ import pytest
 
 import glm_guard
 from glm_guard.cli import main
-from glm_guard.cli._demo import register
+from glm_guard.cli._demo import add_arguments
 from glm_guard.cli._demo_workload import percentile
 
 # Small and fast: the defaults are exercised once, end to end, by the console script.
@@ -98,7 +98,9 @@ def test_help_documents_every_option() -> None:
         [sys.executable, "-m", "glm_guard", "demo", "--help"], capture_output=True, text=True, timeout=30, check=False
     )
     assert done.returncode == 0
-    for action in register(argparse.ArgumentParser().add_subparsers())._actions:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    for action in parser._actions:
         for option in action.option_strings:
             assert option in done.stdout
         assert action.help, action.dest

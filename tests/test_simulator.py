@@ -28,7 +28,7 @@ import zhipuai
 
 import glm_guard.testing as gt
 from glm_guard.cli import main
-from glm_guard.cli._simulate import register
+from glm_guard.cli._simulate import add_arguments
 from glm_guard.testing import (
     GLM_ERRORS,
     GLMSimulator,
@@ -673,7 +673,9 @@ def test_cli_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> 
         main(["simulate", "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for action in register(argparse.ArgumentParser().add_subparsers())._actions:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    for action in parser._actions:
         for flag in action.option_strings:
             assert flag in out
         assert action.help

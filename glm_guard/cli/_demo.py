@@ -8,14 +8,13 @@ workload is in ``_demo_workload``, the output in ``_demo_report``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 
 from .._config import get_settings, mask_url
 
-__all__ = ["register"]
-
-HELP = "run one workload unguarded, with the seed's sleep remedy, and guarded; print the figures"
+__all__ = ["add_arguments", "run"]
 
 
 def _positive_int(text: str) -> int:
@@ -45,21 +44,17 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    p = commands.add_parser(
-        "demo",
-        help=HELP,
-        description=(
-            "Start a local GLM simulator and run one workload of concurrent reasoning requests three ways: "
-            "unguarded, with the seed's sleep-after-each-call remedy, and through glm_guard's client "
-            "(rate limit + retry + the seed's GLMRateLimitException fallback). Prints a comparison table: "
-            "requests, 1302 errors, failed calls, success rate, fallbacks, throughput, p50/p99 latency. "
-            "Progress goes to stderr. No network: everything stays on 127.0.0.1."
-        ),
-        epilog=(
-            "Exit status: 0 when the demo ran and the guarded run had no failed call, 1 when it had "
-            "(or a run crashed), 2 for bad options or a missing/unreachable REDIS_URL."
-        ),
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Start a local GLM simulator and run one workload of concurrent reasoning requests three ways: "
+        "unguarded, with the seed's sleep-after-each-call remedy, and through glm_guard's client "
+        "(rate limit + retry + the seed's GLMRateLimitException fallback). Prints a comparison table: "
+        "requests, 1302 errors, failed calls, success rate, fallbacks, throughput, p50/p99 latency. "
+        "Progress goes to stderr. No network: everything stays on 127.0.0.1."
+    )
+    p.epilog = (
+        "Exit status: 0 when the demo ran and the guarded run had no failed call, 1 when it had "
+        "(or a run crashed), 2 for bad options or a missing/unreachable REDIS_URL."
     )
     p.add_argument("--requests", type=_positive_int, default=40, metavar="N", help="requests per run (default: 40)")
     p.add_argument(
@@ -116,8 +111,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> a
     )
     p.add_argument("--json", action="store_true", help="print the figures as JSON on stdout instead of the table")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
-    p.set_defaults(run=run)
-    return p
 
 
 def _redis_url_or_error() -> str | None:
@@ -157,19 +150,10 @@ def run(ns: argparse.Namespace) -> int:
         if url is None:
             return 2
         backend = url
-    cfg = DemoConfig(
-        requests=ns.requests,
-        callers=max(ns.callers, ns.processes),
-        concurrency=ns.concurrency,
-        latency=ns.latency,
-        sleep=ns.sleep,
-        max_tries=ns.max_tries,
-        calls_per_minute=ns.calls_per_minute,
-        model=ns.model,
-        backend=backend,
-        processes=ns.processes,
-        timeout=ns.timeout,
-    )
+    # Every field is the option of the same name, but each process gets a caller at least, and
+    # "redis" becomes the URL that answered.
+    same_names = {field.name: getattr(ns, field.name) for field in dataclasses.fields(DemoConfig)}
+    cfg = DemoConfig(**{**same_names, "callers": max(ns.callers, ns.processes), "backend": backend})
     progress = Progress(None if ns.quiet else sys.stderr, cfg.requests)
     if not ns.quiet:
         print(f"glm-guard demo: {describe(cfg)}", file=sys.stderr, flush=True)

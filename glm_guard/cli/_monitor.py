@@ -13,26 +13,18 @@ from ..monitoring import DEFAULT_PREFIX, Monitor
 from ..monitoring._server import serve
 from ._fleet import shared_source
 
-__all__ = ["register"]
-
-HELP = "serve the monitoring endpoints (stats, rate-limit stats, /metrics) on 127.0.0.1:8000"
+__all__ = ["add_arguments", "run"]
 
 
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    parser = commands.add_parser(
-        "monitor",
-        help=HELP,
-        description=(
-            "Serve the monitoring endpoints. The numbers come from the Redis the workers share their stats "
-            "through (GLM_GUARD_BACKEND when it names Redis, else REDIS_URL); without one, from this process only."
-        ),
-        epilog="Exit status: 0 after SIGINT/SIGTERM, 2 when the server cannot start or Redis is misconfigured.",
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Serve the monitoring endpoints. The numbers come from the Redis the workers share their stats "
+        "through (GLM_GUARD_BACKEND when it names Redis, else REDIS_URL); without one, from this process only."
     )
+    parser.epilog = "Exit status: 0 after SIGINT/SIGTERM, 2 when the server cannot start or Redis is misconfigured."
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     parser.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"where the JSON endpoints live ({DEFAULT_PREFIX})")
-    parser.set_defaults(run=run)
-    return parser
 
 
 def run(options: argparse.Namespace) -> int:

@@ -13,9 +13,7 @@ from typing import Any
 from ..testing import GLM_ERRORS, GLMSimulator, SimulatorConfig
 from ..testing._config import STREAM_FAIL_REASONS
 
-__all__ = ["register"]
-
-HELP = "run the GLM simulator on 127.0.0.1 until interrupted"
+__all__ = ["add_arguments", "run"]
 
 
 # argparse prefixes these messages with "argument --option:", so they stay generic.
@@ -62,18 +60,14 @@ def _name_int(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(f"expected NAME=INTEGER; got {text!r}") from None
 
 
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    codes = ", ".join(f"{c} (HTTP {s})" for c, (s, _) in sorted(GLM_ERRORS.items(), key=lambda kv: int(kv[0])))
-    p = commands.add_parser(
-        "simulate",
-        help=HELP,
-        description=(
-            "Serve a local simulation of Zhipu GLM's OpenAI-compatible chat API "
-            "(POST /api/paas/v4/chat/completions) with GLM's concurrency limit and error codes. "
-            "Prints the base URL on the first line of stdout, then runs until SIGINT/SIGTERM."
-        ),
-        epilog=f"Known error codes: {codes}.",
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Serve a local simulation of Zhipu GLM's OpenAI-compatible chat API "
+        "(POST /api/paas/v4/chat/completions) with GLM's concurrency limit and error codes. "
+        "Prints the base URL on the first line of stdout, then runs until SIGINT/SIGTERM."
     )
+    codes = ", ".join(f"{c} (HTTP {s})" for c, (s, _) in sorted(GLM_ERRORS.items(), key=lambda kv: int(kv[0])))
+    p.epilog = f"Known error codes: {codes}."
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
     p.add_argument(
         "--port",
@@ -182,8 +176,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> a
         default=0,
         help="log decisions to stderr (-vv: every request)",
     )
-    p.set_defaults(run=run, parser=p)
-    return p
 
 
 def _config_from(ns: argparse.Namespace) -> SimulatorConfig:

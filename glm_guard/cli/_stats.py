@@ -12,25 +12,17 @@ from .. import _stats as recorded
 from .._errors import GLMGuardError
 from ._fleet import shared_source
 
-__all__ = ["register", "table"]
-
-HELP = "print the recorded call numbers as a table (from Redis when REDIS_URL is set)"
+__all__ = ["add_arguments", "run", "table"]
 
 
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    parser = commands.add_parser(
-        "stats",
-        help=HELP,
-        description=(
-            "Print the recorded numbers, per key and in total. They come from the Redis the workers share "
-            "their stats through (GLM_GUARD_BACKEND when it names Redis, else REDIS_URL)."
-        ),
-        epilog="Exit status: 0 when the numbers were printed, 2 for a bad option or a misconfigured Redis.",
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Print the recorded numbers, per key and in total, from the Redis the workers share their stats "
+        "through (GLM_GUARD_BACKEND when it names Redis, else REDIS_URL)."
     )
+    parser.epilog = "Exit status: 0 when the numbers were printed, 2 for a bad option or a misconfigured Redis."
     parser.add_argument("--window-minutes", type=int, default=None, help="only the last N minutes (1 to 1440)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.set_defaults(run=run)
-    return parser
 
 
 def run(options: argparse.Namespace) -> int:
