@@ -13,6 +13,9 @@ import math
 import sys
 
 from .._config import get_settings, mask_url
+from . import _demo_stats
+from ._demo_report import Progress, describe, render_monitor, render_table, to_json
+from ._demo_workload import DemoConfig, run_demo
 
 __all__ = ["add_arguments", "run"]
 
@@ -140,10 +143,6 @@ def _redis_url_or_error() -> str | None:
 
 def run(ns: argparse.Namespace) -> int:
     """Run the demo; returns the exit status."""
-    from . import _demo_stats
-    from ._demo_report import Progress, describe, render_monitor, render_table, to_json
-    from ._demo_workload import DemoConfig, run_demo
-
     backend = "local"
     if ns.backend == "redis":
         url = _redis_url_or_error()
