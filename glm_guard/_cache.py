@@ -25,7 +25,6 @@ from ._stack import Stack, entry, join
 from ._wrapping import default_key, kind_of, unwrap_descriptor
 from .backends import CacheStore, get_backend
 from .backends._base import Backend
-from .monitoring import _recorder
 
 __all__ = ["cached_response"]
 
@@ -89,8 +88,6 @@ def cached_response(
     if serializer == "pickle" and not get_settings().cache_secret:
         raise ConfigurationError("GLM_GUARD_CACHE_SECRET", "must be set to sign pickled cache entries")
     store = get_backend(backend)
-    if backend is None:
-        _recorder.note_default_backend(store)
 
     def decorate(target: Callable[P, R]) -> Callable[P, R]:
         fn, rewrap = unwrap_descriptor(target)
@@ -102,7 +99,7 @@ def cached_response(
         namespace = key if isinstance(key, str) else default_key(fn)
         cache = store.cache(namespace, ttl=lifetime, maxsize=size, serializer=serializer, owner=default_key(fn))
         make_key = KeyMaker(fn, namespace, key if callable(key) else None, stable=cache.shared).key_of
-        inner, stack = join(fn)
+        inner, stack = join(fn, backend=store, backend_from_environment=backend is None)
         policy = _CachePolicy(cache, make_key, lifetime != 0, unkeyable == "bypass", stack)
         wrapper = _wrap_async(inner, policy) if kind_of(fn) == "async" else _wrap_sync(inner, policy)
         return cast(Callable[P, R], rewrap(entry(wrapper, stack)))

@@ -16,7 +16,6 @@ from ._stack import Stack, entry, join
 from ._wrapping import default_key, kind_of, unwrap_descriptor
 from .backends import Limiter, LimitPolicy, get_backend
 from .backends._base import AsyncPermit, Backend, Permit
-from .monitoring import _recorder
 
 __all__ = ["rate_limited"]
 
@@ -95,13 +94,11 @@ def rate_limited(
     guard = _Guard(policy, wait_limit, settings.default_cooldown if pause is None else pause)
     explicit_key = _validate.key_name("key", key)
     store = get_backend(backend)
-    if backend is None:
-        _recorder.note_default_backend(store)
 
     def decorate(target: Callable[P, R]) -> Callable[P, R]:
         fn, rewrap = unwrap_descriptor(target)
         limiter = store.limiter(explicit_key or default_key(fn))
-        inner, stack = join(fn, key=explicit_key)
+        inner, stack = join(fn, key=explicit_key, backend=store, backend_from_environment=backend is None)
         return cast(Callable[P, R], rewrap(entry(_wrap(inner, limiter, guard, stack), stack)))
 
     return decorate

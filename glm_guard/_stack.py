@@ -187,9 +187,18 @@ _UNREPORTED: Final = _Report(None)
 
 
 def join(
-    fn: Callable[..., Any], *, key: str | None = None, classifier: Classifier | None = None, fallback: bool = False
+    fn: Callable[..., Any],
+    *,
+    key: str | None = None,
+    classifier: Classifier | None = None,
+    fallback: bool = False,
+    backend: object = None,
+    backend_from_environment: bool = False,
 ) -> tuple[Callable[..., Any], Stack]:
-    """``(what the new guard should call, the stack)`` for a guard applied to ``fn``."""
+    """``(what the new guard should call, the stack)`` for a guard applied to ``fn``.
+
+    ``backend`` is where the guard keeps its state: one that shares stats may receive them.
+    """
     found = getattr(fn, _ENTRY, None)
     if found is not None and found[0] is fn:  # fn is the entry of a glm_guard stack: join it
         inner, stack = found[1], found[2]
@@ -203,6 +212,8 @@ def join(
     if fallback:
         stack.has_fallback = True
     _recorder.ensure_started()
+    if backend is not None:
+        _recorder.RECORDER.note_backend(backend, chosen_by_environment=backend_from_environment)
     return inner, stack
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -14,8 +15,9 @@ from typing import Any
 import pytest
 
 import glm_guard
-from glm_guard import __main__ as cli
-from glm_guard._demo import _percentile, build_parser, main_demo
+from glm_guard.cli import main
+from glm_guard.cli._demo import add_arguments
+from glm_guard.cli._demo_workload import percentile
 
 # Small and fast: the defaults are exercised once, end to end, by the console script.
 QUICK = ["--requests", "12", "--callers", "4", "--latency", "0.05", "--sleep", "0.2"]
@@ -29,6 +31,10 @@ ROWS = (
     "p50 latency",
     "p99 latency",
 )
+
+
+def main_demo(argv: list[str]) -> int:
+    return main(["demo", *argv])
 
 
 def runs_of(output: str) -> dict[str, dict[str, Any]]:
@@ -92,7 +98,9 @@ def test_help_documents_every_option() -> None:
         [sys.executable, "-m", "glm_guard", "demo", "--help"], capture_output=True, text=True, timeout=30, check=False
     )
     assert done.returncode == 0
-    for action in build_parser()._actions:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    for action in parser._actions:
         for option in action.option_strings:
             assert option in done.stdout
         assert action.help, action.dest
@@ -102,7 +110,7 @@ def test_help_documents_every_option() -> None:
 
 def test_bad_options_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        cli.main(["demo", "--requests", "0"])
+        main(["demo", "--requests", "0"])
     assert exc.value.code == 2
     assert "positive integer" in capsys.readouterr().err
 
@@ -137,10 +145,10 @@ def test_redis_processes_share_one_limit(
 
 def test_percentile_is_a_value_some_caller_saw() -> None:
     values = [0.1 * i for i in range(1, 101)]
-    assert _percentile(values, 50) == values[49]
-    assert _percentile(values, 99) == values[98]
-    assert _percentile([3.0], 99) == 3.0
-    assert _percentile([], 50) == 0.0
+    assert percentile(values, 50) == values[49]
+    assert percentile(values, 99) == values[98]
+    assert percentile([3.0], 99) == 3.0
+    assert percentile([], 50) == 0.0
 
 
 def test_default_run_of_the_console_script_is_quick_and_clean() -> None:
@@ -154,3 +162,23 @@ def test_default_run_of_the_console_script_is_quick_and_clean() -> None:
     assert elapsed < 60
     check_figures(runs_of(done.stdout), 40)  # stdout is JSON only; progress went to stderr
     assert "40/40" in done.stderr
+
+
+def test_redis_workers_calls_reach_the_monitor_and_the_stats_command_redis(redis_url: str) -> None:
+    """Defect 6: the guarded run's calls, made in worker processes, are counted in Redis."""
+    env = {**os.environ, "REDIS_URL": redis_url}
+    argv = [*QUICK, "--backend", "redis", "--processes", "2", "--json", "--quiet"]
+    demo = subprocess.run(
+        [sys.executable, "-m", "glm_guard", "demo", *argv], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert demo.returncode == 0, demo.stderr
+    monitor = json.loads(demo.stdout)["monitor"]
+    assert monitor["calls"] == monitor["successes"] == 12  # every guarded call, from both workers
+    assert monitor["attempts"] >= 12
+    stats = subprocess.run(
+        [sys.executable, "-m", "glm_guard", "stats", "--json"], capture_output=True, text=True, timeout=30, env=env
+    )
+    assert stats.returncode == 0, stats.stderr
+    data = json.loads(stats.stdout)
+    assert data["source"] == "redis"
+    assert data["keys"]["glm:glm-4"]["calls"] == 12

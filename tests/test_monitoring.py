@@ -20,8 +20,8 @@ from glm_guard import rate_limited, retry_on_1302
 from glm_guard.backends._local import LocalBackend
 from glm_guard.backends._redis import RedisBackend
 from glm_guard.monitoring import Monitor, create_app
-from glm_guard.monitoring._cli import serve
 from glm_guard.monitoring._recorder import RECORDER
+from glm_guard.monitoring._server import serve
 
 from .conftest import REDIS_PASSWORD
 from .helpers import SEED_1302, ErrorWithText

@@ -5,6 +5,7 @@ Every request goes to 127.0.0.1 and every wait is bounded by a timeout.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -26,6 +27,8 @@ import pytest
 import zhipuai
 
 import glm_guard.testing as gt
+from glm_guard.cli import main
+from glm_guard.cli._simulate import add_arguments
 from glm_guard.testing import (
     GLM_ERRORS,
     GLMSimulator,
@@ -34,7 +37,6 @@ from glm_guard.testing import (
     run_simulator,
 )
 from glm_guard.testing import pytest_plugin as plugin
-from glm_guard.testing._cli import build_parser, main_simulate
 
 # The plugin is opt-in, so this module takes its fixture explicitly rather than
 # relying on a conftest; the marker form is covered by a pytest subprocess below.
@@ -668,10 +670,12 @@ def test_plugin_marker_in_a_user_project(tmp_path: Path) -> None:
 
 def test_cli_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        main_simulate(["--help"])
+        main(["simulate", "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for action in build_parser()._actions:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    for action in parser._actions:
         for flag in action.option_strings:
             assert flag in out
         assert action.help
@@ -688,7 +692,7 @@ def test_cli_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> 
 )
 def test_cli_rejects_bad_arguments(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        main_simulate(argv)
+        main(["simulate", *argv])
     assert exc.value.code == 2
     capsys.readouterr()
 
@@ -698,7 +702,8 @@ def test_cli_serves_until_signal(sig: signal.Signals) -> None:
     cmd = [
         sys.executable,
         "-m",
-        "glm_guard.testing._cli",
+        "glm_guard",
+        "simulate",
         "--port",
         "0",
         "--concurrency",

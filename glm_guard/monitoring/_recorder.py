@@ -5,11 +5,13 @@ daemon thread folds the buffer into per-minute counters every second (and before
 read), and, when the process shares its stats, adds them to the backend's
 :class:`~glm_guard.backends.SharedStats` store, so every reader sees the whole fleet.
 
-Where the numbers go: the backend ``GLM_GUARD_BACKEND`` names, when it shares stats (Redis),
-or ``configure_stats(backend=...)``.  A process that dies loses what it recorded since its
-last flush (about one second).  A worker process started by ``multiprocessing`` (a ``Pool``
-worker) may be ended by ``terminate()`` or leave through ``os._exit``, where no exit hook
-runs, so there every finished call is flushed before it returns to its caller.
+Where the numbers go: ``configure_stats(backend=...)`` when called; else the backend
+``GLM_GUARD_BACKEND`` names, when it shares stats (Redis); else the first backend that shares
+stats a guard was given explicitly (``get_llm_client()``'s, say); else nowhere but here.
+A process that dies loses what it recorded since its last flush (about one second).  A worker
+process started by ``multiprocessing`` (a ``Pool`` worker) may be ended by ``terminate()`` or
+leave through ``os._exit``, where no exit hook runs, so there every finished call is flushed
+before it returns to its caller.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from ._events import CallEvent, GuardEvent, subscribe
 if TYPE_CHECKING:
     from ..backends._base import Backend
 
-__all__ = ["RECORDER", "CounterSource", "Recorder", "configure_stats", "ensure_started", "note_default_backend"]
+__all__ = ["RECORDER", "CounterSource", "Recorder", "configure_stats", "ensure_started"]
 
 logger = logging.getLogger("glm_guard")
 
@@ -67,6 +69,7 @@ class Recorder:
         self._codes: dict[str, str] = {}
         self._pending: dict[int, Counters] = {}
         self._default_sink: tuple[tuple[str, str | None, str], SharedStats] | None = None
+        self._named_sink: SharedStats | None = None
         self._explicit_sink: SharedStats | None = None
         self._explicitly_local = False
         self._unsubscribe: Callable[[], None] | None = None
@@ -110,14 +113,21 @@ class Recorder:
 
     # -- the sink --------------------------------------------------------------------------------
 
-    def attach_default(self, backend: object) -> None:
-        """A decorator resolved ``GLM_GUARD_BACKEND`` to ``backend``: share stats there if it can."""
-        settings = _config._settings
-        if settings is None or not isinstance(backend, SharesStats):
+    def note_backend(self, backend: object, *, chosen_by_environment: bool) -> None:
+        """A guard was applied with ``backend``: when it shares stats, this process may report there.
+
+        The backend ``GLM_GUARD_BACKEND`` names wins; else the first shared one a guard named.
+        """
+        if not isinstance(backend, SharesStats):
             return
-        current = self._default_sink
         store = backend.shared_stats()
-        if current is None or current[1] is not store:
+        if not chosen_by_environment:
+            if self._named_sink is None:
+                self._named_sink = store
+            return
+        settings = _config._settings
+        current = self._default_sink
+        if settings is not None and (current is None or current[1] is not store):
             self._default_sink = (_settings_signature(settings), store)
 
     def set_sink(self, store: SharedStats | None, *, local: bool = False) -> None:
@@ -128,14 +138,15 @@ class Recorder:
         """Where this process's counters are shared now, if anywhere."""
         if self._explicit_sink is not None:
             return self._explicit_sink
-        if self._explicitly_local or self._default_sink is None:
+        if self._explicitly_local:
             return None
-        signature, store = self._default_sink
-        current = _config._settings
-        # Settings reloaded with another backend: decorators applied from now on go elsewhere.
-        if current is None or _settings_signature(current) != signature:
-            return None
-        return store
+        if self._default_sink is not None:
+            signature, store = self._default_sink
+            current = _config._settings
+            # Settings reloaded with another backend: decorators applied from now on go elsewhere.
+            if current is not None and _settings_signature(current) == signature:
+                return store
+        return self._named_sink
 
     def source(self) -> CounterSource:
         sink = self.sink()
@@ -284,11 +295,6 @@ def _in_a_worker_process(recorder: Recorder) -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=RECORDER.after_fork_in_child)
-
-
-def note_default_backend(backend: object) -> None:
-    """A decorator resolved ``GLM_GUARD_BACKEND``: when it shares stats, they go there too."""
-    RECORDER.attach_default(backend)
 
 
 def configure_stats(*, enabled: bool | None = None, backend: str | Backend | None = None) -> None:

@@ -7,14 +7,13 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
-from ._config import GLM_ERRORS, STREAM_FAIL_REASONS, SimulatorConfig
-from ._simulator import GLMSimulator
+from ..testing import GLM_ERRORS, GLMSimulator, SimulatorConfig
+from ..testing._config import STREAM_FAIL_REASONS
 
-__all__ = ["build_parser", "main_simulate"]
+__all__ = ["add_arguments", "run"]
 
 
 # argparse prefixes these messages with "argument --option:", so they stay generic.
@@ -61,17 +60,14 @@ def _name_int(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(f"expected NAME=INTEGER; got {text!r}") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    codes = ", ".join(f"{c} (HTTP {s})" for c, (s, _) in sorted(GLM_ERRORS.items(), key=lambda kv: int(kv[0])))
-    p = argparse.ArgumentParser(
-        prog="glm-guard simulate",
-        description=(
-            "Serve a local simulation of Zhipu GLM's OpenAI-compatible chat API "
-            "(POST /api/paas/v4/chat/completions) with GLM's concurrency limit and error codes. "
-            "Prints the base URL on the first line of stdout, then runs until SIGINT/SIGTERM."
-        ),
-        epilog=f"Known error codes: {codes}.",
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Serve a local simulation of Zhipu GLM's OpenAI-compatible chat API "
+        "(POST /api/paas/v4/chat/completions) with GLM's concurrency limit and error codes. "
+        "Prints the base URL on the first line of stdout, then runs until SIGINT/SIGTERM."
     )
+    codes = ", ".join(f"{c} (HTTP {s})" for c, (s, _) in sorted(GLM_ERRORS.items(), key=lambda kv: int(kv[0])))
+    p.epilog = f"Known error codes: {codes}."
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
     p.add_argument(
         "--port",
@@ -180,7 +176,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="log decisions to stderr (-vv: every request)",
     )
-    return p
 
 
 def _config_from(ns: argparse.Namespace) -> SimulatorConfig:
@@ -208,14 +203,13 @@ def _config_from(ns: argparse.Namespace) -> SimulatorConfig:
     return SimulatorConfig(**options)
 
 
-def main_simulate(argv: Sequence[str] | None = None) -> int:
+def run(ns: argparse.Namespace) -> int:
     """Run the simulator in the foreground; returns the process exit code."""
-    parser = build_parser()
-    ns = parser.parse_args(argv)
+    parser: argparse.ArgumentParser = ns.parser
     try:
         config = _config_from(ns)
     except (ValueError, TypeError) as exc:
-        parser.error(str(exc))
+        parser.error(str(exc))  # options that conflict: the same usage, error line and status 2 as a bad one
     if ns.verbose:
         logging.basicConfig(
             level=logging.DEBUG if ns.verbose > 1 else logging.INFO,
@@ -263,7 +257,3 @@ def main_simulate(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main_simulate())

@@ -1,0 +1,169 @@
+"""``glm-guard demo``: one workload against the GLM simulator, unguarded, slept, and guarded.
+
+The seed's "部署前 / 部署后" section promises fewer 1302s; this command shows it on a real HTTP
+workload instead of asserting it.  This module holds the options and the exit status; the
+workload is in ``_demo_workload``, the output in ``_demo_report``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+
+from .._config import get_settings, mask_url
+from . import _demo_stats
+from ._demo_report import Progress, describe, render_monitor, render_table, to_json
+from ._demo_workload import DemoConfig, run_demo
+
+__all__ = ["add_arguments", "run"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (0 <= value < math.inf):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Start a local GLM simulator and run one workload of concurrent reasoning requests three ways: "
+        "unguarded, with the seed's sleep-after-each-call remedy, and through glm_guard's client "
+        "(rate limit + retry + the seed's GLMRateLimitException fallback). Prints a comparison table: "
+        "requests, 1302 errors, failed calls, success rate, fallbacks, throughput, p50/p99 latency. "
+        "Progress goes to stderr. No network: everything stays on 127.0.0.1."
+    )
+    p.epilog = (
+        "Exit status: 0 when the demo ran and the guarded run had no failed call, 1 when it had "
+        "(or a run crashed), 2 for bad options or a missing/unreachable REDIS_URL."
+    )
+    p.add_argument("--requests", type=_positive_int, default=40, metavar="N", help="requests per run (default: 40)")
+    p.add_argument(
+        "--callers",
+        type=_positive_int,
+        default=10,
+        metavar="N",
+        help="concurrent callers sharing the requests, each making its calls one after another (default: 10)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=2,
+        metavar="N",
+        help="calls in flight the simulator allows (more get 429/1302); the guard uses the same limit (default: 2)",
+    )
+    p.add_argument(
+        "--latency", type=_seconds, default=0.2, metavar="S", help="simulated seconds per answer (default: 0.2)"
+    )
+    p.add_argument(
+        "--sleep",
+        type=_seconds,
+        default=1.2,
+        metavar="S",
+        help="the remedy's sleep after each successful call, as in the seed (default: 1.2)",
+    )
+    p.add_argument(
+        "--max-tries", type=_positive_int, default=5, metavar="N", help="the guard's attempts per call (default: 5)"
+    )
+    p.add_argument(
+        "--calls-per-minute",
+        type=_positive_int,
+        default=600,
+        metavar="N",
+        help="the guard's sliding-window limit per 60 s, on top of the concurrency limit (default: 600)",
+    )
+    p.add_argument("--model", default="glm-4", help="model name sent, and the guard's key glm:MODEL (default: glm-4)")
+    p.add_argument(
+        "--backend",
+        choices=("local", "redis"),
+        default="local",
+        help="where the guard keeps its limit and its stats: this process, or Redis at REDIS_URL, shared "
+        "(default: local)",
+    )
+    p.add_argument(
+        "--processes",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="worker processes sharing the callers; with --backend redis they share one limit (default: 1)",
+    )
+    p.add_argument(
+        "--timeout", type=_positive_seconds, default=10.0, metavar="S", help="HTTP timeout per request (default: 10)"
+    )
+    p.add_argument("--json", action="store_true", help="print the figures as JSON on stdout instead of the table")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+
+
+def _redis_url_or_error() -> str | None:
+    """REDIS_URL, checked by a PING; ``None`` after printing why it cannot be used."""
+    url = get_settings().redis_url
+    if url is None:
+        print(
+            "glm-guard demo: --backend redis needs REDIS_URL, e.g. REDIS_URL=redis://:password@127.0.0.1:6379/0",
+            file=sys.stderr,
+        )
+        return None
+    try:
+        import redis
+    except ImportError:
+        print("glm-guard demo: --backend redis needs redis-py: pip install 'glm-guard[redis]'", file=sys.stderr)
+        return None
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        print(f"glm-guard demo: cannot reach REDIS_URL {mask_url(url)}: {error}", file=sys.stderr)
+        return None
+    finally:
+        client.close()
+    return url
+
+
+def run(ns: argparse.Namespace) -> int:
+    """Run the demo; returns the exit status."""
+    backend = "local"
+    if ns.backend == "redis":
+        url = _redis_url_or_error()
+        if url is None:
+            return 2
+        backend = url
+    # Every field is the option of the same name, but each process gets a caller at least, and
+    # "redis" becomes the URL that answered.
+    same_names = {field.name: getattr(ns, field.name) for field in dataclasses.fields(DemoConfig)}
+    cfg = DemoConfig(**{**same_names, "callers": max(ns.callers, ns.processes), "backend": backend})
+    progress = Progress(None if ns.quiet else sys.stderr, cfg.requests)
+    if not ns.quiet:
+        print(f"glm-guard demo: {describe(cfg)}", file=sys.stderr, flush=True)
+    try:
+        results = run_demo(cfg, progress)
+    except Exception as error:  # a crashed run is reported, not dumped as a traceback
+        print(f"glm-guard demo: a run failed: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    where, figures = _demo_stats.figures(cfg.backend, cfg.processes)
+    if ns.json:
+        print(to_json(cfg, results, figures), flush=True)
+    else:
+        print(render_table(cfg, results) + "\n\n" + render_monitor(where, figures), flush=True)
+    return 0 if results[-1].failed == 0 else 1
