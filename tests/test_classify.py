@@ -257,15 +257,21 @@ def test_a_generic_429_code_alone_is_still_a_rate_limit(litellm: ModuleType) -> 
 # litellm's request types trip a pydantic warning that is no concern of ours.
 @pytest.mark.filterwarnings("ignore:.*using the `ReadOnly` qualifier:UserWarning")
 def test_litellm_through_the_simulator_never_retries_arrears(litellm: ModuleType) -> None:
-    with run_simulator(latency=0) as sim, set_testing(True):
+    import openai
+
+    with (
+        run_simulator(latency=0) as sim,
+        set_testing(True),
+        # Our own client, closed here; litellm would otherwise cache one with an open socket.
+        openai.OpenAI(api_key="test-key", base_url=sim.base_url, max_retries=0) as client,
+    ):
 
         @retry_on_1302(max_tries=5)
         def ask() -> Any:
             return litellm.completion(
                 model="openai/glm-4.6",
-                api_base=sim.base_url,
-                api_key="test-key",
                 messages=[{"role": "user", "content": "hi"}],
+                client=client,
                 max_retries=0,
             )
 
