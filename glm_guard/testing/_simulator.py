@@ -26,6 +26,7 @@ log = logging.getLogger("glm_guard.testing.simulator")
 
 
 def _resolve(stop: asyncio.Future[float], grace: float) -> None:
+    """Ask the server to stop within ``grace`` seconds; a second request changes nothing."""
     if not stop.done():
         stop.set_result(grace)
 
