@@ -40,14 +40,15 @@ from .monitoring._events import (
 )
 
 if TYPE_CHECKING:
-    from ._client import AsyncLLMClient, GLMAPIError, GLMStreamError, LLMClient, get_llm_client
+    from ._api_errors import GLMAPIError, GLMStreamError
+    from ._client import AsyncLLMClient, LLMClient, get_llm_client
     from ._sdk import SDKRetryWarning, sdk_retries_off
 
 # The client pulls in more than the decorators need; it is imported on first use.
 _LAZY = {
     "AsyncLLMClient": "._client",
-    "GLMAPIError": "._client",
-    "GLMStreamError": "._client",
+    "GLMAPIError": "._api_errors",
+    "GLMStreamError": "._api_errors",
     "LLMClient": "._client",
     "get_llm_client": "._client",
     "SDKRetryWarning": "._sdk",

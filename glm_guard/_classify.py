@@ -105,6 +105,7 @@ _TYPE_IN_TEXT: Final = re.compile(r"""["']type["']\s*:\s*["']([A-Za-z0-9_]+)""")
 # "Error code: 429 - {...}" (openai), "Error code: 429, with error text" (zhipuai), "429 {...}".
 _STATUS_IN_TEXT: Final = re.compile(r"(?:^|Error code:?\s*|status(?:_code)?[=:]\s*)([1-5]\d\d)\b")
 _GLM_CODE: Final = re.compile(r"^\d{4}$")
+_HTTP_STATUS: Final = re.compile(r"^[1-5]\d\d$")
 _MAX_TEXT: Final = 16_384  # longer bodies are not parsed as a whole
 _MAX_CAUSE_DEPTH: Final = 8
 
@@ -154,15 +155,18 @@ class Classifier:
         kind_hint: str | None = None
         status = _as_status(getattr(error, "status_code", None)) or _as_status(getattr(error, "status", None))
 
+        # An HTTP status in ``code`` (litellm's "429", urllib's 429) is only a fallback: the
+        # provider's business code in the body or text must win, or a 1113 sent as 429 is retried.
+        generic_code: str | None = None
         raw_code = getattr(error, "code", None)
-        if isinstance(raw_code, str) and raw_code:
-            code = raw_code
-        elif isinstance(raw_code, int) and not isinstance(raw_code, bool):
-            # urllib's HTTPError.code is the HTTP status; GLM codes are four digits.
-            if 100 <= raw_code <= 599:
-                status = status or raw_code
-            else:
-                code = str(raw_code)
+        if isinstance(raw_code, (str, int)) and not isinstance(raw_code, bool):
+            text_code = str(raw_code).strip()
+            if _HTTP_STATUS.match(text_code):
+                status = status or int(text_code)
+                if isinstance(raw_code, str):  # Azure OpenAI's own code for its rate limit is "429"
+                    generic_code = text_code
+            elif text_code:
+                code = text_code
         raw_type = getattr(error, "type", None)
         if isinstance(raw_type, str):
             kind_hint = raw_type
@@ -204,6 +208,7 @@ class Classifier:
                 match = _STATUS_IN_TEXT.search(text)
                 if match:
                     status = int(match.group(1))
+        code = code or generic_code
         return self._decide(code, kind_hint, status, retry_after)
 
     def _decide(

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import email.utils
 import time
+from collections.abc import Iterator
+from types import ModuleType
 from typing import Any
 
 import httpx
 import pytest
 
-from glm_guard import Classifier, GLMRateLimitException, RateLimitTimeout
+from glm_guard import Classifier, GLMRateLimitException, RateLimitTimeout, retry_on_1302, set_testing
 from glm_guard._classify import DEFAULT_CLASSIFIER, retry_after_from_headers
+from glm_guard.testing import run_simulator
 
 from .helpers import SEED_1113, SEED_1302, ErrorWithText
 
@@ -204,3 +207,81 @@ def test_retry_after_as_an_http_date() -> None:
 def test_retry_after_from_an_sdk_error_response() -> None:
     info = DEFAULT_CLASSIFIER.classify(openai_error(429, glm_body("1302"), {"retry-after": "4"}))
     assert info.retry_after == 4.0
+
+
+# -- litellm: ``code`` is the generic "429", the GLM business code is in ``body`` or the text --
+
+
+@pytest.fixture(scope="module")
+def litellm() -> Iterator[ModuleType]:
+    with pytest.MonkeyPatch.context() as patch:
+        # Otherwise importing litellm tries to download a price list over the network.
+        patch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        import litellm
+
+        patch.setattr(litellm, "suppress_debug_info", True)
+        yield litellm
+
+
+@pytest.mark.parametrize(("code", "expected"), [("1113", "permanent"), ("1302", "rate_limit"), ("1308", "permanent")])
+def test_litellm_business_code_in_body_wins_over_its_generic_429(litellm: ModuleType, code: str, expected: str) -> None:
+    body = {"code": code, "message": "m"}
+    error = litellm.RateLimitError(message="OpenAIException - m", llm_provider="openai", model="glm-4.6", body=body)
+    assert (error.code, error.status_code) == ("429", 429)  # the shape the classifier must see past
+    info = DEFAULT_CLASSIFIER.classify(error)
+    assert (info.kind, info.code, info.status) == (expected, code, 429)
+
+
+def test_litellm_business_code_only_in_the_message(litellm: ModuleType) -> None:
+    error = litellm.RateLimitError(
+        message='ZaiException - {"error":{"code":"1113","message":"balance"}}', llm_provider="zai", model="glm-4.6"
+    )
+    assert error.body is None
+    info = DEFAULT_CLASSIFIER.classify(error)
+    assert (info.kind, info.code) == ("permanent", "1113")
+
+
+def test_litellm_api_error_with_a_body_code(litellm: ModuleType) -> None:
+    error = litellm.APIError(
+        status_code=429, message="m", llm_provider="openai", model="glm-4.6", body={"code": "1113", "message": "m"}
+    )
+    assert DEFAULT_CLASSIFIER.classify(error).kind == "permanent"
+
+
+def test_a_generic_429_code_alone_is_still_a_rate_limit(litellm: ModuleType) -> None:
+    error = litellm.RateLimitError(message="slow down", llm_provider="openai", model="gpt-4o")
+    info = DEFAULT_CLASSIFIER.classify(error)
+    assert (info.kind, info.code, info.status) == ("rate_limit", "429", 429)
+
+
+# litellm's request types trip a pydantic warning that is no concern of ours.
+@pytest.mark.filterwarnings("ignore:.*using the `ReadOnly` qualifier:UserWarning")
+def test_litellm_through_the_simulator_never_retries_arrears(litellm: ModuleType) -> None:
+    import openai
+
+    with (
+        run_simulator(latency=0) as sim,
+        set_testing(True),
+        # Our own client, closed here; litellm would otherwise cache one with an open socket.
+        openai.OpenAI(api_key="test-key", base_url=sim.base_url, max_retries=0) as client,
+    ):
+
+        @retry_on_1302(max_tries=5)
+        def ask() -> Any:
+            return litellm.completion(
+                model="openai/glm-4.6",
+                messages=[{"role": "user", "content": "hi"}],
+                client=client,
+                max_retries=0,
+            )
+
+        sim.force_next("1113")
+        with pytest.raises(litellm.RateLimitError) as raised:
+            ask()
+        assert DEFAULT_CLASSIFIER.classify(raised.value).code == "1113"
+        assert sim.stats.total_requests == 1  # one attempt: arrears are permanent
+
+        sim.force_next("1302", 2)
+        assert ask().choices[0].message.content.startswith("[glm-sim")
+        assert sim.stats.rejected.get("1302") == 2
+        assert sim.stats.total_requests == 4

@@ -16,7 +16,8 @@ import pytest
 
 import glm_guard
 from glm_guard import ConfigurationError, GLMRateLimitException
-from glm_guard._client import AsyncLLMClient, GLMAPIError, GLMStreamError, LLMClient, get_llm_client
+from glm_guard._api_errors import GLMAPIError, GLMStreamError
+from glm_guard._client import AsyncLLMClient, LLMClient, get_llm_client
 from glm_guard.testing import GLMSimulator, run_simulator
 
 KEY = "sk-client-secret-7b1e9c"

@@ -17,8 +17,9 @@ Quick start::
 For pytest, enable the ``glm_simulator`` fixture with ``-p glm_guard.testing.pytest_plugin``.
 """
 
+from ._answer import default_responder
+from ._catalogue import GLM_ERRORS
 from ._config import (
-    GLM_ERRORS,
     Latency,
     Responder,
     SimulatorConfig,
@@ -27,7 +28,7 @@ from ._config import (
     mask_key,
 )
 from ._engine import RequestRecord, SimulatorStats
-from ._simulator import GLMSimulator, default_responder, run_simulator
+from ._simulator import GLMSimulator, run_simulator
 
 __all__ = [
     "GLM_ERRORS",

@@ -1,10 +1,8 @@
-"""Configuration and the GLM error catalogue used by the simulator.
+"""The simulator's configuration: options, their validation, and key masking for reprs.
 
 Kept free of I/O so the CLI, the pytest plugin and the server can share the same
 validation; a bad option fails at construction, not on the first request.
 """
-
-# GLM's messages are Chinese with full-width punctuation; they must stay byte-exact.
 
 from __future__ import annotations
 
@@ -15,15 +13,16 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, TypedDict
 
+from ._catalogue import GLM_ERRORS, check_code
+
 __all__ = [
-    "GLM_ERRORS",
+    "GLM_ERRORS",  # re-exported: the command line imports it from here
     "STREAM_FAIL_REASONS",
     "Latency",
     "Responder",
     "SimulatorConfig",
     "SimulatorOptions",
     "StreamFailReason",
-    "error_status",
     "mask_key",
 ]
 
@@ -36,37 +35,6 @@ Responder = Callable[[Mapping[str, Any]], str]
 
 StreamFailReason = Literal["network_error", "sensitive", "disconnect"]
 STREAM_FAIL_REASONS: frozenset[str] = frozenset({"network_error", "sensitive", "disconnect"})
-
-#: Business code -> (HTTP status, message) as GLM sends them (see GLM_API.md §1).
-#: The codes are strings because GLM sends strings.
-GLM_ERRORS: Mapping[str, tuple[int, str]] = MappingProxyType(
-    {
-        "500": (500, "内部错误"),
-        "1001": (401, "Header中未收到Authorization参数，无法进行身份验证。"),
-        "1002": (401, "Authorization Token非法，请确认Authorization Token正确传递。"),
-        "1003": (401, "Authorization Token已过期，请重新生成/获取。"),
-        "1113": (429, "余额不足或无可用资源包,请充值。"),
-        "1210": (400, "API 调用参数有误，请检查文档。"),
-        "1211": (400, "模型不存在，请检查模型代码。"),
-        "1214": (400, "参数非法。请检查文档。"),
-        "1261": (400, "Prompt 超长"),
-        "1301": (
-            400,
-            ("系统检测到输入或生成内容可能包含不安全或敏感内容，请您避免输入易产生敏感内容的提示语，感谢您的配合。"),
-        ),
-        "1302": (429, "您的账户已达到速率限制，请您控制请求频率"),
-        "1305": (429, "该模型当前访问量过大，请您稍后再试"),
-        "1308": (429, "已达到 5 小时 的使用上限。您的限额将在 {reset} 重置。"),
-        "1310": (429, "您已达到每周/每月使用上限，您的限额将在 {reset} 重置。"),
-    }
-)
-
-
-def error_status(code: str, overrides: Mapping[str, int] | None = None) -> int:
-    """HTTP status for a business code, honouring per-code overrides (e.g. 1305 as 503)."""
-    if overrides and code in overrides:
-        return overrides[code]
-    return GLM_ERRORS[code][0]
 
 
 def mask_key(key: str | None) -> str:
@@ -102,14 +70,6 @@ class SimulatorOptions(TypedDict, total=False):
     idle_timeout: float
     stop_timeout: float
     max_body_bytes: int
-
-
-def _check_code(code: str, what: str) -> str:
-    code = str(code)
-    if code not in GLM_ERRORS:
-        known = ", ".join(sorted(GLM_ERRORS, key=int))
-        raise ValueError(f"{what}: unknown GLM error code {code!r} (known: {known})")
-    return code
 
 
 def _check_nonneg(value: float, what: str) -> None:
@@ -226,7 +186,7 @@ class SimulatorConfig:
 
         faults: dict[str, float] = {}
         for code, prob in dict(self.faults).items():
-            code = _check_code(code, "faults")
+            code = check_code(code, "faults")
             if not 0.0 <= prob <= 1.0:
                 raise ValueError(f"faults[{code!r}] must be a probability in [0, 1], got {prob!r}")
             faults[code] = float(prob)
@@ -235,11 +195,11 @@ class SimulatorConfig:
         put("faults", MappingProxyType(faults))
         put(
             "model_faults",
-            MappingProxyType({str(m): _check_code(c, "model_faults") for m, c in dict(self.model_faults).items()}),
+            MappingProxyType({str(m): check_code(c, "model_faults") for m, c in dict(self.model_faults).items()}),
         )
         overrides: dict[str, int] = {}
         for code, status in dict(self.status_overrides).items():
-            code = _check_code(code, "status_overrides")
+            code = check_code(code, "status_overrides")
             if not 400 <= status <= 599:
                 raise ValueError(f"status_overrides[{code!r}] must be a 4xx/5xx status")
             overrides[code] = status

@@ -16,13 +16,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
-from ._config import (
-    GLM_ERRORS,
-    SimulatorConfig,
-    StreamFailReason,
-    _check_code,
-    mask_key,
-)
+from ._catalogue import check_code, error_status
+from ._config import SimulatorConfig, StreamFailReason, mask_key
 
 __all__ = [
     "Admission",
@@ -30,6 +25,7 @@ __all__ = [
     "Outcome",
     "RequestRecord",
     "SimulatorStats",
+    "Slot",
     "StreamFault",
 ]
 
@@ -133,6 +129,26 @@ class SimulatorStats:
         )
 
 
+class Slot:
+    """An admitted request's concurrency slot, released exactly once.
+
+    Released just *before* the last bytes go out: a client that sends its next request
+    the moment it has read a response must never see a spurious 1302 (which would make
+    a correct client-side limiter look broken), and counters are already final then.
+    """
+
+    __slots__ = ("_engine", "_key", "_model", "_released")
+
+    def __init__(self, engine: Engine, key: str, model: str) -> None:
+        self._engine, self._key, self._model = engine, key, model
+        self._released = False
+
+    def release(self, outcome: Outcome) -> None:
+        if not self._released:
+            self._released = True
+            self._engine.finish(self._key, self._model, outcome)
+
+
 @dataclass(slots=True)
 class _Forced:
     code: str
@@ -185,7 +201,7 @@ class Engine:
             self._config = config
 
     def force_next(self, code: str, count: int, model: str | None) -> None:
-        code = _check_code(code, "force_next")
+        code = check_code(code, "force_next")
         if count < 1:
             raise ValueError("count must be >= 1")
         with self._lock:
@@ -218,7 +234,7 @@ class Engine:
     ) -> None:
         """Count an error answer decided outside the engine (auth, validation)."""
         with self._lock:
-            self._count_reject_locked(code, status, api_key, model, stream)
+            self._count_reject_locked(code, RequestRecord(time.monotonic(), api_key, model, stream, status, code))
 
     def try_admit(self, api_key: str, model: str, stream: bool) -> Admission:
         """Apply forced codes, random faults, then the concurrency and rate limits."""
@@ -242,8 +258,8 @@ class Engine:
                     else:
                         window.append(now)
             if code is not None:
-                status = cfg.status_overrides.get(code, GLM_ERRORS[code][0])
-                self._count_reject_locked(code, status, api_key, model, stream)
+                status = error_status(code, cfg.status_overrides)
+                self._count_reject_locked(code, RequestRecord(now, api_key, model, stream, status, code))
                 return Admission(code)
 
             current = self._in_flight.get(pair, 0) + 1
@@ -324,16 +340,9 @@ class Engine:
         self._peak_total = self._in_flight_total
         self._peak_by = dict(self._in_flight)
 
-    def _count_reject_locked(
-        self,
-        code: str,
-        status: int,
-        api_key: str | None,
-        model: str | None,
-        stream: bool,
-    ) -> None:
+    def _count_reject_locked(self, code: str, record: RequestRecord) -> None:
         self._rejected[code] = self._rejected.get(code, 0) + 1
-        self._history.append(RequestRecord(time.monotonic(), api_key, model, stream, status, code))
+        self._history.append(record)
 
     def _pick_fault_locked(self, cfg: SimulatorConfig, model: str) -> str | None:
         for entry in self._forced:

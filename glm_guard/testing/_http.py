@@ -1,5 +1,5 @@
 """Just enough HTTP/1.1 over asyncio streams for the SDKs: keep-alive, Content-Length or
-chunked request bodies, and chunked responses for SSE.
+chunked request bodies, JSON responses, and chunked responses for SSE.
 
 Written on asyncio streams rather than ``http.server`` so hundreds of concurrent
 connections cost no threads and shutdown can cancel idle keep-alive connections.
@@ -9,12 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Any
 
-__all__ = ["BadRequest", "HTTPRequest", "encode_chunk", "read_request", "response_head"]
+__all__ = [
+    "LAST_CHUNK",
+    "BadRequest",
+    "ClientGone",
+    "HTTPRequest",
+    "encode_chunk",
+    "origin_headers",
+    "read_request",
+    "response_head",
+    "send_json",
+    "write",
+]
 
 _MAX_HEADERS = 100
+_JSON = "application/json; charset=UTF-8"
+_SERVER = "glm-guard-simulator"
 LAST_CHUNK = b"0\r\n\r\n"
 
 
@@ -25,6 +42,10 @@ class BadRequest(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+class ClientGone(Exception):
+    """The peer closed the connection while we were writing."""
 
 
 @dataclass(slots=True)
@@ -142,3 +163,39 @@ def response_head(status: int, headers: list[tuple[str, str]]) -> bytes:
 def encode_chunk(data: bytes) -> bytes:
     """One chunk of a ``Transfer-Encoding: chunked`` body."""
     return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def origin_headers() -> list[tuple[str, str]]:
+    """``Server`` and a fresh ``x-log-id``, as every GLM answer carries one."""
+    return [("Server", _SERVER), ("x-log-id", uuid.uuid4().hex)]
+
+
+async def write(writer: asyncio.StreamWriter, data: bytes) -> None:
+    """Send ``data`` and wait for the buffer to drain; a vanished peer is :class:`ClientGone`."""
+    if writer.is_closing():
+        raise ClientGone
+    writer.write(data)
+    try:
+        await writer.drain()
+    except (ConnectionError, OSError) as exc:
+        raise ClientGone from exc
+
+
+async def send_json(
+    writer: asyncio.StreamWriter,
+    status: int,
+    payload: Mapping[str, Any],
+    *,
+    keep: bool,
+    extra: list[tuple[str, str]] | None = None,
+) -> None:
+    """One complete JSON response with ``Content-Length``."""
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    headers = [
+        ("Content-Type", _JSON),
+        ("Content-Length", str(len(body))),
+        ("Connection", "keep-alive" if keep else "close"),
+        *origin_headers(),
+        *(extra or []),
+    ]
+    await write(writer, response_head(status, headers) + body)
