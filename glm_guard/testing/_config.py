@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, TypedDict
 
-from ._catalogue import GLM_ERRORS, check_code
+from ._catalogue import check_code
 
 __all__ = [
-    "GLM_ERRORS",  # re-exported: the command line imports it from here
     "STREAM_FAIL_REASONS",
     "Latency",
     "Responder",
