@@ -13,6 +13,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterable
+from contextvars import Token
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
@@ -193,33 +194,76 @@ def retry_on_1302(
 
 
 class _Run:
-    """The state of one retried call: which attempt, since when, the backoff schedule."""
+    """One retried call: which attempt, since when, the backoff schedule, and what comes next.
 
-    __slots__ = ("attempt", "attempts", "policy", "schedule", "stack", "started")
+    A decision core without I/O: each outcome of an attempt goes in, the sleep before the next
+    attempt comes out, or the end (the answer, the error as it is, or giving up).  While it
+    runs (``with``) it owns the attempts, so a ``retry_on_1302`` nested inside makes one each;
+    one that starts inside another's run passes every outcome straight through.
+    """
 
-    def __init__(self, policy: _RetryPolicy, stack: Stack, started: float | None = None) -> None:
+    __slots__ = (
+        "_token",
+        "args",
+        "attempt",
+        "attempts",
+        "kwargs",
+        "owner",
+        "policy",
+        "result",
+        "schedule",
+        "stack",
+        "started",
+    )
+
+    def __init__(self, policy: _RetryPolicy, stack: Stack, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.policy = policy
         self.stack = stack
+        self.args = args
+        self.kwargs = kwargs
         self.attempts = stack.attempts_allowed(policy.max_tries)
-        self.started = _clock() if started is None else started
+        self.started = _clock()
         self.schedule: Generator[float, Any, None] | None = None
         self.attempt = 1
+        self.result: object = None
+        outer = RETRYING.get()
+        self.owner = None if outer is not None and outer.active else Retrying()
+
+    def __enter__(self) -> _Run:
+        if self.owner is not None:
+            self._token: Token[Retrying | None] = RETRYING.set(self.owner)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.owner is not None:
+            self.owner.active = False
+            RETRYING.reset(self._token)
+
+    def delay_after(self, result: object, error: Exception | None) -> float | None:
+        """Seconds to sleep before the next attempt; ``None`` when ``result`` is the answer.
+
+        Raises ``error`` itself when a retry cannot help, and
+        :class:`~glm_guard.GLMRateLimitException` when the attempts or the time run out.
+        """
+        if error is not None:
+            delay = None if self.owner is None else self.after_error(error)
+            if delay is None:
+                raise error
+            return delay
+        self.result = result
+        if self.owner is None or not self.policy.retry_on_result:
+            return None
+        info = self.stack.classifier.classify_result(result)
+        return self._next(info, None) if info.is_rate_limit else None
 
     def after_error(self, error: BaseException) -> float | None:
         """The sleep before the next attempt; ``None`` when ``error`` must propagate as is."""
         info = self.stack.verdict(error)
         if not info.is_rate_limit:
             return None
-        return self._next(info, error)
-
-    def after_result(self, result: object) -> float | None:
-        """The sleep before the next attempt; ``None`` when ``result`` is the answer."""
-        if not self.policy.retry_on_result:
-            return None
-        info = self.stack.classifier.classify_result(result)
-        if not info.is_rate_limit:
-            return None
-        return self._next(info, None)
+        delay = self._next(info, error)
+        sdk_retry_warning(self.args, self.kwargs, self.policy.name)
+        return delay
 
     def _next(self, info: ErrorInfo, error: BaseException | None) -> float:
         try:
@@ -234,45 +278,33 @@ class _Run:
         return delay
 
 
+def _outcome(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[object, Exception | None]:
+    try:
+        return fn(*args, **kwargs), None
+    except Exception as error:
+        return None, error
+
+
+async def _outcome_async(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[object, Exception | None]:
+    try:
+        return await fn(*args, **kwargs), None
+    except Exception as error:
+        return None, error
+
+
 def _wrap(fn: Callable[..., Any], policy: _RetryPolicy, stack: Stack) -> Callable[..., Any]:
     kind = kind_of(fn)
-    retry_on_result = policy.retry_on_result
-
     if kind == "async":
 
         @functools.wraps(fn)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            outer = RETRYING.get()
-            if outer is not None and outer.active:  # an outer retry owns the attempts
-                return await fn(*args, **kwargs)
-            owner = Retrying()
-            token = RETRYING.set(owner)
-            started = _clock()
-            run = None  # built at the first failure: a call that succeeds at once needs none
-            try:
-                while True:
-                    try:
-                        result = await fn(*args, **kwargs)
-                    except Exception as error:
-                        if run is None:
-                            run = _Run(policy, stack, started)
-                        delay = run.after_error(error)
-                        if delay is None:
-                            raise
-                        sdk_retry_warning(args, kwargs, policy.name)
-                    else:
-                        if not retry_on_result:
-                            return result
-                        if run is None:
-                            run = _Run(policy, stack, started)
-                        delay = run.after_result(result)
-                        if delay is None:
-                            return result
+            with _Run(policy, stack, args, kwargs) as run:
+                while (delay := run.delay_after(*await _outcome_async(fn, args, kwargs))) is not None:
                     if delay > 0:
                         await _async_sleep(delay)
-            finally:
-                owner.active = False
-                RETRYING.reset(token)
+                return run.result
 
         return async_wrapper
 
@@ -280,37 +312,11 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy, stack: Stack) -> Callabl
 
         @functools.wraps(fn)
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-            outer = RETRYING.get()
-            if outer is not None and outer.active:
-                return fn(*args, **kwargs)
-            owner = Retrying()
-            token = RETRYING.set(owner)
-            started = _clock()
-            run = None  # built at the first failure: a call that succeeds at once needs none
-            try:
-                while True:
-                    try:
-                        result = fn(*args, **kwargs)
-                    except Exception as error:
-                        if run is None:
-                            run = _Run(policy, stack, started)
-                        delay = run.after_error(error)
-                        if delay is None:
-                            raise
-                        sdk_retry_warning(args, kwargs, policy.name)
-                    else:
-                        if not retry_on_result:
-                            return result
-                        if run is None:
-                            run = _Run(policy, stack, started)
-                        delay = run.after_result(result)
-                        if delay is None:
-                            return result
+            with _Run(policy, stack, args, kwargs) as run:
+                while (delay := run.delay_after(*_outcome(fn, args, kwargs))) is not None:
                     if delay > 0:
                         _sleep(delay)
-            finally:
-                owner.active = False
-                RETRYING.reset(token)
+                return run.result
 
         return sync_wrapper
 
@@ -319,7 +325,7 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy, stack: Stack) -> Callabl
         @functools.wraps(fn)
         def generator_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
             # Retried only until the first item: a retry after that would repeat output.
-            run = _Run(policy, stack)
+            run = _Run(policy, stack, args, kwargs)
             while True:
                 stream = fn(*args, **kwargs)
                 try:
@@ -327,12 +333,7 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy, stack: Stack) -> Callabl
                 except StopIteration as stop:
                     return stop.value
                 except Exception as error:
-                    delay = run.after_error(error)
-                    if delay is None:
-                        raise
-                    sdk_retry_warning(args, kwargs, policy.name)
-                    if delay > 0:
-                        _sleep(delay)
+                    _sleep(_delay_or_raise(run, error))
                     continue
                 yield first
                 return (yield from stream)
@@ -341,7 +342,7 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy, stack: Stack) -> Callabl
 
     @functools.wraps(fn)
     async def async_generator_wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        run = _Run(policy, stack)
+        run = _Run(policy, stack, args, kwargs)
         while True:
             stream = fn(*args, **kwargs)
             try:
@@ -349,12 +350,7 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy, stack: Stack) -> Callabl
             except StopAsyncIteration:
                 return
             except Exception as error:
-                delay = run.after_error(error)
-                if delay is None:
-                    raise
-                sdk_retry_warning(args, kwargs, policy.name)
-                if delay > 0:
-                    await _async_sleep(delay)
+                await _async_sleep(_delay_or_raise(run, error))
                 continue
             async with contextlib.aclosing(stream):  # a consumer that stops early closes it at once
                 yield first
@@ -363,3 +359,10 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy, stack: Stack) -> Callabl
             return
 
     return async_generator_wrapper
+
+
+def _delay_or_raise(run: _Run, error: Exception) -> float:
+    delay = run.after_error(error)
+    if delay is None:
+        raise error
+    return delay
