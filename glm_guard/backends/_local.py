@@ -22,7 +22,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 
 from .._errors import RateLimitTimeout
 from ._base import AsyncPermit, Backend, CacheStore, Limiter, LimitPolicy, Permit
@@ -274,7 +274,7 @@ class LocalLimiter(Limiter):
         deadline = None if max_wait is None else self._clock() + max_wait
         event = waiter.event
         assert event is not None
-        try:
+        with self._leaving_the_queue_on_error(waiter, max_wait):
             while True:
                 with self._lock:
                     granted, timeout = self._next_timeout(waiter, deadline)
@@ -282,20 +282,12 @@ class LocalLimiter(Limiter):
                         return
                     event.clear()
                 event.wait(timeout)
-        except _DeadlinePassed:
-            with self._lock:
-                self._abandon(waiter)
-            raise RateLimitTimeout(self.key, max_wait or 0.0, None) from None
-        except BaseException:
-            with self._lock:
-                self._abandon(waiter)
-            raise
 
     async def _wait_async(self, waiter: _Waiter, max_wait: float | None) -> None:
         deadline = None if max_wait is None else self._clock() + max_wait
         loop = waiter.loop
         assert loop is not None
-        try:
+        with self._leaving_the_queue_on_error(waiter, max_wait):
             while True:
                 with self._lock:
                     granted, timeout = self._next_timeout(waiter, deadline)
@@ -303,18 +295,20 @@ class LocalLimiter(Limiter):
                         return
                     future: asyncio.Future[None] = loop.create_future()
                     waiter.future = future
-                try:
+                with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
                         await future
-                except TimeoutError:
-                    pass
-        except _DeadlinePassed:
+
+    @contextlib.contextmanager
+    def _leaving_the_queue_on_error(self, waiter: _Waiter, max_wait: float | None) -> Iterator[None]:
+        """A waiter that times out, is cancelled or fails leaves the queue (passing on a grant it got)."""
+        try:
+            yield
+        except BaseException as error:
             with self._lock:
                 self._abandon(waiter)
-            raise RateLimitTimeout(self.key, max_wait or 0.0, None) from None
-        except BaseException:
-            with self._lock:
-                self._abandon(waiter)
+            if isinstance(error, _DeadlinePassed):
+                raise RateLimitTimeout(self.key, max_wait or 0.0, None) from None
             raise
 
     def _after_fork(self) -> None:
