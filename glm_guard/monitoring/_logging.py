@@ -10,29 +10,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from ._events import (
-    Alert,
-    AttemptEvent,
-    CacheEvent,
-    CallEvent,
-    FallbackEvent,
-    GuardEvent,
-    RetryEvent,
-    WaitEvent,
-    subscribe,
-)
+from ._events import Alert, AttemptEvent, CacheEvent, CallEvent, GuardEvent, RetryEvent, WaitEvent, subscribe
 
 __all__ = ["LoggingSubscriber"]
 
-_KINDS = {
-    CallEvent: "call",
-    AttemptEvent: "attempt",
-    WaitEvent: "wait",
-    RetryEvent: "retry",
-    CacheEvent: "cache",
-    FallbackEvent: "fallback",
-    Alert: "alert",
-}
 
 
 def _summary(event: GuardEvent) -> str:
@@ -72,7 +53,7 @@ class LoggingSubscriber:
     def __call__(self, event: GuardEvent) -> None:
         if not self.logger.isEnabledFor(self.level):
             return
-        kind = _KINDS[type(event)]
+        kind = type(event).__name__.removesuffix("Event").lower()  # "call", "attempt", ..., "alert"
         extra = {f"glm_guard_{name}": value for name, value in event._asdict().items()}
         extra["glm_guard_event"] = kind
         self.logger.log(self.level, "glm_guard %s %s: %s", kind, event.key, _summary(event), extra=extra)
