@@ -99,6 +99,14 @@ class _Waiter:
         self.granted = False
         self.is_head = False
 
+    def arm(self) -> None:
+        """Get ready to be woken: a fresh event state, or a fresh future on the waiter's loop."""
+        if self.event is not None:
+            self.event.clear()
+        else:
+            assert self.loop is not None
+            self.future = self.loop.create_future()
+
     def wake(self) -> bool:
         """Wake the waiter; ``False`` if it can never wake (its event loop was closed)."""
         if self.event is not None:
@@ -256,45 +264,37 @@ class LocalLimiter(Limiter):
         if self._waiters:
             self._dispatch(self._clock())
 
-    def _next_timeout(self, waiter: _Waiter, deadline: float | None) -> tuple[bool, float | None]:
-        """Under the lock: (granted, how long to sleep); raises when ``deadline`` has passed."""
-        now = self._clock()
-        self._dispatch(now)
-        if waiter.granted:
-            return True, None
-        timeout = self._head_timeout(waiter, now)
-        if deadline is not None:
-            left = deadline - now
-            if left <= 0:
-                raise _DeadlinePassed
-            timeout = left if timeout is None else min(timeout, left)
-        return False, timeout
+    def _not_yet(self, waiter: _Waiter, deadline: float | None) -> float | None:
+        """:data:`_GRANTED`, or how long to sleep before looking again (the waiter is armed for
+        it); raises when ``deadline`` has passed."""
+        with self._lock:
+            now = self._clock()
+            self._dispatch(now)
+            if waiter.granted:
+                return _GRANTED
+            timeout = self._head_timeout(waiter, now)
+            if deadline is not None:
+                left = deadline - now
+                if left <= 0:
+                    raise _DeadlinePassed
+                timeout = left if timeout is None else min(timeout, left)
+            waiter.arm()
+            return timeout
 
     def _wait_sync(self, waiter: _Waiter, max_wait: float | None) -> None:
         deadline = None if max_wait is None else self._clock() + max_wait
         event = waiter.event
         assert event is not None
         with self._leaving_the_queue_on_error(waiter, max_wait):
-            while True:
-                with self._lock:
-                    granted, timeout = self._next_timeout(waiter, deadline)
-                    if granted:
-                        return
-                    event.clear()
+            while (timeout := self._not_yet(waiter, deadline)) != _GRANTED:
                 event.wait(timeout)
 
     async def _wait_async(self, waiter: _Waiter, max_wait: float | None) -> None:
         deadline = None if max_wait is None else self._clock() + max_wait
-        loop = waiter.loop
-        assert loop is not None
         with self._leaving_the_queue_on_error(waiter, max_wait):
-            while True:
-                with self._lock:
-                    granted, timeout = self._next_timeout(waiter, deadline)
-                    if granted:
-                        return
-                    future: asyncio.Future[None] = loop.create_future()
-                    waiter.future = future
+            while (timeout := self._not_yet(waiter, deadline)) != _GRANTED:
+                future = waiter.future
+                assert future is not None  # armed by _not_yet
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
                         await future
@@ -316,6 +316,9 @@ class LocalLimiter(Limiter):
         self._lock = threading.Lock()
         self._waiters.clear()
         self.state.in_flight = 0
+
+
+_GRANTED = -1.0  # what _not_yet answers once the permit is the waiter's (never a timeout)
 
 
 class _DeadlinePassed(Exception):
