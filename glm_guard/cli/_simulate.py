@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -44,20 +45,21 @@ def _latency_ms(text: str) -> tuple[float, float]:
         raise argparse.ArgumentTypeError(f"expected MEAN[,JITTER] in milliseconds; got {text!r}") from None
 
 
-def _fault(text: str) -> tuple[str, float]:
-    code, prob = _pair(text)
-    try:
-        return code, float(prob)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected CODE=PROBABILITY; got {text!r}") from None
+def _named(convert: Callable[[str], Any], expected: str) -> Callable[[str], tuple[str, Any]]:
+    """A parser of ``NAME=VALUE`` whose value ``convert`` reads; ``expected`` shows the form."""
+
+    def parse(text: str) -> tuple[str, Any]:
+        name, value = _pair(text)
+        try:
+            return name, convert(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}") from None
+
+    return parse
 
 
-def _name_int(text: str) -> tuple[str, int]:
-    name, value = _pair(text)
-    try:
-        return name, int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected NAME=INTEGER; got {text!r}") from None
+_fault = _named(float, "CODE=PROBABILITY")
+_name_int = _named(int, "NAME=INTEGER")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
