@@ -59,41 +59,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "Exit status: 0 when the demo ran and the guarded run had no failed call, 1 when it had "
         "(or a run crashed), 2 for bad options or a missing/unreachable REDIS_URL."
     )
-    p.add_argument("--requests", type=_positive_int, default=40, metavar="N", help="requests per run (default: 40)")
-    p.add_argument(
-        "--callers",
-        type=_positive_int,
-        default=10,
-        metavar="N",
-        help="concurrent callers sharing the requests, each making its calls one after another (default: 10)",
+    numbers = (  # (option, value parser, default, metavar, help)
+        ("--requests", _positive_int, 40, "N", "requests per run"),
+        ("--callers", _positive_int, 10, "N", "concurrent callers sharing the requests, each one call after another"),
+        ("--concurrency", _positive_int, 2, "N", "calls in flight the simulator allows; the guard uses the same limit"),
+        ("--latency", _seconds, 0.2, "S", "simulated seconds per answer"),
+        ("--sleep", _seconds, 1.2, "S", "the remedy's sleep after each successful call, as in the seed"),
+        ("--max-tries", _positive_int, 5, "N", "the guard's attempts per call"),
+        ("--calls-per-minute", _positive_int, 600, "N", "the guard's limit per sliding 60 s, beside the concurrency"),
+        ("--processes", _positive_int, 1, "N", "worker processes sharing the callers (one limit with --backend redis)"),
+        ("--timeout", _positive_seconds, 10.0, "S", "HTTP timeout per request"),
     )
-    p.add_argument(
-        "--concurrency",
-        type=_positive_int,
-        default=2,
-        metavar="N",
-        help="calls in flight the simulator allows (more get 429/1302); the guard uses the same limit (default: 2)",
-    )
-    p.add_argument(
-        "--latency", type=_seconds, default=0.2, metavar="S", help="simulated seconds per answer (default: 0.2)"
-    )
-    p.add_argument(
-        "--sleep",
-        type=_seconds,
-        default=1.2,
-        metavar="S",
-        help="the remedy's sleep after each successful call, as in the seed (default: 1.2)",
-    )
-    p.add_argument(
-        "--max-tries", type=_positive_int, default=5, metavar="N", help="the guard's attempts per call (default: 5)"
-    )
-    p.add_argument(
-        "--calls-per-minute",
-        type=_positive_int,
-        default=600,
-        metavar="N",
-        help="the guard's sliding-window limit per 60 s, on top of the concurrency limit (default: 600)",
-    )
+    for option, parse, default, metavar, text in numbers:
+        p.add_argument(option, type=parse, default=default, metavar=metavar, help=f"{text} (default: {default:g})")
     p.add_argument("--model", default="glm-4", help="model name sent, and the guard's key glm:MODEL (default: glm-4)")
     p.add_argument(
         "--backend",
@@ -101,16 +79,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="local",
         help="where the guard keeps its limit and its stats: this process, or Redis at REDIS_URL, shared "
         "(default: local)",
-    )
-    p.add_argument(
-        "--processes",
-        type=_positive_int,
-        default=1,
-        metavar="N",
-        help="worker processes sharing the callers; with --backend redis they share one limit (default: 1)",
-    )
-    p.add_argument(
-        "--timeout", type=_positive_seconds, default=10.0, metavar="S", help="HTTP timeout per request (default: 10)"
     )
     p.add_argument("--json", action="store_true", help="print the figures as JSON on stdout instead of the table")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")

@@ -84,14 +84,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="requests in flight allowed per (api key, model); more get 429/1302; 0 = unlimited (default: %(default)s)",
     )
-    p.add_argument(
-        "--model-concurrency",
-        type=_name_int,
-        action="append",
-        default=[],
-        metavar="MODEL=N",
-        help="per-model concurrency override; repeatable",
+    repeatable = (  # (option, value parser, metavar, help): each may be given many times
+        ("--model-concurrency", _name_int, "MODEL=N", "per-model concurrency override"),
+        ("--fault", _fault, "CODE=PROB", "answer CODE with probability PROB, e.g. 1305=0.1; probabilities sum to <= 1"),
+        ("--model-fault", _pair, "MODEL=CODE", "answer every request for MODEL with CODE"),
+        ("--status", _name_int, "CODE=HTTP", "override the HTTP status of a code, e.g. 1305=503"),
+        ("--api-key", str, "K", "accepted API key; other keys get 401/1002 (without it any non-empty key is accepted)"),
+        ("--model", str, "M", "accepted model (others get 1211)"),
     )
+    for option, parse, metavar, text in repeatable:
+        p.add_argument(option, type=parse, action="append", default=[], metavar=metavar, help=f"{text}; repeatable")
     p.add_argument(
         "--rate",
         type=_rate,
@@ -110,46 +112,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=(0.02, 0.0),
         metavar="MEAN[,JITTER]",
         help="time each admitted request holds its slot, uniform in MEAN±JITTER ms (default: 20)",
-    )
-    p.add_argument(
-        "--fault",
-        type=_fault,
-        action="append",
-        default=[],
-        metavar="CODE=PROB",
-        help="answer CODE with probability PROB, e.g. 1305=0.1; repeatable; probabilities sum to <= 1",
-    )
-    p.add_argument(
-        "--model-fault",
-        type=_pair,
-        action="append",
-        default=[],
-        metavar="MODEL=CODE",
-        help="answer every request for MODEL with CODE; repeatable",
-    )
-    p.add_argument(
-        "--status",
-        type=_name_int,
-        action="append",
-        default=[],
-        metavar="CODE=HTTP",
-        help="override the HTTP status of a code, e.g. 1305=503; repeatable",
-    )
-    p.add_argument(
-        "--api-key",
-        action="append",
-        default=[],
-        metavar="K",
-        help=(
-            "accepted API key, repeatable; other keys get 401/1002. Without this option any non-empty key is accepted"
-        ),
-    )
-    p.add_argument(
-        "--model",
-        action="append",
-        default=[],
-        metavar="M",
-        help="accepted model; repeatable (others get 1211)",
     )
     p.add_argument(
         "--stream-fail-after",
