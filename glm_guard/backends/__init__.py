@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from .._config import REDIS_SCHEMES, check_redis_url, get_settings, mask_url
 from .._errors import ConfigurationError
 from ._base import AsyncPermit, Backend, CacheStore, Limiter, LimitPolicy, Permit
+from ._live import live_backends
 
 if TYPE_CHECKING:
     from ._local import LocalBackend
@@ -29,6 +30,7 @@ __all__ = [
     "Permit",
     "RedisBackend",
     "get_backend",
+    "live_backends",
     "reset_backends",
 ]
 
