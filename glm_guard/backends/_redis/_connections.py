@@ -65,13 +65,15 @@ class Connections:
         self._sync: tuple[redis.Redis, dict[str, Script]] | None = None
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient] = weakref.WeakKeyDictionary()
 
-    def _options(self) -> dict[str, Any]:
-        return {"socket_timeout": self._timeout, "socket_connect_timeout": self._timeout}
-
     def _open(self) -> tuple[redis.Redis, dict[str, Script]]:
         with self._lock:
             if self._sync is None:
-                client = redis.Redis.from_url(self._url, retry=Retry(NoBackoff(), 1, _RETRIED), **self._options())
+                client = redis.Redis.from_url(
+                    self._url,
+                    retry=Retry(NoBackoff(), 1, _RETRIED),
+                    socket_timeout=self._timeout,
+                    socket_connect_timeout=self._timeout,
+                )
                 self._sync = (client, _scripts.register(client))
             return self._sync
 
@@ -83,8 +85,10 @@ class Connections:
         loop = asyncio.get_running_loop()
         entry = self._loops.get(loop)
         if entry is None:
+            # No socket_timeout here: redis-py would bound every send with asyncio.wait_for, a task
+            # (an extra turn of the loop) per request.  Each request is bounded as a whole instead.
             client = redis.asyncio.Redis.from_url(
-                self._url, retry=AsyncRetry(NoBackoff(), 1, _RETRIED), **self._options()
+                self._url, retry=AsyncRetry(NoBackoff(), 1, _RETRIED), socket_connect_timeout=self._timeout
             )
             closer = _close_with_loop(client)
             await anext(closer)  # the loop now tracks it and closes the client at shutdown_asyncgens
@@ -102,7 +106,8 @@ class Connections:
     async def run_async(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         entry = await self._loop_client()
         with self._outcome:
-            return await entry.scripts[name](keys, args)
+            async with asyncio.timeout(self._timeout):  # a cancelled read disconnects its connection
+                return await entry.scripts[name](keys, args)
 
     def call(self, command: Callable[[redis.Redis], T]) -> T:
         """``command(client)``: plain commands (``GET``, ``SET``) on the same pool as the scripts."""
@@ -113,11 +118,13 @@ class Connections:
     async def call_async(self, command: Callable[[redis.asyncio.Redis], Awaitable[T]]) -> T:
         entry = await self._loop_client()
         with self._outcome:
-            return await command(entry.client)
+            async with asyncio.timeout(self._timeout):
+                return await command(entry.client)
 
     def wrap(self, error: BaseException) -> BackendError:
         """The library's error for a Redis failure; the URL's password never appears in it."""
-        return BackendError(f"redis backend {mask_url(self._url)}: {type(error).__name__}: {error}")
+        detail = str(error) or f"no reply within {self._timeout} s"
+        return BackendError(f"redis backend {mask_url(self._url)}: {type(error).__name__}: {detail}")
 
     def close(self) -> None:
         """Close the sync pool; each async client closes with its own loop."""
