@@ -13,11 +13,14 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections.abc import Generator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from ..._errors import BackendError, RateLimitTimeout
 from .._base import AsyncPermit, Limiter, LimitPolicy, Permit
 from .._local import LocalLimiter, _resolve
+from ._steps import Ask, AwaitRelease, GiveBack, Sleep, Step, Steps, Turnstile
 from ._tokens import new_token
 
 if TYPE_CHECKING:
@@ -46,14 +49,12 @@ def window_ms(period: float) -> int:
     return int(period * 1000) + int(min(WINDOW_MARGIN_SECONDS, period * 0.02) * 1000)
 
 
+@dataclass(slots=True)
 class _Permit:
     """A lease in Redis, given back exactly once."""
 
-    __slots__ = ("_limiter", "_token")
-
-    def __init__(self, limiter: RedisLimiter, token: bytes | None) -> None:
-        self._limiter = limiter
-        self._token = token
+    _limiter: RedisLimiter
+    _token: bytes | None
 
     def release(self) -> None:
         if self._token is not None:
@@ -61,9 +62,8 @@ class _Permit:
             self._limiter.give_back(token)
 
 
+@dataclass(slots=True)
 class _AsyncPermit(_Permit):
-    __slots__ = ()
-
     async def release(self) -> None:  # type: ignore[override]
         if self._token is not None:
             token, self._token = self._token, None
@@ -201,137 +201,122 @@ class RedisLimiter(Limiter):
         return await self._local.acquire_async(self._backend.share(policy), max_wait)
 
     # -- admission through Redis -------------------------------------------------------------
-    # Every caller passes the local turnstile first; one with a reserved start leaves it before
-    # it sleeps, so the next local caller may reserve its own.  ``patience``: how many more
-    # late starts to give back before taking one anyway.
 
-    def _acquire_shared(self, policy: LimitPolicy, max_wait: float | None, patience: int = 3) -> Permit:
+    def _admission(self, policy: LimitPolicy, max_wait: float | None) -> Generator[Step, Any, bytes | None]:
+        """Every decision of one admission, without I/O: it yields what to do, the driver does it.
+
+        The driver sends back each step's outcome (the script's reply), or throws in its
+        failure.  Returns the lease token now held, ``None`` without a concurrency limit.
+        Every caller passes the local turnstile first; one with a reserved start leaves it
+        before it sleeps, so the next local caller may reserve its own.  A start taken late,
+        or reserved across a cooldown, is given back and the caller queues again: up to three
+        times for lateness, so a slow host still gets its turn.
+        """
         self._backend.heartbeat.start()
+        patience = 3
         deadline = None if max_wait is None else time.monotonic() + max_wait
-        turn: Permit | None = self._turnstile.acquire(_TURNSTILE, max_wait)
-        watching = False
-        try:
-            while True:
-                args = self._args(policy, deadline)
-                sent = time.monotonic()
-                reply = self._backend.connections.run("acquire", self.keys, args)
-                answered = time.monotonic()
-                code = int(reply[0])
-                if code:
-                    token = args[1]
-                    held = self._hold(policy, token)
-                    if code == _ADMITTED and (patience <= 0 or not self._late(policy, sent, answered, 0.0)):
-                        return _NO_LEASE if held is None else _Permit(self, held)
-                    permit = _Permit(self, held)
-                    if turn is not None:  # the next local caller may reserve its own start
-                        if watching:
-                            self._backend.listener.unwatch(self.channel)
-                            watching = False
-                        turn.release()
-                        turn = None
-                    wait = int(reply[1]) / 1000.0 if code == _RESERVED else 0.0
-                    if wait:
-                        try:
-                            time.sleep(wait)
-                        except BaseException:
-                            permit.release()
-                            raise
-                    late = patience > 0 and (code == _ADMITTED or self._late(policy, sent, answered, wait))
-                    if late or (wait and self._paused()):
-                        try:
-                            paused_ms = int(self._backend.connections.run("confirm", self.keys, [token, int(late)]))
-                        except BaseException:  # the start stays ours: give it back the usual way
-                            permit.release()
-                            raise
-                        if paused_ms >= 0:  # gave its slot back: queue again (after any cooldown)
-                            self._backend.leases.discard(self.keys[1], token)
-                            time.sleep(paused_ms / 1000.0)
-                            return self._acquire_shared(policy, _remaining(deadline), patience - int(late))
-                    return permit
-                wait = self._refused_wait(reply, deadline, max_wait)
-                if int(reply[2]) == _CONCURRENCY_BOUND:
-                    released = threading.Event()
-                    self._backend.listener.watch(self.channel, released.set)
-                    watching = True
-                    released.wait(wait)
-                else:
-                    time.sleep(wait)
-        finally:
-            if turn is not None:
-                if watching:
+        while True:
+            yield Turnstile(_remaining(deadline))
+            try:
+                while True:
+                    args = self._args(policy, deadline)
+                    sent = time.monotonic()
+                    reply = yield Ask("acquire", self.keys, args)
+                    answered = time.monotonic()
+                    code = int(reply[0])
+                    if code:
+                        break
+                    wait = self._refused_wait(reply, deadline, max_wait)
+                    yield AwaitRelease(wait) if int(reply[2]) == _CONCURRENCY_BOUND else Sleep(wait)
+                token = args[1]
+                held = self._hold(policy, token)
+                if code == _ADMITTED and (patience <= 0 or not self._late(policy, sent, answered, 0.0)):
+                    return held
+            finally:
+                self._turnstile.release()
+            wait = int(reply[1]) / 1000.0 if code == _RESERVED else 0.0
+            try:
+                if wait:
+                    yield Sleep(wait)
+                late = patience > 0 and (code == _ADMITTED or self._late(policy, sent, answered, wait))
+                if not late and not (wait and self._paused()):
+                    return held
+                paused_ms = int((yield Ask("confirm", self.keys, [token, int(late)])))
+            except GeneratorExit:  # closed, not driven: nothing can be done for it any more
+                raise
+            except BaseException:  # the start stays ours: give it back the usual way
+                if held is not None:
+                    yield GiveBack(held)
+                raise
+            if paused_ms < 0:
+                return held
+            self._backend.leases.discard(self.keys[1], token)  # it gave its slot back
+            yield Sleep(paused_ms / 1000.0)  # any cooldown, then queue again
+            patience -= int(late)
+
+    def _acquire_shared(self, policy: LimitPolicy, max_wait: float | None) -> Permit:
+        steps = Steps(self._admission(policy, max_wait))
+        while (step := steps.next()) is not None:
+            try:
+                steps.outcome = self._do(step)
+            except BaseException as error:
+                steps.failure = error
+        return _NO_LEASE if steps.held is None else _Permit(self, steps.held)
+
+    def _do(self, step: Step) -> Any:
+        match step:
+            case Ask(script, keys, args):
+                return self._backend.connections.run(script, keys, args)
+            case Sleep(seconds):
+                time.sleep(seconds)
+            case AwaitRelease(seconds):
+                released = threading.Event()
+                self._backend.listener.watch(self.channel, released.set)
+                try:
+                    released.wait(seconds)
+                finally:
                     self._backend.listener.unwatch(self.channel)
-                turn.release()
+            case Turnstile(max_wait):
+                self._turnstile.acquire(_TURNSTILE, max_wait)
+            case GiveBack(token):
+                self.give_back(token)
+        return None
 
-    async def _acquire_shared_async(
-        self, policy: LimitPolicy, max_wait: float | None, patience: int = 3
-    ) -> AsyncPermit:
-        self._backend.heartbeat.start()
-        deadline = None if max_wait is None else time.monotonic() + max_wait
-        turn: AsyncPermit | None = await self._turnstile.acquire_async(_TURNSTILE, max_wait)
-        watching = False
-        try:
-            while True:
-                args = self._args(policy, deadline)
-                sent = time.monotonic()
-                reply = await self._backend.connections.run_async("acquire", self.keys, args)
-                answered = time.monotonic()
-                code = int(reply[0])
-                if code:
-                    token = args[1]
-                    held = self._hold(policy, token)
-                    if code == _ADMITTED and (patience <= 0 or not self._late(policy, sent, answered, 0.0)):
-                        return _NO_LEASE_ASYNC if held is None else _AsyncPermit(self, held)
-                    permit = _AsyncPermit(self, held)
-                    if turn is not None:  # the next local caller may reserve its own start
-                        if watching:
-                            self._backend.listener.unwatch(self.channel)
-                            watching = False
-                        await turn.release()
-                        turn = None
-                    wait = int(reply[1]) / 1000.0 if code == _RESERVED else 0.0
-                    if wait:
-                        try:
-                            await asyncio.sleep(wait)
-                        except BaseException:
-                            await permit.release()
-                            raise
-                    late = patience > 0 and (code == _ADMITTED or self._late(policy, sent, answered, wait))
-                    if late or (wait and self._paused()):
-                        try:
-                            confirm = self._backend.connections.run_async("confirm", self.keys, [token, int(late)])
-                            paused_ms = int(await confirm)
-                        except BaseException:  # the start stays ours: give it back the usual way
-                            await permit.release()
-                            raise
-                        if paused_ms >= 0:  # gave its slot back: queue again (after any cooldown)
-                            self._backend.leases.discard(self.keys[1], token)
-                            await asyncio.sleep(paused_ms / 1000.0)
-                            return await self._acquire_shared_async(policy, _remaining(deadline), patience - int(late))
-                    return permit
-                wait = self._refused_wait(reply, deadline, max_wait)
-                if int(reply[2]) == _CONCURRENCY_BOUND:
-                    watching = True
-                    await self._wait_for_release(wait)
-                else:
-                    await asyncio.sleep(wait)
-        finally:
-            if turn is not None:
-                if watching:
+    async def _acquire_shared_async(self, policy: LimitPolicy, max_wait: float | None) -> AsyncPermit:
+        steps = Steps(self._admission(policy, max_wait))
+        while (step := steps.next()) is not None:
+            try:
+                steps.outcome = await self._do_async(step)
+            except BaseException as error:
+                steps.failure = error
+        return _NO_LEASE_ASYNC if steps.held is None else _AsyncPermit(self, steps.held)
+
+    async def _do_async(self, step: Step) -> Any:
+        match step:
+            case Ask(script, keys, args):
+                return await self._backend.connections.run_async(script, keys, args)
+            case Sleep(seconds):
+                await asyncio.sleep(seconds)
+            case AwaitRelease(seconds):
+                loop = asyncio.get_running_loop()
+                released: asyncio.Future[None] = loop.create_future()
+
+                def wake() -> None:
+                    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                        loop.call_soon_threadsafe(_resolve, released)
+
+                self._backend.listener.watch(self.channel, wake)
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(seconds):
+                            await released
+                finally:
                     self._backend.listener.unwatch(self.channel)
-                await turn.release()
-
-    async def _wait_for_release(self, seconds: float) -> None:
-        loop = asyncio.get_running_loop()
-        released: asyncio.Future[None] = loop.create_future()
-
-        def wake() -> None:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_resolve, released)
-
-        self._backend.listener.watch(self.channel, wake)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await released
+            case Turnstile(max_wait):
+                await self._turnstile.acquire_async(_TURNSTILE, max_wait)
+            case GiveBack(token):
+                await self.give_back_async(token)
+        return None
 
     # Giving back and cooling down never raise into the caller's result: if Redis is away
     # the lease simply expires, and the pause is kept in this process instead.
