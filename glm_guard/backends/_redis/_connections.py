@@ -44,8 +44,10 @@ class Connections:
 
     redis-py retries a request once, at once, on a connection error only: a connection the
     server closed while idle (a restart, an idle timeout) fails on first use, and the retry
-    takes a fresh one.  The scripts name each attempt by its token, so a repeat is harmless.
-    Not its default (ten retries, with backoff, timeouts too): that would hold a call for
+    takes a fresh one.  A request the server did run before the link broke is run twice:
+    harmless for the scripts, which name each attempt by its token; a cache claim would find
+    itself taken and wait out its own fill lease (a rare cost, only when a link breaks
+    mid-request).  Not its default (ten retries, with backoff, timeouts too): that would hold a call for
     seconds against a dead or paused server, and the outage policy is meant to answer at once.
     """
 
