@@ -602,3 +602,59 @@ def test_pickle_entries_that_cannot_be_read_or_written_never_fail_the_call_redis
 
     signed = b"gg1p:" + hmac.new(b"k" * 32, body, hashlib.sha256).digest() + body
     assert store.decode(signed) == (False, None)  # a signed entry of a class that is gone: a miss
+
+
+# -- capabilities: shared stats, outage report, the live registry --------------------------------
+
+
+def test_shared_stats_add_up_across_processes_in_the_keys_stats_always_used_redis(redis_url: str) -> None:
+    first, second = RedisBackend(redis_url, key_prefix="caps:"), RedisBackend(redis_url, key_prefix="caps:")
+    minute = int(time.time() // 60)
+    first.shared_stats().add({minute: {"glm-4": {"calls": 2, "ok": 2}}})
+    second.shared_stats().add({minute - 1: {"glm-4": {"calls": 3}}, minute: {"other": {"calls": 1, "ok": 0}}})
+    stats = first.shared_stats()
+    assert stats.name == "redis" and stats.reachable()
+    assert stats.totals() == {"glm-4": {"calls": 5, "ok": 2}, "other": {"calls": 1}}
+    assert stats.window(minute, minute) == {"glm-4": {"calls": 2, "ok": 2}, "other": {"calls": 1}}
+    assert stats.window(minute - 1, minute)["glm-4"] == {"calls": 5, "ok": 2}
+    client = redis.Redis.from_url(redis_url)  # the keys and fields every earlier release wrote
+    assert client.hgetall("caps:stats:total") == {b"glm-4|calls": b"5", b"glm-4|ok": b"2", b"other|calls": b"1"}
+    assert 0 < client.ttl(f"caps:stats:m:{minute}") <= 24 * 3600 + 600 + 60
+    client.close()
+    first.close()
+    second.close()
+
+
+def test_an_alert_changes_state_for_exactly_one_process_redis(redis_url: str) -> None:
+    first, second = RedisBackend(redis_url, key_prefix="alerts:"), RedisBackend(redis_url, key_prefix="alerts:")
+    mine, theirs = first.shared_stats(), second.shared_stats()
+    assert [mine.start_alert("errors_1302|glm-4"), theirs.start_alert("errors_1302|glm-4")] == [True, False]
+    assert theirs.firing_alerts() == {"errors_1302|glm-4"}
+    assert [theirs.end_alert("errors_1302|glm-4"), mine.end_alert("errors_1302|glm-4")] == [True, False]
+    assert mine.firing_alerts() == set()
+    first.close()
+    second.close()
+
+
+def test_outage_report_and_the_live_registry_redis() -> None:
+    from glm_guard.backends import live_backends
+
+    from .conftest import free_port
+
+    url = f"redis://:{REDIS_PASSWORD}@127.0.0.1:{free_port()}/0"  # nothing listens there
+    backend = RedisBackend(url, socket_timeout=0.5)
+    assert backend in live_backends()
+
+    @rate_limited(5, 60.0, key="report-redis", backend=backend)
+    def call() -> str:
+        return "ok"
+
+    assert [call(), call()] == ["ok", "ok"]
+    report = backend.outage_report()
+    assert (report["backend"], report["outages"], report["outage_calls"]) == (url.replace(REDIS_PASSWORD, "***"), 1, 2)
+    assert not backend.shared_stats().reachable()
+    with pytest.raises(glm_guard.BackendError) as caught:
+        backend.shared_stats().totals()
+    assert REDIS_PASSWORD not in str(caught.value)
+    backend.close()
+    assert backend not in live_backends()
