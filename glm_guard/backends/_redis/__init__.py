@@ -2,8 +2,9 @@
 
 ``_connections`` (clients per process and per event loop, errors wrapped once), ``_scripts``
 (the Lua files, run by SHA), ``_health`` (outages), ``_workers`` (heartbeat, lease renewal,
-release listener), ``_limiter``, ``_cache``, ``_shared_stats`` and ``_backend``, which
-ties them together.
+release listener), ``_limiter`` (admission decisions) with ``_steps`` (what they ask their
+sync or async driver to do), ``_cache``, ``_shared_stats``, ``_tokens`` and ``_backend``,
+which ties them together.
 """
 
 from __future__ import annotations
