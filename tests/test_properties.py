@@ -121,10 +121,10 @@ def test_lua_script_matches_the_oracle_redis(redis_scripts, policy_tuple, ops) -
 
     def decide(op: str, now: float) -> bool:
         if op == "release":
-            backend.script("release", [keys[1]], [held.pop(0), "chan"])
+            backend.connections.run("release", [keys[1]], [held.pop(0), "chan"])
             return True
         token = f"t{next(counter)}"
-        reply = backend.script("acquire", keys, [limits, token, now])
+        reply = backend.connections.run("acquire", keys, [limits, token, now])
         if int(reply[0]) == 1:
             if concurrency is not None:
                 held.append(token)
@@ -134,4 +134,4 @@ def test_lua_script_matches_the_oracle_redis(redis_scripts, policy_tuple, ops) -
         return False
 
     run_vector(policy_tuple, ops, decide)
-    backend.sync_client().delete(*keys)
+    backend.connections.client().delete(*keys)

@@ -216,11 +216,11 @@ def test_wrong_password_gives_a_backend_error_without_it(redis_server: Any, capl
     assert "AuthenticationError" in str(caught.value) or "auth" in str(caught.value).lower()
 
     @rate_limited(5, 1.0, key="bad-auth-redis", backend=backend)
-    def degraded() -> str:
+    def served_by_policy() -> str:
         return "served locally"
 
     with caplog.at_level(logging.WARNING, logger="glm_guard"):
-        assert degraded() == "served locally"
+        assert served_by_policy() == "served locally"
     assert all("wrong-pw-123" not in record.getMessage() for record in caplog.records)
     backend.close()
 
@@ -241,7 +241,7 @@ def test_keys_are_prefixed_hash_tagged_and_expire(redis_url: str) -> None:
         call(True)
     client = redis.Redis.from_url(redis_url)
     keys = sorted(k.decode() for k in client.keys("*"))
-    # Leases were all given back; the heartbeat counts live processes for degraded mode.
+    # Leases were all given back; the heartbeat counts live processes for the outage policy.
     assert keys == ["myapp:processes", "myapp:{glm-4}:cooldown", "myapp:{glm-4}:starts"]
     for key in keys:
         assert 0 < client.pttl(key) <= 12_000
@@ -275,7 +275,7 @@ async def test_noscript_is_handled_on_the_async_path_too_redis(redis_url: str) -
     client = redis.Redis.from_url(redis_url)
     client.script_flush()
     assert await call() == "ok"
-    assert backend.health.outages == 0
+    assert backend.outage_report()["outages"] == 0
     client.close()
     backend.close()
 
@@ -308,7 +308,7 @@ def test_connections_the_server_closed_while_idle_are_reopened_without_an_outage
         assert call() == "ok"
     else:
         asyncio.run(twice_async())
-    assert backend.health.outages == 0 and backend.degraded_calls == 0
+    assert backend.outage_report()["outages"] == 0 and backend.outage_report()["outage_calls"] == 0
     client.close()
     backend.close()
 
@@ -452,9 +452,9 @@ def test_four_processes_share_one_limit_redis(redis_url: str) -> None:
 def test_starts_as_the_caller_sees_them_never_share_a_window_redis(redis_url: str) -> None:
     """Redis decides on its clock and the caller starts after the reply: the window's margin
     covers that distance, so even the caller's own start times hold the limit exactly."""
-    from glm_guard.backends._redis import _window_ms
+    from glm_guard.backends._redis._limiter import window_ms
 
-    assert (_window_ms(60.0), _window_ms(1.0), _window_ms(0.3)) == (60_020, 1_020, 306)
+    assert (window_ms(60.0), window_ms(1.0), window_ms(0.3)) == (60_020, 1_020, 306)
     backend = RedisBackend(redis_url)
     starts: list[float] = []
 
@@ -554,7 +554,7 @@ async def test_a_crowd_of_waiting_tasks_keeps_the_limit_and_sees_no_false_outage
     await asyncio.wait_for(asyncio.gather(*(call() for _ in range(1000))), 60)
     assert len(starts) == 1000
     assert max_in_window(starts, 0.5) <= 250
-    assert backend.degraded_calls == 0 and backend.health.outages == 0
+    assert backend.outage_report()["outages"] == 0 and backend.outage_report()["outage_calls"] == 0
     backend.close()
 
 
@@ -602,3 +602,59 @@ def test_pickle_entries_that_cannot_be_read_or_written_never_fail_the_call_redis
 
     signed = b"gg1p:" + hmac.new(b"k" * 32, body, hashlib.sha256).digest() + body
     assert store.decode(signed) == (False, None)  # a signed entry of a class that is gone: a miss
+
+
+# -- capabilities: shared stats, outage report, the live registry --------------------------------
+
+
+def test_shared_stats_add_up_across_processes_in_the_keys_stats_always_used_redis(redis_url: str) -> None:
+    first, second = RedisBackend(redis_url, key_prefix="caps:"), RedisBackend(redis_url, key_prefix="caps:")
+    minute = int(time.time() // 60)
+    first.shared_stats().add({minute: {"glm-4": {"calls": 2, "ok": 2}}})
+    second.shared_stats().add({minute - 1: {"glm-4": {"calls": 3}}, minute: {"other": {"calls": 1, "ok": 0}}})
+    stats = first.shared_stats()
+    assert stats.name == "redis" and stats.reachable()
+    assert stats.totals() == {"glm-4": {"calls": 5, "ok": 2}, "other": {"calls": 1}}
+    assert stats.window(minute, minute) == {"glm-4": {"calls": 2, "ok": 2}, "other": {"calls": 1}}
+    assert stats.window(minute - 1, minute)["glm-4"] == {"calls": 5, "ok": 2}
+    client = redis.Redis.from_url(redis_url)  # the keys and fields every earlier release wrote
+    assert client.hgetall("caps:stats:total") == {b"glm-4|calls": b"5", b"glm-4|ok": b"2", b"other|calls": b"1"}
+    assert 0 < client.ttl(f"caps:stats:m:{minute}") <= 24 * 3600 + 600 + 60
+    client.close()
+    first.close()
+    second.close()
+
+
+def test_an_alert_changes_state_for_exactly_one_process_redis(redis_url: str) -> None:
+    first, second = RedisBackend(redis_url, key_prefix="alerts:"), RedisBackend(redis_url, key_prefix="alerts:")
+    mine, theirs = first.shared_stats(), second.shared_stats()
+    assert [mine.start_alert("errors_1302|glm-4"), theirs.start_alert("errors_1302|glm-4")] == [True, False]
+    assert theirs.firing_alerts() == {"errors_1302|glm-4"}
+    assert [theirs.end_alert("errors_1302|glm-4"), mine.end_alert("errors_1302|glm-4")] == [True, False]
+    assert mine.firing_alerts() == set()
+    first.close()
+    second.close()
+
+
+def test_outage_report_and_the_live_registry_redis() -> None:
+    from glm_guard.backends import live_backends
+
+    from .conftest import free_port
+
+    url = f"redis://:{REDIS_PASSWORD}@127.0.0.1:{free_port()}/0"  # nothing listens there
+    backend = RedisBackend(url, socket_timeout=0.5)
+    assert backend in live_backends()
+
+    @rate_limited(5, 60.0, key="report-redis", backend=backend)
+    def call() -> str:
+        return "ok"
+
+    assert [call(), call()] == ["ok", "ok"]
+    report = backend.outage_report()
+    assert (report["backend"], report["outages"], report["outage_calls"]) == (url.replace(REDIS_PASSWORD, "***"), 1, 2)
+    assert not backend.shared_stats().reachable()
+    with pytest.raises(glm_guard.BackendError) as caught:
+        backend.shared_stats().totals()
+    assert REDIS_PASSWORD not in str(caught.value)
+    backend.close()
+    assert backend not in live_backends()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from .._config import REDIS_SCHEMES, check_redis_url, get_settings, mask_url
 from .._errors import ConfigurationError
 from ._base import AsyncPermit, Backend, CacheStore, Limiter, LimitPolicy, Permit
+from ._live import live_backends
 
 if TYPE_CHECKING:
     from ._local import LocalBackend
@@ -108,14 +109,6 @@ def _local_backend() -> LocalBackend:
     from ._local import LocalBackend
 
     return LocalBackend()
-
-
-def live_backends() -> list[Backend]:
-    """The backends this process has opened and not closed (for monitoring's reports)."""
-    import sys
-
-    module = sys.modules.get("glm_guard.backends._redis")  # TEMPORARY until the Redis package registers itself
-    return [] if module is None else list(module.LIVE_BACKENDS)
 
 
 def reset_backends() -> None:

@@ -1,0 +1,162 @@
+"""The Redis backend: one limit, one concurrency pool, one cooldown, one cache for every process.
+
+Key layout, for a limiter key ``K`` and prefix ``P`` (default ``glm_guard:``)::
+
+    P{K}:starts     ZSET  the last ``calls`` start times (expires after period + 1 s)
+    P{K}:leases     ZSET  concurrency leases -> expiry (expires after 2 leases + 1 s)
+    P{K}:cooldown   STR   pause deadline in server ms (expires at the deadline)
+    P{K}:released   pub/sub channel: a lease was given back
+    Pprocesses      ZSET  live processes -> expiry (the heartbeat)
+    Pcache:v1:N:D   STR   cached value (expires after the ttl); v1 the key format, N, D digests
+    P...:D:fill     STR   who is computing D right now (expires after the fill lease)
+
+The ``{K}`` hash tag keeps one key's data in one Redis Cluster slot.  The stats keys are
+described in ``_shared_stats``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import os
+import threading
+
+from ..._config import get_settings, mask_url
+from .._base import Backend, LimitPolicy, ReportsOutages, SharedStats, SharesStats
+from .._live import join, leave, live_backends
+from ._cache import RedisCacheStore
+from ._connections import Connections
+from ._health import Health
+from ._limiter import RedisLimiter
+from ._shared_stats import RedisSharedStats
+from ._workers import Heartbeat, LeaseKeeper, ReleaseListener
+
+
+def _hash_tag(key: str) -> str:
+    """A hash-tag-safe form of ``key``: braces would end the tag early, so those are hashed."""
+    if "{" in key or "}" in key or len(key) > 200:
+        return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+    return key
+
+
+class RedisBackend(Backend, SharesStats, ReportsOutages):
+    """State in a Redis server shared by every process that names the same URL.
+
+    ``lease`` is how long a concurrency permit survives its holder's death (live holders
+    renew it); ``socket_timeout`` bounds every call to Redis; ``fill_lease`` bounds how long
+    other processes wait for one process computing a cache entry.
+    """
+
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        key_prefix: str | None = None,
+        lease: float = 10.0,
+        socket_timeout: float | None = None,
+        fill_lease: float = 60.0,
+    ) -> None:
+        self._url = url
+        self.prefix = get_settings().key_prefix if key_prefix is None else key_prefix
+        self.lease = lease
+        self.fill_lease = fill_lease
+        self.health = Health(url)
+        timeout = get_settings().redis_timeout if socket_timeout is None else socket_timeout
+        self.connections = Connections(url, timeout, self.health)
+        self._stats = RedisSharedStats(self.connections, self.prefix)
+        self._limiters: dict[str, RedisLimiter] = {}
+        self._shares: dict[tuple[LimitPolicy, int], LimitPolicy] = {}
+        self._start_workers()
+        join(self)
+
+    def __repr__(self) -> str:
+        return f"<RedisBackend {mask_url(self._url)!r} prefix={self.prefix!r}>"
+
+    def _start_workers(self) -> None:
+        """This process's own lock and threads (each thread starts on first need)."""
+        self._lock = threading.Lock()
+        self.leases = LeaseKeeper(self.connections, self.lease)
+        self.listener = ReleaseListener(self.connections, self.prefix + "*:released")
+        self.heartbeat = Heartbeat(self.connections, self.health, self.prefix + "processes")
+
+    def after_fork(self) -> None:
+        """In a forked child: its own connections and threads, never its parent's sockets or locks."""
+        self.connections.after_fork()
+        self._start_workers()
+        for limiter in self._limiters.values():
+            limiter.after_fork()
+
+    # -- the Backend interface ---------------------------------------------------------------
+
+    def key(self, key: str, suffix: str) -> str:
+        return f"{self.prefix}{{{_hash_tag(key)}}}:{suffix}"
+
+    def limiter(self, key: str) -> RedisLimiter:
+        with self._lock:
+            limiter = self._limiters.get(key)
+            if limiter is None:
+                limiter = self._limiters[key] = RedisLimiter(self, key)
+            return limiter
+
+    def cache(
+        self, namespace: str, *, ttl: float | None, maxsize: int, serializer: str = "json", owner: str = ""
+    ) -> RedisCacheStore:
+        return RedisCacheStore(self, namespace, ttl, serializer, owner or namespace, maxsize)
+
+    def share(self, policy: LimitPolicy) -> LimitPolicy:
+        """This process's share of ``policy`` during an outage: the limit / live processes."""
+        processes = self.heartbeat.live_processes
+        cached = self._shares.get((policy, processes))
+        if cached is None:
+            cached = LimitPolicy(
+                None if policy.calls is None else max(1, policy.calls // processes),
+                policy.period,
+                None if policy.concurrency is None else max(1, policy.concurrency // processes),
+                policy.on_backend_error,
+            )
+            self._shares[(policy, processes)] = cached
+        return cached
+
+    def close(self) -> None:
+        self.leases.stop()
+        self.listener.stop()
+        self.heartbeat.stop()
+        self.connections.close()
+        leave(self)
+
+    # -- capabilities ------------------------------------------------------------------------
+
+    def shared_stats(self) -> SharedStats:
+        return self._stats
+
+    def outage_report(self) -> dict[str, object]:
+        return {
+            "backend": mask_url(self._url),
+            "available": self.health.available(),
+            "outages": self.health.outages,
+            "outage_calls": self.health.outage_calls,
+        }
+
+
+def _redis_backends() -> list[RedisBackend]:
+    return [backend for backend in live_backends() if isinstance(backend, RedisBackend)]
+
+
+def _after_fork_in_child() -> None:
+    for backend in _redis_backends():
+        backend.after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """Close this process's connections before the interpreter tears sockets down itself."""
+    for backend in _redis_backends():
+        with contextlib.suppress(Exception):
+            backend.close()

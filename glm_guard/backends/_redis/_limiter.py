@@ -1,0 +1,355 @@
+"""Rate, concurrency and cooldown for one key, shared through Redis: one script per admission.
+
+``acquire.lua`` checks the cooldown, the window and the concurrency leases at once, on the
+server's clock, and under contention reserves the next legal start instead of refusing: the
+caller sleeps until then and starts without asking again.  Within a process only one caller
+per key talks to Redis at a time (the others queue behind it locally, in arrival order), so
+a thousand waiting tasks cost Redis what one does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from ..._errors import BackendError, RateLimitTimeout
+from .._base import AsyncPermit, Limiter, LimitPolicy, Permit
+from .._local import LocalLimiter, _resolve
+from ._steps import Ask, AwaitRelease, GiveBack, Sleep, Step, Steps, Turnstile
+from ._tokens import new_token
+
+if TYPE_CHECKING:
+    from ._backend import RedisBackend
+
+#: How long a waiter for a concurrency slot sleeps at most before asking again, in case
+#: the release notice was missed (a holder that died gives its slot back by lease expiry).
+CONCURRENCY_POLL_SECONDS: Final = 0.25
+#: A caller that may start this much after the moment Redis gave it gives the slot back and
+#: asks again: started that late it could share a window with the starts given after its own.
+#: The moment is known only within the request's round trip, so that counts as late too.
+LATE_START_SECONDS: Final = 0.01
+#: Redis decides a start on its clock; the caller starts after the reply arrives (and any
+#: sleep).  The window is kept this much longer than ``period`` (at most 2 % of it), so a
+#: start up to LATE_START_SECONDS late, as the caller sees it, still never shares a window
+#: with ``calls`` others.  A 60 s window loses 0.03 % of its budget, a 1 s window 2 %.
+WINDOW_MARGIN_SECONDS: Final = 0.02
+
+_TURNSTILE: Final = LimitPolicy(None, 1.0, 1)
+_ADMITTED, _RESERVED = 1, 2  # the acquire script's reply codes; 0 refuses
+_CONCURRENCY_BOUND = 3  # a refusal's reason: every slot is held
+
+
+def window_ms(period: float) -> int:
+    """The window the script enforces for ``period``: the period plus its margin, in ms."""
+    return int(period * 1000) + int(min(WINDOW_MARGIN_SECONDS, period * 0.02) * 1000)
+
+
+@dataclass(slots=True)
+class _Permit:
+    """A lease in Redis, given back exactly once."""
+
+    _limiter: RedisLimiter
+    _token: bytes | None
+
+    def release(self) -> None:
+        if self._token is not None:
+            token, self._token = self._token, None
+            self._limiter.give_back(token)
+
+
+@dataclass(slots=True)
+class _AsyncPermit(_Permit):
+    async def release(self) -> None:  # type: ignore[override]
+        if self._token is not None:
+            token, self._token = self._token, None
+            await self._limiter.give_back_async(token)
+
+
+class _NoLease:
+    """The permit of an admission that holds no lease (no concurrency limit, or the ``open`` policy)."""
+
+    def release(self) -> None:
+        return None
+
+
+class _AsyncNoLease:
+    async def release(self) -> None:
+        return None
+
+
+_NO_LEASE = _NoLease()
+_NO_LEASE_ASYNC = _AsyncNoLease()
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+
+class RedisLimiter(Limiter):
+    """One key's limits in Redis; while Redis is away, each policy's ``on_backend_error`` decides."""
+
+    def __init__(self, backend: RedisBackend, key: str) -> None:
+        self.key = key
+        self._backend = backend
+        self.keys = [backend.key(key, "starts"), backend.key(key, "leases"), backend.key(key, "cooldown")]
+        self.channel = backend.key(key, "released")
+        self._turnstile = LocalLimiter(f"{key}#turnstile")
+        self._local = LocalLimiter(key)  # serves the "local" policy while Redis is away
+        self._lease_ms = int(backend.lease * 1000)
+        self._round_trip = 0.0  # the usual admission round trip, a floor that drifts up slowly
+
+    def __repr__(self) -> str:
+        return f"<RedisLimiter {self.key!r}>"
+
+    def after_fork(self) -> None:
+        """The parent's threads are gone from a forked child: so are their places and permits."""
+        self._turnstile._after_fork()
+        self._local._after_fork()
+
+    # -- what the script is told, and what its replies mean ---------------------------------
+
+    def _args(self, policy: LimitPolicy, deadline: float | None) -> list[Any]:
+        """The acquire script's arguments: the limits as one string, and a fresh token."""
+        left_ms = -1 if deadline is None else max(int((deadline - time.monotonic()) * 1000), 0)
+        window = window_ms(policy.period) if policy.calls else int(policy.period * 1000)
+        limits = f"{policy.calls or 0} {window} {policy.concurrency or 0} {self._lease_ms} {left_ms}"
+        return [limits, new_token()]
+
+    def _paused(self) -> bool:
+        """A cooldown this process set is in force (checked without a round trip).
+
+        A reserved caller re-checks Redis only then: asking on every reserved start would add
+        a round trip that, under a crowd, delays starts into the next window.  A cooldown set
+        by another process after the reservation was made is not seen by it (known gap).
+        """
+        return self._local.state.cooldown_until > time.monotonic()
+
+    def _late(self, policy: LimitPolicy, sent: float, answered: float, wait: float) -> bool:
+        """Whether a start given by a request sent at ``sent`` may now be too late to take.
+
+        Redis chose it at some moment after ``sent``; only the part of the round trip beyond
+        the usual one counts, so a distant Redis does not make every start late.
+        """
+        if policy.calls is None:
+            return False  # no window to share
+        trip = answered - sent
+        usual = self._round_trip
+        self._round_trip = trip if trip < usual or not usual else usual + (trip - usual) * 0.01
+        return time.monotonic() - (sent + wait) > LATE_START_SECONDS + min(usual or trip, trip)
+
+    def _hold(self, policy: LimitPolicy, token: bytes) -> bytes | None:
+        """An admission's lease, now renewed by this process; ``None`` without a concurrency limit."""
+        if policy.concurrency is None:
+            return None
+        self._backend.leases.add(self.keys[1], token)
+        return token
+
+    def _refused_wait(self, reply: list[Any], deadline: float | None, max_wait: float | None) -> float:
+        """How long a refused caller sleeps before asking again; raises when past ``deadline``."""
+        wait = max(int(reply[1]), 1) / 1000.0
+        concurrency_bound = int(reply[2]) == _CONCURRENCY_BOUND
+        if concurrency_bound:
+            wait = min(wait, CONCURRENCY_POLL_SECONDS)
+        if deadline is not None and max_wait is not None:
+            left = deadline - time.monotonic()
+            if concurrency_bound and left <= 0:
+                raise RateLimitTimeout(self.key, max_wait, None)
+            if not concurrency_bound and wait > left:
+                raise RateLimitTimeout(self.key, max_wait, max_wait - left + wait)
+            wait = min(wait, max(left, 0.0))
+        return wait
+
+    # -- the outage policy, decided before asking Redis and after it failed -----------------
+
+    def _try_shared(self, policy: LimitPolicy) -> bool:
+        if self._backend.health.available():
+            return True
+        if policy.on_backend_error == "closed":
+            raise self._backend.health.error()
+        return False
+
+    def _shared_failed(self, policy: LimitPolicy, error: BackendError) -> None:
+        self._backend.health.failed(error)
+        if policy.on_backend_error == "closed":
+            raise error
+
+    def acquire(self, policy: LimitPolicy, max_wait: float | None) -> Permit:
+        if self._try_shared(policy):
+            try:
+                return self._acquire_shared(policy, max_wait)
+            except BackendError as error:
+                self._shared_failed(policy, error)
+        self._backend.health.served_without_redis()
+        if policy.on_backend_error == "open":
+            return _NO_LEASE
+        return self._local.acquire(self._backend.share(policy), max_wait)
+
+    async def acquire_async(self, policy: LimitPolicy, max_wait: float | None) -> AsyncPermit:
+        if self._try_shared(policy):
+            try:
+                return await self._acquire_shared_async(policy, max_wait)
+            except BackendError as error:
+                self._shared_failed(policy, error)
+        self._backend.health.served_without_redis()
+        if policy.on_backend_error == "open":
+            return _NO_LEASE_ASYNC
+        return await self._local.acquire_async(self._backend.share(policy), max_wait)
+
+    # -- admission through Redis -------------------------------------------------------------
+
+    def _admission(self, policy: LimitPolicy, max_wait: float | None) -> Generator[Step, Any, bytes | None]:
+        """Every decision of one admission, without I/O: it yields what to do, the driver does it.
+
+        The driver sends back each step's outcome (the script's reply), or throws in its
+        failure.  Returns the lease token now held, ``None`` without a concurrency limit.
+        Every caller passes the local turnstile first; one with a reserved start leaves it
+        before it sleeps, so the next local caller may reserve its own.  A start taken late,
+        or reserved across a cooldown, is given back and the caller queues again: up to three
+        times for lateness, so a slow host still gets its turn.
+        """
+        self._backend.heartbeat.start()
+        patience = 3
+        deadline = None if max_wait is None else time.monotonic() + max_wait
+        while True:
+            yield Turnstile(_remaining(deadline))
+            try:
+                while True:
+                    args = self._args(policy, deadline)
+                    sent = time.monotonic()
+                    reply = yield Ask("acquire", self.keys, args)
+                    answered = time.monotonic()
+                    code = int(reply[0])
+                    if code:
+                        break
+                    wait = self._refused_wait(reply, deadline, max_wait)
+                    yield AwaitRelease(wait) if int(reply[2]) == _CONCURRENCY_BOUND else Sleep(wait)
+                token = args[1]
+                held = self._hold(policy, token)
+                if code == _ADMITTED and (patience <= 0 or not self._late(policy, sent, answered, 0.0)):
+                    return held
+            finally:
+                self._turnstile.release()
+            wait = int(reply[1]) / 1000.0 if code == _RESERVED else 0.0
+            try:
+                if wait:
+                    yield Sleep(wait)
+                late = patience > 0 and (code == _ADMITTED or self._late(policy, sent, answered, wait))
+                if not late and not (wait and self._paused()):
+                    return held
+                paused_ms = int((yield Ask("confirm", self.keys, [token, int(late)])))
+            except GeneratorExit:  # closed, not driven: nothing can be done for it any more
+                raise
+            except BaseException:  # the start stays ours: give it back the usual way
+                if held is not None:
+                    yield GiveBack(held)
+                raise
+            if paused_ms < 0:
+                return held
+            self._backend.leases.discard(self.keys[1], token)  # it gave its slot back
+            yield Sleep(paused_ms / 1000.0)  # any cooldown, then queue again
+            patience -= int(late)
+
+    def _acquire_shared(self, policy: LimitPolicy, max_wait: float | None) -> Permit:
+        steps = Steps(self._admission(policy, max_wait))
+        while (step := steps.next()) is not None:
+            try:
+                steps.outcome = self._do(step)
+            except BaseException as error:
+                steps.failure = error
+        return _NO_LEASE if steps.held is None else _Permit(self, steps.held)
+
+    def _do(self, step: Step) -> Any:
+        match step:
+            case Ask(script, keys, args):
+                return self._backend.connections.run(script, keys, args)
+            case Sleep(seconds):
+                time.sleep(seconds)
+            case AwaitRelease(seconds):
+                released = threading.Event()
+                self._backend.listener.watch(self.channel, released.set)
+                try:
+                    released.wait(seconds)
+                finally:
+                    self._backend.listener.unwatch(self.channel)
+            case Turnstile(max_wait):
+                self._turnstile.acquire(_TURNSTILE, max_wait)
+            case GiveBack(token):
+                self.give_back(token)
+        return None
+
+    async def _acquire_shared_async(self, policy: LimitPolicy, max_wait: float | None) -> AsyncPermit:
+        steps = Steps(self._admission(policy, max_wait))
+        while (step := steps.next()) is not None:
+            try:
+                steps.outcome = await self._do_async(step)
+            except BaseException as error:
+                steps.failure = error
+        return _NO_LEASE_ASYNC if steps.held is None else _AsyncPermit(self, steps.held)
+
+    async def _do_async(self, step: Step) -> Any:
+        match step:
+            case Ask(script, keys, args):
+                return await self._backend.connections.run_async(script, keys, args)
+            case Sleep(seconds):
+                await asyncio.sleep(seconds)
+            case AwaitRelease(seconds):
+                loop = asyncio.get_running_loop()
+                released: asyncio.Future[None] = loop.create_future()
+
+                def wake() -> None:
+                    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                        loop.call_soon_threadsafe(_resolve, released)
+
+                self._backend.listener.watch(self.channel, wake)
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(seconds):
+                            await released
+                finally:
+                    self._backend.listener.unwatch(self.channel)
+            case Turnstile(max_wait):
+                await self._turnstile.acquire_async(_TURNSTILE, max_wait)
+            case GiveBack(token):
+                await self.give_back_async(token)
+        return None
+
+    # Giving back and cooling down never raise into the caller's result: if Redis is away
+    # the lease simply expires, and the pause is kept in this process instead.
+
+    def give_back(self, token: bytes) -> None:
+        self._backend.leases.discard(self.keys[1], token)
+        if self._backend.health.available():
+            try:
+                self._backend.connections.run("release", [self.keys[1]], [token, self.channel])
+            except BackendError as error:
+                self._backend.health.failed(error)
+
+    async def give_back_async(self, token: bytes) -> None:
+        self._backend.leases.discard(self.keys[1], token)
+        if self._backend.health.available():
+            release = self._backend.connections.run_async("release", [self.keys[1]], [token, self.channel])
+            try:
+                await asyncio.shield(release)  # a task cancelled while holding a permit still gives it back
+            except BackendError as error:
+                self._backend.health.failed(error)
+
+    def cooldown(self, seconds: float) -> None:
+        self._local.cooldown(seconds)
+        if self._backend.health.available():
+            try:
+                self._backend.connections.run("cooldown", [self.keys[2]], [int(seconds * 1000)])
+            except BackendError as error:
+                self._backend.health.failed(error)
+
+    async def cooldown_async(self, seconds: float) -> None:
+        self._local.cooldown(seconds)
+        if self._backend.health.available():
+            try:
+                await self._backend.connections.run_async("cooldown", [self.keys[2]], [int(seconds * 1000)])
+            except BackendError as error:
+                self._backend.health.failed(error)

@@ -1,0 +1,35 @@
+"""The Lua scripts, shipped as package data in ``glm_guard/backends/lua`` and run by SHA.
+
+Work that must be atomic is one script.  redis-py's ``Script`` objects send ``EVALSHA``
+and, after a NOSCRIPT reply (a restart, ``SCRIPT FLUSH``, a failover), load the source and
+send it once more, so nothing here encodes a request by hand.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import redis
+    import redis.asyncio
+    from redis.commands.core import AsyncScript, Script
+
+NAMES = ("acquire", "release", "renew", "cooldown", "heartbeat", "confirm", "unclaim")
+
+
+@functools.cache
+def sources() -> dict[str, str]:
+    """Every script's source, read once per process."""
+    files = importlib.resources.files("glm_guard.backends").joinpath("lua")
+    return {name: files.joinpath(f"{name}.lua").read_text("utf-8") for name in NAMES}
+
+
+def register(client: redis.Redis) -> dict[str, Script]:
+    """The scripts bound to ``client``; registering only hashes them, it sends nothing."""
+    return {name: client.register_script(source) for name, source in sources().items()}
+
+
+def register_async(client: redis.asyncio.Redis) -> dict[str, AsyncScript]:
+    return {name: client.register_script(source) for name, source in sources().items()}

@@ -1,0 +1,61 @@
+"""What the admission core asks its driver to do, and the loop that feeds it the outcomes.
+
+The decisions of an admission (``RedisLimiter._admission``) are one generator without I/O:
+it yields a step, and a sync or an async driver carries it out its own way and sends back
+the outcome, or throws in the failure.  So the two flavours share every decision and differ
+only in how they wait.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any, NamedTuple
+
+
+class Ask(NamedTuple):
+    """Run a script; the driver sends back its reply."""
+
+    script: str
+    keys: list[str]
+    args: list[Any]
+
+
+class Sleep(NamedTuple):
+    seconds: float
+
+
+class AwaitRelease(NamedTuple):
+    """Sleep until some process gives a slot back, or ``seconds`` at most."""
+
+    seconds: float
+
+
+class Turnstile(NamedTuple):
+    """Queue behind this process's other callers of the key, ``max_wait`` at most."""
+
+    max_wait: float | None
+
+
+class GiveBack(NamedTuple):
+    token: bytes
+
+
+Step = Ask | Sleep | AwaitRelease | Turnstile | GiveBack
+
+
+class Steps:
+    """Feeds each step's outcome, or its failure, back into the core; ``next()`` is ``None`` at the end."""
+
+    def __init__(self, core: Generator[Step, Any, bytes | None]) -> None:
+        self._core = core
+        self.outcome: Any = None
+        self.failure: BaseException | None = None
+        self.held: bytes | None = None
+
+    def next(self) -> Step | None:
+        failure, self.failure = self.failure, None
+        try:
+            return self._core.send(self.outcome) if failure is None else self._core.throw(failure)
+        except StopIteration as done:
+            self.held = done.value
+            return None
