@@ -17,6 +17,7 @@ import pytest
 import glm_guard
 from glm_guard import _config, backends
 from glm_guard.backends._local import LocalBackend
+from glm_guard.monitoring._recorder import RECORDER
 
 REDIS_PASSWORD = "s3cret-test-pw"
 REQUIRE_REDIS = os.environ.get("GLM_GUARD_REQUIRE_REDIS") == "1"
@@ -30,6 +31,7 @@ def _clean_global_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     glm_guard.reload_settings()
     yield
     glm_guard.set_testing(False)
+    RECORDER.forget_backends()  # a backend a test named must not receive the next test's stats
     backends.reset_backends()
     _config._settings = None  # re-read lazily, after monkeypatch has restored the environment
 

@@ -130,6 +130,11 @@ class Recorder:
         if settings is not None and (current is None or current[1] is not store):
             self._default_sink = (_settings_signature(settings), store)
 
+    def forget_backends(self) -> None:
+        """Share nowhere until a guard or ``configure_stats`` names a store again (tests)."""
+        self._default_sink = self._named_sink = self._explicit_sink = None
+        self._explicitly_local = False
+
     def set_sink(self, store: SharedStats | None, *, local: bool = False) -> None:
         self._explicit_sink = store
         self._explicitly_local = local
