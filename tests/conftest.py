@@ -7,7 +7,7 @@ a real Redis (test ids ``[local]`` and ``[redis]``), as limits' tests run over i
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -90,18 +90,40 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     shared.close()
 
 
-@pytest.fixture
-def in_flight(backend: Backend, request: pytest.FixtureRequest) -> Iterator[Callable[[str], int]]:
-    """Permits of a key held right now, read where the backend keeps them.
+class LimiterState:
+    """What a backend holds for a rate-limit key, read where the backend keeps it.
 
-    On Redis that is the key's lease set, whose name docs/distributed.md documents.
+    Local: the limiter's state.  Redis: the key's sorted sets, whose names and meaning
+    docs/distributed.md documents (``P{K}:starts``, ``P{K}:leases``).
     """
+
+    def __init__(self, backend: Backend, client: redis.Redis | None) -> None:
+        self._backend = backend
+        self._client = client
+        self._prefix = glm_guard.get_settings().key_prefix
+
+    def in_flight(self, key: str) -> int:
+        """Concurrency permits of ``key`` held right now."""
+        if isinstance(self._backend, LocalBackend):
+            return self._backend._limiters[key].state.in_flight
+        assert self._client is not None
+        return int(self._client.zcard(f"{self._prefix}{{{key}}}:leases"))
+
+    def starts(self, key: str) -> int:
+        """Admissions of ``key`` still inside its window."""
+        if isinstance(self._backend, LocalBackend):
+            return len(self._backend._limiters[key].state.starts)
+        assert self._client is not None
+        return int(self._client.zcard(f"{self._prefix}{{{key}}}:starts"))
+
+
+@pytest.fixture
+def limiter_state(backend: Backend, request: pytest.FixtureRequest) -> Iterator[LimiterState]:
     if isinstance(backend, LocalBackend):
-        yield lambda key: backend._limiters[key].state.in_flight
+        yield LimiterState(backend, None)
         return
     client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
-    prefix = glm_guard.get_settings().key_prefix
-    yield lambda key: int(client.zcard(f"{prefix}{{{key}}}:leases"))
+    yield LimiterState(backend, client)
     client.close()
 
 

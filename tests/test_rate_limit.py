@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 
@@ -18,6 +17,7 @@ from glm_guard import ConfigurationError, RateLimitTimeout, rate_limited
 from glm_guard.backends._base import Backend
 from glm_guard.backends._local import LocalBackend
 
+from .conftest import LimiterState
 from .helpers import SEED_1113, SEED_1302, ErrorWithText, max_in_window, window_margin
 
 
@@ -351,7 +351,7 @@ def test_retry_after_sets_the_pause_and_a_shorter_one_never_shortens_it(backend:
     assert caught.value.expected_wait is not None and caught.value.expected_wait > 9
 
 
-async def test_cancelled_waiter_leaks_no_permit(backend: Backend, in_flight: Callable[[str], int]) -> None:
+async def test_cancelled_waiter_leaks_no_permit(backend: Backend, limiter_state: LimiterState) -> None:
     gate = asyncio.Event()
 
     @rate_limited(concurrency=1, backend=backend, key="cancelled")
@@ -368,7 +368,7 @@ async def test_cancelled_waiter_leaks_no_permit(backend: Backend, in_flight: Cal
     holder.cancel()  # cancelled while holding the permit
     with pytest.raises(asyncio.CancelledError):
         await holder
-    assert in_flight("cancelled") == 0
+    assert limiter_state.in_flight("cancelled") == 0
     if isinstance(backend, LocalBackend):
         assert not backend._limiters["cancelled"]._waiters
     gate.set()
@@ -376,7 +376,7 @@ async def test_cancelled_waiter_leaks_no_permit(backend: Backend, in_flight: Cal
 
 
 async def test_wait_for_timeout_around_a_guarded_call_leaks_nothing(
-    backend: Backend, in_flight: Callable[[str], int]
+    backend: Backend, limiter_state: LimiterState
 ) -> None:
     @rate_limited(concurrency=1, backend=backend, key="timed-out")
     async def slow() -> None:
@@ -385,7 +385,7 @@ async def test_wait_for_timeout_around_a_guarded_call_leaks_nothing(
     for _ in range(3):
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(slow(), 0.02)
-    assert in_flight("timed-out") == 0
+    assert limiter_state.in_flight("timed-out") == 0
 
 
 def test_one_limit_is_shared_by_threads_each_running_its_own_loop(backend: Backend) -> None:
@@ -421,7 +421,7 @@ def test_set_testing_turns_waiting_off(backend: Backend) -> None:
         call()
 
 
-def test_an_interrupted_waiting_thread_leaks_no_permit(backend: Backend, in_flight: Callable[[str], int]) -> None:
+def test_an_interrupted_waiting_thread_leaks_no_permit(backend: Backend, limiter_state: LimiterState) -> None:
     """An exception raised inside a thread while it waits (as KeyboardInterrupt would be)."""
     import ctypes
 
@@ -457,7 +457,7 @@ def test_an_interrupted_waiting_thread_leaks_no_permit(backend: Backend, in_flig
     assert outcome == ["interrupted"]
     if isinstance(backend, LocalBackend):
         assert len(backend._limiters["interrupt"]._waiters) == 0
-    assert in_flight("interrupt") == 0
+    assert limiter_state.in_flight("interrupt") == 0
     call()  # the slot is free: neither the holder nor the interrupted waiter kept it
 
 
@@ -495,7 +495,7 @@ def test_a_concurrency_waiter_wakes_when_a_cooldown_replaces_the_full_pool(backe
     "of the key in this process waits forever",
 )
 def test_a_waiter_whose_event_loop_was_closed_does_not_block_the_queue(
-    backend: Backend, in_flight: Callable[[str], int]
+    backend: Backend, limiter_state: LimiterState
 ) -> None:
     """A loop closed without cancelling its tasks (not asyncio.run) leaves a waiter behind."""
     gate = threading.Event()
@@ -521,14 +521,14 @@ def test_a_waiter_whose_event_loop_was_closed_does_not_block_the_queue(
     hold_again.start()
     hold_again.join(5)
     assert not hold_again.is_alive()  # the dead waiter neither blocked it nor kept the slot
-    assert in_flight("closed-loop") == 0
+    assert limiter_state.in_flight("closed-loop") == 0
     if isinstance(backend, LocalBackend):
         assert not backend._limiters["closed-loop"]._waiters
     del task
 
 
 async def test_closing_a_guarded_stream_early_gives_its_permit_back_at_once(
-    backend: Backend, in_flight: Callable[[str], int]
+    backend: Backend, limiter_state: LimiterState
 ) -> None:
     from collections.abc import AsyncIterator
 
@@ -549,4 +549,4 @@ async def test_closing_a_guarded_stream_early_gives_its_permit_back_at_once(
     assert await chunks.__anext__() == 0
     await chunks.aclose()
     assert closed == [True]  # the user's finally ran inside aclose(), not a loop tick later
-    assert in_flight("stream-close") == 0
+    assert limiter_state.in_flight("stream-close") == 0
