@@ -11,12 +11,9 @@ import json
 import math
 import os
 import platform
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -30,82 +27,19 @@ DOCS = ROOT / "docs" / "benchmarks"
 # -- a redis-server of our own --------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisServer:
-    """``redis-server`` on a free loopback port, no persistence, stopped on exit."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            sys.exit("redis-server is not installed (Debian: apt-get install redis-server)")
-        self.binary = binary
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._workdir = tempfile.mkdtemp(prefix="glm-guard-bench-")
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> RedisServer:
-        self._process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self._workdir,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        import redis
-
-        client = redis.Redis(port=self.port)
-        for _ in range(200):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.025)
-        else:
-            self.__exit__()
-            sys.exit("redis-server did not start")
-        client.close()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-            self._process = None
-        shutil.rmtree(self._workdir, ignore_errors=True)
-
-    def version(self) -> str:
-        out = subprocess.run([self.binary, "--version"], capture_output=True, text=True, check=False).stdout
-        for part in out.split():
-            if part.startswith("v="):
-                return part[2:]
-        return out.strip()
-
-
 @contextlib.contextmanager
 def redis_url(given: str | None) -> Iterator[str]:
     """The URL given on the command line, or a server of our own for the duration."""
     if given:
         yield given
         return
-    with RedisServer() as server:
+    from glm_guard.testing import RedisServer
+
+    try:
+        server = RedisServer().start()
+    except (FileNotFoundError, RuntimeError) as error:
+        sys.exit(str(error))
+    with server:
         yield server.url
 
 
