@@ -68,6 +68,7 @@ class RedisServer:
         self.startup_timeout = startup_timeout
         self._dir: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        self._owner = os.getpid()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -89,11 +90,17 @@ class RedisServer:
             return self
         if self._dir is None:
             self._dir = Path(tempfile.mkdtemp(prefix="glm-guard-redis-"))
-        command = [self.binary, "--port", str(self.port), "--bind", _HOST, "--save", "", "--appendonly", "no"]
+        # "-": the rest of the configuration comes on stdin, so the password is not on the
+        # command line, which every user of the machine can read.
+        command = [self.binary, "-", "--port", str(self.port), "--bind", _HOST, "--save", "", "--appendonly", "no"]
         command += ["--dir", str(self._dir), "--logfile", str(self._dir / "redis.log")]
-        if self.password:
-            command += ["--requirepass", self.password]
-        self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        assert self._process.stdin is not None
+        with self._process.stdin as config:
+            config.write(f"requirepass {self.password}\n".encode() if self.password else b"")
+        self._owner = os.getpid()
         atexit.register(self.stop)
         self._wait_until_it_answers()
         return self
@@ -101,14 +108,16 @@ class RedisServer:
     def _wait_until_it_answers(self) -> None:
         import redis
 
-        client = self.client(socket_timeout=0.5)
+        client = self.client(socket_timeout=0.5, retry=None)  # this loop is the retry
         deadline = time.monotonic() + self.startup_timeout
+        reason = f"no answer within {self.startup_timeout:g} s"
         try:
-            while True:
+            while self._process is not None:
                 try:
                     # The pid tells our server from one that already held the port.
-                    if self._process is not None and client.info("server")["process_id"] == self._process.pid:
+                    if client.info("server")["process_id"] == self._process.pid:
                         return
+                    reason = "another server answers on that port"
                     break
                 except redis.ConnectionError:
                     if not self.running or time.monotonic() > deadline:
@@ -116,9 +125,10 @@ class RedisServer:
                     time.sleep(0.02)
         finally:
             client.close()
-        log = self._log_tail()
+        if self._process is not None and self._process.poll() is not None:
+            reason = self._log_tail() or f"it exited with status {self._process.returncode}"
         self.stop()
-        raise RuntimeError(f"redis-server did not start on {_HOST}:{self.port}" + (f": {log}" if log else ""))
+        raise RuntimeError(f"redis-server did not start on {_HOST}:{self.port}: {reason}")
 
     def _log_tail(self) -> str:
         # The log is where redis-server says why it refused to start (port taken, bad option).
@@ -159,6 +169,8 @@ class RedisServer:
     def stop(self) -> None:
         """Stop the server and delete its directory; safe to call twice."""
         atexit.unregister(self.stop)
+        if os.getpid() != self._owner:
+            return  # a forked child inherits the exit hook, not the server
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
