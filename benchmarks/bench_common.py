@@ -11,12 +11,9 @@ import json
 import math
 import os
 import platform
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -30,82 +27,19 @@ DOCS = ROOT / "docs" / "benchmarks"
 # -- a redis-server of our own --------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisServer:
-    """``redis-server`` on a free loopback port, no persistence, stopped on exit."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            sys.exit("redis-server is not installed (Debian: apt-get install redis-server)")
-        self.binary = binary
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._workdir = tempfile.mkdtemp(prefix="glm-guard-bench-")
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> RedisServer:
-        self._process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self._workdir,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        import redis
-
-        client = redis.Redis(port=self.port)
-        for _ in range(200):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.025)
-        else:
-            self.__exit__()
-            sys.exit("redis-server did not start")
-        client.close()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-            self._process = None
-        shutil.rmtree(self._workdir, ignore_errors=True)
-
-    def version(self) -> str:
-        out = subprocess.run([self.binary, "--version"], capture_output=True, text=True, check=False).stdout
-        for part in out.split():
-            if part.startswith("v="):
-                return part[2:]
-        return out.strip()
-
-
 @contextlib.contextmanager
 def redis_url(given: str | None) -> Iterator[str]:
     """The URL given on the command line, or a server of our own for the duration."""
     if given:
         yield given
         return
-    with RedisServer() as server:
+    from glm_guard.testing import RedisServer
+
+    try:
+        server = RedisServer().start()
+    except (FileNotFoundError, RuntimeError) as error:
+        sys.exit(str(error))
+    with server:
         yield server.url
 
 
@@ -226,35 +160,11 @@ def max_in_window(starts: Sequence[float], period: float, *, ends_from: float = 
 
 
 def switch_stats(on: bool) -> str:
-    """Turn glm_guard's stats recording on or off if the installed version has a switch.
-
-    Returns how it was done, or ``"not available"``; the benchmarks record the answer so a
-    reader knows whether a measurement included recording.
-    """
+    """Turn glm_guard's stats recording on or off; returns how, for the results to record."""
     import glm_guard
 
-    configure = getattr(glm_guard, "configure_stats", None)
-    if callable(configure):
-        configure(enabled=on)
-        return f"glm_guard.configure_stats(enabled={on})"
-    for name in ("set_stats_enabled", "enable_stats", "set_stats"):
-        fn = getattr(glm_guard, name, None)
-        if callable(fn):
-            fn(on)
-            return f"glm_guard.{name}({on})"
-    stats = getattr(glm_guard, "stats", None)
-    if stats is None:
-        with contextlib.suppress(ImportError):
-            import importlib
-
-            stats = importlib.import_module("glm_guard.stats")
-    if stats is not None:
-        for name in ("set_enabled", "enable", "set_stats_enabled"):
-            fn = getattr(stats, name, None)
-            if callable(fn):
-                fn(on)
-                return f"glm_guard.stats.{name}({on})"
-    return "not available"
+    glm_guard.configure_stats(enabled=on)
+    return f"glm_guard.configure_stats(enabled={on})"
 
 
 # -- describing the run ---------------------------------------------------------------------

@@ -289,6 +289,22 @@ def build_cases(kind: str) -> list[Case]:
                 stats=False,
             ),
             Case("gg_stack_hit_off", "full stack, cache hit, stats off", "stack", "glm_guard", gg_stack(), stats=False),
+            Case(
+                "gg_rate_off",
+                "@rate_limited(calls, period), local, stats off",
+                "rate limit",
+                "glm_guard",
+                gg_limit()(body()),
+                stats=False,
+            ),
+            Case(
+                "gg_retry_off",
+                "@retry_on_1302(max_tries=5), stats off",
+                "retry",
+                "glm_guard",
+                glm_guard.retry_on_1302(max_tries=5)(body()),
+                stats=False,
+            ),
         ]
 
     def ttl_cache() -> Any:
@@ -530,6 +546,25 @@ def ratio(rows: dict[str, Any], a: str, b: str) -> dict[str, float]:
     return common.spread([x / y if y > 0 else float("inf") for x, y in pairs])
 
 
+#: (what, the case with stats on, the same case with stats off)
+RECORDING_PAIRS = [
+    ("@rate_limited", "gg_rate", "gg_rate_off"),
+    ("@retry_on_1302", "gg_retry", "gg_retry_off"),
+    ("full stack, cache hit", "gg_stack_hit", "gg_stack_hit_off"),
+    ("full stack (rate only), miss", "gg_stack_miss_rate_on", "gg_stack_miss_rate_off"),
+]
+
+
+def recording_costs(rows: dict[str, Any]) -> list[dict[str, Any]]:
+    """What stats recording adds to a call: stats on minus stats off, round by round."""
+    found = []
+    for what, on, off in RECORDING_PAIRS:
+        if on in rows and off in rows:
+            pairs = zip(rows[on]["samples_overhead_us"], rows[off]["samples_overhead_us"], strict=True)
+            found.append({"case": what, "added_us": common.spread([a - b for a, b in pairs])})
+    return found
+
+
 def targets(kind: str, rows: dict[str, Any]) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
 
@@ -586,7 +621,7 @@ def measure(args: Any) -> dict[str, Any]:
     for kind in ("async", "sync"):
         common.log(f"overhead: {kind} cases, {rounds} interleaved rounds")
         rows = asyncio.run(_measure_kind(kind, rounds, target))
-        result[kind] = {"cases": rows, "targets": targets(kind, rows)}
+        result[kind] = {"cases": rows, "targets": targets(kind, rows), "recording_cost": recording_costs(rows)}
     if not args.no_profile:
         result["profile"] = profile_hotspots()
     return result
@@ -698,6 +733,26 @@ def render(section: dict[str, Any], out: Path) -> str:
         )
         _plot(pyplot, kind, ordered, out / f"per_call_{kind}.png")
         lines += ["", f"![{kind} overhead](per_call_{kind}.png)", ""]
+        if block.get("recording_cost"):
+            lines += [
+                f"### What recording stats adds, {kind}",
+                "",
+                "The same case with glm_guard's stats on and off, in the same round: on minus off.",
+                "",
+                common.table(
+                    ["case", "added µs (median)", "p25–p75"],
+                    [
+                        [
+                            c["case"],
+                            common.fmt(c["added_us"]["median"], 2),
+                            f"{c['added_us']['p25']:.2f}–{c['added_us']['p75']:.2f}",
+                        ]
+                        for c in block["recording_cost"]
+                    ],
+                    "lrr",
+                ),
+                "",
+            ]
     if "profile" in section:
         lines += [
             "## Where the time goes",

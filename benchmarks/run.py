@@ -3,8 +3,8 @@
 1. Creates (or reuses) ``benchmarks/.venv`` and installs glm_guard (editable, with the redis
    extra) and the peers it is compared with there, and only there: they never become
    dependencies of glm_guard.
-2. Runs each part in its own process; each part starts its own ``redis-server`` on a free
-   loopback port and stops it when done.  ``benchmarks/redis_backend.py`` runs too.
+2. Runs each part (a ``bench_*.py`` module) in its own process; a part that needs Redis starts
+   its own ``redis-server`` on a free loopback port and stops it when done.
 3. Writes ``docs/benchmarks/results.json``, one Markdown page per part, the PNG plots and
    ``docs/benchmarks/index.md`` (the command, the machine, the versions, every target).
 
@@ -47,11 +47,6 @@ PEERS = [
     "redis>=5",
     "httpx>=0.27",
 ]
-#: Pages other scripts write into docs/benchmarks, linked from the index when present.
-OTHER_PAGES = [
-    ("redis.md", "redis_backend.py", "Redis backend"),
-    ("overhead.md", "overhead.py", "Recording overhead"),
-]
 VERSIONS = [
     "glm-guard",
     "aiolimiter",
@@ -70,6 +65,7 @@ PARTS = [
     ("accuracy", "bench_accuracy", "accuracy.md", "Accuracy across processes"),
     ("end_to_end", "bench_end_to_end", "end_to_end.md", "End to end against the GLM simulator"),
     ("scaling", "bench_scaling", "scaling.md", "How the cost grows"),
+    ("monitoring", "bench_monitoring", "monitoring.md", "Monitoring: unguarded, then guarded"),
 ]
 
 
@@ -127,15 +123,6 @@ def run_part(module: str, quick: bool, out: Path) -> dict[str, Any]:
             "part_seconds": round(time.monotonic() - began, 1),
         }
     return json.loads(out.read_text())
-
-
-def run_owner_script() -> float | None:
-    """``benchmarks/redis_backend.py`` writes docs/benchmarks/redis.md and redis.json itself."""
-    began = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, str(BENCH / "redis_backend.py")], cwd=ROOT, check=False, stdout=subprocess.DEVNULL
-    )
-    return round(time.monotonic() - began, 1) if done.returncode == 0 else None
 
 
 def describe() -> dict[str, Any]:
@@ -287,15 +274,12 @@ def index_page(results: dict[str, Any], out: Path) -> str:
         "",
     ]
     for name, _module, page, title in PARTS:
-        section = results["parts"].get(name, {})
+        section = results["parts"].get(name)
+        if section is None:  # never run here: no page to link to
+            continue
         took = section.get("part_seconds")
         lines.append(f"- [{title}]({page})" + (f" ({took:g} s)" if took is not None else ""))
     lines += [
-        *[
-            f"- [{title} (its own script, `benchmarks/{script}`)]({page})"
-            for page, script, title in OTHER_PAGES
-            if (out / page).exists()
-        ],
         "",
         "## How to read them",
         "",
@@ -353,9 +337,6 @@ def main(argv: list[str]) -> int:
             if "error" in section:
                 failed.append(name)
             print(f"  done in {section.get('part_seconds', 0):g} s", file=sys.stderr, flush=True)
-    if not args.quick and not args.only:
-        print("Redis backend (benchmarks/redis_backend.py) ...", file=sys.stderr, flush=True)
-        results["meta"]["redis_backend_seconds"] = run_owner_script()
     results["runtime_seconds"] = round(time.monotonic() - began, 1)
     if args.only and "runtime_seconds" in previous:
         results["runtime_seconds"] = previous["runtime_seconds"]

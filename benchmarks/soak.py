@@ -31,9 +31,8 @@ def main() -> int:
     args = parser.parse_args()
 
     import redis
-    from bench_common import RedisServer
 
-    from glm_guard.testing import run_simulator
+    from glm_guard.testing import RedisServer, run_simulator
 
     failed = False
     with RedisServer() as server, run_simulator(concurrency=args.limit, latency=0.01) as simulator:

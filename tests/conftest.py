@@ -1,23 +1,27 @@
-"""Shared fixtures: a fresh local backend per test, a real redis-server, clean settings."""
+"""Shared fixtures: clean settings, a fresh backend per test, and real redis-servers.
+
+``backend`` is the matrix: a test that takes it runs once on the local backend and once on
+a real Redis (test ids ``[local]`` and ``[redis]``), as limits' tests run over its storages.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 
 import pytest
+import redis
 
 import glm_guard
 from glm_guard import _config, backends
+from glm_guard.backends._base import Backend
 from glm_guard.backends._local import LocalBackend
+from glm_guard.backends._redis import RedisBackend
 from glm_guard.monitoring._recorder import RECORDER
+from glm_guard.testing import RedisServer
+from glm_guard.testing._redis_server import free_port
+
+__all__ = ["REDIS_PASSWORD", "RedisServer", "free_port"]  # test modules import these from here
 
 REDIS_PASSWORD = "s3cret-test-pw"
 REQUIRE_REDIS = os.environ.get("GLM_GUARD_REQUIRE_REDIS") == "1"
@@ -42,99 +46,19 @@ def local_backend() -> LocalBackend:
     return LocalBackend()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisServer:
-    """A real redis-server process on a free loopback port, with a password."""
-
-    def __init__(self, port: int | None = None) -> None:
-        self.port = free_port() if port is None else port
-        self.dir = tempfile.mkdtemp(prefix="glm-guard-redis-")
-        self.start()
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise FileNotFoundError("redis-server")
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--requirepass",
-                REDIS_PASSWORD,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self._wait_ready()
-
-    @property
-    def url(self) -> str:
-        return f"redis://:{REDIS_PASSWORD}@127.0.0.1:{self.port}/0"
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                    sock.sendall(f"AUTH {REDIS_PASSWORD}\r\nPING\r\n".encode())
-                    if b"PONG" in sock.recv(64):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("redis-server did not start")
-
-    def client(self):  # type: ignore[no-untyped-def]
-        import redis
-
-        return redis.Redis.from_url(self.url)
-
-    def kill(self) -> None:
-        """SIGKILL: the server vanishes mid-conversation, as in a crash."""
-        self.process.kill()
-        self.process.wait(5)
-
-    def pause(self) -> None:
-        os.kill(self.process.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        os.kill(self.process.pid, signal.SIGCONT)
-
-    def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.process.pid, signal.SIGCONT)
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
+def start_redis() -> RedisServer:
+    """A started server with the tests' password; a missing binary skips, or fails when required."""
     try:
-        server = RedisServer()
+        return RedisServer(password=REDIS_PASSWORD).start()
     except FileNotFoundError:
         if REQUIRE_REDIS:
             pytest.fail("redis-server is not installed but GLM_GUARD_REQUIRE_REDIS=1")
         pytest.skip("redis-server is not installed")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = start_redis()
     try:
         yield server
     finally:
@@ -144,11 +68,8 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture
 def own_redis(redis_server: RedisServer) -> Iterator[RedisServer]:
     """A redis-server of this test's own, to stop, pause, kill and restart."""
-    server = RedisServer()
-    try:
+    with start_redis() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -160,10 +81,74 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
+@pytest.fixture(params=["local", pytest.param("redis", marks=pytest.mark.redis)])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """The matrix: the same test on a fresh local backend and on a real, flushed Redis."""
+    if request.param == "local":
+        yield LocalBackend()
+        return
+    shared = RedisBackend(request.getfixturevalue("redis_url"), lease=2.0)
+    yield shared
+    shared.close()
+
+
+class LimiterState:
+    """What a backend holds for a rate-limit key, read where the backend keeps it.
+
+    Local: the limiter's state.  Redis: the key's sorted sets, whose names and meaning
+    docs/distributed.md documents (``P{K}:starts``, ``P{K}:leases``).
+    """
+
+    def __init__(self, backend: Backend, client: redis.Redis | None) -> None:
+        self._backend = backend
+        self._client = client
+        self._prefix = glm_guard.get_settings().key_prefix
+
+    def in_flight(self, key: str) -> int:
+        """Concurrency permits of ``key`` held right now."""
+        if isinstance(self._backend, LocalBackend):
+            return self._backend._limiters[key].state.in_flight
+        assert self._client is not None
+        return int(self._client.zcard(f"{self._prefix}{{{key}}}:leases"))
+
+    def starts(self, key: str) -> int:
+        """Admissions of ``key`` still inside its window."""
+        if isinstance(self._backend, LocalBackend):
+            return len(self._backend._limiters[key].state.starts)
+        assert self._client is not None
+        return int(self._client.zcard(f"{self._prefix}{{{key}}}:starts"))
+
+
+@pytest.fixture
+def limiter_state(backend: Backend, request: pytest.FixtureRequest) -> Iterator[LimiterState]:
+    if isinstance(backend, LocalBackend):
+        yield LimiterState(backend, None)
+        return
+    client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+    yield LimiterState(backend, client)
+    client.close()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "xfail_on(backend, reason): a known difference of one backend of the matrix; strict xfail there",
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        params = getattr(item, "callspec", None)
+        for mark in item.iter_markers("xfail_on"):
+            if params is not None and params.params.get("backend") == mark.args[0]:
+                item.add_marker(pytest.mark.xfail(strict=True, reason=mark.kwargs["reason"]))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     outcome = yield
     report = outcome.get_result()
-    if REQUIRE_REDIS and report.skipped and "redis" in item.name:
+    # A strict xfail ran and failed as its reason says: that is not a skipped Redis test.
+    if REQUIRE_REDIS and report.skipped and "redis" in item.name and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"Redis test {item.name} was skipped, but GLM_GUARD_REQUIRE_REDIS=1"

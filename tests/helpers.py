@@ -28,3 +28,12 @@ class ErrorWithText(Exception):
 
 SEED_1302 = '429 {"error":{"code":"1302","message":"您的账户已达到速率限制,请您控制请求频率"}}'
 SEED_1113 = '429 {"error":{"code":"1113","message":"您的账户已欠费，请充值后重试"}}'
+
+
+def window_margin(backend_name: str, period: float) -> float:
+    """How much longer than ``period`` a backend keeps a window (docs/distributed.md).
+
+    Redis decides starts on its own clock and the caller starts after the reply, so its
+    windows are 2 % longer, by at most 20 ms; the local backend decides where the call runs.
+    """
+    return min(0.02 * period, 0.02) if backend_name == "redis" else 0.0

@@ -1,4 +1,8 @@
-"""``@cached_response`` on the local backend."""
+"""``@cached_response`` on every backend.
+
+Tests that take ``backend`` run on the local backend and on a real Redis; those that need a
+fake clock, a store of their own or the local store's internals take the local backend.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import pytest
 
 from glm_guard import ConfigurationError, cached_response, fallback
 from glm_guard._cache_keys import KeyMaker
+from glm_guard.backends._base import Backend
 from glm_guard.backends._local import LocalBackend, LocalCacheStore
 
 from .helpers import SEED_1302, ErrorWithText
@@ -29,10 +34,10 @@ class FakeClock:
         return self.now
 
 
-def counting(local_backend: LocalBackend, **options: Any) -> tuple[list[Any], Any]:
+def counting(backend: Backend, **options: Any) -> tuple[list[Any], Any]:
     calls: list[Any] = []
 
-    @cached_response(backend=local_backend, **options)
+    @cached_response(backend=backend, **options)
     def ask(question: str, temperature: float = 0.7) -> str:
         calls.append((question, temperature))
         return f"answer to {question}"
@@ -40,8 +45,8 @@ def counting(local_backend: LocalBackend, **options: Any) -> tuple[list[Any], An
     return calls, ask
 
 
-def test_same_arguments_run_the_body_once(local_backend: LocalBackend) -> None:
-    calls, ask = counting(local_backend)
+def test_same_arguments_run_the_body_once(backend: Backend) -> None:
+    calls, ask = counting(backend)
     assert ask("hi") == ask("hi") == ask(question="hi") == ask("hi", 0.7) == "answer to hi"
     assert len(calls) == 1
     ask("hi", temperature=0.1)
@@ -62,17 +67,42 @@ def test_entries_expire_after_ttl() -> None:
     assert len(calls) == 2
 
 
+def test_entries_expire_after_ttl_in_real_time(backend: Backend) -> None:
+    """The fake clock above shows the arithmetic; this shows each store really lets go."""
+    calls, ask = counting(backend, ttl=0.3)
+    ask("q")
+    ask("q")
+    assert len(calls) == 1
+    time.sleep(0.45)
+    ask("q")
+    assert len(calls) == 2
+
+
+async def test_structured_answers_come_back_equal(backend: Backend) -> None:
+    calls: list[int] = []
+
+    @cached_response(ttl=30, backend=backend, key="structured")
+    async def ask(question: str) -> dict[str, Any] | None:
+        calls.append(1)
+        return None if question == "none" else {"answer": question, "tokens": [1, 2], "来源": "GLM"}
+
+    assert await ask("q") == await ask("q") == {"answer": "q", "tokens": [1, 2], "来源": "GLM"}
+    assert await ask("none") is None and await ask("none") is None
+    assert len(calls) == 2
+
+
 def test_maxsize_bounds_the_cache(local_backend: LocalBackend) -> None:
+    """On Redis the server's memory policy bounds the shared entries; ``maxsize`` is per process."""
     calls, ask = counting(local_backend, maxsize=2)
     for question in ["a", "b", "c", "a"]:
         ask(question)
     assert [c[0] for c in calls] == ["a", "b", "c", "a"]  # "a" was evicted by "c"
 
 
-def test_none_is_cached(local_backend: LocalBackend) -> None:
+def test_none_is_cached(backend: Backend) -> None:
     calls: list[int] = []
 
-    @cached_response(backend=local_backend)
+    @cached_response(backend=backend)
     def lookup() -> None:
         calls.append(1)
 
@@ -80,10 +110,10 @@ def test_none_is_cached(local_backend: LocalBackend) -> None:
     assert len(calls) == 1
 
 
-def test_exceptions_are_not_cached(local_backend: LocalBackend) -> None:
+def test_exceptions_are_not_cached(backend: Backend) -> None:
     calls: list[int] = []
 
-    @cached_response(backend=local_backend)
+    @cached_response(backend=backend)
     def flaky() -> str:
         calls.append(1)
         if len(calls) == 1:
@@ -97,7 +127,7 @@ def test_exceptions_are_not_cached(local_backend: LocalBackend) -> None:
 
 
 @pytest.mark.parametrize("cache_outside", [True, False])
-def test_fallback_answers_are_never_cached(local_backend: LocalBackend, cache_outside: bool) -> None:
+def test_fallback_answers_are_never_cached(backend: Backend, cache_outside: bool) -> None:
     calls: list[int] = []
     busy = [True]
 
@@ -107,7 +137,7 @@ def test_fallback_answers_are_never_cached(local_backend: LocalBackend, cache_ou
             raise ErrorWithText(SEED_1302)
         return "real"
 
-    cache = cached_response(backend=local_backend)
+    cache = cached_response(backend=backend)
     degrade = fallback("busy, try later")
     ask = cache(degrade(body)) if cache_outside else degrade(cache(body))
     assert ask("q") == "busy, try later"
@@ -117,14 +147,14 @@ def test_fallback_answers_are_never_cached(local_backend: LocalBackend, cache_ou
     assert len(calls) == 2
 
 
-def test_fallback_answer_is_not_cached_through_an_inner_cache_either(local_backend: LocalBackend) -> None:
+def test_fallback_answer_is_not_cached_through_an_inner_cache_either(backend: Backend) -> None:
     """cache -> fallback -> cache -> body: neither cache keeps the degraded answer."""
     calls: list[int] = []
     busy = [True]
 
-    @cached_response(backend=local_backend, key="outer")
+    @cached_response(backend=backend, key="outer")
     @fallback("degraded")
-    @cached_response(backend=local_backend, key="inner")
+    @cached_response(backend=backend, key="inner")
     def ask(question: str) -> str:
         calls.append(1)
         if busy[0]:
@@ -136,11 +166,11 @@ def test_fallback_answer_is_not_cached_through_an_inner_cache_either(local_backe
     assert ask("q") == "real"
 
 
-def test_concurrent_identical_calls_in_threads_run_the_body_once(local_backend: LocalBackend) -> None:
+def test_concurrent_identical_calls_in_threads_run_the_body_once(backend: Backend) -> None:
     calls: list[int] = []
     gate = threading.Event()
 
-    @cached_response(backend=local_backend)
+    @cached_response(backend=backend)
     def slow(question: str) -> str:
         calls.append(1)
         gate.wait(5)
@@ -158,10 +188,10 @@ def test_concurrent_identical_calls_in_threads_run_the_body_once(local_backend: 
     assert len(calls) == 1
 
 
-async def test_concurrent_identical_calls_in_tasks_run_the_body_once(local_backend: LocalBackend) -> None:
+async def test_concurrent_identical_calls_in_tasks_run_the_body_once(backend: Backend) -> None:
     calls: list[int] = []
 
-    @cached_response(backend=local_backend)
+    @cached_response(backend=backend)
     async def slow(question: str) -> str:
         calls.append(1)
         await asyncio.sleep(0.02)
@@ -171,10 +201,10 @@ async def test_concurrent_identical_calls_in_tasks_run_the_body_once(local_backe
     assert len(calls) == 1
 
 
-async def test_followers_share_the_leaders_error_and_are_not_cached(local_backend: LocalBackend) -> None:
+async def test_followers_share_the_leaders_error_and_are_not_cached(backend: Backend) -> None:
     calls: list[int] = []
 
-    @cached_response(backend=local_backend)
+    @cached_response(backend=backend)
     async def failing() -> str:
         calls.append(1)
         await asyncio.sleep(0.02)
@@ -188,10 +218,10 @@ async def test_followers_share_the_leaders_error_and_are_not_cached(local_backen
     assert len(calls) == 2
 
 
-async def test_a_cancelled_leader_hands_over_to_a_follower(local_backend: LocalBackend) -> None:
+async def test_a_cancelled_leader_hands_over_to_a_follower(backend: Backend) -> None:
     calls: list[int] = []
 
-    @cached_response(backend=local_backend)
+    @cached_response(backend=backend)
     async def slow() -> str:
         calls.append(1)
         await asyncio.sleep(0.05)
@@ -206,11 +236,11 @@ async def test_a_cancelled_leader_hands_over_to_a_follower(local_backend: LocalB
     assert len(calls) == 2
 
 
-def test_methods_leave_self_out_of_the_key(local_backend: LocalBackend) -> None:
+def test_methods_leave_self_out_of_the_key(backend: Backend) -> None:
     calls: list[int] = []
 
     class Reasoner:
-        @cached_response(backend=local_backend)
+        @cached_response(backend=backend)
         def reason(self, question: str) -> str:
             calls.append(1)
             return question
@@ -249,7 +279,7 @@ def test_keys_are_stable_across_processes() -> None:
     assert len(digests) == 1
 
 
-def test_structured_arguments_are_keyed_by_value(local_backend: LocalBackend) -> None:
+def test_structured_arguments_are_keyed_by_value(backend: Backend) -> None:
     @dataclasses.dataclass
     class Request:
         model: str
@@ -257,7 +287,7 @@ def test_structured_arguments_are_keyed_by_value(local_backend: LocalBackend) ->
 
     calls: list[int] = []
 
-    @cached_response(backend=local_backend)
+    @cached_response(backend=backend)
     def call(request: Request, tags: frozenset[str]) -> int:
         calls.append(1)
         return len(calls)
@@ -267,8 +297,8 @@ def test_structured_arguments_are_keyed_by_value(local_backend: LocalBackend) ->
     assert first == again == 1
 
 
-def test_an_unserialisable_argument_names_itself(local_backend: LocalBackend) -> None:
-    @cached_response(backend=local_backend)
+def test_an_unserialisable_argument_names_itself(backend: Backend) -> None:
+    @cached_response(backend=backend)
     def call(prompt: str, client: object) -> str:
         return prompt
 
@@ -276,10 +306,10 @@ def test_an_unserialisable_argument_names_itself(local_backend: LocalBackend) ->
         call("q", object())
 
 
-def test_an_unserialisable_argument_can_bypass_the_cache(local_backend: LocalBackend) -> None:
+def test_an_unserialisable_argument_can_bypass_the_cache(backend: Backend) -> None:
     calls: list[int] = []
 
-    @cached_response(backend=local_backend, unkeyable="bypass")
+    @cached_response(backend=backend, unkeyable="bypass")
     def call(prompt: str, client: object) -> str:
         calls.append(1)
         return prompt
@@ -288,10 +318,10 @@ def test_an_unserialisable_argument_can_bypass_the_cache(local_backend: LocalBac
     assert len(calls) == 2  # not cached, not failed
 
 
-def test_a_custom_key_function(local_backend: LocalBackend) -> None:
+def test_a_custom_key_function(backend: Backend) -> None:
     calls: list[int] = []
 
-    @cached_response(backend=local_backend, key=lambda prompt, client: prompt)
+    @cached_response(backend=backend, key=lambda prompt, client: prompt)
     def call(prompt: str, client: object) -> str:
         calls.append(1)
         return prompt
@@ -301,8 +331,8 @@ def test_a_custom_key_function(local_backend: LocalBackend) -> None:
     assert len(calls) == 1
 
 
-def test_a_key_function_returning_garbage_says_so(local_backend: LocalBackend) -> None:
-    @cached_response(backend=local_backend, key=lambda prompt: object())
+def test_a_key_function_returning_garbage_says_so(backend: Backend) -> None:
+    @cached_response(backend=backend, key=lambda prompt: object())
     def call(prompt: str) -> str:
         return prompt
 
@@ -310,8 +340,8 @@ def test_a_key_function_returning_garbage_says_so(local_backend: LocalBackend) -
         call("q")
 
 
-def test_ttl_zero_stores_nothing(local_backend: LocalBackend) -> None:
-    calls, ask = counting(local_backend, ttl=0)
+def test_ttl_zero_stores_nothing(backend: Backend) -> None:
+    calls, ask = counting(backend, ttl=0)
     ask("q")
     ask("q")
     assert len(calls) == 2
@@ -342,11 +372,11 @@ def test_generators_are_refused_at_decoration(local_backend: LocalBackend) -> No
             yield 1
 
 
-def test_equal_but_differently_typed_arguments_get_different_keys(local_backend: LocalBackend) -> None:
+def test_equal_but_differently_typed_arguments_get_different_keys(backend: Backend) -> None:
     """1, 1.0 and True hash alike; the key (and its memo) must keep them apart."""
     calls: list[object] = []
 
-    @cached_response(backend=local_backend)
+    @cached_response(backend=backend)
     def echo(value: object) -> str:
         calls.append(value)
         return repr(value)
@@ -498,7 +528,7 @@ def test_a_forked_child_can_use_a_cache_whose_lock_another_thread_held() -> None
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
-async def test_a_fallback_answer_from_a_child_task_is_not_cached(local_backend: LocalBackend) -> None:
+async def test_a_fallback_answer_from_a_child_task_is_not_cached(backend: Backend) -> None:
     """``asyncio.wait_for`` runs the inner call in a task of its own: the context mark stays there."""
     failures = [1]
 
@@ -509,7 +539,7 @@ async def test_a_fallback_answer_from_a_child_task_is_not_cached(local_backend: 
             raise ErrorWithText(SEED_1302)
         return f"real {question}"
 
-    @cached_response(backend=local_backend)
+    @cached_response(backend=backend)
     async def answer(question: str) -> str:
         return await asyncio.wait_for(llm(question), 5)
 

@@ -1,4 +1,8 @@
-"""``@rate_limited`` on the local backend: window guarantee, concurrency, waiting, cooldown."""
+"""``@rate_limited``: window guarantee, concurrency, waiting, cooldown, on every backend.
+
+Tests that take ``backend`` run on the local backend and on a real Redis; the few that read
+the local backend's own state, or explain its design, take ``local_backend``.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +14,18 @@ import pytest
 
 import glm_guard
 from glm_guard import ConfigurationError, RateLimitTimeout, rate_limited
+from glm_guard.backends._base import Backend
 from glm_guard.backends._local import LocalBackend
 
-from .helpers import SEED_1113, SEED_1302, ErrorWithText, max_in_window
+from .conftest import LimiterState
+from .helpers import SEED_1113, SEED_1302, ErrorWithText, max_in_window, window_margin
 
 
-def test_threads_never_exceed_calls_in_any_window(local_backend: LocalBackend) -> None:
+def test_threads_never_exceed_calls_in_any_window(backend: Backend) -> None:
     starts: list[float] = []
     lock = threading.Lock()
 
-    @rate_limited(5, 0.4, backend=local_backend)
+    @rate_limited(5, 0.4, backend=backend)
     def call() -> None:
         with lock:
             starts.append(time.monotonic())
@@ -35,10 +41,10 @@ def test_threads_never_exceed_calls_in_any_window(local_backend: LocalBackend) -
     assert max_in_window(starts[:5], 0.05, slack=0) == 5
 
 
-async def test_tasks_never_exceed_calls_in_any_window(local_backend: LocalBackend) -> None:
+async def test_tasks_never_exceed_calls_in_any_window(backend: Backend) -> None:
     starts: list[float] = []
 
-    @rate_limited(4, 0.3, backend=local_backend)
+    @rate_limited(4, 0.3, backend=backend)
     async def call(i: int) -> int:
         starts.append(time.monotonic())
         return i
@@ -48,11 +54,11 @@ async def test_tasks_never_exceed_calls_in_any_window(local_backend: LocalBacken
     assert max_in_window(starts, 0.3) <= 4
 
 
-async def test_saturated_limiter_admits_close_to_the_full_rate(local_backend: LocalBackend) -> None:
+async def test_saturated_limiter_admits_close_to_the_full_rate(backend: Backend) -> None:
     """20 calls at 10 per 0.25 s need two full windows: they end just after 0.25 s."""
     starts: list[float] = []
 
-    @rate_limited(10, 0.25, backend=local_backend)
+    @rate_limited(10, 0.25, backend=backend)
     async def call() -> None:
         starts.append(time.monotonic())
 
@@ -89,10 +95,10 @@ async def test_aiolimiter_bucket_double_bursts_where_the_window_does_not(local_b
     assert max_in_window(window_starts, 0.5) <= 5
 
 
-async def test_concurrency_limit_holds_for_tasks(local_backend: LocalBackend) -> None:
+async def test_concurrency_limit_holds_for_tasks(backend: Backend) -> None:
     in_flight = peak = 0
 
-    @rate_limited(concurrency=3, backend=local_backend)
+    @rate_limited(concurrency=3, backend=backend)
     async def call() -> None:
         nonlocal in_flight, peak
         in_flight += 1
@@ -100,15 +106,17 @@ async def test_concurrency_limit_holds_for_tasks(local_backend: LocalBackend) ->
         await asyncio.sleep(0.02)
         in_flight -= 1
 
+    began = time.monotonic()
     await asyncio.gather(*(call() for _ in range(15)))
     assert peak == 3
+    assert time.monotonic() - began < 2.0  # freed slots are reused promptly, not polled for
 
 
-def test_concurrency_limit_holds_for_threads(local_backend: LocalBackend) -> None:
+def test_concurrency_limit_holds_for_threads(backend: Backend) -> None:
     in_flight = peak = 0
     lock = threading.Lock()
 
-    @rate_limited(concurrency=2, backend=local_backend)
+    @rate_limited(concurrency=2, backend=backend)
     def call() -> None:
         nonlocal in_flight, peak
         with lock:
@@ -126,10 +134,10 @@ def test_concurrency_limit_holds_for_threads(local_backend: LocalBackend) -> Non
     assert peak == 2
 
 
-async def test_waiters_are_admitted_in_arrival_order(local_backend: LocalBackend) -> None:
+async def test_waiters_are_admitted_in_arrival_order(backend: Backend) -> None:
     order: list[int] = []
 
-    @rate_limited(1, 0.05, backend=local_backend)
+    @rate_limited(1, 0.05, backend=backend)
     async def call(i: int) -> None:
         order.append(i)
 
@@ -141,10 +149,10 @@ async def test_waiters_are_admitted_in_arrival_order(local_backend: LocalBackend
     assert order == list(range(8))
 
 
-def test_threads_are_admitted_in_arrival_order(local_backend: LocalBackend) -> None:
+def test_threads_are_admitted_in_arrival_order(backend: Backend) -> None:
     order: list[int] = []
 
-    @rate_limited(1, 0.05, backend=local_backend)
+    @rate_limited(1, 0.05, backend=backend)
     def call(i: int) -> None:
         order.append(i)
 
@@ -159,8 +167,8 @@ def test_threads_are_admitted_in_arrival_order(local_backend: LocalBackend) -> N
     assert order == list(range(6))
 
 
-def test_max_wait_fails_at_once_when_the_wait_is_known_to_be_too_long(local_backend: LocalBackend) -> None:
-    @rate_limited(2, 30.0, backend=local_backend, max_wait=0.5)
+def test_max_wait_fails_at_once_when_the_wait_is_known_to_be_too_long(backend: Backend) -> None:
+    @rate_limited(2, 30.0, backend=backend, max_wait=0.5)
     def call() -> str:
         return "ok"
 
@@ -173,10 +181,10 @@ def test_max_wait_fails_at_once_when_the_wait_is_known_to_be_too_long(local_back
     assert caught.value.expected_wait is not None and caught.value.expected_wait > 29
 
 
-async def test_max_wait_bounds_a_wait_for_a_concurrency_slot(local_backend: LocalBackend) -> None:
+async def test_max_wait_bounds_a_wait_for_a_concurrency_slot(backend: Backend) -> None:
     release = asyncio.Event()
 
-    @rate_limited(concurrency=1, backend=local_backend, max_wait=0.1)
+    @rate_limited(concurrency=1, backend=backend, max_wait=0.1)
     async def call() -> None:
         await release.wait()
 
@@ -189,19 +197,19 @@ async def test_max_wait_bounds_a_wait_for_a_concurrency_slot(local_backend: Loca
     await call()  # the timed-out waiter left no trace: the slot is free again
 
 
-async def test_short_wait_within_max_wait_is_served(local_backend: LocalBackend) -> None:
-    @rate_limited(1, 0.1, backend=local_backend, max_wait=1.0)
+async def test_short_wait_within_max_wait_is_served(backend: Backend) -> None:
+    @rate_limited(1, 0.1, backend=backend, max_wait=1.0)
     async def call() -> int:
         return 1
 
     assert [await call() for _ in range(3)] == [1, 1, 1]
 
 
-def test_functions_with_one_key_share_one_budget(local_backend: LocalBackend) -> None:
-    @rate_limited(2, 30.0, key="glm-4", backend=local_backend, max_wait=0)
+def test_functions_with_one_key_share_one_budget(backend: Backend) -> None:
+    @rate_limited(2, 30.0, key="glm-4", backend=backend, max_wait=0)
     def first() -> None: ...
 
-    @rate_limited(2, 30.0, key="glm-4", backend=local_backend, max_wait=0)
+    @rate_limited(2, 30.0, key="glm-4", backend=backend, max_wait=0)
     def second() -> None: ...
 
     first()
@@ -219,30 +227,34 @@ def test_default_key_is_module_and_qualified_name(local_backend: LocalBackend) -
     assert expected in local_backend._limiters
 
 
-def test_limits_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, local_backend: LocalBackend) -> None:
+def test_limits_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, backend: Backend) -> None:
     monkeypatch.setenv("GLM_API_MAX_CALLS_PER_MINUTE", "3")
     monkeypatch.setenv("GLM_API_MAX_CONCURRENCY", "2")
     glm_guard.reload_settings()
 
-    @rate_limited(backend=local_backend, max_wait=0.2)
+    @rate_limited(backend=backend, max_wait=0.2)
     def call() -> None: ...
 
     for _ in range(3):
         call()
+    began = time.monotonic()
     with pytest.raises(RateLimitTimeout) as caught:
         call()
-    assert caught.value.expected_wait is not None and 55 < caught.value.expected_wait <= 60
-    limiter = next(iter(local_backend._limiters.values()))
-    assert limiter.state.keep == 3
+    spent = time.monotonic() - began  # the expected wait counts from the call's start
+    assert caught.value.expected_wait is not None
+    assert 55 < caught.value.expected_wait <= 60 + window_margin(backend.name, 60) + spent
+    if isinstance(backend, LocalBackend):
+        limiter = next(iter(backend._limiters.values()))
+        assert limiter.state.keep == 3
 
 
-def test_env_concurrency_is_enforced(monkeypatch: pytest.MonkeyPatch, local_backend: LocalBackend) -> None:
+def test_env_concurrency_is_enforced(monkeypatch: pytest.MonkeyPatch, backend: Backend) -> None:
     monkeypatch.setenv("GLM_API_MAX_CONCURRENCY", "1")
     glm_guard.reload_settings()
     entered = threading.Event()
     leave = threading.Event()
 
-    @rate_limited(backend=local_backend, max_wait=0.1)
+    @rate_limited(backend=backend, max_wait=0.1)
     def call() -> None:
         entered.set()
         leave.wait(5)
@@ -299,14 +311,14 @@ def test_unknown_backend_in_environment_names_the_variable(monkeypatch: pytest.M
         rate_limited(5)
 
 
-def test_a_rate_limit_error_pauses_every_caller_of_the_key(local_backend: LocalBackend) -> None:
+def test_a_rate_limit_error_pauses_every_caller_of_the_key(backend: Backend) -> None:
     calls: list[float] = []
 
-    @rate_limited(100, 1.0, key="shared", backend=local_backend, cooldown=0.3)
+    @rate_limited(100, 1.0, key="shared", backend=backend, cooldown=0.3)
     def failing() -> None:
         raise ErrorWithText(SEED_1302)
 
-    @rate_limited(100, 1.0, key="shared", backend=local_backend, cooldown=0.3)
+    @rate_limited(100, 1.0, key="shared", backend=backend, cooldown=0.3)
     def other() -> None:
         calls.append(time.monotonic())
 
@@ -317,8 +329,8 @@ def test_a_rate_limit_error_pauses_every_caller_of_the_key(local_backend: LocalB
     assert calls[0] - began >= 0.28
 
 
-def test_a_permanent_error_causes_no_pause(local_backend: LocalBackend) -> None:
-    @rate_limited(100, 1.0, key="k", backend=local_backend, cooldown=5.0, max_wait=0.5)
+def test_a_permanent_error_causes_no_pause(backend: Backend) -> None:
+    @rate_limited(100, 1.0, key="k", backend=backend, cooldown=5.0, max_wait=0.5)
     def call(fail: bool) -> None:
         if fail:
             raise ErrorWithText(SEED_1113)
@@ -328,12 +340,12 @@ def test_a_permanent_error_causes_no_pause(local_backend: LocalBackend) -> None:
     call(False)  # would raise RateLimitTimeout had a 5 s cooldown started
 
 
-def test_retry_after_sets_the_pause_and_a_shorter_one_never_shortens_it(local_backend: LocalBackend) -> None:
-    limiter = local_backend.limiter("k")
+def test_retry_after_sets_the_pause_and_a_shorter_one_never_shortens_it(backend: Backend) -> None:
+    limiter = backend.limiter("k")
     limiter.cooldown(10.0)
     limiter.cooldown(0.1)
 
-    @rate_limited(100, 1.0, key="k", backend=local_backend, max_wait=1.0)
+    @rate_limited(100, 1.0, key="k", backend=backend, max_wait=1.0)
     def call() -> None: ...
 
     with pytest.raises(RateLimitTimeout) as caught:
@@ -341,10 +353,10 @@ def test_retry_after_sets_the_pause_and_a_shorter_one_never_shortens_it(local_ba
     assert caught.value.expected_wait is not None and caught.value.expected_wait > 9
 
 
-async def test_cancelled_waiter_leaks_no_permit(local_backend: LocalBackend) -> None:
+async def test_cancelled_waiter_leaks_no_permit(backend: Backend, limiter_state: LimiterState) -> None:
     gate = asyncio.Event()
 
-    @rate_limited(concurrency=1, backend=local_backend)
+    @rate_limited(concurrency=1, backend=backend, key="cancelled")
     async def call() -> None:
         await gate.wait()
 
@@ -358,29 +370,31 @@ async def test_cancelled_waiter_leaks_no_permit(local_backend: LocalBackend) -> 
     holder.cancel()  # cancelled while holding the permit
     with pytest.raises(asyncio.CancelledError):
         await holder
-    limiter = next(iter(local_backend._limiters.values()))
-    assert limiter.state.in_flight == 0 and not limiter._waiters
+    assert limiter_state.in_flight("cancelled") == 0
+    if isinstance(backend, LocalBackend):
+        assert not backend._limiters["cancelled"]._waiters
     gate.set()
     await asyncio.wait_for(call(), 1)
 
 
-async def test_wait_for_timeout_around_a_guarded_call_leaks_nothing(local_backend: LocalBackend) -> None:
-    @rate_limited(concurrency=1, backend=local_backend)
+async def test_wait_for_timeout_around_a_guarded_call_leaks_nothing(
+    backend: Backend, limiter_state: LimiterState
+) -> None:
+    @rate_limited(concurrency=1, backend=backend, key="timed-out")
     async def slow() -> None:
         await asyncio.sleep(10)
 
     for _ in range(3):
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(slow(), 0.02)
-    limiter = next(iter(local_backend._limiters.values()))
-    assert limiter.state.in_flight == 0
+    assert limiter_state.in_flight("timed-out") == 0
 
 
-def test_one_limit_is_shared_by_threads_each_running_its_own_loop(local_backend: LocalBackend) -> None:
+def test_one_limit_is_shared_by_threads_each_running_its_own_loop(backend: Backend) -> None:
     starts: list[float] = []
     lock = threading.Lock()
 
-    @rate_limited(3, 0.3, backend=local_backend)
+    @rate_limited(3, 0.3, backend=backend)
     async def call() -> None:
         with lock:
             starts.append(time.monotonic())
@@ -397,8 +411,8 @@ def test_one_limit_is_shared_by_threads_each_running_its_own_loop(local_backend:
     assert max_in_window(starts, 0.3) <= 3
 
 
-def test_set_testing_turns_waiting_off(local_backend: LocalBackend) -> None:
-    @rate_limited(1, 60.0, backend=local_backend, max_wait=0)
+def test_set_testing_turns_waiting_off(backend: Backend) -> None:
+    @rate_limited(1, 60.0, backend=backend, max_wait=0)
     def call() -> int:
         return 1
 
@@ -409,7 +423,7 @@ def test_set_testing_turns_waiting_off(local_backend: LocalBackend) -> None:
         call()
 
 
-def test_an_interrupted_waiting_thread_leaks_no_permit(local_backend: LocalBackend) -> None:
+def test_an_interrupted_waiting_thread_leaks_no_permit(backend: Backend, limiter_state: LimiterState) -> None:
     """An exception raised inside a thread while it waits (as KeyboardInterrupt would be)."""
     import ctypes
 
@@ -419,7 +433,7 @@ def test_an_interrupted_waiting_thread_leaks_no_permit(local_backend: LocalBacke
     hold = threading.Event()
     outcome: list[str] = []
 
-    @rate_limited(concurrency=1, backend=local_backend, key="interrupt")
+    @rate_limited(concurrency=1, backend=backend, key="interrupt")
     def call() -> None:
         hold.wait(5)
 
@@ -443,18 +457,18 @@ def test_an_interrupted_waiting_thread_leaks_no_permit(local_backend: LocalBacke
     waiter.join(5)
     holder.join(5)
     assert outcome == ["interrupted"]
-    limiter = local_backend._limiters["interrupt"]
-    assert len(limiter._waiters) == 0
-    assert limiter.state.in_flight == 0
+    if isinstance(backend, LocalBackend):
+        assert len(backend._limiters["interrupt"]._waiters) == 0
+    assert limiter_state.in_flight("interrupt") == 0
     call()  # the slot is free: neither the holder nor the interrupted waiter kept it
 
 
-def test_a_concurrency_waiter_wakes_when_a_cooldown_replaces_the_full_pool(local_backend: LocalBackend) -> None:
+def test_a_concurrency_waiter_wakes_when_a_cooldown_replaces_the_full_pool(backend: Backend) -> None:
     """The holder fails with a 1302: its slot comes free under a cooldown; the waiter must not hang."""
     entered = threading.Event()
     results: list[str] = []
 
-    @rate_limited(concurrency=1, backend=local_backend, key="cool-conc", cooldown=0.2)
+    @rate_limited(concurrency=1, backend=backend, key="cool-conc", cooldown=0.2)
     def call(fail: bool) -> str:
         if fail:
             entered.set()
@@ -476,19 +490,27 @@ def test_a_concurrency_waiter_wakes_when_a_cooldown_replaces_the_full_pool(local
     assert results == ["ok"]
 
 
-def test_a_waiter_whose_event_loop_was_closed_does_not_block_the_queue(local_backend: LocalBackend) -> None:
+@pytest.mark.xfail_on(
+    "redis",
+    reason="the dead task holds the Redis limiter's local turnstile (it had reached the head of the "
+    "queue and was waiting for the slot); nothing takes the turnstile back, so every later caller "
+    "of the key in this process waits forever",
+)
+def test_a_waiter_whose_event_loop_was_closed_does_not_block_the_queue(
+    backend: Backend, limiter_state: LimiterState
+) -> None:
     """A loop closed without cancelling its tasks (not asyncio.run) leaves a waiter behind."""
     gate = threading.Event()
 
-    @rate_limited(concurrency=1, backend=local_backend, key="closed-loop")
+    @rate_limited(concurrency=1, backend=backend, key="closed-loop")
     def hold() -> None:
         gate.wait(5)
 
-    @rate_limited(concurrency=1, backend=local_backend, key="closed-loop")
+    @rate_limited(concurrency=1, backend=backend, key="closed-loop")
     async def wait_in_a_loop() -> None:
         return None
 
-    holder = threading.Thread(target=hold)
+    holder = threading.Thread(target=hold, daemon=True)  # daemon: a thread left waiting cannot hang the run
     holder.start()
     time.sleep(0.05)
     loop = asyncio.new_event_loop()
@@ -497,16 +519,19 @@ def test_a_waiter_whose_event_loop_was_closed_does_not_block_the_queue(local_bac
     loop.close()  # closed with the task still pending, as a careless shutdown would
     gate.set()
     holder.join(5)
-    hold_again = threading.Thread(target=hold)
+    hold_again = threading.Thread(target=hold, daemon=True)
     hold_again.start()
     hold_again.join(5)
     assert not hold_again.is_alive()  # the dead waiter neither blocked it nor kept the slot
-    limiter = local_backend._limiters["closed-loop"]
-    assert limiter.state.in_flight == 0 and not limiter._waiters
+    assert limiter_state.in_flight("closed-loop") == 0
+    if isinstance(backend, LocalBackend):
+        assert not backend._limiters["closed-loop"]._waiters
     del task
 
 
-async def test_closing_a_guarded_stream_early_gives_its_permit_back_at_once(local_backend: LocalBackend) -> None:
+async def test_closing_a_guarded_stream_early_gives_its_permit_back_at_once(
+    backend: Backend, limiter_state: LimiterState
+) -> None:
     from collections.abc import AsyncIterator
 
     from glm_guard import retry_on_1302
@@ -514,7 +539,7 @@ async def test_closing_a_guarded_stream_early_gives_its_permit_back_at_once(loca
     closed: list[bool] = []
 
     @retry_on_1302(2)
-    @rate_limited(concurrency=1, backend=local_backend, key="stream-close")
+    @rate_limited(concurrency=1, backend=backend, key="stream-close")
     async def stream() -> AsyncIterator[int]:
         try:
             for i in range(10):
@@ -526,4 +551,4 @@ async def test_closing_a_guarded_stream_early_gives_its_permit_back_at_once(loca
     assert await chunks.__anext__() == 0
     await chunks.aclose()
     assert closed == [True]  # the user's finally ran inside aclose(), not a loop tick later
-    assert local_backend._limiters["stream-close"].state.in_flight == 0
+    assert limiter_state.in_flight("stream-close") == 0

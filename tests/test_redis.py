@@ -1,4 +1,8 @@
-"""The Redis backend against a real redis-server: same semantics, across processes."""
+"""What only the Redis backend does, against a real redis-server: URLs, keys, scripts, processes.
+
+The behaviours both backends share run on both through the ``backend`` fixture (test_rate_limit.py,
+test_cache.py, test_composition.py).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,28 +21,14 @@ import pytest
 import redis
 
 import glm_guard
-from glm_guard import RateLimitTimeout, cached_response, fallback, rate_limited
+from glm_guard import cached_response, rate_limited
 from glm_guard.backends import get_backend
-from glm_guard.backends._base import Backend
-from glm_guard.backends._local import LocalBackend
 from glm_guard.backends._redis import RedisBackend
 
 from .conftest import REDIS_PASSWORD
 from .helpers import SEED_1302, ErrorWithText, max_in_window
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(params=["local", "redis"])
-def any_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    """The behavioural matrix: the same test on both backends."""
-    if request.param == "local":
-        yield LocalBackend()
-        return
-    url = request.getfixturevalue("redis_url")
-    backend = RedisBackend(url, lease=2.0)
-    yield backend
-    backend.close()
 
 
 def worker(mode: str, **options: Any) -> subprocess.Popen[str]:
@@ -55,108 +44,6 @@ def result(process: subprocess.Popen[str], timeout: float = 30) -> dict[str, Any
     out, _ = process.communicate(timeout=timeout)
     assert process.returncode == 0, out
     return json.loads(out.strip().splitlines()[-1])
-
-
-# -- the matrix: one behaviour, both backends ------------------------------------------------
-
-
-async def test_window_guarantee_on_backend(any_backend: Backend) -> None:
-    starts: list[float] = []
-
-    @rate_limited(4, 0.3, backend=any_backend, key="matrix-window")
-    async def call() -> None:
-        starts.append(time.monotonic())
-
-    await asyncio.gather(*(call() for _ in range(12)))
-    assert len(starts) == 12
-    assert max_in_window(starts, 0.3) <= 4
-
-
-async def test_concurrency_on_backend(any_backend: Backend) -> None:
-    in_flight = peak = 0
-
-    @rate_limited(concurrency=2, backend=any_backend, key="matrix-concurrency")
-    async def call() -> None:
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        await asyncio.sleep(0.03)
-        in_flight -= 1
-
-    began = time.monotonic()
-    await asyncio.gather(*(call() for _ in range(8)))
-    assert peak == 2
-    assert time.monotonic() - began < 2.0  # freed slots are reused promptly, not polled for
-
-
-def test_sync_threads_on_backend(any_backend: Backend) -> None:
-    import threading
-
-    starts: list[float] = []
-
-    @rate_limited(3, 0.3, backend=any_backend, key="matrix-sync")
-    def call() -> None:
-        starts.append(time.monotonic())
-
-    threads = [threading.Thread(target=call) for _ in range(9)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
-    assert len(starts) == 9
-    assert max_in_window(starts, 0.3) <= 3
-
-
-def test_max_wait_on_backend(any_backend: Backend) -> None:
-    @rate_limited(1, 30.0, backend=any_backend, key="matrix-max-wait", max_wait=0.2)
-    def call() -> None: ...
-
-    call()
-    began = time.monotonic()
-    with pytest.raises(RateLimitTimeout):
-        call()
-    assert time.monotonic() - began < 0.5
-
-
-def test_cooldown_on_backend(any_backend: Backend) -> None:
-    @rate_limited(100, 1.0, backend=any_backend, key="matrix-cooldown", cooldown=0.3)
-    def call(fail: bool) -> None:
-        if fail:
-            raise ErrorWithText(SEED_1302)
-
-    with pytest.raises(ErrorWithText):
-        call(True)
-    began = time.monotonic()
-    call(False)
-    assert time.monotonic() - began >= 0.2
-
-
-async def test_cache_on_backend(any_backend: Backend) -> None:
-    calls: list[int] = []
-
-    @cached_response(ttl=30, backend=any_backend, key="matrix-cache")
-    async def ask(question: str) -> dict[str, Any] | None:
-        calls.append(1)
-        return None if question == "none" else {"answer": question, "tokens": [1, 2]}
-
-    assert await ask("q") == await ask("q") == {"answer": "q", "tokens": [1, 2]}
-    assert await ask("none") is None and await ask("none") is None
-    assert len(calls) == 2
-
-
-def test_fallback_is_not_cached_on_backend(any_backend: Backend) -> None:
-    busy = [True]
-
-    @cached_response(backend=any_backend, key="matrix-fallback")
-    @fallback("busy")
-    def ask(question: str) -> str:
-        if busy[0]:
-            raise ErrorWithText(SEED_1302)
-        return "real"
-
-    assert ask("q") == "busy"
-    busy[0] = False
-    assert ask("q") == "real"
 
 
 # -- switched on by the environment ------------------------------------------------------------

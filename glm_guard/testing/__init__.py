@@ -15,6 +15,7 @@ Quick start::
         assert sim.stats.peak_in_flight <= 1
 
 For pytest, enable the ``glm_simulator`` fixture with ``-p glm_guard.testing.pytest_plugin``.
+:class:`RedisServer` starts a throw-away ``redis-server`` on loopback for tests that need a real one.
 """
 
 from ._answer import default_responder
@@ -28,12 +29,14 @@ from ._config import (
     mask_key,
 )
 from ._engine import RequestRecord, SimulatorStats
+from ._redis_server import RedisServer
 from ._simulator import GLMSimulator, run_simulator
 
 __all__ = [
     "GLM_ERRORS",
     "GLMSimulator",
     "Latency",
+    "RedisServer",
     "RequestRecord",
     "Responder",
     "SimulatorConfig",
