@@ -583,31 +583,14 @@ def targets(kind: str, rows: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
 
-    add("@retry_on_1302 success path ≤ backoff's", ratio(rows, "gg_retry", "backoff"), 1.0, "×", "backoff")
-    if kind == "async":
-        add("@rate_limited local ≤ 1.5 × aiolimiter", ratio(rows, "gg_rate", "aiolimiter"), 1.5, "×", "aiolimiter")
-    else:
-        fastest = min(("pyrate_memory", "limits_memory"), key=lambda k: rows[k]["overhead_us"]["median"])
-        add(
-            "@rate_limited local ≤ 1.5 × a thread-safe sync limiter (the faster peer)",
-            ratio(rows, "gg_rate", fastest),
-            1.5,
-            "×",
-            rows[fastest]["label"],
-        )
-    add(
-        "@cached_response hit ≤ 2 × cachetools memo",
-        ratio(rows, "gg_cache_hit", "memo_hit"),
-        2.0,
-        "×",
-        "cachetools memo",
-    )
-    add("full stack, cache hit ≤ 3 µs overhead", rows["gg_stack_hit"]["overhead_us"], 3.0, "µs", "bare call")
+    # Issue 11: the per-guard microsecond targets are retired (clarity wins below these);
+    # what remains is the whole stack, against a bare call and against the hand-built stack.
+    add("full stack, cache hit ≤ 5 µs overhead", rows["gg_stack_hit"]["overhead_us"], 5.0, "µs", "bare call")
     miss_key = "gg_stack_miss_rate_on" if "gg_stack_miss_rate_on" in rows else "gg_stack_miss_rate"
     add(
-        "full stack, miss ≤ 1.3 × hand stack (stats on)",
+        "full stack, miss ≤ 2 × hand stack (stats on)",
         ratio(rows, miss_key, "hand_miss"),
-        1.3,
+        2.0,
         "×",
         rows["hand_miss"]["label"],
     )
