@@ -157,7 +157,10 @@ def _wrap_async(fn: Callable[..., Any], policy: _CachePolicy) -> Callable[..., A
         finally:
             CACHE_SCOPE.reset(token)
         if policy.store_values and not scope.degraded:
-            await cache.set_async(key, value)
+            if cache.shared:
+                await cache.set_async(key, value)
+            else:  # a store in this process answers at once
+                cache.set(key, value)
         return value, scope.degraded
 
     async def lead(key: Any, pending: Pending, args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:

@@ -48,9 +48,10 @@ class _Tally:
             self.attempt_seconds.append(event.seconds)
             if event.error_kind is not None:
                 counts[_error_field(event.error_kind, event.code, codes)] += 1
-            counts["tokens_prompt"] += event.prompt_tokens or 0
-            counts["tokens_completion"] += event.completion_tokens or 0
-            counts["tokens_total"] += event.total_tokens or 0
+            if event.total_tokens is not None:  # most answers carry no usage
+                counts["tokens_prompt"] += event.prompt_tokens or 0
+                counts["tokens_completion"] += event.completion_tokens or 0
+                counts["tokens_total"] += event.total_tokens
         elif isinstance(event, WaitEvent):
             if event.timed_out:
                 counts["wait_timeouts"] += 1
