@@ -165,27 +165,20 @@ def _wrap_async(fn: Callable[..., Any], policy: _CachePolicy) -> Callable[..., A
 
     async def lead(key: Any, pending: Pending, args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:
         claimed = False
-        outcome: tuple[object, bool] | BaseException | None = None
         try:
-            if cache.shared:
-                claimed = await cache.claim_async(key)
-                if claimed:  # the holder may have stored its answer and let go since we looked
-                    hit, value = await cache.get_async(key)
-                else:  # another process is computing it: wait for its answer (or its claim)
-                    hit, value = await _await_other_process_async(cache, key)
-                    claimed = not hit
-                if hit:
-                    outcome = (value, False)
-                    return policy.answered(value)
-            outcome = await run_body(key, args, kwargs)
-            return outcome[0]
-        except Exception as error:
-            outcome = error
-            raise
-        finally:
-            # Settled before the claim goes back: waiters must never depend on that
+            # The waiters are settled before the claim goes back: they must never depend on that
             # round trip succeeding (or on this task not being cancelled during it).
-            in_flight.settle(key, pending, LeaderGone() if outcome is None else outcome)
+            with in_flight.leading(key, pending) as leader:
+                if cache.shared:
+                    claimed = await cache.claim_async(key)
+                    # Claimed: the holder may have stored its answer and let go since we looked.
+                    # Not: another process is computing it, so wait for its answer (or its claim).
+                    hit, value = await (cache.get_async(key) if claimed else _await_other_process_async(cache, key))
+                    claimed = claimed or not hit
+                    if hit:
+                        return leader.answered(policy.answered(value), False)
+                return leader.answered(*await run_body(key, args, kwargs))
+        finally:
             if claimed:
                 await cache.unclaim_async(key)
 
@@ -233,25 +226,16 @@ def _wrap_sync(fn: Callable[..., Any], policy: _CachePolicy) -> Callable[..., An
 
     def lead(key: Any, pending: Pending, args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:
         claimed = False
-        outcome: tuple[object, bool] | BaseException | None = None
         try:
-            if cache.shared:
-                claimed = cache.claim(key)
-                if claimed:  # the holder may have stored its answer and let go since we looked
-                    hit, value = cache.get(key)
-                else:  # another process is computing it: wait for its answer (or its claim)
-                    hit, value = _await_other_process(cache, key)
-                    claimed = not hit
-                if hit:
-                    outcome = (value, False)
-                    return policy.answered(value)
-            outcome = run_body(key, args, kwargs)
-            return outcome[0]
-        except Exception as error:
-            outcome = error
-            raise
+            with in_flight.leading(key, pending) as leader:  # settled before the claim goes back
+                if cache.shared:
+                    claimed = cache.claim(key)
+                    hit, value = cache.get(key) if claimed else _await_other_process(cache, key)
+                    claimed = claimed or not hit
+                    if hit:
+                        return leader.answered(policy.answered(value), False)
+                return leader.answered(*run_body(key, args, kwargs))
         finally:
-            in_flight.settle(key, pending, LeaderGone() if outcome is None else outcome)
             if claimed:
                 cache.unclaim(key)
 

@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Hashable
 from typing import Any
 
-__all__ = ["InFlight", "LeaderGone", "Pending"]
+__all__ = ["InFlight", "Leader", "LeaderGone", "Pending"]
 
 Waker = threading.Event | tuple[Any, Any]  # an event, or (loop, future on that loop)
 
@@ -67,6 +67,10 @@ class InFlight:
                 pending.followers.append(waker)
             return pending
 
+    def leading(self, key: Hashable, pending: Pending) -> Leader:
+        """The leader's run of ``key`` (a context manager): its waiters are answered as it ends."""
+        return Leader(self, key, pending)
+
     def settle(self, key: Hashable, pending: Pending, outcome: tuple[object, bool] | BaseException) -> None:
         """End the leader's call with ``outcome`` and wake whoever waits for it."""
         with self._lock:
@@ -87,6 +91,35 @@ class InFlight:
         # and a lock one of them held stays held in the child.
         self._lock = threading.Lock()
         self._calls = {}
+
+
+class Leader:
+    """One leader's run; ``answered(value, degraded)`` notes its answer and passes the value on.
+
+    Leaving the ``with`` block settles the waiters: with the answer, with the exception raised,
+    or, when the leader was cancelled, with :class:`LeaderGone` so one of them takes over.
+    """
+
+    __slots__ = ("_in_flight", "_key", "_outcome", "_pending")
+
+    def __init__(self, in_flight: InFlight, key: Hashable, pending: Pending) -> None:
+        self._in_flight = in_flight
+        self._key = key
+        self._pending = pending
+        self._outcome: tuple[object, bool] | None = None
+
+    def answered(self, value: object, degraded: bool) -> object:
+        self._outcome = (value, degraded)
+        return value
+
+    def __enter__(self) -> Leader:
+        return self
+
+    def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
+        outcome: tuple[object, bool] | BaseException = LeaderGone() if self._outcome is None else self._outcome
+        if isinstance(error, Exception):
+            outcome = error
+        self._in_flight.settle(self._key, self._pending, outcome)
 
 
 def _wake_future(future: Any) -> None:
