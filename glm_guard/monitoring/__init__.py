@@ -21,17 +21,27 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._alerts import on_alert
-from ._app import DEFAULT_PREFIX, Monitor, Response, create_app
 from ._events import Alert, AttemptEvent, CacheEvent, CallEvent, FallbackEvent, GuardEvent, RetryEvent, WaitEvent
 from ._events import subscribe as subscribe
-from ._logging import LoggingSubscriber
 from ._recorder import configure_stats
 from ._views import rate_limit_stats, stats
 
 if TYPE_CHECKING:
+    from ._app import DEFAULT_PREFIX, Monitor, Response, create_app
+    from ._logging import LoggingSubscriber
     from ._prometheus import PrometheusSubscriber
 
     app: Monitor
+
+# Exporters and the HTTP app are imported on first use: the guards need none of them.
+_LAZY = {
+    "DEFAULT_PREFIX": "._app",
+    "Monitor": "._app",
+    "Response": "._app",
+    "create_app": "._app",
+    "LoggingSubscriber": "._logging",
+    "PrometheusSubscriber": "._prometheus",  # imports prometheus_client
+}
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -58,11 +68,13 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    if name == "PrometheusSubscriber":  # imports prometheus_client, so only on first use
-        from ._prometheus import PrometheusSubscriber
+    import importlib
 
-        return PrometheusSubscriber
     if name == "app":
-        value = globals()["app"] = create_app()
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value: object = importlib.import_module("._app", __name__).create_app()
+    elif name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip this function
+    return value
