@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from . import _lazy
 from ._cache import cached_response
 from ._call_context import is_degraded
 from ._classify import Classifier, ErrorInfo
@@ -102,11 +103,4 @@ def __getattr__(name: str) -> object:
         from importlib.metadata import version
 
         return version("glm-guard")
-    module = _LAZY.get(name)
-    if module is not None:
-        import importlib
-
-        value = getattr(importlib.import_module(module, __name__), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _lazy.load(__name__, globals(), _LAZY, name)

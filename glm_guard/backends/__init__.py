@@ -11,6 +11,7 @@ import os
 import threading
 from typing import TYPE_CHECKING
 
+from .. import _lazy
 from .._config import REDIS_SCHEMES, check_redis_url, get_settings, mask_url
 from .._errors import ConfigurationError
 from ._base import AsyncPermit, Backend, CacheStore, Limiter, LimitPolicy, Permit
@@ -35,17 +36,12 @@ __all__ = [
 ]
 
 
+# Imported on first use: the local one pulls in asyncio, the Redis one redis-py.
+_LAZY = {"LocalBackend": "._local", "RedisBackend": "._redis"}
+
+
 def __getattr__(name: str) -> object:
-    # Imported on first use: the local one pulls in asyncio, the Redis one redis-py.
-    if name == "LocalBackend":
-        from ._local import LocalBackend
-
-        return LocalBackend
-    if name == "RedisBackend":
-        from ._redis import RedisBackend
-
-        return RedisBackend
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _lazy.load(__name__, globals(), _LAZY, name)
 
 
 _VALID = "'local', 'redis' (uses REDIS_URL), a redis://, rediss:// or unix:// URL, or a Backend instance"

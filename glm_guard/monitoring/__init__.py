@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .. import _lazy
 from ._alerts import on_alert
 from ._events import Alert, AttemptEvent, CacheEvent, CallEvent, FallbackEvent, GuardEvent, RetryEvent, WaitEvent
 from ._events import subscribe as subscribe
@@ -68,13 +69,9 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    import importlib
-
     if name == "app":
-        value: object = importlib.import_module("._app", __name__).create_app()
-    elif name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value  # later lookups skip this function
-    return value
+        from ._app import create_app
+
+        globals()["app"] = app = create_app()
+        return app
+    return _lazy.load(__name__, globals(), _LAZY, name)
