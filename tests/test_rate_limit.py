@@ -490,12 +490,6 @@ def test_a_concurrency_waiter_wakes_when_a_cooldown_replaces_the_full_pool(backe
     assert results == ["ok"]
 
 
-@pytest.mark.xfail_on(
-    "redis",
-    reason="the dead task holds the Redis limiter's local turnstile (it had reached the head of the "
-    "queue and was waiting for the slot); nothing takes the turnstile back, so every later caller "
-    "of the key in this process waits forever",
-)
 def test_a_waiter_whose_event_loop_was_closed_does_not_block_the_queue(
     backend: Backend, limiter_state: LimiterState
 ) -> None:

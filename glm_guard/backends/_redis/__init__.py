@@ -22,4 +22,3 @@ from ._limiter import RedisLimiter
 from ._shared_stats import RedisSharedStats
 
 __all__ = ["RedisBackend", "RedisCacheStore", "RedisLimiter", "RedisSharedStats"]
-

@@ -2,9 +2,12 @@
 
 ``acquire.lua`` checks the cooldown, the window and the concurrency leases at once, on the
 server's clock, and under contention reserves the next legal start instead of refusing: the
-caller sleeps until then and starts without asking again.  Within a process only one caller
-per key talks to Redis at a time (the others queue behind it locally, in arrival order), so
-a thousand waiting tasks cost Redis what one does.
+caller sleeps until then and starts without asking again.  Within a process a few callers
+per key talk to Redis at a time, and of those refused for want of a slot only the first asks
+again (``_gates``), so a thousand waiting tasks cost Redis what a few do.
+
+A caller that goes away (cancelled, timed out) at any point gives back what it may hold at
+once: a lease whose grant it did not see is released in the background (``LeaseKeeper``).
 """
 
 from __future__ import annotations
@@ -13,14 +16,15 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from ..._errors import BackendError, RateLimitTimeout
 from .._base import AsyncPermit, Limiter, LimitPolicy, Permit
 from .._local import LocalLimiter, _resolve
-from ._steps import Ask, AwaitRelease, GiveBack, Sleep, Step, Steps, Turnstile
+from ._gates import ASKERS_PER_KEY, Gate
+from ._steps import Ask, AwaitRelease, QueueForSlot, Sleep, Step, Steps
 from ._tokens import new_token
 
 if TYPE_CHECKING:
@@ -39,7 +43,6 @@ LATE_START_SECONDS: Final = 0.01
 #: with ``calls`` others.  A 60 s window loses 0.03 % of its budget, a 1 s window 2 %.
 WINDOW_MARGIN_SECONDS: Final = 0.02
 
-_TURNSTILE: Final = LimitPolicy(None, 1.0, 1)
 _ADMITTED, _RESERVED = 1, 2  # the acquire script's reply codes; 0 refuses
 _CONCURRENCY_BOUND = 3  # a refusal's reason: every slot is held
 
@@ -98,7 +101,8 @@ class RedisLimiter(Limiter):
         self._backend = backend
         self.keys = [backend.key(key, "starts"), backend.key(key, "leases"), backend.key(key, "cooldown")]
         self.channel = backend.key(key, "released")
-        self._turnstile = LocalLimiter(f"{key}#turnstile")
+        self._askers = Gate(ASKERS_PER_KEY)  # this process's callers talking to Redis about the key
+        self._slot_queue = Gate(1)  # its callers refused for want of a slot: only the first asks again
         self._local = LocalLimiter(key)  # serves the "local" policy while Redis is away
         self._lease_ms = int(backend.lease * 1000)
         self._round_trip = 0.0  # the usual admission round trip, a floor that drifts up slowly
@@ -108,7 +112,8 @@ class RedisLimiter(Limiter):
 
     def after_fork(self) -> None:
         """The parent's threads are gone from a forked child: so are their places and permits."""
-        self._turnstile._after_fork()
+        self._askers.after_fork()
+        self._slot_queue.after_fork()
         self._local._after_fork()
 
     # -- what the script is told, and what its replies mean ---------------------------------
@@ -146,8 +151,12 @@ class RedisLimiter(Limiter):
         """An admission's lease, now renewed by this process; ``None`` without a concurrency limit."""
         if policy.concurrency is None:
             return None
-        self._backend.leases.add(self.keys[1], token)
+        self._backend.leases.add(self.key, self.keys[1], token)
         return token
+
+    def _abandon(self, token: bytes) -> None:
+        """Give ``token``'s lease back from the background: its caller is gone, or Redis did not answer."""
+        self._backend.leases.abandon(self.keys[1], self.channel, token)
 
     def _refused_wait(self, reply: list[Any], deadline: float | None, max_wait: float | None) -> float:
         """How long a refused caller sleeps before asking again; raises when past ``deadline``."""
@@ -174,7 +183,8 @@ class RedisLimiter(Limiter):
         return False
 
     def _shared_failed(self, policy: LimitPolicy, error: BackendError) -> None:
-        self._backend.health.failed(error)
+        if error.__cause__ is not None:  # Redis failed this call (not: turned away, Redis known away)
+            self._backend.health.failed(error)
         if policy.on_backend_error == "closed":
             raise error
 
@@ -207,52 +217,78 @@ class RedisLimiter(Limiter):
 
         The driver sends back each step's outcome (the script's reply), or throws in its
         failure.  Returns the lease token now held, ``None`` without a concurrency limit.
-        Every caller passes the local turnstile first; one with a reserved start leaves it
-        before it sleeps, so the next local caller may reserve its own.  A start taken late,
-        or reserved across a cooldown, is given back and the caller queues again: up to three
-        times for lateness, so a slow host still gets its turn.
+        A caller refused for want of a slot queues behind this process's earlier ones and
+        asks again when it is first and a slot was given back.  A start taken late, or
+        reserved across a cooldown, is given back and the caller asks again: up to three
+        times for lateness, so a slow host still gets its turn.  Whatever goes wrong, a
+        lease this caller may hold is given back before the failure leaves.
         """
         self._backend.heartbeat.start()
         patience = 3
         deadline = None if max_wait is None else time.monotonic() + max_wait
-        while True:
-            yield Turnstile(_remaining(deadline))
-            try:
+        leave_queue: Callable[[], None] | None = None
+        try:
+            if policy.concurrency is not None:  # behind this process's callers already waiting for a slot
+                leave_queue, _ = yield from self._queue_for_slot(deadline, max_wait, if_busy=True)
+            while True:
                 while True:
                     args = self._args(policy, deadline)
+                    token = args[1]
                     sent = time.monotonic()
-                    reply = yield Ask("acquire", self.keys, args)
+                    try:
+                        reply = yield Ask("acquire", self.keys, args)
+                    except BaseException:
+                        if policy.concurrency is not None:  # the script may have run: a lease nobody holds
+                            self._abandon(token)
+                        raise
                     answered = time.monotonic()
                     code = int(reply[0])
                     if code:
                         break
                     wait = self._refused_wait(reply, deadline, max_wait)
-                    yield AwaitRelease(wait) if int(reply[2]) == _CONCURRENCY_BOUND else Sleep(wait)
-                token = args[1]
+                    if int(reply[2]) != _CONCURRENCY_BOUND:
+                        yield Sleep(wait)
+                        continue
+                    if leave_queue is None:
+                        leave_queue, waited = yield from self._queue_for_slot(deadline, max_wait, if_busy=False)
+                        if waited:  # others were first: a slot may have come free meanwhile
+                            continue
+                    yield AwaitRelease(wait)
                 held = self._hold(policy, token)
+                if leave_queue is not None:
+                    leave_queue()  # the next in line may ask now
+                    leave_queue = None
                 if code == _ADMITTED and (patience <= 0 or not self._late(policy, sent, answered, 0.0)):
                     return held
-            finally:
-                self._turnstile.release()
-            wait = int(reply[1]) / 1000.0 if code == _RESERVED else 0.0
-            try:
-                if wait:
-                    yield Sleep(wait)
-                late = patience > 0 and (code == _ADMITTED or self._late(policy, sent, answered, wait))
-                if not late and not (wait and self._paused()):
+                wait = int(reply[1]) / 1000.0 if code == _RESERVED else 0.0
+                try:
+                    if wait:
+                        yield Sleep(wait)
+                    late = patience > 0 and (code == _ADMITTED or self._late(policy, sent, answered, wait))
+                    if not late and not (wait and self._paused()):
+                        return held
+                    paused_ms = int((yield Ask("confirm", self.keys, [token, int(late)])))
+                except BaseException:  # cancelled while its start was reserved, or Redis failed
+                    if held is not None:
+                        self._abandon(held)
+                    raise
+                if paused_ms < 0:
                     return held
-                paused_ms = int((yield Ask("confirm", self.keys, [token, int(late)])))
-            except GeneratorExit:  # closed, not driven: nothing can be done for it any more
-                raise
-            except BaseException:  # the start stays ours: give it back the usual way
-                if held is not None:
-                    yield GiveBack(held)
-                raise
-            if paused_ms < 0:
-                return held
-            self._backend.leases.discard(self.keys[1], token)  # it gave its slot back
-            yield Sleep(paused_ms / 1000.0)  # any cooldown, then queue again
-            patience -= int(late)
+                self._backend.leases.discard(self.keys[1], token)  # it gave its slot back
+                yield Sleep(paused_ms / 1000.0)  # any cooldown, then ask again
+                patience -= int(late)
+        finally:
+            if leave_queue is not None:
+                leave_queue()
+
+    def _queue_for_slot(
+        self, deadline: float | None, max_wait: float | None, *, if_busy: bool
+    ) -> Generator[Step, Any, tuple[Callable[[], None] | None, bool]]:
+        try:
+            outcome: tuple[Callable[[], None] | None, bool] = yield QueueForSlot(_remaining(deadline), if_busy)
+        except TimeoutError:
+            raise RateLimitTimeout(self.key, max_wait or 0.0, None) from None
+        return outcome
 
     def _acquire_shared(self, policy: LimitPolicy, max_wait: float | None) -> Permit:
         steps = Steps(self._admission(policy, max_wait))
@@ -266,7 +302,10 @@ class RedisLimiter(Limiter):
     def _do(self, step: Step) -> Any:
         match step:
             case Ask(script, keys, args):
-                return self._backend.connections.run(script, keys, args)
+                with self._askers.threads:
+                    if not self._backend.health.available():  # failed while this caller queued
+                        raise self._backend.health.error()
+                    return self._backend.connections.run(script, keys, args)
             case Sleep(seconds):
                 time.sleep(seconds)
             case AwaitRelease(seconds):
@@ -275,11 +314,15 @@ class RedisLimiter(Limiter):
                 try:
                     released.wait(seconds)
                 finally:
-                    self._backend.listener.unwatch(self.channel)
-            case Turnstile(max_wait):
-                self._turnstile.acquire(_TURNSTILE, max_wait)
-            case GiveBack(token):
-                self.give_back(token)
+                    self._backend.listener.unwatch(self.channel, released.set)
+            case QueueForSlot(max_wait, if_busy):
+                leave = self._slot_queue.try_enter()
+                if leave is not None:
+                    if if_busy:
+                        leave()
+                        return None, False
+                    return leave, False
+                return self._slot_queue.enter(max_wait), True
         return None
 
     async def _acquire_shared_async(self, policy: LimitPolicy, max_wait: float | None) -> AsyncPermit:
@@ -294,7 +337,10 @@ class RedisLimiter(Limiter):
     async def _do_async(self, step: Step) -> Any:
         match step:
             case Ask(script, keys, args):
-                return await self._backend.connections.run_async(script, keys, args)
+                async with self._askers.for_running_loop():
+                    if not self._backend.health.available():
+                        raise self._backend.health.error()
+                    return await self._backend.connections.run_async(script, keys, args)
             case Sleep(seconds):
                 await asyncio.sleep(seconds)
             case AwaitRelease(seconds):
@@ -311,32 +357,43 @@ class RedisLimiter(Limiter):
                         async with asyncio.timeout(seconds):
                             await released
                 finally:
-                    self._backend.listener.unwatch(self.channel)
-            case Turnstile(max_wait):
-                await self._turnstile.acquire_async(_TURNSTILE, max_wait)
-            case GiveBack(token):
-                await self.give_back_async(token)
+                    self._backend.listener.unwatch(self.channel, wake)
+            case QueueForSlot(max_wait, if_busy):
+                leave = await self._slot_queue.try_enter_async()
+                if leave is not None:
+                    if if_busy:
+                        leave()
+                        return None, False
+                    return leave, False
+                return await self._slot_queue.enter_async(max_wait), True
         return None
 
     # Giving back and cooling down never raise into the caller's result: if Redis is away
-    # the lease simply expires, and the pause is kept in this process instead.
+    # the lease is given back in the background once it answers, and the pause is kept in
+    # this process instead.
 
     def give_back(self, token: bytes) -> None:
-        self._backend.leases.discard(self.keys[1], token)
         if self._backend.health.available():
+            self._backend.leases.discard(self.keys[1], token)
             try:
                 self._backend.connections.run("release", [self.keys[1]], [token, self.channel])
+                return
             except BackendError as error:
                 self._backend.health.failed(error)
+        self._abandon(token)  # Redis away: released as soon as it answers, not after the lease
 
     async def give_back_async(self, token: bytes) -> None:
-        self._backend.leases.discard(self.keys[1], token)
         if self._backend.health.available():
-            release = self._backend.connections.run_async("release", [self.keys[1]], [token, self.channel])
+            self._backend.leases.discard(self.keys[1], token)
             try:
-                await asyncio.shield(release)  # a task cancelled while holding a permit still gives it back
+                await self._backend.connections.run_async("release", [self.keys[1]], [token, self.channel])
+                return
             except BackendError as error:
                 self._backend.health.failed(error)
+            except BaseException:  # cancelled mid-release: it is finished in the background
+                self._abandon(token)
+                raise
+        self._abandon(token)
 
     def cooldown(self, seconds: float) -> None:
         self._local.cooldown(seconds)

@@ -13,7 +13,12 @@ from typing import Any, NamedTuple
 
 
 class Ask(NamedTuple):
-    """Run a script; the driver sends back its reply."""
+    """Run a script; the driver sends back its reply.
+
+    The driver first takes one of the key's few places for talking to Redis (``Gate``): a
+    caller queued there is waiting for its neighbours' round trips, not for the limit, so
+    ``max_wait`` does not bound it; if Redis went away meanwhile it gives up at once.
+    """
 
     script: str
     keys: list[str]
@@ -30,17 +35,21 @@ class AwaitRelease(NamedTuple):
     seconds: float
 
 
-class Turnstile(NamedTuple):
-    """Queue behind this process's other callers of the key, ``max_wait`` at most."""
+class QueueForSlot(NamedTuple):
+    """Queue behind this process's earlier callers refused for want of a slot, ``max_wait`` at most.
+
+    Only the queue's head asks Redis again, so many waiting callers cost Redis what one
+    does, and a newcomer never overtakes them.  The driver sends back ``(leave, waited)``:
+    how to leave the queue, and whether others were ahead; with ``if_busy`` it joins only
+    behind others, and sends back ``(None, False)`` when there were none.  It throws in
+    ``TimeoutError`` when ``max_wait`` passes first.
+    """
 
     max_wait: float | None
+    if_busy: bool = False
 
 
-class GiveBack(NamedTuple):
-    token: bytes
-
-
-Step = Ask | Sleep | AwaitRelease | Turnstile | GiveBack
+Step = Ask | Sleep | AwaitRelease | QueueForSlot
 
 
 class Steps:
