@@ -22,7 +22,17 @@ from typing import TYPE_CHECKING
 
 from .. import _lazy
 from ._alerts import on_alert
-from ._events import Alert, AttemptEvent, CacheEvent, CallEvent, FallbackEvent, GuardEvent, RetryEvent, WaitEvent
+from ._events import (
+    Alert,
+    AttemptEvent,
+    CacheEvent,
+    CallEvent,
+    FallbackEvent,
+    GuardEvent,
+    LeaseLost,
+    RetryEvent,
+    WaitEvent,
+)
 from ._events import subscribe as subscribe
 from ._recorder import configure_stats
 from ._views import rate_limit_stats, stats
@@ -52,6 +62,7 @@ __all__ = [
     "CallEvent",
     "FallbackEvent",
     "GuardEvent",
+    "LeaseLost",
     "LoggingSubscriber",
     "Monitor",
     "PrometheusSubscriber",

@@ -102,7 +102,21 @@ class Alert(NamedTuple):
     at: float
 
 
-GuardEvent: TypeAlias = CallEvent | AttemptEvent | WaitEvent | RetryEvent | CacheEvent | FallbackEvent | Alert
+class LeaseLost(NamedTuple):
+    """Concurrency leases that expired or vanished in Redis while their calls were still running.
+
+    Meanwhile their slots may have gone to other callers, so the limit may have been exceeded:
+    a process was frozen for longer than the backend's ``lease``, or Redis lost its data.
+    """
+
+    key: str
+    leases: int
+    at: float
+
+
+GuardEvent: TypeAlias = (
+    CallEvent | AttemptEvent | WaitEvent | RetryEvent | CacheEvent | FallbackEvent | Alert | LeaseLost
+)
 Subscriber: TypeAlias = Callable[[GuardEvent], object]
 
 

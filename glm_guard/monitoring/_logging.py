@@ -10,10 +10,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from ._events import Alert, AttemptEvent, CacheEvent, CallEvent, GuardEvent, RetryEvent, WaitEvent, subscribe
+from ._events import (
+    Alert,
+    AttemptEvent,
+    CacheEvent,
+    CallEvent,
+    GuardEvent,
+    LeaseLost,
+    RetryEvent,
+    WaitEvent,
+    subscribe,
+)
 
 __all__ = ["LoggingSubscriber"]
-
 
 
 def _summary(event: GuardEvent) -> str:
@@ -34,6 +43,8 @@ def _summary(event: GuardEvent) -> str:
         return "hit" if event.hit else "miss"
     if isinstance(event, Alert):
         return f"{event.alert} {'firing' if event.firing else 'resolved'} at {event.value:.4g}"
+    if isinstance(event, LeaseLost):
+        return f"{event.leases} lease(s) lost while their calls were running"
     return f"served a fallback after {event.error}" + (f" (code {event.code})" if event.code else "")
 
 

@@ -11,9 +11,11 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 
+from ...monitoring._events import LeaseLost, emit, wall_clock
 from ._connections import Connections
 from ._health import Health
 
@@ -78,20 +80,32 @@ class Heartbeat(_Worker):
 class LeaseKeeper(_Worker):
     """Renews this process's concurrency leases every lease / 3, so only a dead holder's expire.
 
-    Adding and dropping a lease is a set operation on the admission path; the sets are kept
-    (empty) between admissions.
+    It also gives back, in the background, the leases of callers that went away: a task
+    cancelled while its admission was on the wire, or a release Redis did not take.  Such a
+    lease may have been granted after the caller stopped waiting for the answer (a request
+    still queued at a paused server runs when it wakes), so it is released twice, the second
+    time after the first was answered: by then the server has read every request sent
+    before.  A lease that expired under a live holder (a process frozen past its lease) is
+    reported: meanwhile its slot may have been given to another caller.
     """
 
     thread_name = "glm-guard-leases"
+    #: How often an abandoned lease is asked for again while Redis does not take it.
+    ABANDONED_RETRY = 0.25
 
     def __init__(self, connections: Connections, lease: float) -> None:
         super().__init__()
         self._connections = connections
         self._lease = lease
         self._held: dict[str, set[bytes]] = {}
+        self._names: dict[str, str] = {}  # leases key -> the limiter's key, for reports
+        self._abandoned: dict[tuple[str, str, bytes], int] = {}  # (leases key, channel, token) -> releases done
+        self._wake = threading.Event()
 
-    def add(self, leases_key: str, token: bytes) -> None:
+    def add(self, key: str, leases_key: str, token: bytes) -> None:
+        """Renew ``token`` (a lease of limiter ``key``) until it is discarded or abandoned."""
         with self._lock:
+            self._names[leases_key] = key
             tokens = self._held.get(leases_key)
             if tokens is None:
                 tokens = self._held[leases_key] = set()
@@ -104,16 +118,95 @@ class LeaseKeeper(_Worker):
             if tokens is not None:
                 tokens.discard(token)
 
+    def abandon(self, leases_key: str, channel: str, token: bytes) -> None:
+        """Stop renewing ``token`` and give it back from this thread, however long Redis takes."""
+        with self._lock:
+            tokens = self._held.get(leases_key)
+            if tokens is not None:
+                tokens.discard(token)
+            self._abandoned.setdefault((leases_key, channel, token), 0)
+        self._wake.set()
+        self.start()
+
+    def stop(self) -> None:
+        super().stop()
+        self._wake.set()
+
+    def abandoned(self) -> int:
+        """How many given-up leases still wait to be released (tests and stats)."""
+        with self._lock:
+            return len(self._abandoned)
+
     def _loop(self) -> None:
-        lease_ms = int(self._lease * 1000)
-        while not self._stop.wait(self._lease / 3):
+        renew_every = self._lease / 3
+        next_renewal = time.monotonic() + renew_every
+        while not self._stop.is_set():
+            wait = next_renewal - time.monotonic()
+            if self._abandoned:
+                wait = min(wait, self.ABANDONED_RETRY)
+            self._wake.wait(max(wait, 0.0))
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            self._release_abandoned()
+            if time.monotonic() >= next_renewal:
+                self._renew()
+                next_renewal = time.monotonic() + renew_every
+
+    def _release_abandoned(self) -> None:
+        with self._lock:
+            pending = list(self._abandoned)
+        for leases_key, channel, token in pending:
+            try:
+                self._connections.run("release", [leases_key], [token, channel])
+            except Exception:  # Redis away or paused: asked again on the next turn
+                return
             with self._lock:
-                held = [(key, list(tokens)) for key, tokens in self._held.items() if tokens]
-            for leases_key, tokens in held:
-                try:
-                    self._connections.run("renew", [leases_key], [lease_ms, *tokens])
-                except Exception as error:  # keep renewing the others; the lease covers a blip
-                    logger.warning("glm_guard: could not renew leases on %s: %s", leases_key, type(error).__name__)
+                entry = (leases_key, channel, token)
+                done = self._abandoned.get(entry, 0) + 1
+                if done >= 2:
+                    self._abandoned.pop(entry, None)
+                else:
+                    self._abandoned[entry] = done
+        if self._abandoned:
+            self._wake.set()  # the second release goes at once, now the first was answered
+
+    def _renew(self) -> None:
+        lease_ms = int(self._lease * 1000)
+        with self._lock:
+            held = [(key, list(tokens)) for key, tokens in self._held.items() if tokens]
+        for leases_key, tokens in held:
+            try:
+                missing = self._connections.run("renew", [leases_key], [lease_ms, *tokens])
+            except Exception as error:  # keep renewing the others; the lease covers a blip
+                logger.warning("glm_guard: could not renew leases on %s: %s", leases_key, type(error).__name__)
+                continue
+            if not missing:
+                continue
+            with self._lock:
+                still_held = set(self._held.get(leases_key, ()))
+            lost = [token for token in missing if token in still_held]
+            for token in missing:
+                if token not in still_held:  # given back while this renewal was on its way: again
+                    self.abandon(leases_key, _channel(leases_key), token)
+            if lost:
+                self._report_lost(self._names.get(leases_key, leases_key), len(lost))
+
+    @staticmethod
+    def _report_lost(key: str, count: int) -> None:
+        logger.warning(
+            "glm_guard: %d concurrency lease(s) on %s had expired or vanished before this process renewed them "
+            "(a process frozen for longer than the lease, or Redis lost its data); their slots may have been "
+            "given to other callers meanwhile, so more calls than the limit may be in flight until they end",
+            count,
+            key,
+        )
+        emit(LeaseLost(key, count, wall_clock()))
+
+
+def _channel(leases_key: str) -> str:
+    """The release channel of the limiter whose leases live at ``leases_key`` (see ``RedisBackend.key``)."""
+    return leases_key.removesuffix("leases") + "released"
 
 
 class ReleaseListener(_Worker):
@@ -129,16 +222,21 @@ class ReleaseListener(_Worker):
         super().__init__()
         self._connections = connections
         self._pattern = pattern
-        self._waiters: dict[str, Callable[[], None]] = {}
+        self._waiters: dict[str, set[Callable[[], None]]] = {}
 
     def watch(self, channel: str, wake: Callable[[], None]) -> None:
+        """Call ``wake()`` on the next release notice on ``channel``, until ``unwatch``."""
         with self._lock:
-            self._waiters[channel] = wake
+            self._waiters.setdefault(channel, set()).add(wake)
         self.start()
 
-    def unwatch(self, channel: str) -> None:
+    def unwatch(self, channel: str, wake: Callable[[], None]) -> None:
         with self._lock:
-            self._waiters.pop(channel, None)
+            wakers = self._waiters.get(channel)
+            if wakers is not None:
+                wakers.discard(wake)
+                if not wakers:
+                    del self._waiters[channel]
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -161,6 +259,6 @@ class ReleaseListener(_Worker):
     def _wake(self, channel: object) -> None:
         name = channel.decode() if isinstance(channel, bytes) else str(channel)
         with self._lock:
-            wake = self._waiters.get(name)
-        if wake is not None:
+            wakers = list(self._waiters.get(name, ()))
+        for wake in wakers:
             wake()
