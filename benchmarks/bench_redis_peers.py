@@ -74,7 +74,7 @@ async def build(url: str) -> list[Case]:
     import glm_guard
     from glm_guard.backends import LimitPolicy
     from glm_guard.backends._redis import RedisBackend
-    from glm_guard.backends._redis._limiter import window_ms
+    from glm_guard.backends._redis._admission import window_ms
     from glm_guard.backends._redis._scripts import sources
     from glm_guard.backends._redis._tokens import new_token
 

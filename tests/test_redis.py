@@ -339,7 +339,7 @@ def test_four_processes_share_one_limit_redis(redis_url: str) -> None:
 def test_starts_as_the_caller_sees_them_never_share_a_window_redis(redis_url: str) -> None:
     """Redis decides on its clock and the caller starts after the reply: the window's margin
     covers that distance, so even the caller's own start times hold the limit exactly."""
-    from glm_guard.backends._redis._limiter import window_ms
+    from glm_guard.backends._redis._admission import window_ms
 
     assert (window_ms(60.0), window_ms(1.0), window_ms(0.3)) == (60_020, 1_020, 306)
     backend = RedisBackend(redis_url)

@@ -45,7 +45,9 @@ class RedisBackend(Backend, SharesStats, ReportsOutages):
 
     ``lease`` is how long a concurrency permit survives its holder's death (live holders
     renew it); ``socket_timeout`` bounds every call to Redis; ``fill_lease`` bounds how long
-    other processes wait for one process computing a cache entry.
+    other processes wait for one process computing a cache entry; ``expected_processes``
+    is how many processes share the limits when Redis cannot count them (unreachable from
+    the start), so each takes its share under the ``local`` policy.
     """
 
     name = "redis"
@@ -58,11 +60,13 @@ class RedisBackend(Backend, SharesStats, ReportsOutages):
         lease: float = 10.0,
         socket_timeout: float | None = None,
         fill_lease: float = 60.0,
+        expected_processes: int | None = None,
     ) -> None:
         self._url = url
         self.prefix = get_settings().key_prefix if key_prefix is None else key_prefix
         self.lease = lease
         self.fill_lease = fill_lease
+        self.expected_processes = expected_processes or 1
         self.health = Health(url)
         timeout = get_settings().redis_timeout if socket_timeout is None else socket_timeout
         self.connections = Connections(url, timeout, self.health)
@@ -107,8 +111,12 @@ class RedisBackend(Backend, SharesStats, ReportsOutages):
         return RedisCacheStore(self, namespace, ttl, serializer, owner or namespace, maxsize)
 
     def share(self, policy: LimitPolicy) -> LimitPolicy:
-        """This process's share of ``policy`` during an outage: the limit / live processes."""
-        processes = self.heartbeat.live_processes
+        """This process's share of ``policy`` without Redis: the limit over the processes sharing it.
+
+        Those are the live processes last counted, and never fewer than ``expected_processes``:
+        a process that never reached Redis has counted nobody, and must not take the whole limit.
+        """
+        processes = max(self.heartbeat.live_processes, self.expected_processes)
         cached = self._shares.get((policy, processes))
         if cached is None:
             cached = LimitPolicy(

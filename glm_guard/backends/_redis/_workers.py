@@ -118,6 +118,11 @@ class LeaseKeeper(_Worker):
             if tokens is not None:
                 tokens.discard(token)
 
+    def held(self, leases_key: str) -> list[bytes]:
+        """The leases this process holds (and renews) in ``leases_key``."""
+        with self._lock:
+            return list(self._held.get(leases_key, ()))
+
     def abandon(self, leases_key: str, channel: str, token: bytes) -> None:
         """Stop renewing ``token`` and give it back from this thread, however long Redis takes."""
         with self._lock:

@@ -1,0 +1,291 @@
+"""One admission through Redis: what the acquire script is told, what its replies mean, and the waiting.
+
+``acquire.lua`` checks the cooldown, the window and the concurrency leases at once, on the
+server's clock, and under contention reserves the next legal start instead of refusing: the
+caller sleeps until then and starts without asking again.  Within a process one caller per
+key talks to Redis at a time, and of those refused for want of a slot only the first asks
+again (``_gates``), so a thousand waiting tasks cost Redis what one does.
+
+A caller that goes away (cancelled, timed out) at any point gives back what it may hold at
+once: a lease whose grant it did not see is released in the background (``LeaseKeeper``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any, Final
+
+from ..._errors import RateLimitTimeout
+from .._base import LimitPolicy
+from .._local import LocalLimiter, _resolve
+from ._gates import ASKERS_PER_KEY, Gate
+from ._steps import Ask, AwaitRelease, QueueForSlot, Sleep, Step, Steps
+from ._tokens import new_token
+
+if TYPE_CHECKING:
+    from ._backend import RedisBackend
+
+#: How long a waiter for a concurrency slot sleeps at most before asking again, in case
+#: the release notice was missed (a holder that died gives its slot back by lease expiry).
+CONCURRENCY_POLL_SECONDS: Final = 0.25
+#: A caller that may start this much after the moment Redis gave it gives the slot back and
+#: asks again: started that late it could share a window with the starts given after its own.
+#: The moment is known only within the request's round trip, so that counts as late too.
+LATE_START_SECONDS: Final = 0.01
+#: Redis decides a start on its clock; the caller starts after the reply arrives (and any
+#: sleep).  The window is kept this much longer than ``period`` (at most 2 % of it), so a
+#: start up to LATE_START_SECONDS late, as the caller sees it, still never shares a window
+#: with ``calls`` others.  A 60 s window loses 0.03 % of its budget, a 1 s window 2 %.
+WINDOW_MARGIN_SECONDS: Final = 0.02
+
+_ADMITTED, _RESERVED = 1, 2  # the acquire script's reply codes; 0 refuses
+_CONCURRENCY_BOUND = 3  # a refusal's reason: every slot is held
+
+
+def window_ms(period: float) -> int:
+    """The window the script enforces for ``period``: the period plus its margin, in ms."""
+    return int(period * 1000) + int(min(WINDOW_MARGIN_SECONDS, period * 0.02) * 1000)
+
+
+def remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+
+class SharedAdmission:
+    """Admits calls of one key through Redis, for every thread and event loop of this process.
+
+    ``local`` is the key's local limiter, whose cooldown this process set last (read, not
+    asked, when a reserved start wakes).
+    """
+
+    def __init__(self, backend: RedisBackend, key: str, local: LocalLimiter) -> None:
+        self.key = key
+        self._backend = backend
+        self._local = local
+        self.keys = [backend.key(key, "starts"), backend.key(key, "leases"), backend.key(key, "cooldown")]
+        self.channel = backend.key(key, "released")
+        self._askers = Gate(ASKERS_PER_KEY)  # this process's callers talking to Redis about the key
+        self._slot_queue = Gate(1)  # its callers refused for want of a slot: only the first asks again
+        self._lease_ms = int(backend.lease * 1000)
+        self._round_trip = 0.0  # the usual admission round trip, a floor that drifts up slowly
+
+    def after_fork(self) -> None:
+        """The parent's threads are gone from a forked child: so are their places in the queues."""
+        self._askers.after_fork()
+        self._slot_queue.after_fork()
+
+    def _args(self, policy: LimitPolicy, deadline: float | None) -> list[Any]:
+        """The acquire script's arguments: the limits as one string, and a fresh token."""
+        left_ms = -1 if deadline is None else max(int((deadline - time.monotonic()) * 1000), 0)
+        window = window_ms(policy.period) if policy.calls else int(policy.period * 1000)
+        limits = f"{policy.calls or 0} {window} {policy.concurrency or 0} {self._lease_ms} {left_ms}"
+        return [limits, new_token()]
+
+    def _paused(self) -> bool:
+        """A cooldown this process set is in force (checked without a round trip).
+
+        A reserved caller re-checks Redis only then: asking on every reserved start would add
+        a round trip that, under a crowd, delays starts into the next window.  A cooldown set
+        by another process after the reservation was made is not seen by it (known gap).
+        """
+        return self._local.state.cooldown_until > time.monotonic()
+
+    def _late(self, policy: LimitPolicy, sent: float, answered: float, wait: float) -> bool:
+        """Whether a start given by a request sent at ``sent`` may now be too late to take.
+
+        Redis chose it at some moment after ``sent``; only the part of the round trip beyond
+        the usual one counts, so a distant Redis does not make every start late.
+        """
+        if policy.calls is None:
+            return False  # no window to share
+        trip = answered - sent
+        usual = self._round_trip
+        self._round_trip = trip if trip < usual or not usual else usual + (trip - usual) * 0.01
+        return time.monotonic() - (sent + wait) > LATE_START_SECONDS + min(usual or trip, trip)
+
+    def _hold(self, policy: LimitPolicy, token: bytes) -> bytes | None:
+        """An admission's lease, now renewed by this process; ``None`` without a concurrency limit."""
+        if policy.concurrency is None:
+            return None
+        self._backend.leases.add(self.key, self.keys[1], token)
+        return token
+
+    def abandon(self, token: bytes) -> None:
+        """Give ``token``'s lease back from the background: its caller is gone, or Redis did not answer."""
+        self._backend.leases.abandon(self.keys[1], self.channel, token)
+
+    def _refused_wait(self, reply: list[Any], deadline: float | None, max_wait: float | None) -> float:
+        """How long a refused caller sleeps before asking again; raises when past ``deadline``."""
+        wait = max(int(reply[1]), 1) / 1000.0
+        concurrency_bound = int(reply[2]) == _CONCURRENCY_BOUND
+        if concurrency_bound:
+            wait = min(wait, CONCURRENCY_POLL_SECONDS)
+        if deadline is not None and max_wait is not None:
+            left = deadline - time.monotonic()
+            if concurrency_bound and left <= 0:
+                raise RateLimitTimeout(self.key, max_wait, None)
+            if not concurrency_bound and wait > left:
+                raise RateLimitTimeout(self.key, max_wait, max_wait - left + wait)
+            wait = min(wait, max(left, 0.0))
+        return wait
+
+    def _admission(self, policy: LimitPolicy, max_wait: float | None) -> Generator[Step, Any, bytes | None]:
+        """Every decision of one admission, without I/O: it yields what to do, the driver does it.
+
+        The driver sends back each step's outcome (the script's reply), or throws in its
+        failure.  Returns the lease token now held, ``None`` without a concurrency limit.
+        A caller refused for want of a slot queues behind this process's earlier ones and
+        asks again when it is first and a slot was given back.  A start taken late, or
+        reserved across a cooldown, is given back and the caller asks again: up to three
+        times for lateness, so a slow host still gets its turn.  Whatever goes wrong, a
+        lease this caller may hold is given back before the failure leaves.
+        """
+        self._backend.heartbeat.start()
+        patience = 3
+        deadline = None if max_wait is None else time.monotonic() + max_wait
+        leave_queue: Callable[[], None] | None = None
+        try:
+            if policy.concurrency is not None:  # behind this process's callers already waiting for a slot
+                leave_queue, _ = yield from self._queue_for_slot(deadline, max_wait, if_busy=True)
+            while True:
+                while True:
+                    args = self._args(policy, deadline)
+                    token = args[1]
+                    sent = time.monotonic()
+                    try:
+                        reply = yield Ask("acquire", self.keys, args)
+                    except BaseException:
+                        if policy.concurrency is not None:  # the script may have run: a lease nobody holds
+                            self.abandon(token)
+                        raise
+                    answered = time.monotonic()
+                    code = int(reply[0])
+                    if code:
+                        break
+                    wait = self._refused_wait(reply, deadline, max_wait)
+                    if int(reply[2]) != _CONCURRENCY_BOUND:
+                        yield Sleep(wait)
+                        continue
+                    if leave_queue is None:
+                        leave_queue, waited = yield from self._queue_for_slot(deadline, max_wait, if_busy=False)
+                        if waited:  # others were first: a slot may have come free meanwhile
+                            continue
+                    yield AwaitRelease(wait)
+                held = self._hold(policy, token)
+                if leave_queue is not None:
+                    leave_queue()  # the next in line may ask now
+                    leave_queue = None
+                if code == _ADMITTED and (patience <= 0 or not self._late(policy, sent, answered, 0.0)):
+                    return held
+                wait = int(reply[1]) / 1000.0 if code == _RESERVED else 0.0
+                try:
+                    if wait:
+                        yield Sleep(wait)
+                    late = patience > 0 and (code == _ADMITTED or self._late(policy, sent, answered, wait))
+                    if not late and not (wait and self._paused()):
+                        return held
+                    paused_ms = int((yield Ask("confirm", self.keys, [token, int(late)])))
+                except BaseException:  # cancelled while its start was reserved, or Redis failed
+                    if held is not None:
+                        self.abandon(held)
+                    raise
+                if paused_ms < 0:
+                    return held
+                self._backend.leases.discard(self.keys[1], token)  # it gave its slot back
+                yield Sleep(paused_ms / 1000.0)  # any cooldown, then ask again
+                patience -= int(late)
+        finally:
+            if leave_queue is not None:
+                leave_queue()
+
+    def _queue_for_slot(
+        self, deadline: float | None, max_wait: float | None, *, if_busy: bool
+    ) -> Generator[Step, Any, tuple[Callable[[], None] | None, bool]]:
+        try:
+            outcome: tuple[Callable[[], None] | None, bool] = yield QueueForSlot(remaining(deadline), if_busy)
+        except TimeoutError:
+            raise RateLimitTimeout(self.key, max_wait or 0.0, None) from None
+        return outcome
+
+    def acquire(self, policy: LimitPolicy, max_wait: float | None) -> bytes | None:
+        """Admit one call through Redis; returns the lease token it now holds (``None``: no lease)."""
+        steps = Steps(self._admission(policy, max_wait))
+        while (step := steps.next()) is not None:
+            try:
+                steps.outcome = self._do(step)
+            except BaseException as error:
+                steps.failure = error
+        return steps.held
+
+    def _do(self, step: Step) -> Any:
+        match step:
+            case Ask(script, keys, args):
+                with self._askers.threads:
+                    if not self._backend.health.available():  # failed while this caller queued
+                        raise self._backend.health.error()
+                    return self._backend.connections.run(script, keys, args)
+            case Sleep(seconds):
+                time.sleep(seconds)
+            case AwaitRelease(seconds):
+                released = threading.Event()
+                self._backend.listener.watch(self.channel, released.set)
+                try:
+                    released.wait(seconds)
+                finally:
+                    self._backend.listener.unwatch(self.channel, released.set)
+            case QueueForSlot(max_wait, if_busy):
+                leave = self._slot_queue.try_enter()
+                if leave is not None:
+                    if if_busy:
+                        leave()
+                        return None, False
+                    return leave, False
+                return self._slot_queue.enter(max_wait), True
+        return None
+
+    async def acquire_async(self, policy: LimitPolicy, max_wait: float | None) -> bytes | None:
+        steps = Steps(self._admission(policy, max_wait))
+        while (step := steps.next()) is not None:
+            try:
+                steps.outcome = await self._do_async(step)
+            except BaseException as error:
+                steps.failure = error
+        return steps.held
+
+    async def _do_async(self, step: Step) -> Any:
+        match step:
+            case Ask(script, keys, args):
+                async with self._askers.for_running_loop():
+                    if not self._backend.health.available():
+                        raise self._backend.health.error()
+                    return await self._backend.connections.run_async(script, keys, args)
+            case Sleep(seconds):
+                await asyncio.sleep(seconds)
+            case AwaitRelease(seconds):
+                loop = asyncio.get_running_loop()
+                released: asyncio.Future[None] = loop.create_future()
+
+                def wake() -> None:
+                    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                        loop.call_soon_threadsafe(_resolve, released)
+
+                self._backend.listener.watch(self.channel, wake)
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(seconds):
+                            await released
+                finally:
+                    self._backend.listener.unwatch(self.channel, wake)
+            case QueueForSlot(max_wait, if_busy):
+                leave = await self._slot_queue.try_enter_async()
+                if leave is not None:
+                    if if_busy:
+                        leave()
+                        return None, False
+                    return leave, False
+                return await self._slot_queue.enter_async(max_wait), True
+        return None

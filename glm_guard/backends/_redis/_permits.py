@@ -1,0 +1,102 @@
+"""What a Redis admission hands its caller: proof of admission, given back exactly once.
+
+A lease in Redis; a call this process's share admitted while Redis was away; both at once
+just after an outage; or nothing to give back (no concurrency limit, the ``open`` policy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .._base import AsyncPermit, Permit
+from .._local import LocalLimiter
+
+if TYPE_CHECKING:
+    from ._limiter import RedisLimiter
+
+
+@dataclass(slots=True)
+class Lease:
+    """A lease in Redis, given back exactly once."""
+
+    _limiter: RedisLimiter
+    _token: bytes | None
+
+    def release(self) -> None:
+        if self._token is not None:
+            token, self._token = self._token, None
+            self._limiter.give_back(token)
+
+
+@dataclass(slots=True)
+class AsyncLease(Lease):
+    async def release(self) -> None:  # type: ignore[override]
+        if self._token is not None:
+            token, self._token = self._token, None
+            await self._limiter.give_back_async(token)
+
+
+@dataclass(slots=True)
+class Unshared:
+    """The permit of a call this process's share admitted while Redis was away (see ``_outage``)."""
+
+    _limiter: RedisLimiter
+    _token: bytes | None
+
+    def release(self) -> None:
+        if self._token is not None:
+            token, self._token = self._token, None
+            self._limiter.unshared_finished(token)
+
+
+@dataclass(slots=True)
+class AsyncUnshared(Unshared):
+    async def release(self) -> None:  # type: ignore[override]
+        if self._token is not None:
+            token, self._token = self._token, None
+            await self._limiter.unshared_finished_async(token)
+
+
+@dataclass(slots=True)
+class InGrace:
+    """Admitted by Redis and by this process's share, just after an outage: both are given back."""
+
+    _shared: Permit
+    _share: LocalLimiter
+    _done: bool = False
+
+    def release(self) -> None:
+        if not self._done:
+            self._done = True
+            self._share.release()
+            self._shared.release()
+
+
+@dataclass(slots=True)
+class AsyncInGrace:
+    _shared: AsyncPermit
+    _share: LocalLimiter
+    _done: bool = False
+
+    async def release(self) -> None:
+        if not self._done:
+            self._done = True
+            self._share.release()
+            await self._shared.release()
+
+
+class _NoLease:
+    """The permit of an admission that holds no lease (no concurrency limit, or the ``open`` policy)."""
+
+    def release(self) -> None:
+        return None
+
+
+class _AsyncNoLease:
+    async def release(self) -> None:
+        return None
+
+
+NO_LEASE = _NoLease()
+NO_LEASE_ASYNC = _AsyncNoLease()
