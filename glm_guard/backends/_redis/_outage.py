@@ -38,6 +38,7 @@ class LocalShare:
         self._running: set[bytes] = set()  # admitted without Redis, still running, unknown to Redis
         self._adopted: set[bytes] = set()  # admitted without Redis, now holding a lease in Redis
         self._served_without_redis = False
+        self._seen_shared = False  # Redis admitted calls of this key: its window may be full
         self._must_adopt = False  # served calls since the last adoption
         self._back_at = float("-inf")  # when Redis answered again after this share served calls
 
@@ -47,11 +48,26 @@ class LocalShare:
         self._running.clear()
         self._adopted.clear()
 
+    def serving_without_redis(self, period: float) -> None:
+        """Before each admission this share makes: the first after Redis admitted calls waits a period.
+
+        The shared window this process can no longer see may be full (every process admitted
+        through Redis until a moment ago), so the share starts as if it were: paused for one
+        ``period``, which is what holding the limit across the switch costs.
+        """
+        if not self._served_without_redis:
+            with self._lock:
+                if not self._served_without_redis:
+                    # Admissions in the grace time passed this share already: no window to wait out.
+                    if self._seen_shared and not self._in_grace_after(period):
+                        self.limiter.cooldown(period)
+                    self._served_without_redis = True
+
     def served(self, token: bytes) -> None:
         """A call admitted by this share (Redis away) is now running as ``token``."""
         with self._lock:
             self._running.add(token)
-            self._served_without_redis = self._must_adopt = True
+            self._must_adopt = True
 
     def finished(self, token: bytes) -> bool:
         """The call of ``token`` ended; returns whether Redis holds a lease for it to give back."""
@@ -84,6 +100,7 @@ class LocalShare:
 
     def redis_answered(self) -> None:
         """A shared admission succeeded: if this share served calls before, the grace time starts now."""
+        self._seen_shared = True
         if self._served_without_redis:
             with self._lock:
                 if self._served_without_redis:
@@ -93,4 +110,7 @@ class LocalShare:
     def in_grace(self, period: float) -> bool:
         """Whether admissions must still pass this share as well as Redis: from its first call
         served without Redis until one period plus the longest backoff after Redis answered again."""
-        return self._served_without_redis or time.monotonic() < self._back_at + LONGEST_BACKOFF_SECONDS + period
+        return self._served_without_redis or self._in_grace_after(period)
+
+    def _in_grace_after(self, period: float) -> bool:
+        return time.monotonic() < self._back_at + LONGEST_BACKOFF_SECONDS + period
