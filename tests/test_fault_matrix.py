@@ -17,6 +17,7 @@ as the page documents: a limit restored within one period and one lease.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -116,6 +117,28 @@ def run_with_fault(url: str, inject: Callable[[], None], repair: Callable[[], No
     return Run(begin, results)
 
 
+def record(fault: str, run: Run, outage: tuple[float, float] | None) -> None:
+    """With GLM_GUARD_FAULT_TABLE set, append this run's figures there (``python -m tests.fault_table``)."""
+    path = os.environ.get("GLM_GUARD_FAULT_TABLE")
+    if not path:
+        return
+    rows = {}
+    for policy in ("local", "closed", "open"):
+        failed = [t for t, _ in run.errors[policy]]
+        rows[policy] = {
+            "calls": len(run.starts(policy)),
+            "max_per_window": max_in_window(run.starts(policy), PERIOD),
+            "max_in_flight": run.in_flight(policy),
+            "failures": len(failed),
+            "failed_from": min(failed, default=None),
+            "failed_until": max(failed, default=None),
+            "last_2s": len(run.starts(policy, after=RUN - 2.0)),
+        }
+    line = {"fault": fault, "outage": outage, "slowest_redis_wait": max(s for _, s in run.probes), "policies": rows}
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(json.dumps(line) + "\n")
+
+
 def assert_every_policy_recovers(run: Run) -> None:
     slowest = max(seconds for _, seconds in run.probes)
     assert slowest < SOCKET_TIMEOUT + 0.5, run.summary()  # one socket timeout, with scheduling slack
@@ -171,6 +194,7 @@ def command(server: RedisServer, *args: Any) -> Callable[[], None]:
 
 def test_redis_paused_for_three_seconds(server: RedisServer) -> None:
     run = run_with_fault(server.url, server.pause, server.resume)
+    record("paused (SIGSTOP) 3 s", run, (FAULT_AT, REPAIR_AT))
     assert_every_policy_recovers(run)
     assert_local_holds(run)
     assert_closed_fails_only_in_the_outage(run, (FAULT_AT, REPAIR_AT))
@@ -185,6 +209,8 @@ def test_redis_killed_and_restarted_empty(password: str | None) -> None:
         pytest.fail("redis-server is not installed")
     with server:
         run = run_with_fault(server.url, server.kill, server.start)
+    fault = f"killed (SIGKILL), restarted empty 3 s later, {'with' if password else 'no'} password"
+    record(fault, run, (FAULT_AT, REPAIR_AT))
     assert_every_policy_recovers(run)
     assert_local_holds(run)  # the grace time and the adopted calls cover the restart
     assert_closed_fails_only_in_the_outage(run, (FAULT_AT, REPAIR_AT))
@@ -193,6 +219,7 @@ def test_redis_killed_and_restarted_empty(password: str | None) -> None:
 
 def test_redis_every_client_connection_killed(server: RedisServer) -> None:
     run = run_with_fault(server.url, command(server, "CLIENT", "KILL", "TYPE", "normal"), lambda: None)
+    record("CLIENT KILL of every connection", run, None)
     assert_every_policy_recovers(run)
     assert_local_holds(run)
     assert_closed_fails_only_in_the_outage(run, (FAULT_AT, FAULT_AT + SOCKET_TIMEOUT))
@@ -201,6 +228,7 @@ def test_redis_every_client_connection_killed(server: RedisServer) -> None:
 
 def test_redis_scripts_flushed(server: RedisServer) -> None:
     run = run_with_fault(server.url, command(server, "SCRIPT", "FLUSH"), lambda: None)
+    record("SCRIPT FLUSH", run, None)
     assert_every_policy_recovers(run)
     assert_local_holds(run)
     assert_closed_fails_only_in_the_outage(run, None)  # redis-py loads a flushed script again
@@ -209,6 +237,7 @@ def test_redis_scripts_flushed(server: RedisServer) -> None:
 
 def test_redis_all_data_flushed(server: RedisServer) -> None:
     run = run_with_fault(server.url, command(server, "FLUSHALL"), lambda: None)
+    record("FLUSHALL (all state lost)", run, None)
     assert_every_policy_recovers(run)
     assert_local_holds(run, data_lost_at=FAULT_AT)
     assert_closed_fails_only_in_the_outage(run, None)
@@ -238,6 +267,7 @@ def test_redis_out_of_memory_episode(server: RedisServer) -> None:
 
     run = run_with_fault(server.url, fill, empty)
     client.close()
+    record("out of memory 3 s (maxmemory, noeviction)", run, (FAULT_AT, REPAIR_AT))
     assert_every_policy_recovers(run)
     assert_local_holds(run)
     assert_closed_fails_only_in_the_outage(run, (FAULT_AT, REPAIR_AT))
@@ -251,6 +281,7 @@ def test_redis_down_at_start() -> None:
         pytest.fail("redis-server is not installed")
     with server:
         run = run_with_fault(server.url, lambda: None, server.start)
+    record("down at start, up after 5 s", run, (0.0, REPAIR_AT))
     assert_every_policy_recovers(run)
     assert_local_holds(run)  # each process took a quarter: expected_processes=4
     assert_closed_fails_only_in_the_outage(run, (0.0, REPAIR_AT))
