@@ -72,6 +72,7 @@ class SharedAdmission:
         self._slot_queue = Gate(1)  # its callers refused for want of a slot: only the first asks again
         self._lease_ms = int(backend.lease * 1000)
         self._round_trip = 0.0  # the usual admission round trip, a floor that drifts up slowly
+        self.ever_answered = False  # Redis answered an admission of this key here: its window is in use
 
     def after_fork(self) -> None:
         """The parent's threads are gone from a forked child: so are their places in the queues."""
@@ -163,6 +164,7 @@ class SharedAdmission:
                             self.abandon(token)
                         raise
                     answered = time.monotonic()
+                    self.ever_answered = True
                     code = int(reply[0])
                     if code:
                         break

@@ -63,15 +63,13 @@ class RedisLimiter(Limiter):
                     self._adopt()
                     if self._share.in_grace(policy.period):
                         return self._acquire_in_grace(policy, max_wait)
-                permit = self._lease(self._shared.acquire(policy, max_wait))
-                self._share.redis_answered()
-                return permit
+                return self._lease(self._shared.acquire(policy, max_wait))
             except BackendError as error:
                 self._shared_failed(policy, error)
         self._backend.health.served_without_redis()
         if policy.on_backend_error == "open":
             return NO_LEASE
-        self._share.serving_without_redis(policy.period)
+        self._share.serving_without_redis(policy.period, after_shared=self._shared.ever_answered)
         permit = self._share.limiter.acquire(self._backend.share(policy), max_wait)
         return permit if policy.concurrency is None else Unshared(self, self._served())
 
@@ -82,15 +80,13 @@ class RedisLimiter(Limiter):
                     await self._adopt_async()
                     if self._share.in_grace(policy.period):
                         return await self._acquire_in_grace_async(policy, max_wait)
-                permit = self._lease_async(await self._shared.acquire_async(policy, max_wait))
-                self._share.redis_answered()
-                return permit
+                return self._lease_async(await self._shared.acquire_async(policy, max_wait))
             except BackendError as error:
                 self._shared_failed(policy, error)
         self._backend.health.served_without_redis()
         if policy.on_backend_error == "open":
             return NO_LEASE_ASYNC
-        self._share.serving_without_redis(policy.period)
+        self._share.serving_without_redis(policy.period, after_shared=self._shared.ever_answered)
         permit = await self._share.limiter.acquire_async(self._backend.share(policy), max_wait)
         return permit if policy.concurrency is None else AsyncUnshared(self, self._served())
 
@@ -141,7 +137,7 @@ class RedisLimiter(Limiter):
         except BackendError as error:  # away again: the share's admission stands alone
             self._shared_failed(policy, error)
             self._backend.health.served_without_redis()
-            self._share.serving_without_redis(policy.period)
+            self._share.serving_without_redis(policy.period, after_shared=self._shared.ever_answered)
             return self._share.limiter if policy.concurrency is None else Unshared(self, self._served())
         except BaseException:
             self._share.limiter.release()
@@ -157,7 +153,7 @@ class RedisLimiter(Limiter):
         except BackendError as error:
             self._shared_failed(policy, error)
             self._backend.health.served_without_redis()
-            self._share.serving_without_redis(policy.period)
+            self._share.serving_without_redis(policy.period, after_shared=self._shared.ever_answered)
             return local if policy.concurrency is None else AsyncUnshared(self, self._served())
         except BaseException:
             self._share.limiter.release()

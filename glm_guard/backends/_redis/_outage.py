@@ -38,7 +38,6 @@ class LocalShare:
         self._running: set[bytes] = set()  # admitted without Redis, still running, unknown to Redis
         self._adopted: set[bytes] = set()  # admitted without Redis, now holding a lease in Redis
         self._served_without_redis = False
-        self._seen_shared = False  # Redis admitted calls of this key: its window may be full
         self._must_adopt = False  # served calls since the last adoption
         self._back_at = float("-inf")  # when Redis answered again after this share served calls
 
@@ -48,18 +47,19 @@ class LocalShare:
         self._running.clear()
         self._adopted.clear()
 
-    def serving_without_redis(self, period: float) -> None:
-        """Before each admission this share makes: the first after Redis admitted calls waits a period.
+    def serving_without_redis(self, period: float, *, after_shared: bool) -> None:
+        """Before each admission this share makes: the first after a switch waits out one period.
 
-        The shared window this process can no longer see may be full (every process admitted
-        through Redis until a moment ago), so the share starts as if it were: paused for one
-        ``period``, which is what holding the limit across the switch costs.
+        After admissions through Redis (``after_shared``), the shared window this process
+        cannot see may hold the whole limit, so the share starts as if it did: paused for one
+        ``period``, which is what holding the limit across the switch costs.  A process that
+        never reached Redis (down at start) starts at once.  In the grace time every
+        admission passed this share already, so a switch back within it needs no pause.
         """
         if not self._served_without_redis:
             with self._lock:
                 if not self._served_without_redis:
-                    # Admissions in the grace time passed this share already: no window to wait out.
-                    if self._seen_shared and not self._in_grace_after(period):
+                    if after_shared and not self._in_grace_after(period):
                         self.limiter.cooldown(period)
                     self._served_without_redis = True
 
@@ -100,7 +100,6 @@ class LocalShare:
 
     def redis_answered(self) -> None:
         """A shared admission succeeded: if this share served calls before, the grace time starts now."""
-        self._seen_shared = True
         if self._served_without_redis:
             with self._lock:
                 if self._served_without_redis:
