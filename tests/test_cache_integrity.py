@@ -25,9 +25,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import glm_guard
-from glm_guard import cached_response
+from glm_guard import ConfigurationError, cached_response
 from glm_guard._cache_keys import KeyMaker
 from glm_guard.backends._base import Backend
+from glm_guard.backends._redis import RedisBackend
 
 SECRET = "integrity-test-secret"
 
@@ -170,6 +171,14 @@ def test_variadic_arguments_never_pass_for_named_ones() -> None:
     assert make((1,), {"x": 1}) == make((1,), {"x": 1})
 
 
+def test_nan_is_not_a_problem_for_keys() -> None:
+    def ask(value: float) -> None: ...
+
+    make = KeyMaker(ask, "ns", None)
+    assert make((math.nan,), {}) == make((float("nan"),), {})
+    assert make((0.0,), {}) == make((-0.0,), {})
+
+
 def test_a_circular_argument_is_refused_naming_itself(backend: Backend) -> None:
     @cached_response(backend=backend)
     def ask(messages: object) -> str:
@@ -179,6 +188,185 @@ def test_a_circular_argument_is_refused_naming_itself(backend: Backend) -> None:
     loop.append(loop)
     with pytest.raises(TypeError, match="argument 'messages'"):
         ask(loop)
+
+
+# -- values: a shared store gives back what was stored --------------------------------------------
+
+RETURNED: list[object] = [
+    {"__bytes__": "6869"},
+    {"__set__": ["1"], "__enum__": "x"},
+    [1, 2],
+    (1, 2),
+    Colour.RED,
+    Label("label"),
+    {"nested": [{"__time__": "2024-01-02"}, None, 1.5, True]},
+    "text",
+    "lone surrogate \udc80 and 量子",
+    0,
+    10**5000,  # more digits than int() parses back by default
+]
+
+
+@pytest.mark.parametrize("index", range(len(RETURNED)), ids=[type(v).__name__ for v in RETURNED])
+def test_values_come_back_with_their_types(backend: Backend, index: int) -> None:
+    calls: list[int] = []
+
+    @cached_response(backend=backend, key=f"returned-{index}")
+    def produce(i: int) -> object:
+        calls.append(i)
+        return RETURNED[i]
+
+    first, second = produce(index), produce(index)
+    assert _typed(first) == _typed(second) == _typed(RETURNED[index])
+    assert len(calls) in (1, 2)  # 2: a value JSON cannot keep is returned, not cached
+
+
+# -- entries: with a secret, only our own, under their own key, before their deadline -------------
+
+
+@pytest.mark.redis
+def test_pickle_stores_need_a_secret_even_when_built_directly(redis_url: str) -> None:
+    with pytest.raises(ConfigurationError, match="GLM_GUARD_CACHE_SECRET"):
+        RedisBackend(redis_url).cache("n", ttl=60, maxsize=8, serializer="pickle")
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("serializer", ["json", "pickle"])
+def test_with_a_secret_an_entry_planted_without_it_is_a_miss(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str, serializer: str
+) -> None:
+    use_secret(monkeypatch, None)
+
+    @cached_response(backend=redis_url, key="planted")
+    def forger(question: str) -> str:
+        return "planted answer"
+
+    forger("q")  # an unsigned entry under the very key ask("q") reads
+    use_secret(monkeypatch, SECRET)
+    calls: list[str] = []
+
+    @cached_response(backend=redis_url, key="planted", serializer=serializer)
+    def ask(question: str) -> str:
+        calls.append(question)
+        return "real answer"
+
+    assert ask("q") == "real answer"
+    assert ask("q") == "real answer" and calls == ["q"]
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("serializer", ["json", "pickle"])
+def test_with_a_secret_a_signed_entry_moved_to_another_key_is_a_miss(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str, serializer: str
+) -> None:
+    use_secret(monkeypatch, SECRET)
+    calls: list[str] = []
+
+    @cached_response(backend=redis_url, key="moved", serializer=serializer)
+    def ask(question: str) -> str:
+        calls.append(question)
+        return f"answer to {question}"
+
+    @cached_response(backend=redis_url, key="moved-elsewhere", serializer=serializer)
+    def other(question: str) -> str:
+        calls.append(f"other {question}")
+        return f"other answer to {question}"
+
+    client = redis.Redis.from_url(redis_url)
+    ask("a")
+    (key_a,) = cache_keys(client)
+    ask("b")
+    (key_b,) = cache_keys(client) - {key_a}
+    other("a")
+    (key_other,) = cache_keys(client) - {key_a, key_b}
+    signed_a = client.get(key_a)
+    client.set(key_b, signed_a, px=60_000)  # another prompt's key
+    client.set(key_other, signed_a, px=60_000)  # another function's key
+    assert ask("b") == "answer to b"
+    assert other("a") == "other answer to a"
+    assert calls == ["a", "b", "other a", "b", "other a"]
+    assert ask("a") == "answer to a" and len(calls) == 5  # still served under its own key
+    client.close()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("serializer", ["json", "pickle"])
+def test_with_a_secret_a_tampered_entry_is_a_miss(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str, serializer: str
+) -> None:
+    use_secret(monkeypatch, SECRET)
+    calls: list[str] = []
+
+    @cached_response(backend=redis_url, key="tampered", serializer=serializer)
+    def ask(question: str) -> str:
+        calls.append(question)
+        return "answer AAAA"
+
+    client = redis.Redis.from_url(redis_url)
+    ask("q")
+    (key,) = cache_keys(client)
+    raw = client.get(key)
+    assert raw is not None and b"AAAA" in raw
+    client.set(key, raw.replace(b"AAAA", b"BBBB"), px=60_000)
+    assert ask("q") == "answer AAAA" and len(calls) == 2
+    raw = client.get(key)
+    assert raw is not None and raw.startswith(b"gg2s:")  # then 1 serializer byte, 8 deadline bytes
+    later = raw[:6] + (int.from_bytes(raw[6:14], "big") + 10**9).to_bytes(8, "big") + raw[14:]
+    client.set(key, later, px=60_000)  # the deadline pushed back: signed, so refused too
+    assert ask("q") == "answer AAAA" and len(calls) == 3
+    client.close()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("serializer", ["json", "pickle"])
+def test_with_a_secret_an_entry_kept_past_its_signed_deadline_is_a_miss(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str, serializer: str
+) -> None:
+    import time
+
+    use_secret(monkeypatch, SECRET)
+    calls: list[str] = []
+
+    @cached_response(ttl=0.3, backend=redis_url, key="replayed", serializer=serializer)
+    def ask(question: str) -> str:
+        calls.append(question)
+        return "answer"
+
+    client = redis.Redis.from_url(redis_url)
+    ask("q")
+    (key,) = cache_keys(client)
+    client.persist(key)  # someone keeps (or replays) the entry past its time
+    time.sleep(0.5)
+    assert client.exists(key)
+    ask("q")
+    assert calls == ["q", "q"]
+    client.close()
+
+
+# -- expiry: every key the cache writes ----------------------------------------------------------
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("secret", [None, SECRET])
+def test_ttl_none_on_redis_still_writes_keys_that_expire(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str, secret: str | None
+) -> None:
+    from glm_guard.backends._redis._cache import DEFAULT_MAX_TTL
+
+    use_secret(monkeypatch, secret)
+    calls: list[str] = []
+
+    @cached_response(ttl=None, backend=redis_url, key="forever")
+    def ask(question: str) -> str:
+        calls.append(question)
+        return "answer"
+
+    ask("q")
+    assert ask("q") == "answer" and calls == ["q"]
+    client = redis.Redis.from_url(redis_url)
+    ttls = [client.pttl(key) for key in client.keys("glm_guard:*")]
+    assert ttls and all(0 < ttl <= DEFAULT_MAX_TTL * 1000 for ttl in ttls), ttls
+    client.close()
 
 
 # -- memory: past prompts are not kept alive -----------------------------------------------------
@@ -204,11 +392,3 @@ def test_caching_large_prompts_on_redis_keeps_no_prompt_text(redis_url: str) -> 
     finally:
         tracemalloc.stop()
     assert retained < count * size / 10, f"{retained} bytes retained after {count} prompts of {size} bytes"
-
-
-def test_nan_is_not_a_problem_for_keys() -> None:
-    def ask(value: float) -> None: ...
-
-    make = KeyMaker(ask, "ns", None)
-    assert make((math.nan,), {}) == make((float("nan"),), {})
-    assert make((0.0,), {}) == make((-0.0,), {})
