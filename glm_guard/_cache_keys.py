@@ -49,7 +49,7 @@ def _tagged(value: Any, depth: int = 0) -> Any:
         raise ValueError(f"nested more than {_MAX_DEPTH} levels deep, or circular")
     depth += 1
     if kind is list or kind is tuple:
-        return [kind.__name__, *[_tagged(item, depth) for item in value]]
+        return [kind.__name__, *[item if type(item) in _SCALARS else _tagged(item, depth) for item in value]]
     if kind is dict:
         return _tagged_dict(value, depth)
     if isinstance(value, enum.Enum):  # before str and int: IntEnum and StrEnum are both
@@ -64,6 +64,19 @@ def _tagged(value: Any, depth: int = 0) -> Any:
 
 
 def _tagged_dict(value: Mapping[Any, Any], depth: int) -> list[Any]:
+    encoded: list[Any] = ["dict"]
+    try:
+        keys = sorted(value)
+    except TypeError:  # keys of several types
+        keys = None
+    for k in keys or ():  # the usual dict, str keys only: its keys are their own order
+        if type(k) is not str:
+            break
+        item = value[k]
+        encoded.append([k, item if type(item) in _SCALARS else _tagged(item, depth)])
+    else:
+        if keys is not None:
+            return encoded
     pairs = [[_tagged(k, depth), _tagged(v, depth)] for k, v in value.items()]
     pairs.sort(key=lambda pair: _order(pair[0]))
     return ["dict", *pairs]
@@ -110,7 +123,11 @@ def _order(encoded: Any) -> tuple[int, str]:
 
 
 def _text(encoded: Any) -> str:
-    return json.dumps(encoded, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(encoded)
+
+
+# Built once: json.dumps with any non-default option builds a new encoder on every call.
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def _canonical(material: object) -> str:
