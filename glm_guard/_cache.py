@@ -60,17 +60,20 @@ def cached_response(
     serializer: str = "json",
     unkeyable: str = "raise",
 ) -> Any:
-    """Cache results by argument value for ``ttl`` seconds (``None``: until evicted).
+    """Cache results by argument value for ``ttl`` seconds.
 
-    ``maxsize`` bounds the local cache (LRU).  ``key`` is either a namespace string (default:
-    the function's ``module.qualname``; functions sharing a namespace on a shared backend
-    share entries) or a callable taking the function's arguments and returning the
-    JSON-serialisable material of the key.  ``self``/``cls`` are left out of the key.
+    ``ttl=None``: until evicted from the local cache; on Redis, where nothing evicts by
+    count, for ``DEFAULT_MAX_TTL`` (24 h).  ``maxsize`` bounds the cache in this process
+    (LRU).  ``key`` is either a namespace string (default: the function's
+    ``module.qualname``; functions sharing a namespace on a shared backend share entries) or
+    a callable taking the function's arguments and returning the material of the key.
+    ``self``/``cls`` are left out of the key.
 
     On a shared backend values are stored as JSON (``serializer="json"``, the default:
     results JSON cannot give back unchanged are returned but not cached).  ``"pickle"``
-    stores any picklable value, signed with ``GLM_GUARD_CACHE_SECRET``; entries without a
-    valid signature are misses, never unpickled.
+    stores any picklable value and needs ``GLM_GUARD_CACHE_SECRET``.  With the secret set,
+    every shared entry is signed together with its key and deadline, and any other entry is
+    a miss (never unpickled); without it, whoever can write to the Redis can plant answers.
 
     An argument that cannot be part of a key raises ``TypeError`` naming it
     (``unkeyable="raise"``), or makes that call bypass the cache (``unkeyable="bypass"``).

@@ -1,8 +1,10 @@
-"""Cache keys: stable across processes, and digests, so no prompt is ever a key.
+"""Cache keys: stable across processes, unambiguous across types, and digests of the arguments.
 
 Arguments are bound to parameter names (``f(1)`` and ``f(x=1)`` are the same call), encoded
-as canonical JSON and hashed with BLAKE2b.  Python's ``hash()`` is salted per process for
-strings, so it cannot be used for a key that other processes must compute identically.
+as canonical, type-tagged JSON and hashed with BLAKE2b.  Python's ``hash()`` is salted per
+process for strings, so it cannot be used for a key that other processes must compute
+identically.  Nothing but the digest is kept: a memo of past arguments would keep every
+prompt alive in a process whose answers live in Redis.
 
 A store that lives in this process only needs no such stability: there, a call whose
 arguments are plain scalars is keyed by the values and their types, as ``functools`` and
@@ -19,39 +21,122 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-KEY_VERSION: Final = "v1"
+#: Part of every digest and of every Redis cache key: a new key format starts afresh.
+KEY_VERSION: Final = "v2"
 _SKIPPED_FIRST: Final = ("self", "cls")
 # Values whose equality and hash are stable and type-exact once the type is part of the
-# memo key (1, 1.0 and True hash alike, so the types are kept alongside the values).
+# key (1, 1.0 and True hash alike, so the types are kept alongside the values).
 _MEMO_SAFE: Final = frozenset({str, int, float, bool, type(None)})
+_SCALARS: Final = (str, int, bool, type(None))
+#: Deeper than this is refused: a circular argument would otherwise recurse without end.
+_MAX_DEPTH: Final = 100
 
 
-def _encode(value: Any) -> Any:
-    if isinstance(value, enum.Enum):
-        return {"__enum__": type(value).__qualname__, "value": _encode(value.value)}
+def _tagged(value: Any, depth: int = 0) -> Any:
+    """``value`` as JSON in which only str, int, bool, None and float stand for themselves.
+
+    Every other value becomes a JSON array whose first item names its type (``["tuple", 1,
+    2]``, ``["dict", [key, value], ...]``, ``["bytes", "6869"]``).  Encoded dicts are arrays
+    too, so no argument can imitate another type's encoding: two arguments share a key only
+    when they are equal values of the same types.
+    """
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if kind is float:
+        return 0.0 if value == 0 else value  # 0.0 == -0.0: one value, one key
+    if depth >= _MAX_DEPTH:
+        raise ValueError(f"nested more than {_MAX_DEPTH} levels deep, or circular")
+    depth += 1
+    if kind is list or kind is tuple:
+        return [kind.__name__, *[item if type(item) in _SCALARS else _tagged(item, depth) for item in value]]
+    if kind is dict:
+        return _tagged_dict(value, depth)
+    if isinstance(value, enum.Enum):  # before str and int: IntEnum and StrEnum are both
+        return ["enum", _type_name(value), value.name]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {"__dataclass__": type(value).__qualname__, "fields": dataclasses.asdict(value)}
+        fields = [[f.name, _tagged(getattr(value, f.name), depth)] for f in dataclasses.fields(value)]
+        return ["dataclass", _type_name(value), *fields]
     model_dump = getattr(value, "model_dump", None)  # pydantic v2
     if callable(model_dump) and not isinstance(value, type):
-        return {"__model__": type(value).__qualname__, "fields": model_dump(mode="json")}
+        return ["model", _type_name(value), _tagged(model_dump(mode="json"), depth)]
+    return _tagged_other(value, depth)
+
+
+def _tagged_dict(value: Mapping[Any, Any], depth: int) -> list[Any]:
+    encoded: list[Any] = ["dict"]
+    try:
+        keys = sorted(value)
+    except TypeError:  # keys of several types
+        keys = None
+    for k in keys or ():  # the usual dict, str keys only: its keys are their own order
+        if type(k) is not str:
+            break
+        item = value[k]
+        encoded.append([k, item if type(item) in _SCALARS else _tagged(item, depth)])
+    else:
+        if keys is not None:
+            return encoded
+    pairs = [[_tagged(k, depth), _tagged(v, depth)] for k, v in value.items()]
+    pairs.sort(key=lambda pair: _order(pair[0]))
+    return ["dict", *pairs]
+
+
+def _tagged_other(value: Any, depth: int) -> Any:
+    """Subclasses of the plain types (by their value), then the other types keys accept."""
+    if isinstance(value, (list, tuple)):  # a namedtuple equals its tuple: one key
+        return ["list" if isinstance(value, list) else "tuple", *[_tagged(item, depth) for item in value]]
+    if isinstance(value, dict):
+        return _tagged_dict(value, depth)
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, float):  # numpy's float64 is one
+        return _tagged(float(value))
+    if isinstance(value, int):
+        return int(value)
     if isinstance(value, (set, frozenset)):
-        items = [json.dumps(item, sort_keys=True, default=_encode) for item in value]
-        return {"__set__": sorted(items)}
+        items = sorted((_tagged(item, depth) for item in value), key=_order)
+        return ["set" if isinstance(value, set) else "frozenset", *items]
     if isinstance(value, (bytes, bytearray)):
-        return {"__bytes__": bytes(value).hex()}
+        return ["bytearray" if isinstance(value, bytearray) else "bytes", bytes(value).hex()]
     import datetime  # deferred with the two below: only unusual argument types reach here
     import decimal
     import uuid
 
-    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
-        return {"__time__": value.isoformat()}
-    if isinstance(value, (decimal.Decimal, uuid.UUID)):
-        return {"__str__": str(value)}
-    raise TypeError(type(value).__qualname__)
+    if isinstance(value, datetime.timedelta):
+        return ["timedelta", value.days, value.seconds, value.microseconds]
+    for kind in (datetime.datetime, datetime.date, datetime.time):  # datetime before its base, date
+        if isinstance(value, kind):
+            return [kind.__name__, value.isoformat()]
+    if isinstance(value, decimal.Decimal):
+        return ["decimal", str(value)]
+    if isinstance(value, uuid.UUID):
+        return ["uuid", str(value)]
+    raise TypeError(f"{type(value).__qualname__} cannot be encoded")
+
+
+def _order(encoded: Any) -> tuple[int, str]:
+    """A total order on encoded values: dict items and set members in one order everywhere."""
+    if type(encoded) is str:
+        return 0, encoded
+    return 1, _text(encoded)
+
+
+def _text(encoded: Any) -> str:
+    return _ENCODER.encode(encoded)
+
+
+# Built once: json.dumps with any non-default option builds a new encoder on every call.
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def _canonical(material: object) -> str:
-    return json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_encode)
+    return _text(_tagged(material))
+
+
+def _type_name(value: object) -> str:
+    kind = type(value)
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 class KeyMaker:
@@ -61,8 +146,7 @@ class KeyMaker:
         "_arity",
         "_custom",
         "_defaults",
-        "_memo",
-        "_memo_size",
+        "_keywords",
         "_name",
         "_names",
         "_pads",
@@ -71,6 +155,7 @@ class KeyMaker:
         "_single",
         "_skip_first",
         "_stable",
+        "_var_keyword",
         "_var_positional",
         "key_of",
     )
@@ -80,14 +165,9 @@ class KeyMaker:
         fn: Callable[..., Any],
         namespace: str,
         custom: Callable[..., object] | None,
-        memo_size: int = 1024,
         *,
         stable: bool = True,
     ) -> None:
-        # Digests of recent calls whose arguments are plain scalars: hashing JSON costs
-        # microseconds, a dict lookup a fraction of one.  The digest stays the cache key.
-        self._memo: dict[tuple[Any, ...], str] = {}
-        self._memo_size = memo_size
         self._name = getattr(fn, "__qualname__", repr(fn))
         self._custom = custom
         self._stable = stable
@@ -100,7 +180,12 @@ class KeyMaker:
         self._positional = tuple(p.name for p in params if p.kind in positional_kinds)
         if self._skip_first:
             self._positional = ("", *self._positional)  # args[0] is self/cls and keeps its index
-        self._var_positional = next((p.name for p in params if p.kind is inspect.Parameter.VAR_POSITIONAL), None)
+        # Variadic parts are keyed as "*name" and "**name", which no parameter can be called,
+        # so f(1) for f(*args, **kw) and f(args=[1]) do not share a key.
+        self._var_positional = next(("*" + p.name for p in params if p.kind is inspect.Parameter.VAR_POSITIONAL), "*")
+        self._var_keyword = next(("**" + p.name for p in params if p.kind is inspect.Parameter.VAR_KEYWORD), "**")
+        keyword_kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        self._keywords = frozenset(p.name for p in params if p.kind in keyword_kinds)
         self._defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
         # In-process keys put every named parameter's value in signature order.  With only
         # positional parameters, a call with k positional arguments is padded with the
@@ -124,10 +209,8 @@ class KeyMaker:
 
     def _choose(self) -> Callable[[tuple[Any, ...], Mapping[str, Any]], Any]:
         """The key function for this function and store, picked once."""
-        if self._custom is not None:
+        if self._custom is not None or self._stable:
             return self._digest
-        if self._stable:
-            return self._stable_key
         if not self._single:
             return self._in_process_key
         arity, general = self._arity, self._in_process_key
@@ -145,26 +228,6 @@ class KeyMaker:
             return general(args, kwargs)
 
         return lone_argument
-
-    def _stable_key(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
-        values = args[1:] if self._skip_first else args
-        if kwargs:
-            items = tuple(kwargs.items())
-            types = (*map(type, values), *map(type, kwargs.values()))
-        else:
-            items = ()
-            types = tuple(map(type, values))
-        if not _MEMO_SAFE.issuperset(types):
-            return self._digest(args, kwargs)
-        memo_key = (values, items, types)
-        digest = self._memo.get(memo_key)
-        if digest is None:
-            digest = self._digest(args, kwargs)
-            memo = self._memo
-            if len(memo) >= self._memo_size:
-                memo.pop(next(iter(memo)), None)  # oldest first; a race only drops one more
-            memo[memo_key] = digest
-        return digest
 
     def _in_process_key(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
         """Every named parameter's value in signature order, then their types; else ``(digest,)``.
@@ -201,7 +264,9 @@ class KeyMaker:
             text = _canonical(material)
         except (TypeError, ValueError) as error:
             raise self._explain(material, error) from None
-        return hashlib.blake2b(self._prefix + text.encode(), digest_size=20).hexdigest()
+        # surrogatepass: a lone surrogate (text decoded badly somewhere) is still a key, and
+        # still one no other string shares.
+        return hashlib.blake2b(self._prefix + text.encode("utf-8", "surrogatepass"), digest_size=20).hexdigest()
 
     def _material(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> object:
         if self._custom is not None:
@@ -212,24 +277,28 @@ class KeyMaker:
         for index in range(start, min(len(args), len(positional))):
             bound[positional[index]] = args[index]
         if len(args) > len(positional):
-            bound[self._var_positional or "*args"] = list(args[len(positional) :])
-        bound.update(kwargs)
+            bound[self._var_positional] = args[len(positional) :]
+        keywords = self._keywords
+        if keywords.issuperset(kwargs):
+            bound.update(kwargs)
+        else:
+            bound[self._var_keyword] = {name: value for name, value in kwargs.items() if name not in keywords}
+            bound.update((name, value) for name, value in kwargs.items() if name in keywords)
         return bound
 
     def _explain(self, material: object, error: Exception) -> TypeError:
         if self._custom is not None:
             return TypeError(
-                f"cached_response: the key function of {self._name} returned something that is not "
-                f"JSON-serialisable ({error}); return str, numbers, lists or dicts"
+                f"cached_response: the key function of {self._name} returned something that cannot be "
+                f"encoded ({error}); return str, numbers, lists or dicts"
             )
         if isinstance(material, dict):
             for name, value in material.items():
                 try:
                     _canonical(value)
-                except (TypeError, ValueError):
+                except (TypeError, ValueError) as reason:
                     return TypeError(
                         f"cached_response: argument {name!r} of {self._name} cannot be part of a cache key "
-                        f"({type(value).__qualname__} is not JSON-serialisable); pass key=... to "
-                        "cached_response to build the key yourself"
+                        f"({reason}); pass key=... to cached_response to build the key yourself"
                     )
         return TypeError(f"cached_response: the cache key of {self._name} cannot be built: {error}")

@@ -484,11 +484,10 @@ def test_pickle_entries_that_cannot_be_read_or_written_never_fail_the_call_redis
     assert len(calls) == 2  # returned both times, cached never
     store = RedisBackend(redis_url).cache("n", ttl=60, maxsize=8, serializer="pickle")
     body = b"\x80\x04\x95\x14\x00\x00\x00\x00\x00\x00\x00\x8c\x08gone_mod\x94\x8c\x01X\x94\x93\x94."
-    import hashlib
-    import hmac
+    from glm_guard.backends._redis._cache import seal
 
-    signed = b"gg1p:" + hmac.new(b"k" * 32, body, hashlib.sha256).digest() + body
-    assert store.decode(signed) == (False, None)  # a signed entry of a class that is gone: a miss
+    signed = seal(b"k" * 32, store._prefix + "d", "pickle", int(time.time() * 1000) + 60_000, body)
+    assert store.decode("d", signed) == (False, None)  # a signed entry of a class that is gone: a miss
 
 
 # -- capabilities: shared stats, outage report, the live registry --------------------------------

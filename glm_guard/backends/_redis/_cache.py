@@ -1,5 +1,14 @@
 """Cached results shared by every process: JSON by default, signed pickle only on request.
 
+With ``GLM_GUARD_CACHE_SECRET`` set, every entry is signed (HMAC-SHA256) together with the
+Redis key it was written under, its serializer and its deadline; a reader serves only an
+entry whose signature matches the key it asked for, before the signed deadline, so an entry
+planted, altered, copied to another key or kept past its time is a miss.  Without a secret
+(JSON only) entries are plain: anyone who can write to the Redis can plant answers.
+
+Every entry expires: ``ttl=None`` means :data:`DEFAULT_MAX_TTL` here, since ``maxsize``
+cannot bound a store other processes fill.
+
 While Redis is away the store keeps working from a cache in this process: a miss costs one
 call to the provider, never an error in the caller's face.  One process computes an entry
 while the others wait for it: the first to ``SET ... NX`` the entry's fill key.
@@ -12,11 +21,12 @@ import hmac
 import json
 import logging
 import pickle
+import time
 from typing import TYPE_CHECKING, Final
 
 from ..._cache_keys import KEY_VERSION
 from ..._config import get_settings
-from ..._errors import BackendError
+from ..._errors import BackendError, ConfigurationError
 from .._base import CacheStore
 from .._local import LocalCacheStore
 from ._tokens import new_token
@@ -24,10 +34,33 @@ from ._tokens import new_token
 if TYPE_CHECKING:
     from ._backend import RedisBackend
 
+__all__ = ["DEFAULT_MAX_TTL", "RedisCacheStore", "seal"]
+
 logger = logging.getLogger("glm_guard")
 
-_JSON_TAG: Final = b"gg1j:"
-_PICKLE_TAG: Final = b"gg1p:"
+#: Seconds an entry of ``cached_response(ttl=None)`` lives in Redis: every key expires.
+DEFAULT_MAX_TTL: Final = 24 * 3600.0
+# Redis refuses an expiry that overflows its clock; no cache needs more than this anyway.
+_MAX_TTL_MS: Final = 10**15
+
+_PLAIN: Final = b"gg2j:"  # + JSON: no secret set, so nothing to check it against
+_SIGNED: Final = b"gg2s:"  # + serializer byte + deadline (8 bytes, ms since the epoch) + HMAC + body
+_SERIALIZER_BYTE: Final = {"json": b"j", "pickle": b"p"}
+_HEADER: Final = len(_SIGNED) + 1 + 8
+_MAC_SIZE: Final = 32
+
+
+def seal(secret: bytes, redis_key: str, serializer: str, deadline_ms: int, body: bytes) -> bytes:
+    """A signed entry: valid only under ``redis_key``, for ``serializer``, until ``deadline_ms``."""
+    head = _SIGNED + _SERIALIZER_BYTE[serializer] + deadline_ms.to_bytes(8, "big")
+    return head + _mac(secret, redis_key, head, body) + body
+
+
+def _mac(secret: bytes, redis_key: str, head: bytes, body: bytes) -> bytes:
+    key = redis_key.encode()
+    signer = hmac.new(secret, len(key).to_bytes(4, "big") + key + head, hashlib.sha256)
+    signer.update(body)
+    return signer.digest()
 
 
 class RedisCacheStore(CacheStore):
@@ -42,35 +75,47 @@ class RedisCacheStore(CacheStore):
         owner: str = "",
         maxsize: int = 1024,
     ) -> None:
+        if serializer not in _SERIALIZER_BYTE:
+            raise ConfigurationError("serializer", f"must be 'json' or 'pickle', got {serializer!r}")
+        self._secret = get_settings().cache_secret.encode()
+        if serializer == "pickle" and not self._secret:
+            raise ConfigurationError("GLM_GUARD_CACHE_SECRET", "must be set to sign pickled cache entries")
         self._backend = backend
         self._connections = backend.connections
         digest = hashlib.blake2b(namespace.encode(), digest_size=10).hexdigest()
         self._prefix = f"{backend.prefix}cache:{KEY_VERSION}:{digest}:"
-        self._ttl_ms = None if ttl is None else max(int(ttl * 1000), 1)
+        lifetime = DEFAULT_MAX_TTL if ttl is None else ttl
+        self._ttl_ms = min(max(int(lifetime * 1000), 1), _MAX_TTL_MS)
         self._fill_ms = int(backend.fill_lease * 1000)
         self._name = owner or namespace
         self._serializer = serializer
-        self._secret = get_settings().cache_secret.encode() if serializer == "pickle" else b""
         self._warned = False
+        #: Entries present but refused: corrupt, forged, signed for another key, or signed when
+        #: this process has no secret (and unsigned when it has one).
         self.corrupt_entries = 0
         self._local = LocalCacheStore(ttl, maxsize)
         self._claims: dict[str, bytes] = {}  # digest -> our fill token, for a compare-and-delete
 
     # -- encoding ---------------------------------------------------------------------------
 
-    def encode(self, value: object) -> bytes | None:
-        """The stored form of ``value``; ``None`` (with one warning) when it cannot be kept faithfully."""
+    def encode(self, key: str, value: object) -> bytes | None:
+        """The stored form of ``value`` under ``key``; ``None`` (one warning) when it cannot be kept faithfully."""
+        body: bytes | None
         if self._serializer == "pickle":
             try:
                 body = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
             except Exception:  # the answer was paid for: return it, just do not cache it
                 self._warn_not_cached(value, "pickle")
                 return None
-            return _PICKLE_TAG + hmac.new(self._secret, body, hashlib.sha256).digest() + body
-        if not _json_native(value, 0):
-            self._warn_not_cached(value, "JSON")
-            return None
-        return _JSON_TAG + json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+        else:
+            body = _json_body(value)
+            if body is None:
+                self._warn_not_cached(value, "JSON")
+                return None
+            if not self._secret:
+                return _PLAIN + body
+        deadline = int(time.time() * 1000) + self._ttl_ms
+        return seal(self._secret, self._prefix + key, self._serializer, deadline, body)
 
     def _warn_not_cached(self, value: object, form: str) -> None:
         if not self._warned:
@@ -82,22 +127,35 @@ class RedisCacheStore(CacheStore):
                 form,
             )
 
-    def decode(self, raw: object) -> tuple[bool, object]:
-        """``(True, value)``, or a miss for anything absent, corrupt, foreign or unsigned."""
+    def decode(self, key: str, raw: object) -> tuple[bool, object]:
+        """``(True, value)``, or a miss for anything absent, expired, corrupt, foreign or unsigned."""
         if raw is None:
             return False, None
         try:
-            if isinstance(raw, bytes) and raw.startswith(_JSON_TAG):
-                return True, json.loads(raw[len(_JSON_TAG) :])
-            if isinstance(raw, bytes) and raw.startswith(_PICKLE_TAG) and self._serializer == "pickle":
-                signature, body = raw[len(_PICKLE_TAG) : len(_PICKLE_TAG) + 32], raw[len(_PICKLE_TAG) + 32 :]
-                expected = hmac.new(self._secret, body, hashlib.sha256).digest()
-                if hmac.compare_digest(signature, expected):
-                    return True, pickle.loads(body)  # signed with our secret: written by us
+            if isinstance(raw, bytes):
+                if not self._secret:
+                    if raw.startswith(_PLAIN):
+                        return True, _json_value(raw[len(_PLAIN) :])
+                else:
+                    body = self._verified(key, raw)
+                    if body is not None:  # signed by a holder of our secret, for this key
+                        if int.from_bytes(raw[_HEADER - 8 : _HEADER], "big") <= time.time() * 1000:
+                            return False, None  # kept or replayed past its deadline
+                        return True, pickle.loads(body) if self._serializer == "pickle" else _json_value(body)
         except Exception:  # a renamed class, a failing __setstate__, deep JSON: all a miss
             pass
         self.corrupt_entries += 1
         return False, None
+
+    def _verified(self, key: str, raw: bytes) -> bytes | None:
+        """The body of an entry signed for ``key`` with our secret and serializer, else ``None``."""
+        head = raw[:_HEADER]
+        if len(raw) < _HEADER + _MAC_SIZE or head[: len(_SIGNED) + 1] != _SIGNED + _SERIALIZER_BYTE[self._serializer]:
+            return None
+        signature, body = raw[_HEADER : _HEADER + _MAC_SIZE], raw[_HEADER + _MAC_SIZE :]
+        if not hmac.compare_digest(signature, _mac(self._secret, self._prefix + key, head, body)):
+            return None
+        return body
 
     # -- the CacheStore interface ------------------------------------------------------------
 
@@ -111,13 +169,13 @@ class RedisCacheStore(CacheStore):
     def get(self, key: str) -> tuple[bool, object]:
         if self._shared():
             try:
-                return self.decode(self._connections.call(lambda client: client.get(self._prefix + key)))
+                return self.decode(key, self._connections.call(lambda client: client.get(self._prefix + key)))
             except BackendError as error:
                 self._down(error)
         return self._local.get(key)
 
     def set(self, key: str, value: object) -> None:
-        data = self.encode(value)
+        data = self.encode(key, value)
         if data is None:
             return
         if self._shared():
@@ -131,13 +189,14 @@ class RedisCacheStore(CacheStore):
     async def get_async(self, key: str) -> tuple[bool, object]:
         if self._shared():
             try:
-                return self.decode(await self._connections.call_async(lambda client: client.get(self._prefix + key)))
+                raw = await self._connections.call_async(lambda client: client.get(self._prefix + key))
+                return self.decode(key, raw)
             except BackendError as error:
                 self._down(error)
         return self._local.get(key)
 
     async def set_async(self, key: str, value: object) -> None:
-        data = self.encode(value)
+        data = self.encode(key, value)
         if data is None:
             return
         if self._shared():
@@ -195,16 +254,31 @@ class RedisCacheStore(CacheStore):
                 self._down(error)
 
 
+def _json_body(value: object) -> bytes | None:
+    """``value`` as JSON, if JSON gives it back equal and of the same types; else ``None``."""
+    if not _json_native(value, 0):
+        return None
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+    except ValueError:  # an int of more digits than int() parses by default
+        return None
+
+
+def _json_value(body: bytes) -> object:
+    return json.loads(body.decode("utf-8", "surrogatepass"))  # as _json_body wrote it
+
+
 def _json_native(value: object, depth: int) -> bool:
-    """Whether JSON gives ``value`` back equal and of the same types (no tuples, no sets)."""
+    """Whether JSON gives ``value`` back equal and of the same types (no tuples, sets, subclasses)."""
     if depth > 64:
         return False
-    if value is None or isinstance(value, (str, bool, int)):
+    kind = type(value)
+    if value is None or kind is str or kind is bool or kind is int:
         return True
-    if isinstance(value, float):
+    if kind is float:
         return value == value and value not in (float("inf"), float("-inf"))
     if type(value) is list:
         return all(_json_native(item, depth + 1) for item in value)
     if type(value) is dict:
-        return all(isinstance(k, str) and _json_native(v, depth + 1) for k, v in value.items())
+        return all(type(k) is str and _json_native(v, depth + 1) for k, v in value.items())
     return False
