@@ -2,7 +2,9 @@
 
 Each client posts to ``{base_url}/chat/completions`` through ``retry_on_1302`` outside
 ``rate_limited``, keyed ``glm:{model}`` because GLM limits calls in flight per account and
-model; the decorated callables are built once per model and reused.
+model; the decorated callables are built once per model and reused.  Without ``backend=``
+the guard takes ``GLM_GUARD_BACKEND`` as a guard given no backend does, so with Redis
+there the client's calls are counted in the fleet's shared stats.
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ class ClientBase:
         self.calls_per_minute = settings.max_calls_per_minute if calls_per_minute is None else calls_per_minute
         self.concurrency = settings.max_concurrency if concurrency is None else concurrency
         self.backend = settings.backend if backend is None else backend
+        # None lets rate_limited take GLM_GUARD_BACKEND itself, so the guard counts as chosen by
+        # the environment: its stats go where the environment's do, and follow reload_settings.
+        self._backend_argument = backend
         self._url = f"{self.base_url}/chat/completions"
         self._guards: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {}
         self._guards_lock = threading.Lock()
@@ -116,7 +121,7 @@ class ClientBase:
                         period=60,
                         concurrency=self.concurrency,
                         key=f"glm:{model}",
-                        backend=self.backend,
+                        backend=self._backend_argument,
                     )
                     call, stream = self._raw()
                     call.__qualname__ = stream.__qualname__ = f"{type(self).__name__}.call_api[{model}]"

@@ -7,6 +7,7 @@ import gc
 import json
 import logging
 import os
+import subprocess
 import sys
 import warnings
 from collections.abc import AsyncIterator, Iterator
@@ -18,7 +19,9 @@ import glm_guard
 from glm_guard import ConfigurationError, GLMRateLimitException
 from glm_guard._api_errors import GLMAPIError, GLMStreamError
 from glm_guard._client import AsyncLLMClient, LLMClient, get_llm_client
-from glm_guard.testing import GLMSimulator, run_simulator
+from glm_guard.backends._redis import RedisBackend
+from glm_guard.monitoring._recorder import RECORDER
+from glm_guard.testing import GLMSimulator, RedisServer, run_simulator
 
 KEY = "sk-client-secret-7b1e9c"
 MSGS = [{"role": "user", "content": "你好 glm"}]
@@ -333,3 +336,76 @@ def test_a_forked_child_opens_its_own_connections(env: GLMSimulator) -> None:
     assert result["answer"] == content(client.call_api(MSGS))
     assert client._http is parent_http  # the parent's pool is untouched
     client.close()
+
+
+# -- stats across processes --------------------------------------------------------------------
+
+CLIENT_WORKER = """
+import asyncio, sys
+from glm_guard import get_llm_client
+
+calls, flavour = int(sys.argv[1]), sys.argv[2]
+messages = [{"role": "user", "content": "hi"}]
+if flavour == "sync":
+    client = get_llm_client(sync=True)
+    for _ in range(calls):
+        client.call_api(messages)
+else:
+    async def main():
+        client = get_llm_client()
+        for _ in range(calls):
+            await client.call_api(messages)
+    asyncio.run(main())
+"""
+
+
+def test_client_calls_from_two_processes_reach_the_fleet_stats_redis(sim: GLMSimulator, redis_url: str) -> None:
+    """Two workers configured by their environment only; ``glm-guard stats`` sees both."""
+    env = {**os.environ, "GLM_API_KEY": KEY, "GLM_API_BASE_URL": sim.base_url}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLIENT_WORKER, str(calls), flavour],
+            env={**env, "GLM_GUARD_BACKEND": "redis", "REDIS_URL": redis_url},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for calls, flavour in ((3, "sync"), (4, "async"))
+    ]
+    for worker in workers:
+        _, err = worker.communicate(timeout=60)
+        assert worker.returncode == 0, err
+    stats = subprocess.run(
+        [sys.executable, "-m", "glm_guard", "stats", "--json"],
+        env={**env, "REDIS_URL": redis_url},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert stats.returncode == 0, stats.stderr
+    fleet = json.loads(stats.stdout)
+    assert fleet["source"] == "redis"
+    assert fleet["keys"]["glm:glm-4"]["calls"] == fleet["keys"]["glm:glm-4"]["successes"] == 7
+
+
+def test_the_client_reports_to_the_redis_reloaded_settings_name_redis(
+    env: GLMSimulator, redis_url: str, own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client's backend comes from the environment: its stats follow the environment too."""
+    monkeypatch.setenv("GLM_GUARD_BACKEND", "redis")
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    glm_guard.reload_settings()
+    for _ in range(2):
+        get_llm_client(sync=True).call_api(MSGS)
+    RECORDER.sync()
+    monkeypatch.setenv("REDIS_URL", own_redis.url)
+    glm_guard.reload_settings()
+    for _ in range(3):
+        get_llm_client(sync=True).call_api(MSGS)
+    RECORDER.sync()
+    get_llm_client(sync=True).close()
+    counts = []
+    for url in (redis_url, own_redis.url):
+        store = RedisBackend(url)
+        counts.append(store.shared_stats().totals().get("glm:glm-4", {}).get("calls"))
+        store.close()
+    assert counts == [2, 3]

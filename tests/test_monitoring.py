@@ -5,9 +5,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import selectors
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -65,9 +68,9 @@ def traffic(local_backend: LocalBackend) -> None:
         ask("fail")
 
 
-def start_server(monitor: Monitor) -> tuple[str, Any]:
-    server = serve(monitor, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+def start_server(monitor: Monitor, **bounds: Any) -> tuple[str, Any]:
+    server = serve(monitor, "127.0.0.1", 0, **bounds)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     return f"http://127.0.0.1:{server.server_address[1]}", server
 
 
@@ -236,6 +239,131 @@ def test_healthz_reports_redis_reachable_or_not_redis(redis_url: str) -> None:
     dead.close()
 
 
+# -- the server's bounds --------------------------------------------------------------------------
+
+PARTIAL_REQUESTS = [b"", b"GET /api/v1/moni", b"GET /api/v1/monitoring/stats HTTP/1.1\r\nHost: monitor\r\n"]
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the server has closed ``sock`` (called once it is readable): EOF or a reset."""
+    try:
+        return sock.recv(4096) == b""
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize("max_connections", [64, 512], ids=["evicting", "holding-all"])
+def test_idle_connections_hold_no_thread_and_lock_out_no_request(max_connections: int) -> None:
+    """300 clients that send nothing or half a request: real requests still answer, threads stay few.
+
+    With room for 64 connections the longest-waiting ones are closed as new ones come; with
+    room for 512 all 300 stay open until the request timeout, and still cost no thread.
+    """
+    threads_before = threading.active_count()
+    base, server = start_server(create_app(), request_timeout=1.0, max_connections=max_connections, workers=2)
+    port = server.server_address[1]
+    idle = []
+    try:
+        for i in range(300):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(PARTIAL_REQUESTS[i % 3])
+            idle.append(sock)
+        opened = time.monotonic()
+        with httpx.Client(base_url=base, timeout=5) as client:  # answers while the idle ones are open
+            answers = [client.get("/api/v1/monitoring/stats").status_code for _ in range(5)]
+        assert answers == [200] * 5
+        assert threading.active_count() <= threads_before + 1 + 2 + 2  # the loop, 2 workers, slack
+        with selectors.DefaultSelector() as selector:
+            for sock in idle:
+                selector.register(sock, selectors.EVENT_READ)
+            still_open = set(idle)
+            while still_open and time.monotonic() - opened < 10:
+                for ready, _ in selector.select(timeout=0.5):
+                    sock = ready.fileobj
+                    assert isinstance(sock, socket.socket)
+                    if closed_by_peer(sock):
+                        selector.unregister(sock)
+                        still_open.discard(sock)
+        assert not still_open, f"{len(still_open)} idle connections still open after 10 s"
+    finally:
+        for sock in idle:
+            sock.close()
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_client_trickling_its_request_is_dropped_after_the_request_timeout() -> None:
+    """Slowloris: a byte every 50 ms keeps each read short, but the whole request has 1 s."""
+    _, server = start_server(create_app(), request_timeout=1.0)
+    request = b"GET /api/v1/monitoring/stats HTTP/1.1\r\nX-Slow: " + b"a" * 1000
+    sock = socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=5)
+    started = time.monotonic()
+    dropped_after = None
+    try:
+        with selectors.DefaultSelector() as selector:
+            selector.register(sock, selectors.EVENT_READ)
+            for byte in request:
+                if time.monotonic() - started > 6:
+                    break
+                try:
+                    sock.send(bytes([byte]))
+                except OSError:
+                    dropped_after = time.monotonic() - started
+                    break
+                if selector.select(timeout=0.05) and closed_by_peer(sock):
+                    dropped_after = time.monotonic() - started
+                    break
+    finally:
+        sock.close()
+        server.shutdown()
+        server.server_close()
+    assert dropped_after is not None, "a trickling client was still connected after 6 s"
+    assert 0.5 <= dropped_after <= 4.0
+
+
+def exchange(port: int, data: bytes) -> bytes:
+    """Send ``data`` on a fresh connection and read until the server closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_the_server_speaks_http_1_1_and_refuses_malformed_requests() -> None:
+    _, server = start_server(create_app(), request_timeout=2.0)
+    port = server.server_address[1]
+    try:
+        two = exchange(port, b"GET /healthz HTTP/1.1\r\n\r\nHEAD /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+        assert two.count(b"HTTP/1.1 200 OK") == 2 and two.endswith(b"Connection: close\r\n\r\n")  # HEAD: no body
+        old = exchange(port, b"GET /healthz HTTP/1.0\r\n\r\n")  # HTTP/1.0 closes after one answer
+        assert old.startswith(b"HTTP/1.1 200 OK") and b'"status": "ok"' in old
+        body = exchange(port, b"POST /healthz HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /healthz HTTP/1.0\r\n\r\n")
+        assert body.startswith(b"HTTP/1.1 405") and b"HTTP/1.1 200 OK" in body  # the body was read past
+        refused = {
+            b"GARBAGE\r\n\r\n": b"400",
+            b"GET / HTTP/2.0\r\n\r\n": b"505",
+            b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n": b"400",
+            b"GET / HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n": b"400",  # a digit to str.isdigit, not to int
+            b"GET / HTTP/1.1\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n": b"400",
+            b"GET / HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n": b"431",
+            b"GET / HTTP/1.1\r\n" + b"X: a\r\n" * 101 + b"\r\n": b"431",
+        }
+        for request, status in refused.items():
+            answer = exchange(port, request)
+            assert answer.startswith(b"HTTP/1.1 " + status) and b'"error"' in answer, (request[:40], answer[:80])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_bad_server_bounds_are_refused_at_construction() -> None:
+    for bounds in ({"request_timeout": 0}, {"max_connections": 0}, {"workers": True}):
+        with pytest.raises(glm_guard.ConfigurationError):
+            serve(create_app(), "127.0.0.1", 0, **bounds)
+
+
 # -- the commands ---------------------------------------------------------------------------------
 
 
@@ -301,3 +429,37 @@ def test_monitor_command_serves_the_endpoints_redis(redis_url: str) -> None:
         process.terminate()
         process.communicate(timeout=10)
     assert process.returncode == 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="counts threads through /proc")
+def test_the_monitor_command_drops_idle_connections_and_keeps_few_threads() -> None:
+    """The issue's case, end to end: 300 half-sent requests to ``glm-guard monitor``."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "glm_guard", "monitor", "--port", "0", "--request-timeout", "1"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    idle = []
+    try:
+        assert process.stdout is not None
+        base = process.stdout.readline().split()[3].rstrip(",")
+        port = int(base.rsplit(":", 1)[1])
+        for i in range(300):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(PARTIAL_REQUESTS[i % 3])
+            idle.append(sock)
+        with httpx.Client(base_url=base, timeout=5) as client:
+            assert client.get("/api/v1/monitoring/stats").status_code == 200
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        threads = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
+        assert threads <= 12  # the main thread, the stats thread, a few workers: not one per connection
+        time.sleep(2.5)  # past the request timeout, with slack
+        for sock in idle:
+            sock.settimeout(5)
+            assert closed_by_peer(sock)
+    finally:
+        for sock in idle:
+            sock.close()
+        process.terminate()
+        process.communicate(timeout=10)

@@ -10,7 +10,7 @@ import threading
 from .._config import get_settings
 from .._errors import GLMGuardError
 from ..monitoring import DEFAULT_PREFIX, Monitor
-from ..monitoring._server import serve
+from ..monitoring._server import MAX_CONNECTIONS, REQUEST_TIMEOUT, serve
 from ._fleet import shared_source
 
 __all__ = ["add_arguments", "run"]
@@ -25,13 +25,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     parser.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"where the JSON endpoints live ({DEFAULT_PREFIX})")
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=REQUEST_TIMEOUT,
+        metavar="SECONDS",
+        help=f"drop a client that sends no whole request or takes no answer within this (default {REQUEST_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=MAX_CONNECTIONS,
+        metavar="N",
+        help=f"connections held at once; beyond, the longest-idle one is closed (default {MAX_CONNECTIONS})",
+    )
 
 
 def run(options: argparse.Namespace) -> int:
     try:
         source = shared_source()
         monitor = Monitor(source=source, prefix=options.prefix)
-        server = serve(monitor, options.host, options.port)
+        server = serve(
+            monitor,
+            options.host,
+            options.port,
+            request_timeout=options.request_timeout,
+            max_connections=options.max_connections,
+        )
     except (GLMGuardError, OSError) as error:
         print(f"glm-guard monitor: {error}", file=sys.stderr)
         return 2
@@ -49,7 +69,7 @@ def run(options: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        server.serve_forever(poll_interval=0.2)
+        server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:

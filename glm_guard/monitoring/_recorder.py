@@ -7,7 +7,7 @@ read), and, when the process shares its stats, adds them to the backend's
 
 Where the numbers go: ``configure_stats(backend=...)`` when called; else the backend
 ``GLM_GUARD_BACKEND`` names, when it shares stats (Redis); else the first backend that shares
-stats a guard was given explicitly (``get_llm_client()``'s, say); else nowhere but here.
+stats a guard was given explicitly (``LLMClient(backend=...)``'s, say); else nowhere but here.
 A process that dies loses what it recorded since its last flush (about one second).  A worker
 process started by ``multiprocessing`` (a ``Pool`` worker) may be ended by ``terminate()`` or
 leave through ``os._exit``, where no exit hook runs, so there every finished call is flushed
