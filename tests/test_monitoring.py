@@ -334,25 +334,40 @@ def exchange(port: int, data: bytes) -> bytes:
 def test_the_server_speaks_http_1_1_and_refuses_malformed_requests() -> None:
     _, server = start_server(create_app(), request_timeout=2.0)
     port = server.server_address[1]
+    host = b"Host: monitor\r\n"
     try:
-        two = exchange(port, b"GET /healthz HTTP/1.1\r\n\r\nHEAD /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+        two = exchange(
+            port,
+            b"GET /healthz HTTP/1.1\r\n"
+            + host
+            + b"\r\nHEAD /healthz HTTP/1.1\r\n"
+            + host
+            + b"Connection: close\r\n\r\n",
+        )
         assert two.count(b"HTTP/1.1 200 OK") == 2 and two.endswith(b"Connection: close\r\n\r\n")  # HEAD: no body
         old = exchange(port, b"GET /healthz HTTP/1.0\r\n\r\n")  # HTTP/1.0 closes after one answer
         assert old.startswith(b"HTTP/1.1 200 OK") and b'"status": "ok"' in old
-        body = exchange(port, b"POST /healthz HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /healthz HTTP/1.0\r\n\r\n")
-        assert body.startswith(b"HTTP/1.1 405") and b"HTTP/1.1 200 OK" in body  # the body was read past
+        next_request = b"GET /healthz HTTP/1.0\r\n\r\n"
+        for body in (b"Content-Length: 3\r\n\r\nabc", b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"):
+            answers = exchange(port, b"POST /healthz HTTP/1.1\r\n" + host + body + next_request)
+            assert answers.startswith(b"HTTP/1.1 405") and b"HTTP/1.1 200 OK" in answers  # the body was read past
+        big_head = exchange(port, b"GET /healthz HTTP/1.0\r\nX: " + b"a" * 15000 + b"\r\n\r\n")
+        assert big_head.startswith(b"HTTP/1.1 200 OK")  # under the 16 KiB head limit, even arriving at once
         refused = {
             b"GARBAGE\r\n\r\n": b"400",
-            b"GET / HTTP/2.0\r\n\r\n": b"505",
-            b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n": b"400",
-            b"GET / HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n": b"400",  # a digit to str.isdigit, not to int
-            b"GET / HTTP/1.1\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n": b"400",
-            b"GET / HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n": b"431",
-            b"GET / HTTP/1.1\r\n" + b"X: a\r\n" * 101 + b"\r\n": b"431",
+            b"GET / HTTP/1.1\r\n\r\n": b"400",  # HTTP/1.1 requires a Host header
+            b"GET / HTTP/2.0\r\n" + host + b"\r\n": b"505",
+            b"GET / HTTP/1.1\r\n" + host + b"Content-Length: -1\r\n\r\n": b"400",
+            b"GET / HTTP/1.1\r\n" + host + b"Content-Length: \xb2\r\n\r\n": b"400",  # a digit to str.isdigit
+            b"GET / HTTP/1.1\r\n" + host + b"Content-Length: " + b"9" * 5000 + b"\r\n\r\n": b"400",
+            b"GET / HTTP/1.1\r\n" + host + b"X: " + b"a" * 20000 + b"\r\n\r\n": b"431",
+            b"GET / HTTP/1.1\r\n" + host + b"X: a\r\n" * 100 + b"\r\n": b"431",
+            b"GET / HTTP/1.1\r\n" + host + b"Authorization: Bearer a\r\n" * 2 + b"\r\n": b"400",
         }
         for request, status in refused.items():
             answer = exchange(port, request)
             assert answer.startswith(b"HTTP/1.1 " + status) and b'"error"' in answer, (request[:40], answer[:80])
+            assert b"Bearer a" not in answer  # the refused request is not quoted back
     finally:
         server.shutdown()
         server.server_close()

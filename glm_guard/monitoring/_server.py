@@ -1,10 +1,14 @@
-"""A small standard-library HTTP/1.1 server for the monitoring app, for ``glm-guard monitor`` and tests.
+"""A small asyncio HTTP/1.1 server for the monitoring app, for ``glm-guard monitor`` and tests.
 
 The app (:class:`~glm_guard.monitoring.Monitor`) knows nothing of sockets; this module carries
 its requests and answers.  It is built on asyncio rather than ``http.server`` because a thread
 per connection lets any client that opens connections and sends nothing hold a thread each:
 here a connection waiting for its request costs a socket and a small task, and only complete
-requests reach the few worker threads that run the (blocking) handler.  Its bounds:
+requests reach the few worker threads that run the (blocking) handler.  The HTTP itself (the
+request's syntax, Content-Length and chunked bodies, keep-alive, HEAD, the answer's framing) is
+left to h11, python-hyper's sans-IO HTTP/1.1 library (the one under httpx): where a request
+ends is where hand-written parsers go wrong, and h11 is strict, small and well kept.  This
+module only does the I/O and the bounds:
 
 * ``request_timeout`` (5 s): a request's head and body must arrive whole within it, counted
   from the connection's opening or its previous answer, so neither an idle client nor one
@@ -13,7 +17,8 @@ requests reach the few worker threads that run the (blocking) handler.  Its boun
   request, or to take an answer) the one waiting longest is closed to make room, so a flood of
   idle connections cannot lock out a request.
 * ``workers`` (4): threads running the handler; more complete requests wait their turn.
-* a request head over 16 KiB or 100 header lines is refused (431), a body over 64 KiB unread.
+* a request head over 16 KiB or 100 header lines is refused (431); of a body, 64 KiB at most is
+  read (and dropped), and a longer one ends the connection after the answer.
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ import socket
 import threading
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final
+
+import h11
 
 from .._errors import ConfigurationError
 from ._app import Monitor, Response, _error
@@ -43,89 +49,72 @@ REQUEST_TIMEOUT: Final = 5.0
 MAX_CONNECTIONS: Final = 256
 WORKERS: Final = 4
 _HEAD_LIMIT: Final = 16 * 1024
+# h11 refuses a head once more than its max_incomplete_event_size waits unparsed, but takes a
+# complete one of any size: fed a chunk at a time, no head over that size plus a chunk gets in.
+_CHUNK: Final = 1024
 _MAX_HEADERS: Final = 100
 _BODY_LIMIT: Final = 64 * 1024
 _SERVER: Final = "glm-guard-monitor"
+# Not h11's own messages: they can quote the offending header line, credentials and all.
+_REFUSALS: Final = {
+    431: f"the request head is limited to {_HEAD_LIMIT} bytes and {_MAX_HEADERS} header lines",
+    501: "a request body's Transfer-Encoding may only be chunked",
+    505: "only HTTP/1.0 and HTTP/1.1 are served",
+}
 
 
-@dataclass(frozen=True, slots=True)
-class _Request:
-    method: str
-    target: str
-    authorization: str | None
-    keep_alive: bool
+async def _receive(conn: h11.Connection, reader: asyncio.StreamReader) -> h11.Event | type[h11.NEED_DATA | h11.PAUSED]:
+    """The client's next event, read as needed; a client gone mid-request is an ``OSError``."""
+    while (event := conn.next_event()) is h11.NEED_DATA:
+        data = await reader.read(_CHUNK)
+        conn.receive_data(data)
+        if not data:
+            try:
+                return conn.next_event()  # ConnectionClosed between requests
+            except h11.RemoteProtocolError:
+                raise ConnectionAbortedError("the client left mid-request") from None
+    return event
 
 
-class _Refused(Exception):
-    """A request that cannot be served; the connection answers ``response`` and closes."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.response = _error(status, message)
-
-
-async def _line(reader: asyncio.StreamReader) -> bytes:
-    try:
-        return await reader.readline()
-    except ValueError:  # no end of line within the stream's limit, the head limit
-        raise _Refused(431, f"the request head is limited to {_HEAD_LIMIT} bytes") from None
+def _check(request: h11.Request) -> str | None:
+    """The request's Authorization, once it is known to be one this server answers."""
+    if request.http_version not in (b"1.0", b"1.1"):
+        raise h11.RemoteProtocolError(_REFUSALS[505], error_status_hint=505)
+    if len(request.headers) > _MAX_HEADERS:
+        raise h11.RemoteProtocolError(_REFUSALS[431], error_status_hint=431)
+    authorization = [value for name, value in request.headers if name == b"authorization"]
+    if len(authorization) > 1:
+        raise h11.RemoteProtocolError("repeated Authorization header")
+    return authorization[0].decode("latin-1") if authorization else None
 
 
-async def _read_request(reader: asyncio.StreamReader) -> _Request | None:
-    """The next request on the connection, its body read and dropped; ``None`` at a clean end."""
-    line = await _line(reader)
-    if not line:
-        return None
-    size, lines = len(line), list[str]()
-    while True:
-        header = await _line(reader)
-        size += len(header)
-        if not header.endswith(b"\n"):
-            raise asyncio.IncompleteReadError(header, None)
-        if header in (b"\r\n", b"\n"):
-            break
-        if size > _HEAD_LIMIT or len(lines) >= _MAX_HEADERS:
-            raise _Refused(431, f"the request head is limited to {_HEAD_LIMIT} bytes and {_MAX_HEADERS} lines")
-        lines.append(header.decode("latin-1").rstrip("\r\n"))
-    parts = line.decode("latin-1").rstrip("\r\n").split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-        raise _Refused(400, "malformed request line")
-    method, target, version = parts
-    if version not in ("HTTP/1.0", "HTTP/1.1"):
-        raise _Refused(505, "only HTTP/1.0 and HTTP/1.1 are served")
-    headers: dict[str, str] = {}
-    for text in lines:
-        name, colon, value = text.partition(":")
-        name = name.lower()
-        if not colon or not name or name != name.strip() or (name in headers and name != "connection"):
-            raise _Refused(400, "malformed or repeated header")
-        headers[name] = f"{headers[name]}, {value.strip()}" if name in headers else value.strip()
-    tokens = {token.strip().lower() for token in headers.get("connection", "").split(",")}
-    keep_alive = "keep-alive" in tokens if version == "HTTP/1.0" else "close" not in tokens
-    length = headers.get("content-length", "0")
-    if not (length.isascii() and length.isdigit() and len(length) <= 18):
-        raise _Refused(400, "malformed Content-Length")
-    if "transfer-encoding" in headers or int(length) > _BODY_LIMIT:
-        keep_alive = False  # a body nobody asked for, not worth reading: end the connection after the answer
-    elif int(length):
-        await reader.readexactly(int(length))
-    return _Request(method, target, headers.get("authorization"), keep_alive)
+async def _drop_body(conn: h11.Connection, reader: asyncio.StreamReader) -> None:
+    """Read the body and drop it, up to the limit; one left unread ends the connection after the answer."""
+    dropped = 0
+    while dropped <= _BODY_LIMIT and not conn.they_are_waiting_for_100_continue:
+        event = await _receive(conn, reader)
+        if not isinstance(event, h11.Data):
+            return
+        dropped += len(event.data)
 
 
-def _encode(response: Response, *, head_only: bool, keep_alive: bool) -> bytes:
-    lines = [
-        f"HTTP/1.1 {response.status} {HTTPStatus(response.status).phrase}",
-        f"Server: {_SERVER}",
-        f"Date: {email.utils.formatdate(usegmt=True)}",
-        f"Content-Type: {response.content_type}",
-        f"Content-Length: {len(response.body)}",
-        "Cache-Control: no-store",
-        *(f"{name}: {value}" for name, value in response.headers),
+def _frame(conn: h11.Connection, response: Response, *, head_only: bool) -> bytes:
+    """The answer on the wire; h11 adds ``Connection: close`` when the connection is to end."""
+    headers = [
+        ("Server", _SERVER),
+        ("Date", email.utils.formatdate(usegmt=True)),
+        ("Content-Type", response.content_type),
+        ("Content-Length", str(len(response.body))),
+        ("Cache-Control", "no-store"),
+        *response.headers,
     ]
-    if not keep_alive:
-        lines.append("Connection: close")
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    return head if head_only else head + response.body
+    if conn.their_state is not h11.DONE:  # a refused request, or a body left unread
+        headers.append(("Connection", "close"))
+    reason = HTTPStatus(response.status).phrase
+    wire = conn.send(h11.Response(status_code=response.status, headers=headers, reason=reason))
+    if not head_only:
+        wire += conn.send(h11.Data(data=response.body))
+    return wire + conn.send(h11.EndOfMessage())
 
 
 class MonitorServer:
@@ -227,31 +216,35 @@ class MonitorServer:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pool: concurrent.futures.Executor
     ) -> None:
         peer = writer.get_extra_info("peername")
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_HEAD_LIMIT - _CHUNK)
         answered = False  # the last thing sent was a whole answer: close without resetting it away
         try:
-            keep_alive = True
-            while keep_alive:
-                answered = False
+            while True:
+                answered, method = False, ""
                 try:
                     async with self._client_turn(writer):  # the whole request, not each read
-                        request = await _read_request(reader)
-                except _Refused as refused:
-                    keep_alive, answer, head_only = False, refused.response, False
+                        request = await _receive(conn, reader)
+                        if not isinstance(request, h11.Request):
+                            return  # closed between requests
+                        method = request.method.decode("ascii")
+                        authorization = _check(request)
+                        await _drop_body(conn, reader)
+                except h11.RemoteProtocolError as error:
+                    status = error.error_status_hint
+                    answer = _error(status, _REFUSALS.get(status, "malformed HTTP/1.1 request"))
                 else:
-                    if request is None:
-                        return
-                    path, _, query = request.target.partition("?")
-                    handle = functools.partial(self.monitor.handle, request.method, urllib.parse.unquote(path))
-                    answer = await asyncio.get_running_loop().run_in_executor(
-                        pool, handle, query, request.authorization
-                    )
-                    logger.debug("%s %s %s %d", peer, request.method, path, answer.status)
-                    keep_alive, head_only = request.keep_alive, request.method == "HEAD"
-                writer.write(_encode(answer, head_only=head_only, keep_alive=keep_alive))
+                    path, _, query = request.target.decode("latin-1").partition("?")
+                    handle = functools.partial(self.monitor.handle, method, urllib.parse.unquote(path))
+                    answer = await asyncio.get_running_loop().run_in_executor(pool, handle, query, authorization)
+                    logger.debug("%s %s %s %d", peer, method, path, answer.status)
+                writer.write(_frame(conn, answer, head_only=method == "HEAD"))
                 async with self._client_turn(writer):
                     await writer.drain()
                 answered = True
-        except (TimeoutError, asyncio.IncompleteReadError, OSError):
+                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    return  # MUST_CLOSE: h11's keep-alive rules (Connection: close, HTTP/1.0) end it here
+                conn.start_next_cycle()
+        except (TimeoutError, OSError):
             pass  # too slow, or gone: drop the connection without an answer
         finally:
             if answered:
