@@ -396,7 +396,7 @@ def render(section: dict[str, Any], out: Path) -> str:
         f"{rows['bare_acquire']['x_floor']['median']:.2f} × the floor (the script's work on the server: the clock, "
         "the cooldown, the window and the leases, eight commands in all), and a glm_guard admission costs "
         f"{rows['gg_admission']['us']['median'] / rows['bare_acquire']['us']['median']:.2f} × that bare script "
-        "(its Python: the local turnstile, the token, the lease bookkeeping, the permit; and the socket "
+        "(its Python: the per-key turn to ask, the token, the lease bookkeeping, the permit; and the socket "
         "timeout its client keeps so a paused server never hangs a call, which the bare clients here go without).",
         "",
         "## All operations",
