@@ -21,8 +21,10 @@ import contextlib
 import hashlib
 import os
 import threading
+from typing import cast
 
-from ..._config import get_settings, mask_url
+from ... import _validate
+from ..._config import check_redis_url, get_settings, mask_url
 from .._base import Backend, LimitPolicy, ReportsOutages, SharedStats, SharesStats
 from .._live import join, leave, live_backends
 from ._cache import RedisCacheStore
@@ -44,8 +46,10 @@ class RedisBackend(Backend, SharesStats, ReportsOutages):
     """State in a Redis server shared by every process that names the same URL.
 
     ``lease`` is how long a concurrency permit survives its holder's death (live holders
-    renew it); ``socket_timeout`` bounds every call to Redis; ``fill_lease`` bounds how long
-    other processes wait for one process computing a cache entry.
+    renew it every third of it); ``socket_timeout`` bounds every call to Redis; ``fill_lease``
+    bounds how long other processes wait for one process computing a cache entry.  Each is
+    checked here (see ``docs/configuration.md`` for the bounds), as are the URL and the key
+    prefix, so a bad value fails at construction and never on a call.
     """
 
     name = "redis"
@@ -59,12 +63,24 @@ class RedisBackend(Backend, SharesStats, ReportsOutages):
         socket_timeout: float | None = None,
         fill_lease: float = 60.0,
     ) -> None:
+        check_redis_url(url, "url")
+        settings = get_settings()
+        # A value taken from the environment is named by its variable, so the fix is obvious.
+        self.prefix = (
+            _validate.key_prefix("GLM_GUARD_KEY_PREFIX", settings.key_prefix)
+            if key_prefix is None
+            else _validate.key_prefix("key_prefix", key_prefix)
+        )
+        timeout = cast(
+            float,
+            _validate.seconds("GLM_GUARD_REDIS_TIMEOUT", settings.redis_timeout, bounds=_validate.REDIS_TIMEOUT_RANGE)
+            if socket_timeout is None
+            else _validate.seconds("socket_timeout", socket_timeout, bounds=_validate.REDIS_TIMEOUT_RANGE),
+        )
+        self.lease = cast(float, _validate.seconds("lease", lease, bounds=_validate.LEASE_RANGE))
+        self.fill_lease = cast(float, _validate.seconds("fill_lease", fill_lease, bounds=_validate.FILL_LEASE_RANGE))
         self._url = url
-        self.prefix = get_settings().key_prefix if key_prefix is None else key_prefix
-        self.lease = lease
-        self.fill_lease = fill_lease
         self.health = Health(url)
-        timeout = get_settings().redis_timeout if socket_timeout is None else socket_timeout
         self.connections = Connections(url, timeout, self.health)
         self._stats = RedisSharedStats(self.connections, self.prefix)
         self._limiters: dict[str, RedisLimiter] = {}
@@ -138,6 +154,7 @@ class RedisBackend(Backend, SharesStats, ReportsOutages):
             "available": self.health.available(),
             "outages": self.health.outages,
             "outage_calls": self.health.outage_calls,
+            "refusals": self.health.refusals,
         }
 
 
