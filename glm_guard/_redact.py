@@ -16,14 +16,14 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["MASK", "REDACTED", "URL_PARAMETERS", "UrlParts", "mask_url", "split_url"]
+__all__ = ["HOST", "MASK", "REDACTED", "URL_PARAMETERS", "UrlParts", "mask_url", "split_url"]
 
 MASK: Final = "***"
 REDACTED: Final = "<redacted>"
 
 _SCHEME: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]{0,31})://(.*)", re.DOTALL)
 _NAME: Final = re.compile(r"[A-Za-z0-9._~-]{1,64}")  # a user name shown beside a masked password
-_HOST: Final = re.compile(r"[A-Za-z0-9._-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
+HOST: Final = re.compile(r"[A-Za-z0-9._-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
 _PORT: Final = re.compile(r"[0-9]{1,6}")
 _PATH: Final = re.compile(r"/[A-Za-z0-9._~/-]{0,256}")
 _VALUE: Final = re.compile(r"[A-Za-z0-9._~/,-]{0,128}")
@@ -89,7 +89,7 @@ class UrlParts:
                 text += f"{MASK}@"
             else:
                 text += f"{user if not user or _NAME.fullmatch(user) else MASK}:{MASK}@"
-        text += self.host if not self.host or _HOST.fullmatch(self.host) else MASK
+        text += self.host if not self.host or HOST.fullmatch(self.host) else MASK
         if self.port is not None:
             text += ":" + (self.port if not self.port or _PORT.fullmatch(self.port) else MASK)
         text += self.path if not self.path or _PATH.fullmatch(self.path) else "/" + MASK
@@ -159,4 +159,4 @@ def mask_url(url: object) -> str:
     match = _SCHEME.match(url)
     if match is not None:
         return f"{match.group(1).lower()}://{REDACTED}"
-    return url if _HOST.fullmatch(url) else REDACTED
+    return url if HOST.fullmatch(url) else REDACTED

@@ -16,12 +16,11 @@ from collections.abc import Callable
 from typing import Final
 
 from ._errors import ConfigurationError
-from ._redact import UrlParts, mask_url, split_url
+from ._redact import HOST, UrlParts, mask_url, split_url
 
 __all__ = ["REDIS_SCHEMES", "check_redis_url"]
 
 _DIGITS: Final = re.compile(r"[0-9]{1,9}")
-_HOST: Final = re.compile(r"[A-Za-z0-9._-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
 _DATABASE_PATH: Final = re.compile(r"/?[0-9]{0,9}")
 
 _COMMON: Final = frozenset(
@@ -78,7 +77,7 @@ _NUMBERS: Final[dict[str, tuple[Callable[[int], bool], str]]] = {
 def _tcp(parts: UrlParts) -> str | None:
     if not parts.host:
         return "has no host"
-    if not _HOST.fullmatch(parts.host):
+    if not HOST.fullmatch(parts.host):
         return "has an invalid host"
     if parts.port and not (_DIGITS.fullmatch(parts.port) and 1 <= int(parts.port) <= 65535):
         return "port must be from 1 to 65535"
