@@ -20,6 +20,8 @@ from ._classify import Classifier, ErrorInfo
 from ._config import Settings, get_settings, is_testing, reload_settings, set_testing
 from ._errors import (
     BackendError,
+    BackendRefused,
+    BackendRequestError,
     ConfigurationError,
     GLMGuardError,
     GLMRateLimitException,
@@ -61,6 +63,8 @@ __all__ = [
     "AsyncLLMClient",
     "AttemptEvent",
     "BackendError",
+    "BackendRefused",
+    "BackendRequestError",
     "CacheEvent",
     "CallEvent",
     "Classifier",

@@ -149,7 +149,7 @@ class Classifier:
         if isinstance(error, RateLimitTimeout):
             return ErrorInfo("guard_timeout", None, None, None)
         if isinstance(error, GLMRateLimitException):
-            return ErrorInfo("rate_limit", error.code, 429, error.retry_after)
+            return ErrorInfo("rate_limit", error.code, 429, _seconds_or_none(error.retry_after))
 
         code: str | None = None
         kind_hint: str | None = None
@@ -319,6 +319,13 @@ def _code_from_text(text: str, kind_hint: str | None) -> tuple[str | None, str |
         type_match = _TYPE_IN_TEXT.search(text)
         kind_hint = type_match.group(1) if type_match else None
     return code, kind_hint
+
+
+def _seconds_or_none(value: object) -> float | None:
+    """A Retry-After someone else computed, if it is a usable wait: nan, inf or < 0 is no advice."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if 0 <= value < float("inf") else None
 
 
 def retry_after_from_headers(headers: object) -> float | None:

@@ -7,7 +7,6 @@ result.  :func:`reload_settings` re-reads it (tests, or after loading a ``.env``
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import urllib.parse
@@ -15,12 +14,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from . import _validate
 from ._errors import ConfigurationError
+from ._redact import mask_url
+from ._redis_url import REDIS_SCHEMES, check_redis_url
 
 N = TypeVar("N", int, float)
 
 __all__ = [
+    "REDIS_SCHEMES",
     "Settings",
+    "check_redis_url",
     "get_settings",
     "is_testing",
     "mask_url",
@@ -39,28 +43,6 @@ DEFAULT_REDIS_TIMEOUT = 0.5
 DEFAULT_ALERT_1302_PER_HOUR = 1
 DEFAULT_ALERT_MIN_SUCCESS_RATE = 0.995
 _SECRETS = frozenset({"cache_secret", "api_key", "monitor_token"})
-
-
-def mask_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***``, for errors, logs and reprs."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.query:  # redis-py also takes ?password=... in the query string
-        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-        if any(name.lower() == "password" for name, _ in query):
-            masked = [(name, "***" if name.lower() == "password" else value) for name, value in query]
-            parts = parts._replace(query=urllib.parse.urlencode(masked, safe="*"))
-            url = urllib.parse.urlunsplit(parts)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{user}:***@{host}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +65,7 @@ class Settings:
     default_cooldown: float = DEFAULT_COOLDOWN_SECONDS
     """``GLM_GUARD_DEFAULT_COOLDOWN``: pause after a rate-limit error that names no Retry-After."""
     cache_secret: str = field(default="", repr=False)
-    """``GLM_GUARD_CACHE_SECRET``: HMAC key that signs pickled cache entries (pickle mode only)."""
+    """``GLM_GUARD_CACHE_SECRET``: HMAC key that signs every shared cache entry with its key and deadline."""
     api_key: str = field(default="", repr=False)
     """``GLM_API_KEY`` (else ``ZHIPUAI_API_KEY``): the key ``get_llm_client()`` sends."""
     api_base_url: str = DEFAULT_API_BASE_URL
@@ -98,6 +80,8 @@ class Settings:
     """``GLM_GUARD_ON_BACKEND_ERROR``: ``local``, ``open`` or ``closed`` while Redis is unreachable."""
     redis_timeout: float = DEFAULT_REDIS_TIMEOUT
     """``GLM_GUARD_REDIS_TIMEOUT``: seconds any one Redis call may take before it counts as down."""
+    expected_processes: int = 1
+    """``GLM_GUARD_EXPECTED_PROCESSES``: processes sharing the limits, assumed while Redis cannot count them."""
     stats_enabled: bool = True
     """``GLM_GUARD_STATS``: record every guarded call for ``glm_guard.stats()`` (``0`` turns it off)."""
     monitor_token: str = field(default="", repr=False)
@@ -113,7 +97,7 @@ class Settings:
             value = getattr(self, name)
             if name in _SECRETS:
                 value = "***" if value else ""
-            elif name == "redis_url" and value:
+            elif isinstance(value, str) and "://" in value:  # REDIS_URL, a URL backend, the API base
                 value = mask_url(value)
             shown.append(f"{name}={value!r}")
         return f"Settings({', '.join(shown)})"
@@ -131,7 +115,7 @@ class Settings:
             max_concurrency=_positive_int(env, "GLM_API_MAX_CONCURRENCY"),
             backend=backend,
             redis_url=redis_url,
-            key_prefix=_text(env, "GLM_GUARD_KEY_PREFIX") or DEFAULT_KEY_PREFIX,
+            key_prefix=_key_prefix(env, "GLM_GUARD_KEY_PREFIX"),
             default_cooldown=_non_negative_float(env, "GLM_GUARD_DEFAULT_COOLDOWN", DEFAULT_COOLDOWN_SECONDS),
             cache_secret=env.get("GLM_GUARD_CACHE_SECRET", "").strip(),
             api_key=_text(env, "GLM_API_KEY") or _text(env, "ZHIPUAI_API_KEY") or "",
@@ -140,30 +124,13 @@ class Settings:
             max_tries=_positive_int(env, "GLM_GUARD_MAX_TRIES") or DEFAULT_MAX_TRIES,
             request_timeout=_positive_float(env, "GLM_API_TIMEOUT", DEFAULT_REQUEST_TIMEOUT),
             on_backend_error=_choice(env, "GLM_GUARD_ON_BACKEND_ERROR", ("local", "open", "closed")) or "local",
-            redis_timeout=_positive_float(env, "GLM_GUARD_REDIS_TIMEOUT", DEFAULT_REDIS_TIMEOUT),
+            redis_timeout=_redis_timeout(env, "GLM_GUARD_REDIS_TIMEOUT"),
+            expected_processes=_positive_int(env, "GLM_GUARD_EXPECTED_PROCESSES") or 1,
             stats_enabled=_switch(env, "GLM_GUARD_STATS", True),
             monitor_token=_text(env, "GLM_GUARD_MONITOR_TOKEN") or "",
             alert_1302_per_hour=_count(env, "GLM_GUARD_ALERT_1302_PER_HOUR", DEFAULT_ALERT_1302_PER_HOUR),
             alert_min_success_rate=_fraction(env, "GLM_GUARD_ALERT_MIN_SUCCESS_RATE", DEFAULT_ALERT_MIN_SUCCESS_RATE),
         )
-
-
-REDIS_SCHEMES = ("redis", "rediss", "unix")
-
-
-def check_redis_url(url: str, name: str) -> None:
-    """Fail with a message naming ``name`` unless ``url`` is a URL redis-py accepts."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        raise ConfigurationError(name, "is not a valid URL") from None
-    if parts.scheme not in REDIS_SCHEMES:
-        raise ConfigurationError(
-            name,
-            f"must be a redis://, rediss:// or unix:// URL, got {mask_url(url)!r}",
-        )
-    if parts.scheme != "unix" and not parts.hostname:
-        raise ConfigurationError(name, f"has no host: {mask_url(url)!r}")
 
 
 def _text(env: Mapping[str, str], name: str) -> str | None:
@@ -191,14 +158,28 @@ def _positive_int(env: Mapping[str, str], name: str) -> int | None:
     return _parsed(env, name, int, lambda v: v > 0, "a positive integer")
 
 
+_SECONDS = "a number of seconds {}, at most ten years"
+
+
 def _non_negative_float(env: Mapping[str, str], name: str, default: float) -> float:
-    value = _parsed(env, name, float, lambda v: 0 <= v < math.inf, "a number of seconds >= 0")
+    value = _parsed(env, name, float, lambda v: 0 <= v <= _validate.MAX_SECONDS, _SECONDS.format(">= 0"))
     return default if value is None else value
 
 
 def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
-    value = _parsed(env, name, float, lambda v: 0 < v < math.inf, "a number of seconds > 0")
+    value = _parsed(env, name, float, lambda v: 0 < v <= _validate.MAX_SECONDS, _SECONDS.format("> 0"))
     return default if value is None else value
+
+
+def _key_prefix(env: Mapping[str, str], name: str) -> str:
+    raw = _text(env, name)
+    return DEFAULT_KEY_PREFIX if raw is None else _validate.key_prefix(name, raw)
+
+
+def _redis_timeout(env: Mapping[str, str], name: str) -> float:
+    low, high = _validate.REDIS_TIMEOUT_RANGE
+    value = _parsed(env, name, float, lambda v: low <= v <= high, f"a number of seconds from {low:g} to {high:g}")
+    return DEFAULT_REDIS_TIMEOUT if value is None else value
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:
@@ -235,8 +216,12 @@ def _http_url(env: Mapping[str, str], name: str) -> str | None:
     raw = _text(env, name)
     if raw is None:
         return None
-    parts = urllib.parse.urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urllib.parse.urlsplit(raw)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        valid = False
+    if not valid:
         raise ConfigurationError(name, f"must be an http:// or https:// URL, got {mask_url(raw)!r}")
     return raw.rstrip("/")
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 __all__ = [
     "BackendError",
+    "BackendRefused",
+    "BackendRequestError",
     "ConfigurationError",
     "GLMGuardError",
     "GLMRateLimitException",
@@ -81,4 +83,30 @@ class RateLimitTimeout(GLMRateLimitException):
 
 
 class BackendError(GLMGuardError):
-    """The shared store behind a backend (e.g. Redis) failed; the cause is chained."""
+    """The shared store behind a backend (e.g. Redis) failed; the cause is chained.
+
+    Unless it is a :class:`BackendRefused`, the store counts as unreachable: calls skip it
+    for a backoff and are served by their ``on_backend_error`` policy.
+    """
+
+    #: When the failed request was sent (``time.monotonic()``), if known: it tells a probe sent
+    #: after a backoff ended from the calls that were already in flight when the store went away.
+    sent: float | None = None
+
+
+class BackendRefused(BackendError):
+    """The shared store answered, but refused this one request (out of memory, read-only replica).
+
+    The call is served by its ``on_backend_error`` policy; the backend is not marked
+    unreachable, so the next call asks the store again.
+    """
+
+
+class BackendRequestError(GLMGuardError):
+    """The shared store rejected a request's arguments or the data it found under glm_guard's keys.
+
+    A bug, or a store not set up as glm_guard expects (a database the server does not have,
+    an ACL user without the commands glm_guard runs, another program's data under the key
+    prefix).  Not a :class:`BackendError`: no outage policy hides it, and the backend stays in
+    use for every other call.  The store's own error is chained.
+    """

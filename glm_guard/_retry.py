@@ -117,7 +117,14 @@ def _codes(name: str, codes: Iterable[str | int] | None, default: frozenset[str]
         return default
     if isinstance(codes, (str, bytes)):
         raise ConfigurationError(name, f"must be a collection of codes, not a single string {codes!r}")
-    result = frozenset(str(code).strip() for code in codes)
+    try:
+        items = list(codes)
+    except TypeError:
+        raise ConfigurationError(name, f"must be a collection of codes, got {type(codes).__name__}") from None
+    for code in items:  # str(None) would add the code "None"
+        if isinstance(code, bool) or not isinstance(code, (str, int)):
+            raise ConfigurationError(name, f"codes must be strings or integers, got {code!r}")
+    result = frozenset(str(code).strip() for code in items)
     if "" in result:
         raise ConfigurationError(name, "contains an empty code")
     return result

@@ -97,3 +97,179 @@ def test_a_password_in_the_query_string_is_masked_too() -> None:
 
     assert "s3cret" not in mask_url("redis://localhost:6379/0?password=s3cret")
     assert "s3cret" not in repr(Settings.from_env({"REDIS_URL": "redis://localhost:6379/0?password=s3cret"}))
+
+
+# -- issue 12: URLs, Redis arguments and durations fail where they are configured -------------------
+
+BAD_REDIS_URLS = [
+    "redis://127.0.0.1:99999/0",  # port out of range
+    "redis://127.0.0.1:0/0",
+    "redis://127.0.0.1:port/0",
+    "redis://127.0.0.1:6379/abc",  # redis-py would quietly use database 0
+    "redis://127.0.0.1:6379/0?db=abc",
+    "redis://127.0.0.1:6379/0?protocol=5",
+    "redis://127.0.0.1:6379/0?socket_timeout=1e308",  # would override the timeout glm_guard sets
+    "redis://127.0.0.1:6379/0?retry_on_timeout=true",
+    "redis://127.0.0.1:6379/0?bogus=1",  # redis-py raises TypeError on every call
+    "redis://127.0.0.1:6379/0?ssl_certfile=/x.pem",  # TLS options on a plain connection
+    "unix://",
+    "unix:///",
+    "unix://localhost/tmp/redis.sock",
+    "redis://:pa/ss@127.0.0.1:6379/0",  # a raw "/" in the password: no host to redis-py
+    "redis://:pa[ss@127.0.0.1:6379/0",
+    "redis://127.0.0.1:63\t79/0",  # urllib drops the tab
+]
+
+
+@pytest.mark.parametrize("url", BAD_REDIS_URLS)
+def test_bad_redis_urls_fail_at_configuration_naming_where_they_came_from(url: str) -> None:
+    from glm_guard.backends import RedisBackend
+
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env({"REDIS_URL": url})
+    assert caught.value.name == "REDIS_URL"
+    with pytest.raises(ConfigurationError) as caught:
+        glm_guard.rate_limited(5, backend=url)
+    assert caught.value.name == "backend"
+    with pytest.raises(ConfigurationError) as caught:
+        RedisBackend(url)
+    assert caught.value.name == "url"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost",
+        "redis://localhost:6379",
+        "redis://localhost:6379/",
+        "redis://localhost:6379/15",
+        "redis://:p%2Fa%23s%3Fs%40@localhost:6379/0",  # reserved characters percent-encoded
+        "redis://:p@ss@localhost:6379/0",  # an "@" in the password: the last one ends it
+        "redis://alice:secret@localhost:6379/0",
+        "redis://localhost:6379/0?password=secret&client_name=worker-1&db=2",
+        "redis://[::1]:6379/0",
+        "rediss://redis.example.com:6380/0?ssl_cert_reqs=none",
+        "unix:///tmp/redis.sock",
+        "unix://:secret@/tmp/redis.sock?db=3",
+        "REDIS://LOCALHOST:6379/0",
+    ],
+)
+def test_redis_urls_redis_py_reads_as_written_are_accepted(url: str) -> None:
+    assert Settings.from_env({"REDIS_URL": url}).redis_url == url
+
+
+def test_a_shown_url_keeps_what_helps_and_nothing_secret() -> None:
+    from glm_guard._config import mask_url
+
+    assert mask_url("redis://alice:s3cret@redis:6379/0?db=1") == "redis://alice:***@redis:6379/0?db=1"
+    assert mask_url("redis://:s3cret@redis:99999/0") == "redis://:***@redis:99999/0"
+    assert mask_url("redis://:pa/ss@redis:6379/0") == "redis://<redacted>"
+    assert mask_url("redis://redis/0?password=a&b&db=1") == "redis://redis/0?password=***&***=***&***=***"
+    assert mask_url("s3cret@redis") == "<redacted>"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("GLM_GUARD_REDIS_TIMEOUT", "1e308"),  # an OverflowError on every sync call
+        ("GLM_GUARD_REDIS_TIMEOUT", "nan"),
+        ("GLM_GUARD_REDIS_TIMEOUT", "61"),
+        ("GLM_GUARD_REDIS_TIMEOUT", "0"),
+        ("GLM_GUARD_KEY_PREFIX", "app*"),
+        ("GLM_GUARD_KEY_PREFIX", "app[1]:"),
+        ("GLM_GUARD_KEY_PREFIX", "my app:"),
+        ("GLM_GUARD_KEY_PREFIX", "app\\:"),
+        ("GLM_API_TIMEOUT", "1e308"),
+        ("GLM_GUARD_DEFAULT_COOLDOWN", "1e300"),
+    ],
+)
+def test_redis_settings_from_the_environment_are_bounded(name: str, value: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env({name: value})
+    assert caught.value.name == name
+
+
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [
+        ("lease", 0),  # the renew thread spun, and leases expired at once: 8 ran against a limit of 2
+        ("lease", -1.0),
+        ("lease", float("nan")),
+        ("lease", float("inf")),
+        ("lease", 0.01),
+        ("lease", 1e9),
+        ("socket_timeout", -1),  # a raw ValueError on every call
+        ("socket_timeout", float("nan")),
+        ("socket_timeout", 0),
+        ("socket_timeout", 1e308),
+        ("fill_lease", 0),  # SET ... PX 0
+        ("fill_lease", 1e300),
+        ("key_prefix", ""),
+        ("key_prefix", "app*:"),
+        ("key_prefix", "app?:"),
+        ("key_prefix", "[app]:"),
+        ("key_prefix", "my app:"),
+        ("key_prefix", "app\n"),
+        ("key_prefix", 5),
+    ],
+)
+def test_redis_backend_arguments_fail_at_construction_naming_the_argument(argument: str, value: object) -> None:
+    from glm_guard.backends import RedisBackend, live_backends
+
+    before = len(live_backends())
+    with pytest.raises(ConfigurationError) as caught:
+        RedisBackend("redis://127.0.0.1:6379/0", **{argument: value})  # type: ignore[arg-type]
+    assert caught.value.name == argument
+    assert len(live_backends()) == before
+
+
+def test_a_redis_argument_taken_from_the_settings_names_its_variable() -> None:
+    import dataclasses
+
+    from glm_guard.backends import RedisBackend
+
+    glm_guard.reload_settings(dataclasses.replace(Settings(), redis_timeout=-1.0))
+    with pytest.raises(ConfigurationError) as caught:
+        RedisBackend("redis://127.0.0.1:6379/0")
+    assert caught.value.name == "GLM_GUARD_REDIS_TIMEOUT"
+    glm_guard.reload_settings(dataclasses.replace(Settings(), key_prefix="a*"))
+    with pytest.raises(ConfigurationError) as caught:
+        RedisBackend("redis://127.0.0.1:6379/0")
+    assert caught.value.name == "GLM_GUARD_KEY_PREFIX"
+
+
+def test_durations_past_ten_years_fail_at_decoration() -> None:
+    with pytest.raises(ConfigurationError, match=r"^ttl:"):
+        glm_guard.cached_response(ttl=1e300)  # Lua formats it 1e+300, which Redis refuses
+    with pytest.raises(ConfigurationError, match=r"^period:"):
+        glm_guard.rate_limited(5, period=1e300)
+    with pytest.raises(ConfigurationError, match=r"^max_time:"):
+        glm_guard.retry_on_1302(max_time=1e300)
+    assert glm_guard.cached_response(ttl=9 * 365 * 86400.0) is not None
+
+
+@pytest.mark.parametrize(
+    ("argument", "codes"),
+    [("retry_codes", [1302, None]), ("permanent_codes", ["1113", True]), ("retry_codes", [b"1302"])],
+)
+def test_codes_must_be_strings_or_integers(argument: str, codes: list[object]) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        glm_guard.retry_on_1302(**{argument: codes})  # type: ignore[arg-type]
+    assert caught.value.name == argument
+
+
+@pytest.mark.parametrize("retry_after", [float("nan"), float("inf"), -1.0, "5"])
+def test_a_retry_after_that_is_no_wait_is_ignored(retry_after: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    from glm_guard import _retry
+
+    slept: list[float] = []
+    monkeypatch.setattr(_retry, "_sleep", slept.append)
+    assert glm_guard.Classifier().classify(glm_guard.GLMRateLimitException(retry_after=retry_after)).retry_after is None  # type: ignore[arg-type]
+
+    @glm_guard.retry_on_1302(3, base_delay=0.5, jitter=False)
+    def call() -> None:
+        raise glm_guard.GLMRateLimitException(code="1302", retry_after=retry_after)  # type: ignore[arg-type]
+
+    with pytest.raises(glm_guard.GLMRateLimitException):
+        call()
+    assert slept == [0.5, 1.0]  # the backoff, not a retry at once

@@ -544,3 +544,137 @@ def test_outage_report_and_the_live_registry_redis() -> None:
     assert REDIS_PASSWORD not in str(caught.value)
     backend.close()
     assert backend not in live_backends()
+
+
+# -- issue 12: an error reply is not an outage; the backoff counts probes; closed loops ---------------
+
+
+def test_an_error_reply_fails_its_call_without_degrading_the_backend_redis(redis_url: str) -> None:
+    backend = RedisBackend(redis_url)
+    client = redis.Redis.from_url(redis_url)
+    client.set(backend.key("clobbered-redis", "starts"), "not a sorted set")  # another program's data
+
+    @rate_limited(5, 1.0, key="clobbered-redis", backend=backend)
+    def clobbered() -> str:
+        return "ok"
+
+    @rate_limited(5, 1.0, key="fine-redis", backend=backend)
+    def fine() -> str:
+        return "ok"
+
+    with pytest.raises(glm_guard.BackendRequestError, match="WRONGTYPE") as caught:
+        clobbered()
+    assert isinstance(caught.value.__cause__, redis.ResponseError)
+    assert fine() == "ok" and client.exists(backend.key("fine-redis", "starts"))  # through Redis, at once
+    assert backend.health.available() and backend.outage_report()["outages"] == 0
+    client.close()
+    backend.close()
+
+
+def test_a_database_the_server_lacks_is_a_clear_error_not_an_outage_redis(redis_url: str) -> None:
+    backend = RedisBackend(redis_url.rsplit("/", 1)[0] + "/99")
+
+    @rate_limited(5, 1.0, key="db99-redis", backend=backend)
+    def call() -> str:
+        return "ok"
+
+    async def call_async() -> str:
+        return await rate_limited(5, 1.0, key="db99-redis", backend=backend)(_answer)()
+
+    with pytest.raises(glm_guard.BackendRequestError, match="database"):
+        call()
+    with pytest.raises(glm_guard.BackendRequestError, match="database"):
+        asyncio.run(call_async())
+    assert backend.outage_report()["outages"] == 0
+    backend.close()
+
+
+async def _answer() -> str:
+    return "ok"
+
+
+def test_out_of_memory_is_served_by_the_calls_policy_but_redis_stays_in_use_redis(
+    own_redis: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = RedisBackend(own_redis.url)
+    admin = own_redis.client()
+
+    @rate_limited(5, 1.0, key="oom-redis", backend=backend)
+    def local() -> str:
+        return "ok"
+
+    @rate_limited(5, 1.0, key="oom-closed-redis", backend=backend, on_backend_error="closed")
+    def closed() -> str:
+        return "ok"
+
+    admin.config_set("maxmemory", "1")
+    with caplog.at_level(logging.WARNING, logger="glm_guard"):
+        assert [local(), local()] == ["ok", "ok"]  # this process's share of the limit
+        with pytest.raises(glm_guard.BackendRefused, match="OutOfMemoryError"):
+            closed()
+    report = backend.outage_report()
+    assert (report["outages"], report["available"], report["refusals"]) == (0, True, 3)
+    assert sum("refused" in record.getMessage() for record in caplog.records) == 1  # one warning, not one a call
+    admin.config_set("maxmemory", "0")
+    assert closed() == "ok"  # the very next call uses Redis again: no backoff to wait out
+    assert admin.exists(backend.key("oom-closed-redis", "starts"))
+    admin.close()
+    backend.close()
+
+
+def test_a_blip_that_fails_many_calls_at_once_is_one_backoff_step_redis() -> None:
+    import threading
+
+    from .conftest import free_port
+
+    backend = RedisBackend(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.5)  # nothing listens
+    crowd = 12
+    barrier = threading.Barrier(crowd)
+
+    @rate_limited(1000, 1.0, key="blip-redis", backend=backend)
+    def call() -> str:
+        return "ok"
+
+    def run() -> None:
+        barrier.wait(5)
+        call()
+
+    threads = [threading.Thread(target=run) for _ in range(crowd)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    # Before: each failed call doubled the backoff, so 12 calls at once meant the longest (5 s).
+    assert backend.health.failures == 1
+    assert backend.health.down_until - time.monotonic() <= 0.25
+    deadline = time.monotonic() + 2
+    while not backend.health.available() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    call()  # a probe after the backoff: the next step
+    assert backend.health.failures == 2 and backend.health.down_until - time.monotonic() <= 0.5
+    backend.close()
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_a_loop_closed_without_shutdown_asyncgens_leaves_no_connection_behind_redis(redis_url: str) -> None:
+    import gc
+
+    name = f"closed-loops-{os.getpid()}"
+    backend = RedisBackend(f"{redis_url}?client_name={name}")
+    admin = redis.Redis.from_url(redis_url)
+
+    async def ping() -> object:
+        return await backend.connections.call_async(lambda client: client.ping())
+
+    for _ in range(5):
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(ping())
+        loop.close()  # no shutdown_asyncgens: the client's closer never runs
+    gc.collect()
+    # The last closed loop's client is dropped when the next loop first asks.
+    assert sum(client.get("name") == name for client in admin.client_list()) <= 1
+    asyncio.run(ping())
+    gc.collect()
+    assert sum(client.get("name") == name for client in admin.client_list()) == 0
+    admin.close()
+    backend.close()

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -77,7 +78,7 @@ class RedisServer:
     @property
     def url(self) -> str:
         """``redis://`` URL of database 0, with the password when there is one."""
-        auth = f":{self.password}@" if self.password else ""
+        auth = f":{urllib.parse.quote(self.password, safe='')}@" if self.password else ""  # "/", "#" as %2F, %23
         return f"redis://{auth}{_HOST}:{self.port}/0"
 
     @property

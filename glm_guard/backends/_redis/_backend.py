@@ -21,8 +21,10 @@ import contextlib
 import hashlib
 import os
 import threading
+from typing import cast
 
-from ..._config import get_settings, mask_url
+from ... import _validate
+from ..._config import check_redis_url, get_settings, mask_url
 from .._base import Backend, LimitPolicy, ReportsOutages, SharedStats, SharesStats
 from .._live import join, leave, live_backends
 from ._cache import RedisCacheStore
@@ -44,10 +46,12 @@ class RedisBackend(Backend, SharesStats, ReportsOutages):
     """State in a Redis server shared by every process that names the same URL.
 
     ``lease`` is how long a concurrency permit survives its holder's death (live holders
-    renew it); ``socket_timeout`` bounds every call to Redis; ``fill_lease`` bounds how long
-    other processes wait for one process computing a cache entry; ``expected_processes``
-    is how many processes share the limits when Redis cannot count them (unreachable from
-    the start), so each takes its share under the ``local`` policy.
+    renew it every third of it); ``socket_timeout`` bounds every call to Redis; ``fill_lease``
+    bounds how long other processes wait for one process computing a cache entry;
+    ``expected_processes`` is how many processes share the limits when Redis cannot count
+    them (unreachable from the start), so each takes its share under the ``local`` policy.
+    Each is checked here (see ``docs/configuration.md`` for the bounds), as are the URL and
+    the key prefix, so a bad value fails at construction and never on a call.
     """
 
     name = "redis"
@@ -62,13 +66,29 @@ class RedisBackend(Backend, SharesStats, ReportsOutages):
         fill_lease: float = 60.0,
         expected_processes: int | None = None,
     ) -> None:
+        check_redis_url(url, "url")
+        settings = get_settings()
+        # A value taken from the environment is named by its variable, so the fix is obvious.
+        self.prefix = (
+            _validate.key_prefix("GLM_GUARD_KEY_PREFIX", settings.key_prefix)
+            if key_prefix is None
+            else _validate.key_prefix("key_prefix", key_prefix)
+        )
+        timeout = cast(
+            float,
+            _validate.seconds("GLM_GUARD_REDIS_TIMEOUT", settings.redis_timeout, bounds=_validate.REDIS_TIMEOUT_RANGE)
+            if socket_timeout is None
+            else _validate.seconds("socket_timeout", socket_timeout, bounds=_validate.REDIS_TIMEOUT_RANGE),
+        )
+        self.lease = cast(float, _validate.seconds("lease", lease, bounds=_validate.LEASE_RANGE))
+        self.fill_lease = cast(float, _validate.seconds("fill_lease", fill_lease, bounds=_validate.FILL_LEASE_RANGE))
         self._url = url
-        self.prefix = get_settings().key_prefix if key_prefix is None else key_prefix
-        self.lease = lease
-        self.fill_lease = fill_lease
-        self.expected_processes = expected_processes or 1
+        self.expected_processes = (
+            settings.expected_processes
+            if expected_processes is None
+            else cast(int, _validate.positive_int("expected_processes", expected_processes))
+        )
         self.health = Health(url)
-        timeout = get_settings().redis_timeout if socket_timeout is None else socket_timeout
         self.connections = Connections(url, timeout, self.health)
         self._stats = RedisSharedStats(self.connections, self.prefix)
         self._limiters: dict[str, RedisLimiter] = {}
@@ -89,6 +109,7 @@ class RedisBackend(Backend, SharesStats, ReportsOutages):
     def after_fork(self) -> None:
         """In a forked child: its own connections and threads, never its parent's sockets or locks."""
         self.connections.after_fork()
+        self.health.after_fork()
         self._start_workers()
         for limiter in self._limiters.values():
             limiter.after_fork()
@@ -146,6 +167,7 @@ class RedisBackend(Backend, SharesStats, ReportsOutages):
             "available": self.health.available(),
             "outages": self.health.outages,
             "outage_calls": self.health.outage_calls,
+            "refusals": self.health.refusals,
         }
 
 

@@ -1,15 +1,26 @@
 """This process's clients for one Redis URL: one sync client (with its pool), one async client per loop.
 
 Everything goes through redis-py's public client API, so TLS, Unix sockets and (later)
-Sentinel and Cluster are redis-py's business.  Redis failures become the library's own
-:class:`~glm_guard.BackendError` here and nowhere else, and every success tells the
-:class:`Health` that Redis answers.
+Sentinel and Cluster are redis-py's business.  Redis failures become the library's own errors
+here and nowhere else, sorted by what they say about Redis:
+
+- it cannot be reached (connection refused or lost, timeout, wrong password, loading):
+  :class:`~glm_guard.BackendError`, and the backend counts as unreachable;
+- it answered, but refused this request for a state that passes (out of memory, a read-only
+  replica, a failed save, a busy script): :class:`~glm_guard.BackendRefused`, which that call's
+  outage policy serves while the backend stays in use;
+- it rejected the request itself (bad argument, wrong key type, missing database or ACL
+  permission): :class:`~glm_guard.BackendRequestError`, raised to that caller, since no outage
+  policy can fix a bug or a misconfigured server.
+
+Every success tells the :class:`Health` that Redis answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
@@ -22,15 +33,25 @@ from redis.commands.core import AsyncScript, Script
 from redis.retry import Retry
 
 from ..._config import mask_url
-from ..._errors import BackendError
+from ..._errors import BackendError, BackendRefused, BackendRequestError
 from . import _scripts
 from ._health import Health
 
 T = TypeVar("T")
 
-#: What redis-py raises: its own errors, and socket errors it let through.
+#: What redis-py raises: its own errors, and socket errors it let through (TimeoutError too).
 _FAILURES = (redis.RedisError, OSError)
 _RETRIED = (redis.ConnectionError,)
+#: Error replies that say Redis is up but will not do this now; the first word of the reply.
+_REFUSALS = frozenset({"OOM", "READONLY", "MISCONF", "BUSY", "MASTERDOWN", "NOREPLICAS", "TRYAGAIN", "CLUSTERDOWN"})
+_REFUSAL_CLASSES = (
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+)
+#: Longest part of a Redis error reply quoted in glm_guard's message.
+_QUOTED = 200
 
 
 class _LoopClient(NamedTuple):
@@ -55,7 +76,6 @@ class Connections:
         self._url = url
         self._timeout = socket_timeout
         self._health = health
-        self._outcome = _Outcome(self)
         self.after_fork()
 
     def after_fork(self) -> None:
@@ -87,6 +107,7 @@ class Connections:
         loop = asyncio.get_running_loop()
         entry = self._loops.get(loop)
         if entry is None:
+            self._forget_closed_loops()
             # No socket_timeout here: redis-py would bound every send with asyncio.wait_for, a task
             # (an extra turn of the loop) per request.  Each request is bounded as a whole instead.
             client = redis.asyncio.Redis.from_url(
@@ -97,36 +118,61 @@ class Connections:
             entry = self._loops[loop] = _LoopClient(client, _scripts.register_async(client), closer)
         return entry
 
+    def _forget_closed_loops(self) -> None:
+        """Drop the clients of loops closed without ``shutdown_asyncgens``, which never closed them.
+
+        Their sockets belong to a dead loop, which can no longer close them; once nothing holds
+        them the garbage collector does.  The entry itself keeps its loop alive (the client's
+        transports point to it), so without this sweep each such loop would keep a connection
+        to Redis for as long as the process runs.
+        """
+        for loop in [loop for loop in list(self._loops) if loop.is_closed()]:
+            self._loops.pop(loop, None)
+
     # -- requests: a failure becomes a BackendError, a success tells Health -----------------
 
     def run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run the packaged script ``name`` and return its reply."""
         scripts = (self._sync or self._open())[1]
-        with self._outcome:
+        with _Outcome(self):
             return scripts[name](keys, args)
 
     async def run_async(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         entry = await self._loop_client()
-        with self._outcome:
+        with _Outcome(self):
             async with asyncio.timeout(self._timeout):  # a cancelled read disconnects its connection
                 return await entry.scripts[name](keys, args)
 
     def call(self, command: Callable[[redis.Redis], T]) -> T:
         """``command(client)``: plain commands (``GET``, ``SET``) on the same pool as the scripts."""
         client = (self._sync or self._open())[0]
-        with self._outcome:
+        with _Outcome(self):
             return command(client)
 
     async def call_async(self, command: Callable[[redis.asyncio.Redis], Awaitable[T]]) -> T:
         entry = await self._loop_client()
-        with self._outcome:
+        with _Outcome(self):
             async with asyncio.timeout(self._timeout):
                 return await command(entry.client)
 
-    def wrap(self, error: BaseException) -> BackendError:
-        """The library's error for a Redis failure; the URL's password never appears in it."""
+    def wrap(self, error: BaseException, sent: float | None = None) -> BackendError | BackendRequestError:
+        """The library's error for a Redis failure (see the module's docstring); never with the password."""
+        where = f"redis backend {mask_url(self._url)}"
+        if isinstance(error, redis.ResponseError) and _refusal(error):
+            refused = BackendRefused(f"{where} refused the request: {_reply(error)}")
+            refused.sent = sent
+            return refused
+        if isinstance(error, (redis.ResponseError, redis.DataError)):
+            hint = " (the URL names a database this server does not have)" if "DB index" in str(error) else ""
+            return BackendRequestError(
+                f"{where} rejected a request glm_guard sent: {_reply(error)}{hint}; "
+                "a bug in glm_guard or a server set up differently than it expects, so it is raised, "
+                "not served by the outage policy"
+            )
         detail = str(error) or f"no reply within {self._timeout} s"
-        return BackendError(f"redis backend {mask_url(self._url)}: {type(error).__name__}: {detail}")
+        failure = BackendError(f"{where}: {type(error).__name__}: {detail[:_QUOTED]}")
+        failure.sent = sent
+        return failure
 
     def close(self) -> None:
         """Close the sync pool; each async client closes with its own loop."""
@@ -137,13 +183,17 @@ class Connections:
 
 
 class _Outcome:
-    """Around every request: a Redis failure becomes a :class:`BackendError`, a success is reported.
+    """Around one request: a Redis failure becomes the library's error, a success is reported.
 
-    It keeps no state of its own, so one serves every thread and task at once.
+    It notes when the request was sent, so :class:`Health` can tell a probe that failed from
+    a call that was already in flight when Redis went away.
     """
+
+    __slots__ = ("_connections", "_sent")
 
     def __init__(self, connections: Connections) -> None:
         self._connections = connections
+        self._sent = time.monotonic()
 
     def __enter__(self) -> None:
         return None
@@ -154,7 +204,19 @@ class _Outcome:
             if health.failures:
                 health.succeeded()
         elif isinstance(error, _FAILURES):
-            raise self._connections.wrap(error) from error
+            raise self._connections.wrap(error, self._sent) from error
+
+
+def _refusal(error: redis.ResponseError) -> bool:
+    """Whether an error reply refuses for a passing state of the server (its first word says so)."""
+    if isinstance(error, _REFUSAL_CLASSES):  # redis-py strips the first word of these
+        return True
+    code = getattr(error, "status_code", None) or str(error).partition(" ")[0]
+    return code in _REFUSALS
+
+
+def _reply(error: BaseException) -> str:
+    return f"{type(error).__name__}: {str(error)[:_QUOTED]}"
 
 
 async def _close_with_loop(client: redis.asyncio.Redis) -> AsyncIterator[None]:

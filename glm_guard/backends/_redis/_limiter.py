@@ -7,10 +7,11 @@ and giving leases back and setting the cooldown, which never raise into a caller
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING
 
-from ..._errors import BackendError
+from ..._errors import BackendError, BackendRequestError
 from .._base import AsyncPermit, Limiter, LimitPolicy, Permit
 from ._admission import SharedAdmission, remaining
 from ._outage import LocalShare
@@ -19,6 +20,8 @@ from ._tokens import new_token
 
 if TYPE_CHECKING:
     from ._backend import RedisBackend
+
+logger = logging.getLogger("glm_guard")
 
 
 class RedisLimiter(Limiter):
@@ -183,6 +186,9 @@ class RedisLimiter(Limiter):
                 return
             except BackendError as error:
                 self._backend.health.failed(error)
+            except BackendRequestError as error:  # a bug, not an outage: the lease runs out by itself
+                _rejected(error)
+                return
         self._shared.abandon(token)  # Redis away: released as soon as it answers, not after the lease
 
     async def give_back_async(self, token: bytes) -> None:
@@ -193,6 +199,9 @@ class RedisLimiter(Limiter):
                 return
             except BackendError as error:
                 self._backend.health.failed(error)
+            except BackendRequestError as error:
+                _rejected(error)
+                return
             except BaseException:  # cancelled mid-release: it is finished in the background
                 self._shared.abandon(token)
                 raise
@@ -205,6 +214,8 @@ class RedisLimiter(Limiter):
                 self._backend.connections.run("cooldown", [self.keys[2]], [int(seconds * 1000)])
             except BackendError as error:
                 self._backend.health.failed(error)
+            except BackendRequestError as error:
+                _rejected(error)
 
     async def cooldown_async(self, seconds: float) -> None:
         self._share.limiter.cooldown(seconds)
@@ -213,3 +224,10 @@ class RedisLimiter(Limiter):
                 await self._backend.connections.run_async("cooldown", [self.keys[2]], [int(seconds * 1000)])
             except BackendError as error:
                 self._backend.health.failed(error)
+            except BackendRequestError as error:
+                _rejected(error)
+
+
+def _rejected(error: BackendRequestError) -> None:
+    """A release or a cooldown Redis rejected: logged, never raised into the caller's result."""
+    logger.error("glm_guard: %s", error)

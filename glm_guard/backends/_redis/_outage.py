@@ -20,13 +20,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Final
-
 from .._local import LocalLimiter
-
-#: The longest a process keeps skipping a Redis that came back (its health backoff's cap):
-#: other processes may serve from their shares this long after this one saw Redis again.
-LONGEST_BACKOFF_SECONDS: Final = 5.0
+from ._health import LONGEST_BACKOFF_SECONDS  # others may serve from their shares this long after
 
 
 class LocalShare:

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+from ..._errors import BackendRequestError
 from ...monitoring._events import LeaseLost, emit, wall_clock
 from ._connections import Connections
 from ._health import Health
@@ -164,6 +165,8 @@ class LeaseKeeper(_Worker):
         for leases_key, channel, token in pending:
             try:
                 self._connections.run("release", [leases_key], [token, channel])
+            except BackendRequestError as error:  # rejected, not unanswered: asking again would not help
+                logger.error("glm_guard: %s", error)
             except Exception:  # Redis away or paused: asked again on the next turn
                 return
             with self._lock:

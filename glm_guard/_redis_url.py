@@ -1,0 +1,158 @@
+"""Whether a Redis URL will be read by redis-py as its author meant: one validator for every scheme.
+
+redis-py reads a URL only when it opens its first connection, so a bad one used to pass here
+and then fail every call (a port out of range, ``?db=abc``, an unknown parameter), or quietly
+connect somewhere else (``redis://host/abc`` is database 0, ``unix://`` no socket at all).
+Each scheme is one entry of ``_SCHEMES``: its check and the query parameters it takes; a new
+scheme (Sentinel, Cluster) is one more entry.  Errors name the variable or parameter and
+show the URL only through :func:`~glm_guard._redact.mask_url`.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from collections.abc import Callable
+from typing import Final
+
+from ._errors import ConfigurationError
+from ._redact import HOST, UrlParts, mask_url, split_url
+
+__all__ = ["REDIS_SCHEMES", "check_redis_url"]
+
+_DIGITS: Final = re.compile(r"[0-9]{1,9}")
+_DATABASE_PATH: Final = re.compile(r"/?[0-9]{0,9}")
+
+_COMMON: Final = frozenset(
+    {
+        "client_name",
+        "db",
+        "encoding",
+        "encoding_errors",
+        "health_check_interval",
+        "lib_name",
+        "lib_version",
+        "max_connections",
+        "password",
+        "protocol",
+        "socket_read_size",
+        "username",
+    }
+)
+_TCP: Final = _COMMON | {"socket_keepalive"}
+_TLS: Final = _TCP | {
+    "ssl_ca_certs",
+    "ssl_ca_data",
+    "ssl_ca_path",
+    "ssl_cert_reqs",
+    "ssl_certfile",
+    "ssl_check_hostname",
+    "ssl_ciphers",
+    "ssl_keyfile",
+    "ssl_min_version",
+    "ssl_password",
+    "ssl_validate_ocsp",
+    "ssl_validate_ocsp_stapled",
+}
+
+#: Parameters redis-py would take from the URL over what glm_guard sets, and why they may not.
+_REFUSED: Final = {
+    "socket_timeout": "glm_guard sets the Redis timeouts itself (GLM_GUARD_REDIS_TIMEOUT, or socket_timeout=)",
+    "socket_connect_timeout": "glm_guard sets the Redis timeouts itself (GLM_GUARD_REDIS_TIMEOUT, or socket_timeout=)",
+    "retry_on_timeout": "glm_guard decides what is retried: a paused server must cost one timeout, not two",
+    "retry_on_error": "glm_guard decides what is retried: a paused server must cost one timeout, not two",
+    "decode_responses": "glm_guard reads Redis replies as bytes",
+}
+
+#: Query parameters with a number for a value, and the rule their number must follow.
+_NUMBERS: Final[dict[str, tuple[Callable[[int], bool], str]]] = {
+    "db": (lambda n: n >= 0, "a database number >= 0"),
+    "health_check_interval": (lambda n: n >= 0, "a whole number of seconds >= 0"),
+    "max_connections": (lambda n: n > 0, "a positive integer"),
+    "socket_read_size": (lambda n: n > 0, "a positive integer"),
+    "protocol": (lambda n: n in (2, 3), "2 or 3"),
+}
+
+
+def _tcp(parts: UrlParts) -> str | None:
+    if not parts.host:
+        return "has no host"
+    if not HOST.fullmatch(parts.host):
+        return "has an invalid host"
+    if parts.port and not (_DIGITS.fullmatch(parts.port) and 1 <= int(parts.port) <= 65535):
+        return "port must be from 1 to 65535"
+    if not _DATABASE_PATH.fullmatch(parts.path):
+        return "must name the database as a number after the host (redis://host:6379/0)"
+    return None
+
+
+def _unix(parts: UrlParts) -> str | None:
+    if parts.host or parts.port is not None:
+        return "names a host, which a unix:// URL has none of (unix:///path/to/redis.sock)"
+    if parts.path in ("", "/"):
+        return "needs the socket's path (unix:///path/to/redis.sock)"
+    return None
+
+
+#: scheme -> (its check, the query parameters it takes)
+_SCHEMES: Final[dict[str, tuple[Callable[[UrlParts], str | None], frozenset[str]]]] = {
+    "redis": (_tcp, _TCP),
+    "rediss": (_tcp, _TLS),
+    "unix": (_unix, _COMMON),
+}
+REDIS_SCHEMES: Final = tuple(_SCHEMES)
+
+
+def check_redis_url(url: object, name: str) -> None:
+    """Fail with a :class:`ConfigurationError` naming ``name`` unless redis-py reads ``url`` as meant."""
+    if not isinstance(url, str):
+        raise ConfigurationError(name, f"must be a Redis URL string, got {type(url).__name__}")
+    shown = mask_url(url)
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme not in _SCHEMES:
+        *others, last = (f"{known}://" for known in REDIS_SCHEMES)
+        raise ConfigurationError(name, f"must be a {', '.join(others)} or {last} URL, got {shown!r}")
+    if any(char.isspace() or not char.isprintable() for char in url):
+        raise ConfigurationError(name, f"contains whitespace or control characters: {shown!r}")
+    parts = split_url(url)
+    check, parameters = _SCHEMES[scheme]
+    problem = None if parts is None else check(parts)
+    if parts is None or (problem is None and not _agrees_with_urllib(url, parts)):
+        raise ConfigurationError(
+            name,
+            f"cannot be read unambiguously ({shown!r}): percent-encode '/', '?', '#', '@', '[' and ']' "
+            "in the user name and password (for example '/' as %2F)",
+        )
+    problem = problem or _query_problem(parts, parameters)
+    if problem is not None:
+        raise ConfigurationError(name, f"{problem}: {shown!r}")
+
+
+def _agrees_with_urllib(url: str, parts: UrlParts) -> bool:
+    """Whether redis-py's parser (``urllib.parse``) finds the same host, port, path and query."""
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        found = (parsed.hostname or "", parsed.port, parsed.path)
+    except ValueError:  # e.g. a raw "[" in the password
+        return False
+    expected = (parts.host.strip("[]").lower(), int(parts.port) if parts.port else None, parts.path)
+    return found == expected and tuple(urllib.parse.parse_qsl(parsed.query, keep_blank_values=True)) == parts.query
+
+
+def _query_problem(parts: UrlParts, parameters: frozenset[str]) -> str | None:
+    names = [name for name, _ in parts.query]
+    for name in names:
+        if name in _REFUSED:
+            return f"query parameter {name} is not accepted: {_REFUSED[name]}"
+    unknown = [name for name in names if name not in parameters]
+    if unknown:
+        return (
+            f"has {len(unknown)} query parameter(s) redis-py does not take from a {parts.scheme}:// URL "
+            "(names it does not know at all are shown as ***)"
+        )
+    for name, value in parts.query:
+        if name in _NUMBERS:
+            valid, rule = _NUMBERS[name]
+            if not (_DIGITS.fullmatch(value) and valid(int(value))):
+                return f"query parameter {name} must be {rule}"
+    return None
