@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
+
 from .._local import LocalLimiter
 from ._health import LONGEST_BACKOFF_SECONDS  # others may serve from their shares this long after
 
