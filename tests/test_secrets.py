@@ -265,7 +265,7 @@ def _the_client_and_the_monitor(sweep: Sweep, monkeypatch: pytest.MonkeyPatch) -
     sweep.views()
 
     server = serve(Monitor(), "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{server.server_address[1]}", timeout=5) as http:
