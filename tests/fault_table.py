@@ -1,6 +1,6 @@
 """Render the fault matrix's figures as the table in docs/failure_modes.md.
 
-GLM_GUARD_FAULT_TABLE=/tmp/faults.jsonl bash scripts/test.sh tests/test_fault_matrix.py
+FAULT_TABLE_FILE=/tmp/faults.jsonl bash scripts/test.sh tests/test_fault_matrix.py
 python -m tests.fault_table /tmp/faults.jsonl
 """
 

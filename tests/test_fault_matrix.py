@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import redis
 
-from glm_guard.backends._redis._outage import LONGEST_BACKOFF_SECONDS
+from glm_guard.backends._redis._health import LONGEST_BACKOFF_SECONDS
 
 from .conftest import REDIS_PASSWORD, RedisServer, start_redis
 from .helpers import max_in_window
@@ -118,8 +118,8 @@ def run_with_fault(url: str, inject: Callable[[], None], repair: Callable[[], No
 
 
 def record(fault: str, run: Run, outage: tuple[float, float] | None) -> None:
-    """With GLM_GUARD_FAULT_TABLE set, append this run's figures there (``python -m tests.fault_table``)."""
-    path = os.environ.get("GLM_GUARD_FAULT_TABLE")
+    """With FAULT_TABLE_FILE set, append this run's figures there (``python -m tests.fault_table``)."""
+    path = os.environ.get("FAULT_TABLE_FILE")
     if not path:
         return
     rows = {}

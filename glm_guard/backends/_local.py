@@ -195,6 +195,17 @@ class LocalLimiter(Limiter):
         with self._lock:
             self.state.pause_until(self._clock() + seconds)
 
+    def count_in_flight(self, calls: int) -> None:
+        """Count ``calls`` this limiter did not admit as in flight; each ends with a ``release()``."""
+        with self._lock:
+            self.state.in_flight += calls
+
+    def recent_starts(self, period: float) -> list[float]:
+        """How long ago (seconds) each start this limiter admitted within the last ``period`` was."""
+        with self._lock:
+            now = self._clock()
+            return [now - start for start in self.state.starts if start > now - period]
+
     async def cooldown_async(self, seconds: float) -> None:
         self.cooldown(seconds)
 

@@ -16,18 +16,20 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Generator, Iterator
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from ..._errors import RateLimitTimeout
+from ..._errors import BackendError, RateLimitTimeout
 from .._base import LimitPolicy
 from .._local import LocalLimiter, _resolve
 from ._gates import ASKERS_PER_KEY, Gate
-from ._steps import Ask, AwaitRelease, QueueForSlot, Sleep, Step, Steps
+from ._steps import Ask, AwaitRelease, QueueForSlot, Sleep, Step, Steps, TakeShare
 from ._tokens import new_token
 
 if TYPE_CHECKING:
     from ._backend import RedisBackend
+
+T = TypeVar("T")
 
 #: How long a waiter for a concurrency slot sleeps at most before asking again, in case
 #: the release notice was missed (a holder that died gives its slot back by lease expiry).
@@ -66,7 +68,9 @@ class SharedAdmission:
         self.key = key
         self._backend = backend
         self._local = local
-        self.keys = [backend.key(key, "starts"), backend.key(key, "leases"), backend.key(key, "cooldown")]
+        self.starts_key = backend.key(key, "starts")
+        self.leases_key = backend.key(key, "leases")
+        self.keys = [self.starts_key, self.leases_key, backend.key(key, "cooldown")]  # acquire.lua's order
         self.channel = backend.key(key, "released")
         self._askers = Gate(ASKERS_PER_KEY)  # this process's callers talking to Redis about the key
         self._slot_queue = Gate(1)  # its callers refused for want of a slot: only the first asks again
@@ -112,12 +116,16 @@ class SharedAdmission:
         """An admission's lease, now renewed by this process; ``None`` without a concurrency limit."""
         if policy.concurrency is None:
             return None
-        self._backend.leases.add(self.key, self.keys[1], token)
+        self._backend.leases.add(self.key, self.leases_key, self.channel, token)
         return token
 
     def abandon(self, token: bytes) -> None:
         """Give ``token``'s lease back from the background: its caller is gone, or Redis did not answer."""
-        self._backend.leases.abandon(self.keys[1], self.channel, token)
+        self._backend.leases.abandon(self.leases_key, self.channel, token)
+
+    def _unreserve(self, token: bytes) -> None:
+        """Give back, from the background, the start (and lease) reserved for a caller that went away."""
+        self._backend.leases.unreserve(self.keys, token)
 
     def _refused_wait(self, reply: list[Any], deadline: float | None, max_wait: float | None) -> float:
         """How long a refused caller sleeps before asking again; raises when past ``deadline``."""
@@ -134,7 +142,7 @@ class SharedAdmission:
             wait = min(wait, max(left, 0.0))
         return wait
 
-    def _admission(self, policy: LimitPolicy, max_wait: float | None) -> Generator[Step, Any, bytes | None]:
+    def admission(self, policy: LimitPolicy, max_wait: float | None) -> Generator[Step, Any, bytes | None]:
         """Every decision of one admission, without I/O: it yields what to do, the driver does it.
 
         The driver sends back each step's outcome (the script's reply), or throws in its
@@ -143,7 +151,7 @@ class SharedAdmission:
         asks again when it is first and a slot was given back.  A start taken late, or
         reserved across a cooldown, is given back and the caller asks again: up to three
         times for lateness, so a slow host still gets its turn.  Whatever goes wrong, a
-        lease this caller may hold is given back before the failure leaves.
+        lease or a reserved start this caller may hold is given back before the failure leaves.
         """
         self._backend.heartbeat.start()
         patience = 3
@@ -159,8 +167,10 @@ class SharedAdmission:
                     sent = time.monotonic()
                     try:
                         reply = yield Ask("acquire", self.keys, args)
-                    except BaseException:
-                        if policy.concurrency is not None:  # the script may have run: a lease nobody holds
+                    except BaseException:  # the script may have run: a start and a lease nobody holds
+                        if policy.calls is not None:
+                            self._unreserve(token)
+                        elif policy.concurrency is not None:
                             self.abandon(token)
                         raise
                     answered = time.monotonic()
@@ -190,15 +200,15 @@ class SharedAdmission:
                     late = patience > 0 and (code == _ADMITTED or self._late(policy, sent, answered, wait))
                     if not late and not (wait and self._paused()):
                         return held
+                    # Not renewed while confirm may give it back: a renewal crossing it would revive it.
+                    self._backend.leases.discard(self.leases_key, token)
                     paused_ms = int((yield Ask("confirm", self.keys, [token, int(late)])))
                 except BaseException:  # cancelled while its start was reserved, or Redis failed
-                    if held is not None:
-                        self.abandon(held)
+                    self._unreserve(token)
                     raise
                 if paused_ms < 0:
-                    return held
-                self._backend.leases.discard(self.keys[1], token)  # it gave its slot back
-                yield Sleep(paused_ms / 1000.0)  # any cooldown, then ask again
+                    return self._hold(policy, token)  # still ours
+                yield Sleep(paused_ms / 1000.0)  # it gave its start back: any cooldown, then ask again
                 patience -= int(late)
         finally:
             if leave_queue is not None:
@@ -207,29 +217,49 @@ class SharedAdmission:
     def _queue_for_slot(
         self, deadline: float | None, max_wait: float | None, *, if_busy: bool
     ) -> Generator[Step, Any, tuple[Callable[[], None] | None, bool]]:
+        """Join the slot queue (``if_busy``: only behind others); ``(how to leave, whether it waited)``.
+
+        A caller whose ``max_wait`` passes behind others still asks Redis once (a slot may be
+        free: ``max_wait=0`` means "now or never", not "never while someone waits"); one
+        already refused raises.
+        """
         try:
             outcome: tuple[Callable[[], None] | None, bool] = yield QueueForSlot(remaining(deadline), if_busy)
         except TimeoutError:
+            if if_busy:
+                return None, False
             raise RateLimitTimeout(self.key, max_wait or 0.0, None) from None
         return outcome
 
-    def acquire(self, policy: LimitPolicy, max_wait: float | None) -> bytes | None:
-        """Admit one call through Redis; returns the lease token it now holds (``None``: no lease)."""
-        steps = Steps(self._admission(policy, max_wait))
+    @contextlib.contextmanager
+    def _failures_noted(self) -> Iterator[None]:
+        """Health hears of a failure before the next caller's turn, so it does not ask a dead Redis too."""
+        try:
+            yield
+        except BackendError as error:
+            if error.__cause__ is not None:  # Redis failed it (not: turned away, Redis known away)
+                self._backend.health.failed(error)
+            raise
+
+    def run(self, core: Generator[Step, Any, T]) -> T:
+        """Carry out ``core``'s steps in this thread (it may be ``admission`` or one built on it)."""
+        steps = Steps(core)
         while (step := steps.next()) is not None:
             try:
                 steps.outcome = self._do(step)
             except BaseException as error:
                 steps.failure = error
-        return steps.held
+        return steps.result
 
     def _do(self, step: Step) -> Any:
         match step:
             case Ask(script, keys, args):
-                with self._askers.threads:
+                with self._askers.threads, self._failures_noted():
                     if not self._backend.health.available():  # failed while this caller queued
                         raise self._backend.health.error()
                     return self._backend.connections.run(script, keys, args)
+            case TakeShare(policy, max_wait):
+                self._local.acquire(policy, max_wait)
             case Sleep(seconds):
                 time.sleep(seconds)
             case AwaitRelease(seconds):
@@ -249,22 +279,25 @@ class SharedAdmission:
                 return self._slot_queue.enter(max_wait), True
         return None
 
-    async def acquire_async(self, policy: LimitPolicy, max_wait: float | None) -> bytes | None:
-        steps = Steps(self._admission(policy, max_wait))
+    async def run_async(self, core: Generator[Step, Any, T]) -> T:
+        steps = Steps(core)
         while (step := steps.next()) is not None:
             try:
                 steps.outcome = await self._do_async(step)
             except BaseException as error:
                 steps.failure = error
-        return steps.held
+        return steps.result
 
     async def _do_async(self, step: Step) -> Any:
         match step:
             case Ask(script, keys, args):
                 async with self._askers.for_running_loop():
-                    if not self._backend.health.available():
-                        raise self._backend.health.error()
-                    return await self._backend.connections.run_async(script, keys, args)
+                    with self._failures_noted():
+                        if not self._backend.health.available():
+                            raise self._backend.health.error()
+                        return await self._backend.connections.run_async(script, keys, args)
+            case TakeShare(policy, max_wait):
+                await self._local.acquire_async(policy, max_wait)
             case Sleep(seconds):
                 await asyncio.sleep(seconds)
             case AwaitRelease(seconds):

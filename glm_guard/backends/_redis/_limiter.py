@@ -1,21 +1,36 @@
 """Rate, concurrency and cooldown for one key, shared through Redis, and what happens when it is away.
 
 Admission itself is ``_admission``'s; this is the limiter around it: the ``on_backend_error``
-policy, this process's share of the limits during and just after an outage (``_outage``),
-and giving leases back and setting the cooldown, which never raise into a caller's result.
+policy, this process's share of the limits during and just after an outage
+(``_local_share``), and giving leases back and setting the cooldown, which never raise into a
+caller's result.  Like admission, the policy is one generator of steps, carried out by the
+same sync and async drivers, so both flavours decide alike.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Generator
+from enum import Enum
+from typing import TYPE_CHECKING, Any
 
 from ..._errors import BackendError, BackendRequestError
 from .._base import AsyncPermit, Limiter, LimitPolicy, Permit
-from ._admission import SharedAdmission, remaining
-from ._outage import LocalShare
-from ._permits import NO_LEASE, NO_LEASE_ASYNC, AsyncInGrace, AsyncLease, AsyncUnshared, InGrace, Lease, Unshared
+from ._admission import SharedAdmission, remaining, window_ms
+from ._local_share import LocalShare
+from ._permits import (
+    NO_LEASE,
+    NO_LEASE_ASYNC,
+    AsyncInGrace,
+    AsyncLease,
+    AsyncLocalOnly,
+    AsyncUnshared,
+    InGrace,
+    Lease,
+    Unshared,
+)
+from ._steps import Ask, Step, TakeShare
 from ._tokens import new_token
 
 if TYPE_CHECKING:
@@ -24,16 +39,26 @@ if TYPE_CHECKING:
 logger = logging.getLogger("glm_guard")
 
 
+class _Admitted(Enum):
+    """What an admission holds, which decides its permit."""
+
+    BY_REDIS = "by Redis"  # with a lease token, or none without a concurrency limit
+    BY_BOTH = "by Redis and the local share"  # in the grace time after an outage
+    BY_SHARE = "by the local share"  # Redis away: with a token when a concurrency limit applies
+    UNLIMITED = "by nobody"  # Redis away, policy "open"
+
+
 class RedisLimiter(Limiter):
     """One key's limits in Redis; while Redis is away, each policy's ``on_backend_error`` decides."""
 
     def __init__(self, backend: RedisBackend, key: str) -> None:
         self.key = key
         self._backend = backend
-        self._share = LocalShare(key)  # serves the "local" policy while Redis is away, and just after
-        self._shared = SharedAdmission(backend, key, self._share.limiter)
-        self.keys = self._shared.keys
-        self.channel = self._shared.channel
+        self._local_share = LocalShare(key)  # serves the "local" policy while Redis is away, and just after
+        self._redis_admission = SharedAdmission(backend, key, self._local_share.limiter)
+        self._leases_key = self._redis_admission.leases_key
+        self._channel = self._redis_admission.channel
+        self._cooldown_key = self._redis_admission.keys[2]
         self._lease_ms = int(backend.lease * 1000)
 
     def __repr__(self) -> str:
@@ -41,161 +66,154 @@ class RedisLimiter(Limiter):
 
     def after_fork(self) -> None:
         """The parent's threads are gone from a forked child: so are their places and permits."""
-        self._shared.after_fork()
-        self._share.after_fork()
+        self._redis_admission.after_fork()
+        self._local_share.after_fork()
 
-    # -- the outage policy, decided before asking Redis and after it failed -----------------
-
-    def _try_shared(self, policy: LimitPolicy) -> bool:
-        if self._backend.health.available():
-            return True
-        if policy.on_backend_error == "closed":
-            raise self._backend.health.error()
-        return False
-
-    def _shared_failed(self, policy: LimitPolicy, error: BackendError) -> None:
-        if error.__cause__ is not None:  # Redis failed this call (not: turned away, Redis known away)
-            self._backend.health.failed(error)
-        if policy.on_backend_error == "closed":
-            raise error
+    # -- the Limiter interface: one decision, two drivers, a permit per flavour ---------------
 
     def acquire(self, policy: LimitPolicy, max_wait: float | None) -> Permit:
-        if self._try_shared(policy):
-            try:
-                if policy.on_backend_error == "local":
-                    self._adopt()
-                    if self._share.in_grace(policy.period):
-                        return self._acquire_in_grace(policy, max_wait)
-                return self._lease(self._shared.acquire(policy, max_wait))
-            except BackendError as error:
-                self._shared_failed(policy, error)
-        self._backend.health.served_without_redis()
-        if policy.on_backend_error == "open":
-            return NO_LEASE
-        self._share.serving_without_redis(policy.period, after_shared=self._shared.ever_answered)
-        permit = self._share.limiter.acquire(self._backend.share(policy), max_wait)
-        return permit if policy.concurrency is None else Unshared(self, self._served())
+        admitted, token = self._redis_admission.run(self._admission(policy, max_wait))
+        if admitted is _Admitted.BY_REDIS:
+            return NO_LEASE if token is None else Lease(self, token)
+        if admitted is _Admitted.BY_BOTH:
+            return InGrace(NO_LEASE if token is None else Lease(self, token), self._local_share.limiter)
+        if admitted is _Admitted.BY_SHARE:
+            return self._local_share.limiter if token is None else Unshared(self, token)
+        return NO_LEASE
 
     async def acquire_async(self, policy: LimitPolicy, max_wait: float | None) -> AsyncPermit:
-        if self._try_shared(policy):
+        admitted, token = await self._redis_admission.run_async(self._admission(policy, max_wait))
+        if admitted is _Admitted.BY_REDIS:
+            return NO_LEASE_ASYNC if token is None else AsyncLease(self, token)
+        if admitted is _Admitted.BY_BOTH:
+            lease = NO_LEASE_ASYNC if token is None else AsyncLease(self, token)
+            return AsyncInGrace(lease, self._local_share.limiter)
+        if admitted is _Admitted.BY_SHARE:
+            return AsyncLocalOnly(self._local_share.limiter) if token is None else AsyncUnshared(self, token)
+        return NO_LEASE_ASYNC
+
+    # -- the outage policy around admission --------------------------------------------------
+
+    def _admission(
+        self, policy: LimitPolicy, max_wait: float | None
+    ) -> Generator[Step, Any, tuple[_Admitted, bytes | None]]:
+        """Through Redis while it answers; else by ``on_backend_error``; both just after an outage."""
+        deadline = None if max_wait is None else time.monotonic() + max_wait
+        if self._backend.health.available():
             try:
-                if policy.on_backend_error == "local":
-                    await self._adopt_async()
-                    if self._share.in_grace(policy.period):
-                        return await self._acquire_in_grace_async(policy, max_wait)
-                return self._lease_async(await self._shared.acquire_async(policy, max_wait))
+                if policy.on_backend_error != "local":
+                    return _Admitted.BY_REDIS, (yield from self._redis_admission.admission(policy, max_wait))
+                yield from self._adopt(policy)
+                if not self._local_share.in_grace(policy.period):
+                    return _Admitted.BY_REDIS, (yield from self._redis_admission.admission(policy, max_wait))
+                return (yield from self._in_grace(policy, deadline))
             except BackendError as error:
-                self._shared_failed(policy, error)
+                if policy.on_backend_error == "closed":
+                    raise
+                logger.debug("glm_guard: %s served by its on_backend_error policy after %s", self.key, error)
+        elif policy.on_backend_error == "closed":
+            raise self._backend.health.error()
         self._backend.health.served_without_redis()
         if policy.on_backend_error == "open":
-            return NO_LEASE_ASYNC
-        self._share.serving_without_redis(policy.period, after_shared=self._shared.ever_answered)
-        permit = await self._share.limiter.acquire_async(self._backend.share(policy), max_wait)
-        return permit if policy.concurrency is None else AsyncUnshared(self, self._served())
+            return _Admitted.UNLIMITED, None
+        self._serving_without_redis(policy)
+        yield TakeShare(self._backend.share(policy), remaining(deadline))
+        return _Admitted.BY_SHARE, self._running_without_redis(policy)
 
-    def _lease(self, token: bytes | None) -> Permit:
-        return NO_LEASE if token is None else Lease(self, token)
+    def _in_grace(
+        self, policy: LimitPolicy, deadline: float | None
+    ) -> Generator[Step, Any, tuple[_Admitted, bytes | None]]:
+        """Just after an outage: this process's share first, then Redis (see ``_local_share``)."""
+        yield TakeShare(self._backend.share(policy), remaining(deadline))
+        try:
+            token = yield from self._redis_admission.admission(policy, remaining(deadline))
+        except BackendError:  # away again: the share's admission stands alone ("local" only here)
+            self._backend.health.served_without_redis()
+            self._serving_without_redis(policy)
+            return _Admitted.BY_SHARE, self._running_without_redis(policy)
+        except BaseException:
+            self._local_share.limiter.release()
+            raise
+        self._local_share.redis_answered()
+        return _Admitted.BY_BOTH, token
 
-    def _lease_async(self, token: bytes | None) -> AsyncPermit:
-        return NO_LEASE_ASYNC if token is None else AsyncLease(self, token)
+    def _serving_without_redis(self, policy: LimitPolicy) -> None:
+        self._local_share.serving_without_redis(
+            policy,
+            after_shared=self._redis_admission.ever_answered,
+            held=self._backend.leases.held(self._leases_key),
+        )
 
-    # -- after an outage: the calls run without Redis join it, and the share holds a while --
-
-    def _served(self) -> bytes:
+    def _running_without_redis(self, policy: LimitPolicy) -> bytes | None:
+        """The token Redis will know this call by once it is adopted; ``None`` without a concurrency limit."""
+        if policy.concurrency is None:
+            return None
         token = new_token()
-        self._share.served(token)
+        self._local_share.served(token)
         return token
 
-    def _adopt(self) -> None:
-        if self._share.must_adopt():
-            pending = self._share.to_adopt()
-            held = self._backend.leases.held(self.keys[1])
-            self._backend.connections.run("adopt", [self.keys[1]], [self._lease_ms, *pending, *held])
-            self._took_over(pending, held)
-
-    async def _adopt_async(self) -> None:
-        if self._share.must_adopt():
-            pending = self._share.to_adopt()
-            held = self._backend.leases.held(self.keys[1])
-            await self._backend.connections.run_async("adopt", [self.keys[1]], [self._lease_ms, *pending, *held])
-            self._took_over(pending, held)
-
-    def _took_over(self, adopted: list[bytes], rewritten: list[bytes]) -> None:
-        """Redis holds leases for the ``adopted`` calls now, and again for the ``rewritten`` ones
-        this process held across the outage (a Redis that restarted lost them): renew the
-        first, and give back any whose calls ended while the request was on its way."""
-        for token in adopted:
-            self._backend.leases.add(self.key, self.keys[1], token)
-        ended = self._share.adopted(adopted)
-        still_held = set(self._backend.leases.held(self.keys[1]))
-        ended += [token for token in rewritten if token not in still_held]
-        for token in ended:
-            self._shared.abandon(token)
-
-    def _acquire_in_grace(self, policy: LimitPolicy, max_wait: float | None) -> Permit:
-        deadline = None if max_wait is None else time.monotonic() + max_wait
-        self._share.limiter.acquire(self._backend.share(policy), max_wait)
+    def _adopt(self, policy: LimitPolicy) -> Generator[Step, Any, None]:
+        """Before the first shared admission after serving without Redis: Redis takes over what
+        this share did meanwhile (its running calls, its recent starts) and the leases this
+        process held across the outage, which a restarted Redis lost."""
+        due = self._local_share.take_adoption(policy.period)
+        if due is None:
+            return
+        running, ages = due
+        held = self._backend.leases.held(self._leases_key)
+        starts = [item for age in ages for item in (new_token(), int(age * 1000))]
+        window = window_ms(policy.period) if policy.calls else 0
+        args = [self._lease_ms, policy.calls or 0, window, len(running) + len(held), *running, *held, *starts]
         try:
-            shared = self._lease(self._shared.acquire(policy, remaining(deadline)))
-        except BackendError as error:  # away again: the share's admission stands alone
-            self._shared_failed(policy, error)
-            self._backend.health.served_without_redis()
-            self._share.serving_without_redis(policy.period, after_shared=self._shared.ever_answered)
-            return self._share.limiter if policy.concurrency is None else Unshared(self, self._served())
+            yield Ask("adopt", self._redis_admission.keys[:2], args)
         except BaseException:
-            self._share.limiter.release()
+            self._local_share.adoption_failed(running)
             raise
-        self._share.redis_answered()
-        return InGrace(shared, self._share.limiter)
+        self._local_share.adopted(running, self._renew)
+        still_held = set(self._backend.leases.held(self._leases_key))
+        for token in held:
+            if token not in still_held:  # ended while the request was on its way: written back, so again
+                self._redis_admission.abandon(token)
 
-    async def _acquire_in_grace_async(self, policy: LimitPolicy, max_wait: float | None) -> AsyncPermit:
-        deadline = None if max_wait is None else time.monotonic() + max_wait
-        local = await self._share.limiter.acquire_async(self._backend.share(policy), max_wait)
-        try:
-            shared = self._lease_async(await self._shared.acquire_async(policy, remaining(deadline)))
-        except BackendError as error:
-            self._shared_failed(policy, error)
-            self._backend.health.served_without_redis()
-            self._share.serving_without_redis(policy.period, after_shared=self._shared.ever_answered)
-            return local if policy.concurrency is None else AsyncUnshared(self, self._served())
-        except BaseException:
-            self._share.limiter.release()
-            raise
-        self._share.redis_answered()
-        return AsyncInGrace(shared, self._share.limiter)
-
-    def unshared_finished(self, token: bytes) -> None:
-        self._share.limiter.release()
-        if self._share.finished(token):
-            self.give_back(token)
-
-    async def unshared_finished_async(self, token: bytes) -> None:
-        self._share.limiter.release()
-        if self._share.finished(token):
-            await self.give_back_async(token)
+    def _renew(self, token: bytes) -> None:
+        self._backend.leases.add(self.key, self._leases_key, self._channel, token)
 
     # Giving back and cooling down never raise into the caller's result: if Redis is away
     # the lease is given back in the background once it answers, and the pause is kept in
     # this process instead.
 
+    def unshared_finished(self, token: bytes) -> None:
+        self._local_share.limiter.release()
+        if self._local_share.finished(token):
+            self.give_back(token)
+
+    async def unshared_finished_async(self, token: bytes) -> None:
+        self._local_share.limiter.release()
+        if self._local_share.finished(token):
+            await self.give_back_async(token)
+
     def give_back(self, token: bytes) -> None:
+        if self._local_share.counted_lease_ended(token):
+            self._local_share.limiter.release()
         if self._backend.health.available():
-            self._backend.leases.discard(self.keys[1], token)
+            self._backend.leases.discard(self._leases_key, token)
             try:
-                self._backend.connections.run("release", [self.keys[1]], [token, self.channel])
+                self._backend.connections.run("release", [self._leases_key], [token, self._channel])
                 return
             except BackendError as error:
                 self._backend.health.failed(error)
             except BackendRequestError as error:  # a bug, not an outage: the lease runs out by itself
                 _rejected(error)
                 return
-        self._shared.abandon(token)  # Redis away: released as soon as it answers, not after the lease
+        self._redis_admission.abandon(token)  # Redis away: released as soon as it answers, not after the lease
 
     async def give_back_async(self, token: bytes) -> None:
+        if self._local_share.counted_lease_ended(token):
+            self._local_share.limiter.release()
         if self._backend.health.available():
-            self._backend.leases.discard(self.keys[1], token)
+            self._backend.leases.discard(self._leases_key, token)
             try:
-                await self._backend.connections.run_async("release", [self.keys[1]], [token, self.channel])
+                await self._backend.connections.run_async("release", [self._leases_key], [token, self._channel])
                 return
             except BackendError as error:
                 self._backend.health.failed(error)
@@ -203,25 +221,25 @@ class RedisLimiter(Limiter):
                 _rejected(error)
                 return
             except BaseException:  # cancelled mid-release: it is finished in the background
-                self._shared.abandon(token)
+                self._redis_admission.abandon(token)
                 raise
-        self._shared.abandon(token)
+        self._redis_admission.abandon(token)
 
     def cooldown(self, seconds: float) -> None:
-        self._share.limiter.cooldown(seconds)
+        self._local_share.limiter.cooldown(seconds)
         if self._backend.health.available():
             try:
-                self._backend.connections.run("cooldown", [self.keys[2]], [int(seconds * 1000)])
+                self._backend.connections.run("cooldown", [self._cooldown_key], [int(seconds * 1000)])
             except BackendError as error:
                 self._backend.health.failed(error)
             except BackendRequestError as error:
                 _rejected(error)
 
     async def cooldown_async(self, seconds: float) -> None:
-        self._share.limiter.cooldown(seconds)
+        self._local_share.limiter.cooldown(seconds)
         if self._backend.health.available():
             try:
-                await self._backend.connections.run_async("cooldown", [self.keys[2]], [int(seconds * 1000)])
+                await self._backend.connections.run_async("cooldown", [self._cooldown_key], [int(seconds * 1000)])
             except BackendError as error:
                 self._backend.health.failed(error)
             except BackendRequestError as error:

@@ -2,6 +2,7 @@
 
 A lease in Redis; a call this process's share admitted while Redis was away; both at once
 just after an outage; or nothing to give back (no concurrency limit, the ``open`` policy).
+(The sync flavour of a share-only admission is the ``LocalLimiter`` itself.)
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class AsyncLease(Lease):
 
 @dataclass(slots=True)
 class Unshared:
-    """The permit of a call this process's share admitted while Redis was away (see ``_outage``)."""
+    """The permit of a call this process's share admitted while Redis was away (see ``_local_share``)."""
 
     _limiter: RedisLimiter
     _token: bytes | None
@@ -62,28 +63,38 @@ class AsyncUnshared(Unshared):
 class InGrace:
     """Admitted by Redis and by this process's share, just after an outage: both are given back."""
 
-    _shared: Permit
-    _share: LocalLimiter
+    _redis_permit: Permit
+    _local_share: LocalLimiter
     _done: bool = False
 
     def release(self) -> None:
         if not self._done:
             self._done = True
-            self._share.release()
-            self._shared.release()
+            self._local_share.release()
+            self._redis_permit.release()
 
 
 @dataclass(slots=True)
 class AsyncInGrace:
-    _shared: AsyncPermit
-    _share: LocalLimiter
+    _redis_permit: AsyncPermit
+    _local_share: LocalLimiter
     _done: bool = False
 
     async def release(self) -> None:
         if not self._done:
             self._done = True
-            self._share.release()
-            await self._shared.release()
+            self._local_share.release()
+            await self._redis_permit.release()
+
+
+@dataclass(slots=True)
+class AsyncLocalOnly:
+    """Admitted by this process's share alone (no concurrency limit: nothing Redis must learn)."""
+
+    _local_share: LocalLimiter
+
+    async def release(self) -> None:
+        self._local_share.release()
 
 
 class _NoLease:

@@ -1,6 +1,7 @@
 """What the admission core asks its driver to do, and the loop that feeds it the outcomes.
 
-The decisions of an admission (``RedisLimiter._admission``) are one generator without I/O:
+The decisions of an admission (``SharedAdmission.admission``, and the limiter's outage
+policy around it) are one generator without I/O:
 it yields a step, and a sync or an async driver carries it out its own way and sends back
 the outcome, or throws in the failure.  So the two flavours share every decision and differ
 only in how they wait.
@@ -9,7 +10,11 @@ only in how they wait.
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
+
+from .._base import LimitPolicy
+
+T = TypeVar("T")
 
 
 class Ask(NamedTuple):
@@ -49,22 +54,30 @@ class QueueForSlot(NamedTuple):
     if_busy: bool = False
 
 
-Step = Ask | Sleep | AwaitRelease | QueueForSlot
+class TakeShare(NamedTuple):
+    """Be admitted by this process's local share of the limits (``policy``), ``max_wait`` at most."""
+
+    policy: LimitPolicy
+    max_wait: float | None
 
 
-class Steps:
-    """Feeds each step's outcome, or its failure, back into the core; ``next()`` is ``None`` at the end."""
+Step = Ask | Sleep | AwaitRelease | QueueForSlot | TakeShare
 
-    def __init__(self, core: Generator[Step, Any, bytes | None]) -> None:
+
+class Steps(Generic[T]):
+    """Feeds each step's outcome, or its failure, back into the core; ``next()`` is ``None`` at the
+    end, and then ``result`` is what the core returned."""
+
+    def __init__(self, core: Generator[Step, Any, T]) -> None:
         self._core = core
         self.outcome: Any = None
         self.failure: BaseException | None = None
-        self.held: bytes | None = None
+        self.result: T
 
     def next(self) -> Step | None:
         failure, self.failure = self.failure, None
         try:
             return self._core.send(self.outcome) if failure is None else self._core.throw(failure)
         except StopIteration as done:
-            self.held = done.value
+            self.result = done.value
             return None

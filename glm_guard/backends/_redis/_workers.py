@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from ..._errors import BackendRequestError
 from ...monitoring._events import LeaseLost, emit, wall_clock
@@ -81,32 +82,32 @@ class Heartbeat(_Worker):
 class LeaseKeeper(_Worker):
     """Renews this process's concurrency leases every lease / 3, so only a dead holder's expire.
 
-    It also gives back, in the background, the leases of callers that went away: a task
-    cancelled while its admission was on the wire, or a release Redis did not take.  Such a
-    lease may have been granted after the caller stopped waiting for the answer (a request
-    still queued at a paused server runs when it wakes), so it is released twice, the second
-    time after the first was answered: by then the server has read every request sent
-    before.  A lease that expired under a live holder (a process frozen past its lease) is
-    reported: meanwhile its slot may have been given to another caller.
+    It also gives back, in the background, what callers that went away may hold: a lease, or
+    a reserved start, granted while the caller's request was on the wire (a task cancelled
+    then, or a request still queued at a paused server, which runs when it wakes), or a
+    release Redis did not take.  Each such request is sent twice, the second time after the
+    first was answered: by then the server has read every request sent before.  A lease that
+    expired under a live holder (a process frozen past its lease) is reported and put back:
+    meanwhile its slot may have been given to another caller.
     """
 
     thread_name = "glm-guard-leases"
-    #: How often an abandoned lease is asked for again while Redis does not take it.
-    ABANDONED_RETRY = 0.25
+    #: How often a give-back is asked for again while Redis does not take it.
+    GIVE_BACK_RETRY = 0.25
 
     def __init__(self, connections: Connections, lease: float) -> None:
         super().__init__()
         self._connections = connections
         self._lease = lease
         self._held: dict[str, set[bytes]] = {}
-        self._names: dict[str, str] = {}  # leases key -> the limiter's key, for reports
-        self._abandoned: dict[tuple[str, str, bytes], int] = {}  # (leases key, channel, token) -> releases done
+        self._owners: dict[str, tuple[str, str]] = {}  # leases key -> (limiter key, release channel)
+        self._give_backs: dict[tuple[str, tuple[str, ...], tuple[Any, ...]], int] = {}  # request -> times answered
         self._wake = threading.Event()
 
-    def add(self, key: str, leases_key: str, token: bytes) -> None:
+    def add(self, key: str, leases_key: str, channel: str, token: bytes) -> None:
         """Renew ``token`` (a lease of limiter ``key``) until it is discarded or abandoned."""
         with self._lock:
-            self._names[leases_key] = key
+            self._owners[leases_key] = (key, channel)
             tokens = self._held.get(leases_key)
             if tokens is None:
                 tokens = self._held[leases_key] = set()
@@ -125,12 +126,18 @@ class LeaseKeeper(_Worker):
             return list(self._held.get(leases_key, ()))
 
     def abandon(self, leases_key: str, channel: str, token: bytes) -> None:
-        """Stop renewing ``token`` and give it back from this thread, however long Redis takes."""
+        """Stop renewing ``token`` and release it from this thread, however long Redis takes."""
+        self.discard(leases_key, token)
+        self._give_back("release", (leases_key,), (token, channel))
+
+    def unreserve(self, keys: list[str], token: bytes) -> None:
+        """Like ``abandon``, and give back the start reserved with it (``keys``: acquire.lua's)."""
+        self.discard(keys[1], token)
+        self._give_back("confirm", tuple(keys), (token, 1))  # confirm with "late": start and lease back
+
+    def _give_back(self, script: str, keys: tuple[str, ...], args: tuple[Any, ...]) -> None:
         with self._lock:
-            tokens = self._held.get(leases_key)
-            if tokens is not None:
-                tokens.discard(token)
-            self._abandoned.setdefault((leases_key, channel, token), 0)
+            self._give_backs.setdefault((script, keys, args), 0)
         self._wake.set()
         self.start()
 
@@ -139,45 +146,45 @@ class LeaseKeeper(_Worker):
         self._wake.set()
 
     def abandoned(self) -> int:
-        """How many given-up leases still wait to be released (tests and stats)."""
+        """How many give-backs still wait for Redis (tests and stats)."""
         with self._lock:
-            return len(self._abandoned)
+            return len(self._give_backs)
 
     def _loop(self) -> None:
         renew_every = self._lease / 3
         next_renewal = time.monotonic() + renew_every
         while not self._stop.is_set():
             wait = next_renewal - time.monotonic()
-            if self._abandoned:
-                wait = min(wait, self.ABANDONED_RETRY)
+            if self._give_backs:
+                wait = min(wait, self.GIVE_BACK_RETRY)
             self._wake.wait(max(wait, 0.0))
             self._wake.clear()
             if self._stop.is_set():
                 return
-            self._release_abandoned()
+            self._send_give_backs()
             if time.monotonic() >= next_renewal:
                 self._renew()
                 next_renewal = time.monotonic() + renew_every
 
-    def _release_abandoned(self) -> None:
+    def _send_give_backs(self) -> None:
         with self._lock:
-            pending = list(self._abandoned)
-        for leases_key, channel, token in pending:
+            pending = list(self._give_backs)
+        for request in pending:
+            script, keys, args = request
             try:
-                self._connections.run("release", [leases_key], [token, channel])
+                self._connections.run(script, list(keys), list(args))
             except BackendRequestError as error:  # rejected, not unanswered: asking again would not help
                 logger.error("glm_guard: %s", error)
             except Exception:  # Redis away or paused: asked again on the next turn
                 return
             with self._lock:
-                entry = (leases_key, channel, token)
-                done = self._abandoned.get(entry, 0) + 1
-                if done >= 2:
-                    self._abandoned.pop(entry, None)
+                answered = self._give_backs.get(request, 0) + 1
+                if answered >= 2:
+                    self._give_backs.pop(request, None)
                 else:
-                    self._abandoned[entry] = done
-        if self._abandoned:
-            self._wake.set()  # the second release goes at once, now the first was answered
+                    self._give_backs[request] = answered
+        if self._give_backs:
+            self._wake.set()  # the second request goes at once, now the first was answered
 
     def _renew(self) -> None:
         lease_ms = int(self._lease * 1000)
@@ -193,12 +200,13 @@ class LeaseKeeper(_Worker):
                 continue
             with self._lock:
                 still_held = set(self._held.get(leases_key, ()))
-            lost = [token for token in missing if token in still_held]
+                key, channel = self._owners[leases_key]
             for token in missing:
                 if token not in still_held:  # given back while this renewal was on its way: again
-                    self.abandon(leases_key, _channel(leases_key), token)
+                    self.abandon(leases_key, channel, token)
+            lost = sum(1 for token in missing if token in still_held)
             if lost:
-                self._report_lost(self._names.get(leases_key, leases_key), len(lost))
+                self._report_lost(key, lost)
 
     @staticmethod
     def _report_lost(key: str, count: int) -> None:
@@ -210,11 +218,6 @@ class LeaseKeeper(_Worker):
             key,
         )
         emit(LeaseLost(key, count, wall_clock()))
-
-
-def _channel(leases_key: str) -> str:
-    """The release channel of the limiter whose leases live at ``leases_key`` (see ``RedisBackend.key``)."""
-    return leases_key.removesuffix("leases") + "released"
 
 
 class ReleaseListener(_Worker):

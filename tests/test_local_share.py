@@ -1,0 +1,227 @@
+"""The ``local`` policy across an outage: what each process's share counts, and what Redis takes back.
+
+Each test plays one transition on a real redis-server of its own (killed, restarted, paused)
+and checks Redis's own count (``ZCARD`` of the key's leases and starts) or the calls admitted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from glm_guard import RateLimitTimeout, rate_limited
+from glm_guard.backends import RedisBackend
+
+from .conftest import RedisServer
+
+pytestmark = pytest.mark.redis
+
+
+class Holders:
+    """Calls of one guarded function held open in threads until ``release_all``."""
+
+    def __init__(self, call: Callable[[threading.Event, threading.Event], None]) -> None:
+        self._call = call
+        self._threads: list[threading.Thread] = []
+        self._leave = threading.Event()
+
+    def start(self, count: int) -> None:
+        for _ in range(count):
+            entered = threading.Event()
+            thread = threading.Thread(target=self._call, args=(entered, self._leave), daemon=True)
+            thread.start()
+            assert entered.wait(10)
+            self._threads.append(thread)
+
+    def release_all(self) -> None:
+        self._leave.set()
+        for thread in self._threads:
+            thread.join(10)
+
+
+def wait_until(condition: Callable[[], bool], within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    with RedisServer() as running:
+        yield running
+
+
+def leases(server: RedisServer, key: str) -> int:
+    client = server.client(socket_timeout=5)
+    try:
+        return int(client.zcard(f"glm_guard:{{{key}}}:leases"))
+    finally:
+        client.close()
+
+
+def back_from_outage(backend: RedisBackend) -> None:
+    """Wait until this process tries Redis again (its backoff has passed)."""
+    assert wait_until(backend.health.available, 6.0)
+
+
+def test_calls_run_without_redis_are_adopted_once_by_concurrent_callers_redis(server: RedisServer) -> None:
+    backend = RedisBackend(server.url, socket_timeout=0.3)
+
+    @rate_limited(concurrency=8, key="adopt-once", backend=backend)
+    def hold(entered: threading.Event, leave: threading.Event) -> None:
+        entered.set()
+        leave.wait(10)
+
+    server.kill()
+    outage = Holders(hold)
+    outage.start(2)  # admitted by the local share (Redis down at start: no pause)
+    server.start()
+    back_from_outage(backend)
+    after = Holders(hold)
+    threads = [threading.Thread(target=after.start, args=(1,)) for _ in range(3)]  # three adopt at once
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert leases(server, "adopt-once") == 5  # the two from the outage, adopted once each, and three
+    outage.release_all()
+    after.release_all()
+    assert wait_until(lambda: leases(server, "adopt-once") == 0, 2.0)
+    backend.close()
+
+
+def test_an_adoption_cut_off_by_a_pause_still_gives_its_leases_back_redis(server: RedisServer) -> None:
+    backend = RedisBackend(server.url, socket_timeout=0.3, lease=10.0)
+
+    @rate_limited(concurrency=8, key="adopt-paused", backend=backend)
+    def hold(entered: threading.Event, leave: threading.Event) -> None:
+        entered.set()
+        leave.wait(10)
+
+    server.kill()
+    outage = Holders(hold)
+    outage.start(2)
+    server.start()
+    back_from_outage(backend)
+    server.pause()
+    try:
+        during = Holders(hold)
+        during.start(1)  # its adoption times out (the script runs when Redis wakes): served locally
+    finally:
+        server.resume()
+    outage.release_all()
+    during.release_all()
+    # The adopted leases' calls ended: given back at once, not after the 10 s lease.
+    assert wait_until(lambda: leases(server, "adopt-paused") == 0, 3.0)
+    backend.close()
+
+
+def test_the_local_share_counts_the_calls_still_running_on_redis_leases_redis(server: RedisServer) -> None:
+    backend = RedisBackend(server.url, socket_timeout=0.3)
+
+    @rate_limited(concurrency=2, key="share-counts", backend=backend, max_wait=2.0)
+    def hold(entered: threading.Event, leave: threading.Event) -> None:
+        entered.set()
+        leave.wait(10)
+
+    running = Holders(hold)
+    running.start(2)  # both slots, through Redis
+    server.kill()
+    with pytest.raises(RateLimitTimeout):
+        hold(threading.Event(), threading.Event())  # the share (2 of 2, one process) sees both still running
+    running.release_all()
+    after = Holders(hold)
+    after.start(2)  # and gets its slots back as they end
+    after.release_all()
+    backend.close()
+
+
+def test_starts_made_without_redis_join_the_shared_window_redis(server: RedisServer) -> None:
+    first = RedisBackend(server.url, socket_timeout=0.3, expected_processes=2)
+
+    @rate_limited(20, 2.0, key="starts-adopted", backend=first, max_wait=0)
+    def call_first() -> str:
+        return "ok"
+
+    server.kill()
+    assert [call_first() for _ in range(10)] == ["ok"] * 10  # its share: 20 // 2
+    server.start()
+    back_from_outage(first)
+    with pytest.raises(RateLimitTimeout):  # its share is spent for this window (the grace time)...
+        call_first()  # ...but first what it did meanwhile went to Redis
+    second = RedisBackend(server.url)  # a process that never saw the outage
+
+    @rate_limited(20, 2.0, key="starts-adopted", backend=second, max_wait=0)
+    def call_second() -> str:
+        return "ok"
+
+    admitted = 0
+    for _ in range(20):
+        try:
+            call_second()
+            admitted += 1
+        except RateLimitTimeout:
+            break
+    assert admitted <= 10  # 20 in the window, 10 of them the first process's
+    first.close()
+    second.close()
+
+
+async def test_callers_cancelled_while_their_start_is_reserved_give_the_start_back_redis(
+    server: RedisServer,
+) -> None:
+    import asyncio
+
+    backend = RedisBackend(server.url)
+
+    @rate_limited(2, 1.0, key="unreserve", backend=backend)
+    async def call() -> str:
+        return "ok"
+
+    assert [await call(), await call()] == ["ok", "ok"]  # the window is full for a second
+    waiting = [asyncio.create_task(call()) for _ in range(4)]  # each reserves a start, and sleeps
+    await asyncio.sleep(0.3)
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+    await asyncio.sleep(1.0)  # the first two starts have left the window
+
+    @rate_limited(2, 1.0, key="unreserve", backend=backend, max_wait=0)
+    async def now() -> str:
+        return "ok"
+
+    assert await now() == "ok"  # the cancelled callers' reservations were given back
+    backend.close()
+
+
+def test_max_wait_zero_takes_a_free_slot_though_a_waiter_is_queued_redis(server: RedisServer) -> None:
+    backend = RedisBackend(server.url)
+
+    @rate_limited(concurrency=3, key="free-slot", backend=backend)
+    def hold(entered: threading.Event, leave: threading.Event) -> None:
+        entered.set()
+        leave.wait(10)
+
+    @rate_limited(concurrency=3, key="free-slot", backend=backend, max_wait=0)
+    def now() -> str:
+        return "ok"
+
+    first, second = Holders(hold), Holders(hold)
+    first.start(2)
+    second.start(1)
+    queued = Holders(hold)
+    waiter = threading.Thread(target=queued.start, args=(1,), daemon=True)
+    waiter.start()  # refused: first in this process's queue for a slot
+    time.sleep(0.3)
+    first.release_all()  # two slots free: the waiter takes one
+    assert wait_until(lambda: not waiter.is_alive(), 5.0)
+    assert now() == "ok"  # the other is free: "now" needs no place in the queue
+    second.release_all()
+    queued.release_all()
+    backend.close()
