@@ -279,9 +279,12 @@ def test_redis_down_at_start() -> None:
         server = RedisServer(password=REDIS_PASSWORD)
     except FileNotFoundError:
         pytest.fail("redis-server is not installed")
-    with server:
+    try:  # not started: the workers begin with no server on the port
         run = run_with_fault(server.url, lambda: None, server.start)
+    finally:
+        server.stop()
     record("down at start, up after 5 s", run, (0.0, REPAIR_AT))
+    assert run.errors["closed"], "closed never failed: Redis was up from the start"
     assert_every_policy_recovers(run)
     assert_local_holds(run)  # each process took a quarter: expected_processes=4
     assert_closed_fails_only_in_the_outage(run, (0.0, REPAIR_AT))
