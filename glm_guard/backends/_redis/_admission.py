@@ -91,7 +91,8 @@ class SharedAdmission:
         return [limits, new_token()]
 
     def _paused(self) -> bool:
-        """A cooldown this process set is in force (checked without a round trip).
+        """A pause this process set is in force (checked without a round trip): a cooldown, or
+        the local share's pause into an outage (then the check costs one needless round trip).
 
         A reserved caller re-checks Redis only then: asking on every reserved start would add
         a round trip that, under a crowd, delays starts into the next window.  A cooldown set

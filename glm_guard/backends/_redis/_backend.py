@@ -7,7 +7,7 @@ Key layout, for a limiter key ``K`` and prefix ``P`` (default ``glm_guard:``)::
     P{K}:cooldown   STR   pause deadline in server ms (expires at the deadline)
     P{K}:released   pub/sub channel: a lease was given back
     Pprocesses      ZSET  live processes -> expiry (the heartbeat)
-    Pcache:v1:N:D   STR   cached value (expires after the ttl); v1 the key format, N, D digests
+    Pcache:v2:N:D   STR   cached value (expires after the ttl); v2 the key format, N, D digests
     P...:D:fill     STR   who is computing D right now (expires after the fill lease)
 
 The ``{K}`` hash tag keeps one key's data in one Redis Cluster slot.  The stats keys are
@@ -99,18 +99,21 @@ class RedisBackend(Backend, SharesStats, ReportsOutages):
     def __repr__(self) -> str:
         return f"<RedisBackend {mask_url(self._url)!r} prefix={self.prefix!r}>"
 
-    def _start_workers(self) -> None:
-        """This process's own lock and threads (each thread starts on first need)."""
+    def _start_workers(self, live_processes: int = 1) -> None:
+        """This process's own lock and threads (each thread starts on first need).
+
+        ``live_processes``: the count last seen, which a forked child keeps for its share.
+        """
         self._lock = threading.Lock()
         self.leases = LeaseKeeper(self.connections, self.lease)
         self.listener = ReleaseListener(self.connections, self.prefix + "*:released")
-        self.heartbeat = Heartbeat(self.connections, self.health, self.prefix + "processes")
+        self.heartbeat = Heartbeat(self.connections, self.health, self.prefix + "processes", live_processes)
 
     def after_fork(self) -> None:
         """In a forked child: its own connections and threads, never its parent's sockets or locks."""
         self.connections.after_fork()
         self.health.after_fork()
-        self._start_workers()
+        self._start_workers(self.heartbeat.live_processes)
         for limiter in self._limiters.values():
             limiter.after_fork()
 

@@ -3,9 +3,9 @@
 A thousand tasks of one process that want the same key should cost Redis what one does, need
 no more than one connection, and be served in the order they came.  So one asks at a time
 and the rest queue here, and of the callers refused for want of a slot, only the first polls
-for one.  Threads share one semaphore;
-each event loop has its own, since an asyncio primitive belongs to one loop, and a task whose
-loop was closed under it must never keep a place a thread or another loop needs.
+for one.  Threads share one semaphore; each event loop has its own, since an asyncio
+primitive belongs to one loop, and a task whose loop was closed under it must never keep a
+place a thread or another loop needs.
 """
 
 from __future__ import annotations

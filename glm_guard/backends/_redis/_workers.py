@@ -58,13 +58,13 @@ class Heartbeat(_Worker):
     INTERVAL = 2.0
     thread_name = "glm-guard-heartbeat"
 
-    def __init__(self, connections: Connections, health: Health, key: str) -> None:
+    def __init__(self, connections: Connections, health: Health, key: str, live_processes: int = 1) -> None:
         super().__init__()
         self._connections = connections
         self._health = health
         self._key = key
         self._member = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.live_processes = 1
+        self.live_processes = live_processes
 
     def beat(self) -> None:
         ttl_ms = int(self.INTERVAL * 3 * 1000)
