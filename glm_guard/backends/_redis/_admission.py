@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from ..._errors import BackendError, RateLimitTimeout
@@ -232,15 +232,11 @@ class SharedAdmission:
             raise RateLimitTimeout(self.key, max_wait or 0.0, None) from None
         return outcome
 
-    @contextlib.contextmanager
-    def _failures_noted(self) -> Iterator[None]:
-        """Health hears of a failure before the next caller's turn, so it does not ask a dead Redis too."""
-        try:
-            yield
-        except BackendError as error:
-            if error.__cause__ is not None:  # Redis failed it (not: turned away, Redis known away)
-                self._backend.health.failed(error)
-            raise
+    def _failed(self, error: BackendError) -> None:
+        """Health hears of a failure before the next caller's turn, so that one does not ask a dead
+        Redis too (not of a call turned away because Redis is known away: that has no cause)."""
+        if error.__cause__ is not None:
+            self._backend.health.failed(error)
 
     def run(self, core: Generator[Step, Any, T]) -> T:
         """Carry out ``core``'s steps in this thread (it may be ``admission`` or one built on it)."""
@@ -255,10 +251,14 @@ class SharedAdmission:
     def _do(self, step: Step) -> Any:
         match step:
             case Ask(script, keys, args):
-                with self._askers.threads, self._failures_noted():
+                with self._askers.threads:
                     if not self._backend.health.available():  # failed while this caller queued
                         raise self._backend.health.error()
-                    return self._backend.connections.run(script, keys, args)
+                    try:
+                        return self._backend.connections.run(script, keys, args)
+                    except BackendError as error:
+                        self._failed(error)
+                        raise
             case TakeShare(policy, max_wait):
                 self._local.acquire(policy, max_wait)
             case Sleep(seconds):
@@ -293,10 +293,13 @@ class SharedAdmission:
         match step:
             case Ask(script, keys, args):
                 async with self._askers.for_running_loop():
-                    with self._failures_noted():
-                        if not self._backend.health.available():
-                            raise self._backend.health.error()
+                    if not self._backend.health.available():
+                        raise self._backend.health.error()
+                    try:
                         return await self._backend.connections.run_async(script, keys, args)
+                    except BackendError as error:
+                        self._failed(error)
+                        raise
             case TakeShare(policy, max_wait):
                 await self._local.acquire_async(policy, max_wait)
             case Sleep(seconds):

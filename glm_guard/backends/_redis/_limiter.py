@@ -103,7 +103,8 @@ class RedisLimiter(Limiter):
             try:
                 if policy.on_backend_error != "local":
                     return _Admitted.BY_REDIS, (yield from self._redis_admission.admission(policy, max_wait))
-                yield from self._adopt(policy)
+                if self._local_share.must_adopt:
+                    yield from self._adopt(policy)
                 if not self._local_share.in_grace(policy.period):
                     return _Admitted.BY_REDIS, (yield from self._redis_admission.admission(policy, max_wait))
                 return (yield from self._in_grace(policy, deadline))

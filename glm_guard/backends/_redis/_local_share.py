@@ -45,7 +45,7 @@ class LocalShare:
         self._sent: set[bytes] = set()  # admitted without Redis, sent to Redis (perhaps taken)
         self._counted: set[bytes] = set()  # Redis leases this share counts as its own calls in flight
         self._served_without_redis = False
-        self._must_adopt = False  # admitted calls since Redis last took them over
+        self.must_adopt = False  # admitted calls since Redis last took them over (read without the lock)
         self._back_at = float("-inf")  # when Redis answered again after this share served calls
 
     # -- into an outage ------------------------------------------------------------------------
@@ -62,7 +62,7 @@ class LocalShare:
         (down at start) starts at once.  In the grace time every admission passed this share
         already, so a switch back within it needs neither.
         """
-        self._must_adopt = True  # its start (or call) is one Redis must take over
+        self.must_adopt = True  # its start (or call) is one Redis must take over
         if self._served_without_redis:
             return
         with self._lock:
@@ -88,7 +88,7 @@ class LocalShare:
         """A call admitted by this share (Redis away) is now running as ``token``."""
         with self._lock:
             self._running.add(token)
-            self._must_adopt = True
+            self.must_adopt = True
 
     def finished(self, token: bytes) -> bool:
         """The call of ``token`` ended; returns whether Redis may hold a lease for it to give back."""
@@ -109,9 +109,9 @@ class LocalShare:
         becomes of the request; if it fails, ``adoption_failed`` makes them due again.
         """
         with self._lock:
-            if not self._must_adopt:
+            if not self.must_adopt:
                 return None
-            self._must_adopt = False
+            self.must_adopt = False
             running = list(self._running)
             self._running.clear()
             self._sent.update(running)
@@ -120,7 +120,7 @@ class LocalShare:
     def adoption_failed(self, tokens: list[bytes]) -> None:
         with self._lock:
             self._running.update(token for token in tokens if token in self._sent)
-            self._must_adopt = True
+            self.must_adopt = True
 
     def adopted(self, tokens: list[bytes], renew: Callable[[bytes], None]) -> None:
         """Redis took ``tokens`` over: ``renew`` those whose calls still run (under the lock, so
