@@ -16,53 +16,28 @@ from collections.abc import Callable
 from typing import Final
 
 from ._errors import ConfigurationError
-from ._redact import HOST, UrlParts, mask_url, split_url
+from ._redact import HOST, URL_PARAMETERS, UrlParts, mask_url, split_url
 
 __all__ = ["REDIS_SCHEMES", "check_redis_url"]
 
 _DIGITS: Final = re.compile(r"[0-9]{1,9}")
 _DATABASE_PATH: Final = re.compile(r"/?[0-9]{0,9}")
 
-_COMMON: Final = frozenset(
-    {
-        "client_name",
-        "db",
-        "encoding",
-        "encoding_errors",
-        "health_check_interval",
-        "lib_name",
-        "lib_version",
-        "max_connections",
-        "password",
-        "protocol",
-        "socket_read_size",
-        "username",
-    }
-)
-_TCP: Final = _COMMON | {"socket_keepalive"}
-_TLS: Final = _TCP | {
-    "ssl_ca_certs",
-    "ssl_ca_data",
-    "ssl_ca_path",
-    "ssl_cert_reqs",
-    "ssl_certfile",
-    "ssl_check_hostname",
-    "ssl_ciphers",
-    "ssl_keyfile",
-    "ssl_min_version",
-    "ssl_password",
-    "ssl_validate_ocsp",
-    "ssl_validate_ocsp_stapled",
-}
-
 #: Parameters redis-py would take from the URL over what glm_guard sets, and why they may not.
 _REFUSED: Final = {
     "socket_timeout": "glm_guard sets the Redis timeouts itself (GLM_GUARD_REDIS_TIMEOUT, or socket_timeout=)",
     "socket_connect_timeout": "glm_guard sets the Redis timeouts itself (GLM_GUARD_REDIS_TIMEOUT, or socket_timeout=)",
+    "timeout": "glm_guard sets the Redis timeouts itself (GLM_GUARD_REDIS_TIMEOUT, or socket_timeout=)",
     "retry_on_timeout": "glm_guard decides what is retried: a paused server must cost one timeout, not two",
     "retry_on_error": "glm_guard decides what is retried: a paused server must cost one timeout, not two",
     "decode_responses": "glm_guard reads Redis replies as bytes",
 }
+
+#: What each kind of URL may carry: what redis-py reads from a URL, less what glm_guard sets
+#: itself; TLS options only with ``rediss``, TCP options not on a Unix socket.
+_TLS: Final = URL_PARAMETERS - _REFUSED.keys()
+_TCP: Final = frozenset(name for name in _TLS if not name.startswith("ssl_"))
+_COMMON: Final = _TCP - {"socket_keepalive"}
 
 #: Query parameters with a number for a value, and the rule their number must follow.
 _NUMBERS: Final[dict[str, tuple[Callable[[int], bool], str]]] = {

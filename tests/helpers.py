@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 
 def max_in_window(starts: Sequence[float], period: float, slack: float = 0.03) -> int:
@@ -37,3 +38,13 @@ def window_margin(backend_name: str, period: float) -> float:
     windows are 2 % longer, by at most 20 ms; the local backend decides where the call runs.
     """
     return min(0.02 * period, 0.02) if backend_name == "redis" else 0.0
+
+
+def eventually(condition: Callable[[], bool], within: float) -> bool:
+    """Whether ``condition()`` holds at some moment in the next ``within`` seconds (polled)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()

@@ -16,6 +16,7 @@ from glm_guard import RateLimitTimeout, rate_limited
 from glm_guard.backends import RedisBackend
 
 from .conftest import RedisServer
+from .helpers import eventually
 
 pytestmark = pytest.mark.redis
 
@@ -42,15 +43,6 @@ class Holders:
             thread.join(10)
 
 
-def wait_until(condition: Callable[[], bool], within: float) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
-
-
 @pytest.fixture
 def server() -> Iterator[RedisServer]:
     with RedisServer() as running:
@@ -67,7 +59,7 @@ def leases(server: RedisServer, key: str) -> int:
 
 def back_from_outage(backend: RedisBackend) -> None:
     """Wait until this process tries Redis again (its backoff has passed)."""
-    assert wait_until(backend.health.available, 6.0)
+    assert eventually(backend.health.available, 6.0)
 
 
 def test_calls_run_without_redis_are_adopted_once_by_concurrent_callers_redis(server: RedisServer) -> None:
@@ -92,7 +84,7 @@ def test_calls_run_without_redis_are_adopted_once_by_concurrent_callers_redis(se
     assert leases(server, "adopt-once") == 5  # the two from the outage, adopted once each, and three
     outage.release_all()
     after.release_all()
-    assert wait_until(lambda: leases(server, "adopt-once") == 0, 2.0)
+    assert eventually(lambda: leases(server, "adopt-once") == 0, 2.0)
     backend.close()
 
 
@@ -118,7 +110,7 @@ def test_an_adoption_cut_off_by_a_pause_still_gives_its_leases_back_redis(server
     outage.release_all()
     during.release_all()
     # The adopted leases' calls ended: given back at once, not after the 10 s lease.
-    assert wait_until(lambda: leases(server, "adopt-paused") == 0, 3.0)
+    assert eventually(lambda: leases(server, "adopt-paused") == 0, 3.0)
     backend.close()
 
 
@@ -220,7 +212,7 @@ def test_max_wait_zero_takes_a_free_slot_though_a_waiter_is_queued_redis(server:
     waiter.start()  # refused: first in this process's queue for a slot
     time.sleep(0.3)
     first.release_all()  # two slots free: the waiter takes one
-    assert wait_until(lambda: not waiter.is_alive(), 5.0)
+    assert eventually(lambda: not waiter.is_alive(), 5.0)
     assert now() == "ok"  # the other is free: "now" needs no place in the queue
     second.release_all()
     queued.release_all()

@@ -24,7 +24,7 @@ from glm_guard.backends._local import LocalBackend
 from glm_guard.backends._redis import RedisBackend
 from glm_guard.monitoring import Monitor, create_app
 from glm_guard.monitoring._recorder import RECORDER
-from glm_guard.monitoring._server import serve
+from glm_guard.monitoring._server import MonitorServer
 
 from .conftest import REDIS_PASSWORD
 from .helpers import SEED_1302, ErrorWithText
@@ -69,7 +69,7 @@ def traffic(local_backend: LocalBackend) -> None:
 
 
 def start_server(monitor: Monitor, **bounds: Any) -> tuple[str, Any]:
-    server = serve(monitor, "127.0.0.1", 0, **bounds)
+    server = MonitorServer(monitor, "127.0.0.1", 0, **bounds)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return f"http://127.0.0.1:{server.server_address[1]}", server
 
@@ -376,7 +376,7 @@ def test_the_server_speaks_http_1_1_and_refuses_malformed_requests() -> None:
 def test_bad_server_bounds_are_refused_at_construction() -> None:
     for bounds in ({"request_timeout": 0}, {"max_connections": 0}, {"workers": True}):
         with pytest.raises(glm_guard.ConfigurationError):
-            serve(create_app(), "127.0.0.1", 0, **bounds)
+            MonitorServer(create_app(), "127.0.0.1", 0, **bounds)
 
 
 # -- the commands ---------------------------------------------------------------------------------

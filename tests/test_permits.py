@@ -11,7 +11,6 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 
@@ -20,16 +19,7 @@ from glm_guard.backends import Backend, RedisBackend
 from glm_guard.monitoring import GuardEvent, LeaseLost, subscribe
 
 from .conftest import LimiterState, RedisServer
-
-
-def eventually(condition: Callable[[], bool], within: float) -> bool:
-    """Whether ``condition()`` holds at some moment in the next ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
+from .helpers import eventually
 
 
 async def test_thousands_of_calls_cancelled_at_random_points_leave_the_pool_free(

@@ -30,7 +30,7 @@ from glm_guard.backends import get_backend
 from glm_guard.backends._redis import RedisBackend
 from glm_guard.cli import main
 from glm_guard.monitoring import LoggingSubscriber, Monitor
-from glm_guard.monitoring._server import serve
+from glm_guard.monitoring._server import MonitorServer
 from glm_guard.testing import run_simulator
 
 from .conftest import RedisServer, free_port
@@ -264,7 +264,7 @@ def _the_client_and_the_monitor(sweep: Sweep, monkeypatch: pytest.MonkeyPatch) -
     sweep.add(get_llm_client(sync=True), glm_guard.get_settings())
     sweep.views()
 
-    server = serve(Monitor(), "127.0.0.1", 0)
+    server = MonitorServer(Monitor(), "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -10,7 +10,7 @@ import threading
 from .._config import get_settings
 from .._errors import GLMGuardError
 from ..monitoring import DEFAULT_PREFIX, Monitor
-from ..monitoring._server import MAX_CONNECTIONS, REQUEST_TIMEOUT, serve
+from ..monitoring._server import MAX_CONNECTIONS, REQUEST_TIMEOUT, MonitorServer
 from ._fleet import shared_source
 
 __all__ = ["add_arguments", "run"]
@@ -45,7 +45,7 @@ def run(options: argparse.Namespace) -> int:
     try:
         source = shared_source()
         monitor = Monitor(source=source, prefix=options.prefix)
-        server = serve(
+        server = MonitorServer(
             monitor,
             options.host,
             options.port,

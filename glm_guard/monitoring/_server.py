@@ -41,7 +41,7 @@ import h11
 from .._errors import ConfigurationError
 from ._app import Monitor, Response, _error
 
-__all__ = ["MonitorServer", "serve"]
+__all__ = ["MonitorServer"]
 
 logger = logging.getLogger("glm_guard.monitoring")
 
@@ -275,18 +275,3 @@ class MonitorServer:
                 yield
         finally:
             self._waiting.pop(writer, None)
-
-
-def serve(
-    monitor: Monitor,
-    host: str,
-    port: int,
-    *,
-    request_timeout: float = REQUEST_TIMEOUT,
-    max_connections: int = MAX_CONNECTIONS,
-    workers: int = WORKERS,
-) -> MonitorServer:
-    """A server for ``monitor``, bound but not started: call ``serve_forever``."""
-    return MonitorServer(
-        monitor, host, port, request_timeout=request_timeout, max_connections=max_connections, workers=workers
-    )
