@@ -10,7 +10,7 @@ REPAIR_AT, and checks, from the callers' own clocks, what docs/failure_modes.md 
 - every policy: no wait for Redis longer than one socket timeout, and the full budget is
   used again by the end (no permit stuck).
 
-Faults that lose Redis's data (FLUSHALL, a restart) are checked against what that costs,
+Faults that lose Redis's data (FLUSHALL, eviction) are checked against what that costs,
 as the page documents: a limit restored within one period and one lease.
 """
 
@@ -272,6 +272,31 @@ def test_redis_out_of_memory_episode(server: RedisServer) -> None:
     assert_local_holds(run)
     assert_closed_fails_only_in_the_outage(run, (FAULT_AT, REPAIR_AT))
     assert_open_shares_again(run, REPAIR_AT)
+
+
+def test_redis_eviction_episode(server: RedisServer) -> None:
+    """With an evicting ``maxmemory-policy`` (the docs ask for ``noeviction``) glm_guard's keys go too:
+    the same cost as lost data, for as long as the episode lasts."""
+    client = server.client(socket_timeout=5)
+
+    def fill() -> None:
+        used = int(client.info("memory")["used_memory"])
+        client.config_set("maxmemory-policy", "allkeys-lru")
+        client.config_set("maxmemory", str(used + 256 * 1024))
+        for i in range(2_000):  # each write evicts the least recently used keys: glm_guard's among them
+            client.set(f"ballast:{i}", b"x" * 4096)
+
+    def empty() -> None:
+        client.config_set("maxmemory", "0")
+        for key in client.scan_iter("ballast:*", count=1000):
+            client.delete(key)
+
+    run = run_with_fault(server.url, fill, empty)
+    client.close()
+    record("eviction 3 s (maxmemory, allkeys-lru)", run, None)
+    assert_every_policy_recovers(run)
+    assert_local_holds(run, data_lost_at=REPAIR_AT)
+    assert_closed_fails_only_in_the_outage(run, None)  # nothing refused: keys are evicted instead
 
 
 def test_redis_down_at_start() -> None:
