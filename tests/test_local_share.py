@@ -217,3 +217,33 @@ def test_max_wait_zero_takes_a_free_slot_though_a_waiter_is_queued_redis(server:
     second.release_all()
     queued.release_all()
     backend.close()
+
+
+def test_a_call_run_across_two_outages_holds_one_slot_of_the_share_redis(server: RedisServer) -> None:
+    backend = RedisBackend(server.url, socket_timeout=0.3)
+
+    @rate_limited(1_000, 0.2, concurrency=2, key="two-outages", backend=backend, max_wait=0.5)
+    def hold(entered: threading.Event, leave: threading.Event) -> None:
+        entered.set()
+        leave.wait(20)
+
+    server.kill()
+    long_call = Holders(hold)
+    long_call.start(1)  # admitted by the share, Redis down at start
+    server.start()
+    back_from_outage(backend)
+    back = Holders(hold)
+    back.start(1)  # back: the long call is written to Redis (adopted) before this one
+    back.release_all()
+    time.sleep(5.5)  # past the grace time (one period plus the longest backoff)
+    server.kill()
+    during = Holders(hold)
+    during.start(1)  # the share holds the long call and this one: 2 of 2
+    long_call.release_all()  # its slot is free once, not twice
+    more = Holders(hold)
+    more.start(1)
+    with pytest.raises(RateLimitTimeout):
+        hold(threading.Event(), threading.Event())  # 2 in flight: no third
+    during.release_all()
+    more.release_all()
+    backend.close()

@@ -76,7 +76,7 @@ class RedisLimiter(Limiter):
         if admitted is _Admitted.BY_REDIS:
             return NO_LEASE if token is None else Lease(self, token)
         if admitted is _Admitted.BY_BOTH:
-            return InGrace(NO_LEASE if token is None else Lease(self, token), self._local_share.limiter)
+            return InGrace(NO_LEASE if token is None else Lease(self, token), self._local_share, token)
         if admitted is _Admitted.BY_SHARE:
             return self._local_share.limiter if token is None else Unshared(self, token)
         return NO_LEASE
@@ -87,7 +87,7 @@ class RedisLimiter(Limiter):
             return NO_LEASE_ASYNC if token is None else AsyncLease(self, token)
         if admitted is _Admitted.BY_BOTH:
             lease = NO_LEASE_ASYNC if token is None else AsyncLease(self, token)
-            return AsyncInGrace(lease, self._local_share.limiter)
+            return AsyncInGrace(lease, self._local_share, token)
         if admitted is _Admitted.BY_SHARE:
             return AsyncLocalOnly(self._local_share.limiter) if token is None else AsyncUnshared(self, token)
         return NO_LEASE_ASYNC
@@ -136,6 +136,7 @@ class RedisLimiter(Limiter):
             self._local_share.limiter.release()
             raise
         self._local_share.redis_answered()
+        self._local_share.both_admitted(token)
         return _Admitted.BY_BOTH, token
 
     def _serving_without_redis(self, policy: LimitPolicy) -> None:

@@ -44,6 +44,7 @@ class LocalShare:
         self._running: set[bytes] = set()  # admitted without Redis, still running, unknown to Redis
         self._sent: set[bytes] = set()  # admitted without Redis, sent to Redis (perhaps taken)
         self._counted: set[bytes] = set()  # Redis leases this share counts as its own calls in flight
+        self._both: set[bytes] = set()  # Redis leases of calls the share admitted too (grace time)
         self._served_without_redis = False
         self.must_adopt = False  # admitted calls since Redis last took them over (read without the lock)
         self._back_at = float("-inf")  # when Redis answered again after this share served calls
@@ -70,7 +71,8 @@ class LocalShare:
             if switching and after_shared and not self._in_grace_after(policy.period):
                 if policy.calls is not None:
                     self.limiter.cooldown(policy.period)
-                fresh = [token for token in held if token not in self._counted]
+                # Calls the share admitted itself already hold a slot in it: counted once.
+                fresh = [t for t in held if t not in self._counted and t not in self._sent and t not in self._both]
                 self._counted.update(fresh)
                 self.limiter.count_in_flight(len(fresh))
 
@@ -83,6 +85,19 @@ class LocalShare:
                 self._counted.discard(token)
                 return True
             return False
+
+    def both_admitted(self, token: bytes | None) -> None:
+        """A call admitted by Redis and by this share (grace time) runs with the lease ``token``."""
+        if token is not None:
+            with self._lock:
+                self._both.add(token)
+
+    def both_ended(self, token: bytes | None) -> None:
+        """That call ended: its slot in the share is free (its lease is given back by its holder)."""
+        if token is not None:
+            with self._lock:
+                self._both.discard(token)
+        self.limiter.release()
 
     def served(self, token: bytes) -> None:
         """A call admitted by this share (Redis away) is now running as ``token``."""

@@ -15,6 +15,7 @@ from .._local import LocalLimiter
 
 if TYPE_CHECKING:
     from ._limiter import RedisLimiter
+    from ._local_share import LocalShare
 
 
 @dataclass(slots=True)
@@ -64,26 +65,28 @@ class InGrace:
     """Admitted by Redis and by this process's share, just after an outage: both are given back."""
 
     _redis_permit: Permit
-    _local_share: LocalLimiter
+    _local_share: LocalShare
+    _token: bytes | None
     _done: bool = False
 
     def release(self) -> None:
         if not self._done:
             self._done = True
-            self._local_share.release()
+            self._local_share.both_ended(self._token)
             self._redis_permit.release()
 
 
 @dataclass(slots=True)
 class AsyncInGrace:
     _redis_permit: AsyncPermit
-    _local_share: LocalLimiter
+    _local_share: LocalShare
+    _token: bytes | None
     _done: bool = False
 
     async def release(self) -> None:
         if not self._done:
             self._done = True
-            self._local_share.release()
+            self._local_share.both_ended(self._token)
             await self._redis_permit.release()
 
 
