@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import _lazy
+from ._auto_concurrency import AutoConcurrency
 from ._cache import cached_response
 from ._call_context import is_degraded
 from ._classify import Classifier, ErrorInfo
@@ -38,6 +39,7 @@ from .monitoring._events import (
     CallEvent,
     FallbackEvent,
     GuardEvent,
+    LimitChanged,
     RetryEvent,
     WaitEvent,
 )
@@ -62,6 +64,7 @@ __all__ = [
     "Alert",
     "AsyncLLMClient",
     "AttemptEvent",
+    "AutoConcurrency",
     "BackendError",
     "BackendRefused",
     "BackendRequestError",
@@ -77,6 +80,7 @@ __all__ = [
     "GLMStreamError",
     "GuardEvent",
     "LLMClient",
+    "LimitChanged",
     "RateLimitTimeout",
     "RetryEvent",
     "SDKRetryWarning",

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from . import _validate
+from ._auto_concurrency import AutoConcurrency
 from ._errors import ConfigurationError
 from ._redact import mask_url
 from ._redis_url import REDIS_SCHEMES, check_redis_url
@@ -54,8 +55,10 @@ class Settings:
 
     max_calls_per_minute: int = DEFAULT_CALLS_PER_MINUTE
     """``GLM_API_MAX_CALLS_PER_MINUTE``: calls per 60 s when a decorator names no limit."""
-    max_concurrency: int | None = None
-    """``GLM_API_MAX_CONCURRENCY``: calls in flight per key when a decorator names no limit."""
+    max_concurrency: int | AutoConcurrency | None = None
+    """``GLM_API_MAX_CONCURRENCY``: calls in flight per key when a decorator names no limit;
+    ``auto`` learns it from the provider, within ``GLM_GUARD_AUTO_CONCURRENCY_MIN`` /
+    ``_MAX`` (default 1 / 64), starting at ``GLM_GUARD_AUTO_CONCURRENCY_INITIAL`` (default: the min)."""
     backend: str = "local"
     """``GLM_GUARD_BACKEND``: ``local``, ``redis``, or a backend URL."""
     redis_url: str | None = field(default=None, repr=False)
@@ -112,7 +115,7 @@ class Settings:
             check_redis_url(redis_url, "REDIS_URL")
         return cls(
             max_calls_per_minute=_positive_int(env, "GLM_API_MAX_CALLS_PER_MINUTE") or DEFAULT_CALLS_PER_MINUTE,
-            max_concurrency=_positive_int(env, "GLM_API_MAX_CONCURRENCY"),
+            max_concurrency=_concurrency(env, "GLM_API_MAX_CONCURRENCY"),
             backend=backend,
             redis_url=redis_url,
             key_prefix=_key_prefix(env, "GLM_GUARD_KEY_PREFIX"),
@@ -152,6 +155,19 @@ def _parsed(
     if not valid(value):
         raise ConfigurationError(name, f"must be {expected}, got {raw!r}")
     return value
+
+
+def _concurrency(env: Mapping[str, str], name: str) -> int | AutoConcurrency | None:
+    """A number, or ``auto`` with its bounds from their own variables (each named in its error)."""
+    if env.get(name, "").strip().lower() != "auto":
+        return _positive_int(env, name)
+    bounds = {
+        field: _positive_int(env, f"GLM_GUARD_AUTO_CONCURRENCY_{field.upper()}") for field in ("min", "max", "initial")
+    }
+    try:
+        return AutoConcurrency(**{field: value for field, value in bounds.items() if value is not None})
+    except ConfigurationError as error:
+        raise ConfigurationError(f"GLM_GUARD_AUTO_CONCURRENCY_{error.name.upper()}", error.problem) from None
 
 
 def _positive_int(env: Mapping[str, str], name: str) -> int | None:

@@ -9,13 +9,14 @@ from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any, Final, ParamSpec, TypeVar, cast, overload
 
 from . import _validate
+from ._auto_concurrency import AutoConcurrency
 from ._classify import ErrorInfo
 from ._config import get_settings
 from ._errors import ConfigurationError, RateLimitTimeout
 from ._stack import Stack, entry, join
 from ._wrapping import default_key, kind_of, unwrap_descriptor
 from .backends import Limiter, LimitPolicy, get_backend
-from .backends._base import AsyncPermit, Backend, Permit
+from .backends._base import AsyncPermit, Backend, Outcome, Permit
 
 __all__ = ["rate_limited"]
 
@@ -36,7 +37,7 @@ def rate_limited(
     calls: int | None = None,
     period: float | None = None,
     *,
-    concurrency: int | None = None,
+    concurrency: int | AutoConcurrency | str | None = None,
     key: str | None = None,
     backend: str | Backend | None = None,
     max_wait: float | None = None,
@@ -49,7 +50,7 @@ def rate_limited(
     calls: Any = None,
     period: float | None = None,
     *,
-    concurrency: int | None = None,
+    concurrency: int | AutoConcurrency | str | None = None,
     key: str | None = None,
     backend: str | Backend | None = None,
     max_wait: float | None = None,
@@ -65,6 +66,11 @@ def rate_limited(
     :class:`~glm_guard.RateLimitTimeout` at once instead.  With neither ``calls`` nor
     ``concurrency`` the limits come from ``GLM_API_MAX_CALLS_PER_MINUTE`` (per 60 s) and
     ``GLM_API_MAX_CONCURRENCY``.
+
+    ``concurrency="auto"`` (or an :class:`~glm_guard.AutoConcurrency` with bounds) learns the
+    limit from the provider's answers instead: cut after a 1302, grown while it is in use,
+    shared by every process on the backend (see ``docs/adaptive.md``).  A 1302 then cuts the
+    limit instead of pausing the key; a Retry-After the provider sends is still honoured.
 
     Functions decorated with the same ``key`` share one budget; the default key is the
     function's ``module.qualname``, so the same function shares one limit across processes
@@ -86,7 +92,7 @@ def rate_limited(
         policy = LimitPolicy(
             _validate.positive_int("calls", calls, optional=True),
             cast(float, _validate.seconds("period", 60.0 if period is None else period, allow_zero=False)),
-            _validate.positive_int("concurrency", concurrency, optional=True),
+            _concurrency(concurrency),
             failure_policy,
         )
     wait_limit = _validate.seconds("max_wait", max_wait, optional=True)
@@ -104,6 +110,16 @@ def rate_limited(
     return decorate
 
 
+def _concurrency(value: object) -> int | AutoConcurrency | None:
+    if isinstance(value, AutoConcurrency):
+        return value
+    if isinstance(value, str):
+        if value.strip().lower() != "auto":
+            raise ConfigurationError("concurrency", f'must be a positive integer or "auto", got {value!r}')
+        return AutoConcurrency()
+    return _validate.positive_int("concurrency", value, optional=True)
+
+
 class _Guard:
     """One decorator's frozen policy, and the decisions it makes around each call."""
 
@@ -115,11 +131,18 @@ class _Guard:
         self.cooldown = cooldown
 
     def pause_after(self, info: ErrorInfo) -> float:
-        """Seconds every caller of the key should pause after an error (0: not a rate limit)."""
+        """Seconds every caller of the key should pause after an error (0: not a rate limit).
+
+        Under a learned limit a 1302 cuts the limit instead, so only the provider's own
+        Retry-After pauses the key.
+        """
         if not info.is_rate_limit:
             return 0.0
-        seconds = self.cooldown if info.retry_after is None else info.retry_after
-        return min(seconds, MAX_COOLDOWN_SECONDS)
+        if info.retry_after is not None:
+            return min(info.retry_after, MAX_COOLDOWN_SECONDS)
+        if isinstance(self.policy.concurrency, AutoConcurrency):
+            return 0.0
+        return min(self.cooldown, MAX_COOLDOWN_SECONDS)
 
     def held(self, limiter: Limiter, stack: Stack) -> _Held | _Unguarded:
         """A permit for one call, as a context manager (sync or async); none in testing mode."""
@@ -150,12 +173,13 @@ class _Held:
         self._timed(started, False)
 
     def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
+        outcome = None
         try:
-            seconds = self._pause_for(error)
+            outcome, seconds = self._after(error)
             if seconds > 0:
                 self.limiter.cooldown(seconds)
         finally:
-            cast(Permit, self.permit).release()
+            cast(Permit, self.permit).release(outcome)
 
     async def __aenter__(self) -> None:
         started = time.perf_counter()
@@ -167,17 +191,22 @@ class _Held:
         self._timed(started, False)
 
     async def __aexit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
+        outcome = None
         try:
-            seconds = self._pause_for(error)
+            outcome, seconds = self._after(error)
             if seconds > 0:
                 await self.limiter.cooldown_async(seconds)
         finally:
-            await cast(AsyncPermit, self.permit).release()
+            await cast(AsyncPermit, self.permit).release(outcome)
 
-    def _pause_for(self, error: BaseException | None) -> float:
+    def _after(self, error: BaseException | None) -> tuple[Outcome | None, float]:
+        """What the call's end teaches a learned limit, and how long the whole key should pause."""
+        if error is None:
+            return Outcome.SUCCEEDED, 0.0
         if not isinstance(error, Exception):
-            return 0.0
-        return self.guard.pause_after(self.stack.verdict(error))
+            return None, 0.0  # cancelled, or the process exits: nothing learned about the limit
+        info = self.stack.verdict(error)
+        return (Outcome.LIMITED if info.kind == "rate_limit" else None), self.guard.pause_after(info)
 
 
 class _Unguarded:

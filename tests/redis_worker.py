@@ -74,6 +74,30 @@ def main() -> None:
             call()
         except RuntimeError:
             print(json.dumps({"failed_at": time.monotonic()}))
+    elif mode == "learn_cut":
+        # Every task is admitted under the learned limit, waits until all processes' tasks
+        # are in flight, then all get a 1302 in the same moment.
+        import redis
+
+        counter = redis.Redis.from_url(url)
+        bounds = glm_guard.AutoConcurrency(min=1, max=64, initial=64)
+
+        @glm_guard.rate_limited(concurrency=bounds, key=options["key"], backend=url)
+        async def call() -> None:
+            counter.incr(options["barrier"])
+            deadline = time.monotonic() + 20
+            # The others are other processes: the barrier is polled in Redis.
+            while int(counter.get(options["barrier"]) or 0) < options["everyone"]:
+                if time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.01)
+            raise RuntimeError('429 {"error":{"code":"1302","message":"busy"}}')
+
+        async def run_tasks() -> int:
+            outcomes = await asyncio.gather(*(call() for _ in range(options["tasks"])), return_exceptions=True)
+            return sum(isinstance(outcome, RuntimeError) for outcome in outcomes)
+
+        print(json.dumps({"limited": asyncio.run(run_tasks())}))
     elif mode == "call_once":
 
         @glm_guard.rate_limited(100, 1.0, key=options["key"], backend=url)

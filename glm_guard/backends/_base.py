@@ -12,18 +12,22 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Protocol
 
+from .._auto_concurrency import AutoConcurrency
 from .._errors import ConfigurationError
 
 __all__ = [
     "BACKEND_ERROR_POLICIES",
     "AsyncPermit",
+    "AutoConcurrency",
     "Backend",
     "CacheStore",
     "Counters",
     "LimitPolicy",
     "Limiter",
+    "Outcome",
     "Permit",
     "ReportsOutages",
     "SharedStats",
@@ -33,6 +37,13 @@ __all__ = [
 #: ``local``: limit in this process with its share of the limit; ``open``: call without
 #: limiting; ``closed``: raise :class:`~glm_guard.BackendError` at once.
 BACKEND_ERROR_POLICIES = ("local", "open", "closed")
+
+
+class Outcome(Enum):
+    """What a call's answer says about the learned limit, given back with its permit."""
+
+    SUCCEEDED = "succeeded"  # the provider answered: the limit held
+    LIMITED = "limited"  # the provider refused for too many calls (GLM's 1302, a 429)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +57,7 @@ class LimitPolicy:
 
     calls: int | None
     period: float
-    concurrency: int | None
+    concurrency: int | AutoConcurrency | None
     on_backend_error: str = "local"
     """What to do while a shared store is unreachable: ``local``, ``open`` or ``closed``."""
 
@@ -57,7 +68,7 @@ class LimitPolicy:
             )
         if self.calls is not None:
             _check_positive_int("calls", self.calls)
-        if self.concurrency is not None:
+        if self.concurrency is not None and not isinstance(self.concurrency, AutoConcurrency):
             _check_positive_int("concurrency", self.concurrency)
         _check_positive_number("period", self.period)
 
@@ -73,15 +84,19 @@ def _check_positive_number(name: str, value: object) -> None:
 
 
 class Permit(Protocol):
-    """Proof that a call was admitted; give it back exactly once when the call ends."""
+    """Proof that a call was admitted; give it back exactly once when the call ends.
 
-    def release(self) -> None: ...
+    ``outcome`` teaches a learned limit what the answer said; ``None``: nothing (another
+    error, a cancellation), and a fixed limit ignores it.
+    """
+
+    def release(self, outcome: Outcome | None = None) -> None: ...
 
 
 class AsyncPermit(Protocol):
     """The async flavour of :class:`Permit`."""
 
-    async def release(self) -> None: ...
+    async def release(self, outcome: Outcome | None = None) -> None: ...
 
 
 class Limiter(ABC):
@@ -104,6 +119,10 @@ class Limiter(ABC):
     @abstractmethod
     async def cooldown_async(self, seconds: float) -> None:
         """The async flavour of :meth:`cooldown`."""
+
+    def learned_limit(self) -> int | None:
+        """The concurrency limit learned for this key, as last seen here; ``None`` if none is learned."""
+        return None
 
 
 class CacheStore(ABC):

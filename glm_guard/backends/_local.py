@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import os
 import threading
@@ -25,7 +26,8 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterator
 
 from .._errors import RateLimitTimeout
-from ._base import AsyncPermit, Backend, CacheStore, Limiter, LimitPolicy, Permit
+from ._base import AsyncPermit, AutoConcurrency, Backend, CacheStore, Limiter, LimitPolicy, Outcome, Permit
+from ._learned import LearnedLimit, report_limit
 
 __all__ = ["LocalBackend", "LocalCacheStore", "LocalLimiter", "WindowState"]
 
@@ -40,7 +42,7 @@ class WindowState:
     Kept free of threads and clocks so property tests can drive it with any arrival times.
     """
 
-    __slots__ = ("cooldown_until", "in_flight", "keep", "longest_period", "starts")
+    __slots__ = ("cooldown_until", "in_flight", "keep", "learned", "longest_period", "starts")
 
     def __init__(self) -> None:
         self.starts: deque[float] = deque()
@@ -48,10 +50,24 @@ class WindowState:
         self.cooldown_until = -_INF
         self.keep = 0
         self.longest_period = 0.0
+        self.learned: LearnedLimit | None = None  # the first ``concurrency="auto"`` policy starts it
+
+    def concurrency(self, policy: LimitPolicy) -> int | None:
+        """The policy's concurrency limit now: its number, or the one learned for the key."""
+        limit = policy.concurrency
+        if not isinstance(limit, AutoConcurrency):
+            return limit
+        if self.learned is None:
+            self.learned = LearnedLimit.starting(limit.min, limit.max, limit.start)
+        self.learned.lowest, self.learned.highest = limit.min, limit.max
+        return min(max(self.learned.limit, limit.min), limit.max)
 
     def next_admission(self, policy: LimitPolicy, now: float) -> float:
         """Earliest time >= ``now`` the policy admits a start; ``inf`` while concurrency is full."""
-        if policy.concurrency is not None and self.in_flight >= policy.concurrency:
+        concurrency = self.concurrency(policy)
+        if concurrency is not None and self.in_flight >= concurrency:
+            if self.learned is not None:
+                self.learned.refused()
             return _INF
         at = self.cooldown_until if self.cooldown_until > now else now
         calls = policy.calls
@@ -62,8 +78,16 @@ class WindowState:
                 at = free_at
         return at
 
-    def admit(self, policy: LimitPolicy, now: float) -> None:
+    def admit(self, policy: LimitPolicy, now: float) -> int:
+        """Record a start now; returns the learned limit's epoch it belongs to (0 without one)."""
         self.in_flight += 1
+        epoch = 0
+        if isinstance(policy.concurrency, AutoConcurrency) and self.learned is not None:
+            epoch = self.learned.admitted(self.in_flight)
+        self._record_start(policy, now)
+        return epoch
+
+    def _record_start(self, policy: LimitPolicy, now: float) -> None:
         calls = policy.calls
         if calls is None:
             return
@@ -83,13 +107,21 @@ class WindowState:
         if self.in_flight > 0:
             self.in_flight -= 1
 
+    def learn(self, epoch: int, outcome: Outcome) -> bool:
+        """What a call's answer teaches the learned limit (call after :meth:`release`); ``True`` on a change."""
+        if self.learned is None:
+            return False
+        if outcome is Outcome.LIMITED:
+            return self.learned.limited(epoch, self.in_flight)
+        return self.learned.succeeded(epoch)
+
     def pause_until(self, deadline: float) -> None:
         if deadline > self.cooldown_until:
             self.cooldown_until = deadline
 
 
 class _Waiter:
-    __slots__ = ("event", "future", "granted", "is_head", "loop", "policy")
+    __slots__ = ("epoch", "event", "future", "granted", "is_head", "loop", "policy")
 
     def __init__(self, policy: LimitPolicy, loop: asyncio.AbstractEventLoop | None) -> None:
         self.policy = policy
@@ -98,6 +130,7 @@ class _Waiter:
         self.future: asyncio.Future[None] | None = None
         self.granted = False
         self.is_head = False
+        self.epoch = 0  # of the learned limit, once granted
 
     def arm(self) -> None:
         """Get ready to be woken: a fresh event state, or a fresh future on the waiter's loop."""
@@ -136,8 +169,30 @@ class _AsyncRelease:
     def __init__(self, limiter: LocalLimiter) -> None:
         self._limiter = limiter
 
-    async def release(self) -> None:
+    async def release(self, outcome: Outcome | None = None) -> None:
         self._limiter.release()
+
+
+class _Learning:
+    """The permit of a call under a learned limit: it remembers the epoch it was admitted in,
+    so its answer teaches the limit only if it still speaks of the current epoch."""
+
+    __slots__ = ("_epoch", "_limiter", "_released")
+
+    def __init__(self, limiter: LocalLimiter, epoch: int) -> None:
+        self._limiter = limiter
+        self._epoch = epoch
+        self._released = False
+
+    def release(self, outcome: Outcome | None = None) -> None:
+        if not self._released:
+            self._released = True
+            self._limiter.finished(self._epoch, outcome)
+
+
+class _AsyncLearning(_Learning):
+    async def release(self, outcome: Outcome | None = None) -> None:  # type: ignore[override]
+        _Learning.release(self, outcome)
 
 
 class LocalLimiter(Limiter):
@@ -158,38 +213,61 @@ class LocalLimiter(Limiter):
 
     # -- admission -------------------------------------------------------------------------
 
-    def _try_now(self, policy: LimitPolicy) -> bool:
-        """Admit at once if nobody is queued and the policy allows it (caller holds the lock)."""
+    def _try_now(self, policy: LimitPolicy) -> int | None:
+        """Admit at once if nobody is queued and the policy allows it (caller holds the lock):
+        the learned limit's epoch (0 without one), or ``None`` when the caller must queue."""
         if self._waiters:
-            return False
+            if self.state.learned is not None:
+                self.state.learned.refused()
+            return None
         now = self._clock()
         state = self.state
         if state.next_admission(policy, now) <= now:
-            state.admit(policy, now)
-            return True
-        return False
+            return state.admit(policy, now)
+        return None
 
     def acquire(self, policy: LimitPolicy, max_wait: float | None) -> Permit:
         with self._lock:
-            if self._try_now(policy):
-                return self
-            waiter = self._enqueue(policy, max_wait, None)
-        self._wait_sync(waiter, max_wait)
-        return self
+            epoch = self._try_now(policy)
+            if epoch is None:
+                waiter = self._enqueue(policy, max_wait, None)
+        if epoch is None:
+            self._wait_sync(waiter, max_wait)
+            epoch = waiter.epoch
+        return _Learning(self, epoch) if isinstance(policy.concurrency, AutoConcurrency) else self
 
     async def acquire_async(self, policy: LimitPolicy, max_wait: float | None) -> AsyncPermit:
         with self._lock:
-            if self._try_now(policy):
-                return self._async_permit
-            waiter = self._enqueue(policy, max_wait, asyncio.get_running_loop())
-        await self._wait_async(waiter, max_wait)
-        return self._async_permit
+            epoch = self._try_now(policy)
+            if epoch is None:
+                waiter = self._enqueue(policy, max_wait, asyncio.get_running_loop())
+        if epoch is None:
+            await self._wait_async(waiter, max_wait)
+            epoch = waiter.epoch
+        return _AsyncLearning(self, epoch) if isinstance(policy.concurrency, AutoConcurrency) else self._async_permit
 
-    def release(self) -> None:
+    def release(self, outcome: Outcome | None = None) -> None:
         with self._lock:
             self.state.release()
             if self._waiters:
                 self._dispatch(self._clock())
+
+    def finished(self, epoch: int, outcome: Outcome | None) -> None:
+        """A call under the learned limit ended: its slot is free, and its answer teaches the limit."""
+        with self._lock:
+            self.state.release()
+            learned = self.state.learned
+            change = None
+            if outcome is not None and learned is not None and self.state.learn(epoch, outcome):
+                change = learned.limit, learned.epoch
+            if self._waiters:
+                self._dispatch(self._clock())
+        if change is not None:  # reported outside the lock: a subscriber may call back in
+            report_limit(self.key, *change)
+
+    def learned_limit(self) -> int | None:
+        learned = self.state.learned
+        return None if learned is None else learned.limit
 
     def cooldown(self, seconds: float) -> None:
         with self._lock:
@@ -231,6 +309,8 @@ class LocalLimiter(Limiter):
         state.longest_period = self.state.longest_period
         state.in_flight = self.state.in_flight
         state.cooldown_until = self.state.cooldown_until
+        if self.state.learned is not None:
+            state.learned = dataclasses.replace(self.state.learned)
         at = now
         for waiter in ahead:
             waiter_policy = policy if waiter is None else waiter.policy
@@ -254,7 +334,7 @@ class LocalLimiter(Limiter):
                 waiters.popleft()  # its loop is closed: it would block everyone behind it
                 continue
             waiters.popleft()
-            self.state.admit(head.policy, now)
+            head.epoch = self.state.admit(head.policy, now)
             head.granted = True
             if not head.wake():
                 self.state.release()  # granted to a task whose loop is gone: give it back

@@ -30,6 +30,7 @@ from ._events import (
     FallbackEvent,
     GuardEvent,
     LeaseLost,
+    LimitChanged,
     RetryEvent,
     WaitEvent,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "FallbackEvent",
     "GuardEvent",
     "LeaseLost",
+    "LimitChanged",
     "LoggingSubscriber",
     "Monitor",
     "PrometheusSubscriber",

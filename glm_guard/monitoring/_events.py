@@ -114,8 +114,20 @@ class LeaseLost(NamedTuple):
     at: float
 
 
+class LimitChanged(NamedTuple):
+    """A learned concurrency limit (``concurrency="auto"``) changed, in the process that changed it.
+
+    ``epoch`` counts the cuts so far: it grew by one when the change was a cut after a 1302.
+    """
+
+    key: str
+    limit: int
+    epoch: int
+    at: float
+
+
 GuardEvent: TypeAlias = (
-    CallEvent | AttemptEvent | WaitEvent | RetryEvent | CacheEvent | FallbackEvent | Alert | LeaseLost
+    CallEvent | AttemptEvent | WaitEvent | RetryEvent | CacheEvent | FallbackEvent | Alert | LeaseLost | LimitChanged
 )
 Subscriber: TypeAlias = Callable[[GuardEvent], object]
 

@@ -17,6 +17,7 @@ from ._events import (
     CallEvent,
     GuardEvent,
     LeaseLost,
+    LimitChanged,
     RetryEvent,
     WaitEvent,
     subscribe,
@@ -45,6 +46,8 @@ def _summary(event: GuardEvent) -> str:
         return f"{event.alert} {'firing' if event.firing else 'resolved'} at {event.value:.4g}"
     if isinstance(event, LeaseLost):
         return f"{event.leases} lease(s) lost while their calls were running"
+    if isinstance(event, LimitChanged):
+        return f"learned concurrency limit now {event.limit} (epoch {event.epoch})"
     return f"served a fallback after {event.error}" + (f" (code {event.code})" if event.code else "")
 
 

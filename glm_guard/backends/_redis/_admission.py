@@ -17,8 +17,9 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar
 
+from ..._auto_concurrency import AutoConcurrency
 from ..._errors import BackendError, RateLimitTimeout
 from .._base import LimitPolicy
 from .._local import LocalLimiter, _resolve
@@ -48,6 +49,21 @@ _ADMITTED, _RESERVED = 1, 2  # the acquire script's reply codes; 0 refuses
 _CONCURRENCY_BOUND = 3  # a refusal's reason: every slot is held
 
 
+class Grant(NamedTuple):
+    """What an admission holds: its lease (``None`` without a concurrency limit), and under a
+    learned limit the epoch it was admitted in, which its answer must name to teach the limit."""
+
+    token: bytes | None
+    epoch: int | None = None
+    limit: int | None = None  # the learned limit the admission was made under
+
+
+def _learned(reply: list[Any], code: int) -> tuple[int | None, int | None]:
+    """The learned limit's epoch and value in an admitting reply (``None`` under a fixed limit)."""
+    at = 1 if code == _ADMITTED else 2
+    return (int(reply[at]), int(reply[at + 1])) if len(reply) > at + 1 else (None, None)
+
+
 def window_ms(period: float) -> int:
     """The window the script enforces for ``period``: the period plus its margin, in ms."""
     return int(period * 1000) + int(min(WINDOW_MARGIN_SECONDS, period * 0.02) * 1000)
@@ -70,7 +86,8 @@ class SharedAdmission:
         self._local = local
         self.starts_key = backend.key(key, "starts")
         self.leases_key = backend.key(key, "leases")
-        self.keys = [self.starts_key, self.leases_key, backend.key(key, "cooldown")]  # acquire.lua's order
+        self.learned_key = backend.key(key, "learned")
+        self.keys = [self.starts_key, self.leases_key, backend.key(key, "cooldown"), self.learned_key]  # acquire.lua's
         self.channel = backend.key(key, "released")
         self._askers = Gate(ASKERS_PER_KEY)  # this process's callers talking to Redis about the key
         self._slot_queue = Gate(1)  # its callers refused for want of a slot: only the first asks again
@@ -87,7 +104,12 @@ class SharedAdmission:
         """The acquire script's arguments: the limits as one string, and a fresh token."""
         left_ms = -1 if deadline is None else max(int((deadline - time.monotonic()) * 1000), 0)
         window = window_ms(policy.period) if policy.calls else int(policy.period * 1000)
-        limits = f"{policy.calls or 0} {window} {policy.concurrency or 0} {self._lease_ms} {left_ms}"
+        concurrency = policy.concurrency
+        if isinstance(concurrency, AutoConcurrency):  # the script reads the learned limit
+            learning = f" {concurrency.min} {concurrency.max} {concurrency.start}"
+            limits = f"{policy.calls or 0} {window} 0 {self._lease_ms} {left_ms}{learning}"
+        else:
+            limits = f"{policy.calls or 0} {window} {concurrency or 0} {self._lease_ms} {left_ms}"
         return [limits, new_token()]
 
     def _paused(self) -> bool:
@@ -143,11 +165,11 @@ class SharedAdmission:
             wait = min(wait, max(left, 0.0))
         return wait
 
-    def admission(self, policy: LimitPolicy, max_wait: float | None) -> Generator[Step, Any, bytes | None]:
+    def admission(self, policy: LimitPolicy, max_wait: float | None) -> Generator[Step, Any, Grant]:
         """Every decision of one admission, without I/O: it yields what to do, the driver does it.
 
         The driver sends back each step's outcome (the script's reply), or throws in its
-        failure.  Returns the lease token now held, ``None`` without a concurrency limit.
+        failure.  Returns the lease now held, and its epoch under a learned limit.
         A caller refused for want of a slot queues behind this process's earlier ones and
         asks again when it is first and a slot was given back.  A start taken late, or
         reserved across a cooldown, is given back and the caller asks again: up to three
@@ -192,15 +214,16 @@ class SharedAdmission:
                 if leave_queue is not None:
                     leave_queue()  # the next in line may ask now
                     leave_queue = None
+                epoch, limit = _learned(reply, code)
                 if code == _ADMITTED and (patience <= 0 or not self._late(policy, sent, answered, 0.0)):
-                    return held
+                    return Grant(held, epoch, limit)
                 wait = int(reply[1]) / 1000.0 if code == _RESERVED else 0.0
                 try:
                     if wait:
                         yield Sleep(wait)
                     late = patience > 0 and (code == _ADMITTED or self._late(policy, sent, answered, wait))
                     if not late and not (wait and self._paused()):
-                        return held
+                        return Grant(held, epoch, limit)
                     # Not renewed while confirm may give it back: a renewal crossing it would revive it.
                     self._backend.leases.discard(self.leases_key, token)
                     paused_ms = int((yield Ask("confirm", self.keys, [token, int(late)])))
@@ -208,7 +231,7 @@ class SharedAdmission:
                     self._unreserve(token)
                     raise
                 if paused_ms < 0:
-                    return self._hold(policy, token)  # still ours
+                    return Grant(self._hold(policy, token), epoch, limit)  # still ours
                 yield Sleep(paused_ms / 1000.0)  # it gave its start back: any cooldown, then ask again
                 patience -= int(late)
         finally:

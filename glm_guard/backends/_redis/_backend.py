@@ -24,6 +24,7 @@ import threading
 from typing import cast
 
 from ... import _validate
+from ..._auto_concurrency import AutoConcurrency
 from ..._config import check_redis_url, get_settings, mask_url
 from .._base import Backend, LimitPolicy, ReportsOutages, SharedStats, SharesStats
 from .._live import join, leave, live_backends
@@ -92,7 +93,7 @@ class RedisBackend(Backend, SharesStats, ReportsOutages):
         self.connections = Connections(url, timeout, self.health)
         self._stats = RedisSharedStats(self.connections, self.prefix)
         self._limiters: dict[str, RedisLimiter] = {}
-        self._shares: dict[tuple[LimitPolicy, int], LimitPolicy] = {}
+        self._shares: dict[tuple[LimitPolicy, int, int | None], LimitPolicy] = {}
         self._start_workers()
         join(self)
 
@@ -134,22 +135,27 @@ class RedisBackend(Backend, SharesStats, ReportsOutages):
     ) -> RedisCacheStore:
         return RedisCacheStore(self, namespace, ttl, serializer, owner or namespace, maxsize)
 
-    def share(self, policy: LimitPolicy) -> LimitPolicy:
+    def share(self, policy: LimitPolicy, learned: int | None = None) -> LimitPolicy:
         """This process's share of ``policy`` without Redis: the limit over the processes sharing it.
 
         Those are the live processes last counted, and never fewer than ``expected_processes``:
         a process that never reached Redis has counted nobody, and must not take the whole limit.
+        A learned limit is shared as it was last ``learned`` here (else its start), fixed until
+        Redis is back.
         """
         processes = max(self.heartbeat.live_processes, self.expected_processes)
-        cached = self._shares.get((policy, processes))
+        concurrency = policy.concurrency
+        if isinstance(concurrency, AutoConcurrency):
+            concurrency = concurrency.start if learned is None else learned
+        cached = self._shares.get((policy, processes, concurrency))
         if cached is None:
             cached = LimitPolicy(
                 None if policy.calls is None else max(1, policy.calls // processes),
                 policy.period,
-                None if policy.concurrency is None else max(1, policy.concurrency // processes),
+                None if concurrency is None else max(1, concurrency // processes),
                 policy.on_backend_error,
             )
-            self._shares[(policy, processes)] = cached
+            self._shares[(policy, processes, concurrency)] = cached
         return cached
 
     def close(self) -> None:

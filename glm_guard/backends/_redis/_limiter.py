@@ -15,9 +15,11 @@ from collections.abc import Generator
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from ..._auto_concurrency import AutoConcurrency
 from ..._errors import BackendError, BackendRequestError
 from .._base import AsyncPermit, Limiter, LimitPolicy, Permit
-from ._admission import SharedAdmission, remaining, window_ms
+from .._learned import report_limit
+from ._admission import Grant, SharedAdmission, remaining, window_ms
 from ._local_share import LocalShare
 from ._permits import (
     NO_LEASE,
@@ -27,6 +29,7 @@ from ._permits import (
     AsyncLocalOnly,
     AsyncUnshared,
     InGrace,
+    Learning,
     Lease,
     Unshared,
 )
@@ -60,6 +63,8 @@ class RedisLimiter(Limiter):
         self._channel = self._redis_admission.channel
         self._cooldown_key = self._redis_admission.keys[2]
         self._lease_ms = int(backend.lease * 1000)
+        self._learned_key = self._redis_admission.learned_key
+        self._learned_limit: int | None = None  # as Redis last told this process (stats; the share in an outage)
 
     def __repr__(self) -> str:
         return f"<RedisLimiter {self.key!r}>"
@@ -72,41 +77,45 @@ class RedisLimiter(Limiter):
     # -- the Limiter interface: one decision, two drivers, a permit per flavour ---------------
 
     def acquire(self, policy: LimitPolicy, max_wait: float | None) -> Permit:
-        admitted, token = self._redis_admission.run(self._admission(policy, max_wait))
+        admitted, grant = self._redis_admission.run(self._admission(policy, max_wait))
+        token = grant.token
         if admitted is _Admitted.BY_REDIS:
-            return NO_LEASE if token is None else Lease(self, token)
+            return NO_LEASE if token is None else Lease(self, token, _learning(policy, grant))
         if admitted is _Admitted.BY_BOTH:
-            return InGrace(NO_LEASE if token is None else Lease(self, token), self._local_share, token)
+            lease = NO_LEASE if token is None else Lease(self, token, _learning(policy, grant))
+            return InGrace(lease, self._local_share, token)
         if admitted is _Admitted.BY_SHARE:
             return self._local_share.limiter if token is None else Unshared(self, token)
         return NO_LEASE
 
     async def acquire_async(self, policy: LimitPolicy, max_wait: float | None) -> AsyncPermit:
-        admitted, token = await self._redis_admission.run_async(self._admission(policy, max_wait))
+        admitted, grant = await self._redis_admission.run_async(self._admission(policy, max_wait))
+        token = grant.token
         if admitted is _Admitted.BY_REDIS:
-            return NO_LEASE_ASYNC if token is None else AsyncLease(self, token)
+            return NO_LEASE_ASYNC if token is None else AsyncLease(self, token, _learning(policy, grant))
         if admitted is _Admitted.BY_BOTH:
-            lease = NO_LEASE_ASYNC if token is None else AsyncLease(self, token)
+            lease = NO_LEASE_ASYNC if token is None else AsyncLease(self, token, _learning(policy, grant))
             return AsyncInGrace(lease, self._local_share, token)
         if admitted is _Admitted.BY_SHARE:
             return AsyncLocalOnly(self._local_share.limiter) if token is None else AsyncUnshared(self, token)
         return NO_LEASE_ASYNC
 
+    def learned_limit(self) -> int | None:
+        return self._learned_limit
+
     # -- the outage policy around admission --------------------------------------------------
 
-    def _admission(
-        self, policy: LimitPolicy, max_wait: float | None
-    ) -> Generator[Step, Any, tuple[_Admitted, bytes | None]]:
+    def _admission(self, policy: LimitPolicy, max_wait: float | None) -> Generator[Step, Any, tuple[_Admitted, Grant]]:
         """Through Redis while it answers; else by ``on_backend_error``; both just after an outage."""
         deadline = None if max_wait is None else time.monotonic() + max_wait
         if self._backend.health.available():
             try:
                 if policy.on_backend_error != "local":
-                    return _Admitted.BY_REDIS, (yield from self._redis_admission.admission(policy, max_wait))
+                    return _Admitted.BY_REDIS, (yield from self._shared(policy, max_wait))
                 if self._local_share.must_adopt:
                     yield from self._adopt(policy)
                 if not self._local_share.in_grace(policy.period):
-                    return _Admitted.BY_REDIS, (yield from self._redis_admission.admission(policy, max_wait))
+                    return _Admitted.BY_REDIS, (yield from self._shared(policy, max_wait))
                 return (yield from self._in_grace(policy, deadline))
             except BackendError as error:
                 if policy.on_backend_error == "closed":
@@ -116,28 +125,34 @@ class RedisLimiter(Limiter):
             raise self._backend.health.error()
         self._backend.health.served_without_redis()
         if policy.on_backend_error == "open":
-            return _Admitted.UNLIMITED, None
+            return _Admitted.UNLIMITED, Grant(None)
         self._serving_without_redis(policy)
-        yield TakeShare(self._backend.share(policy), remaining(deadline))
-        return _Admitted.BY_SHARE, self._running_without_redis(policy)
+        yield TakeShare(self._backend.share(policy, self._learned_limit), remaining(deadline))
+        return _Admitted.BY_SHARE, Grant(self._running_without_redis(policy))
 
-    def _in_grace(
-        self, policy: LimitPolicy, deadline: float | None
-    ) -> Generator[Step, Any, tuple[_Admitted, bytes | None]]:
+    def _in_grace(self, policy: LimitPolicy, deadline: float | None) -> Generator[Step, Any, tuple[_Admitted, Grant]]:
         """Just after an outage: this process's share first, then Redis (see ``_local_share``)."""
-        yield TakeShare(self._backend.share(policy), remaining(deadline))
+        yield TakeShare(self._backend.share(policy, self._learned_limit), remaining(deadline))
         try:
-            token = yield from self._redis_admission.admission(policy, remaining(deadline))
+            grant = yield from self._shared(policy, remaining(deadline))
         except BackendError:  # away again: the share's admission stands alone ("local" only here)
             self._backend.health.served_without_redis()
             self._serving_without_redis(policy)
-            return _Admitted.BY_SHARE, self._running_without_redis(policy)
+            return _Admitted.BY_SHARE, Grant(self._running_without_redis(policy))
         except BaseException:
             self._local_share.limiter.release()
             raise
         self._local_share.redis_answered()
-        self._local_share.both_admitted(token)
-        return _Admitted.BY_BOTH, token
+        self._local_share.both_admitted(grant.token)
+        return _Admitted.BY_BOTH, grant
+
+    def _shared(self, policy: LimitPolicy, max_wait: float | None) -> Generator[Step, Any, Grant]:
+        """An admission through Redis; the learned limit it was made under is remembered for
+        ``stats()``, and as the limit this process's share divides if Redis goes away."""
+        grant = yield from self._redis_admission.admission(policy, max_wait)
+        if grant.limit is not None:
+            self._learned_limit = grant.limit
+        return grant
 
     def _serving_without_redis(self, policy: LimitPolicy) -> None:
         self._local_share.serving_without_redis(
@@ -194,13 +209,18 @@ class RedisLimiter(Limiter):
         if self._local_share.finished(token):
             await self.give_back_async(token)
 
-    def give_back(self, token: bytes) -> None:
+    def give_back(self, token: bytes, lesson: list[object] | None = None) -> None:
+        """Give the lease back, and with ``lesson`` (``Learning.lesson``) teach the learned limit in the same step."""
         if self._local_share.counted_lease_ended(token):
             self._local_share.limiter.release()
         if self._backend.health.available():
             self._backend.leases.discard(self._leases_key, token)
             try:
-                self._backend.connections.run("release", [self._leases_key], [token, self._channel])
+                if lesson is None:
+                    self._backend.connections.run("release", [self._leases_key], [token, self._channel])
+                else:
+                    keys = [self._leases_key, self._learned_key]
+                    self._learned(self._backend.connections.run("learn", keys, [token, self._channel, *lesson]))
                 return
             except BackendError as error:
                 self._backend.health.failed(error)
@@ -209,13 +229,18 @@ class RedisLimiter(Limiter):
                 return
         self._redis_admission.abandon(token)  # Redis away: released as soon as it answers, not after the lease
 
-    async def give_back_async(self, token: bytes) -> None:
+    async def give_back_async(self, token: bytes, lesson: list[object] | None = None) -> None:
         if self._local_share.counted_lease_ended(token):
             self._local_share.limiter.release()
         if self._backend.health.available():
             self._backend.leases.discard(self._leases_key, token)
             try:
-                await self._backend.connections.run_async("release", [self._leases_key], [token, self._channel])
+                if lesson is None:
+                    await self._backend.connections.run_async("release", [self._leases_key], [token, self._channel])
+                else:
+                    keys = [self._leases_key, self._learned_key]
+                    reply = await self._backend.connections.run_async("learn", keys, [token, self._channel, *lesson])
+                    self._learned(reply)
                 return
             except BackendError as error:
                 self._backend.health.failed(error)
@@ -226,6 +251,12 @@ class RedisLimiter(Limiter):
                 self._redis_admission.abandon(token)
                 raise
         self._redis_admission.abandon(token)
+
+    def _learned(self, reply: list[Any]) -> None:
+        """``learn.lua``'s answer: the limit now, and whether this process's lesson changed it."""
+        self._learned_limit = int(reply[1])
+        if int(reply[2]):
+            report_limit(self.key, self._learned_limit, int(reply[3]))
 
     def cooldown(self, seconds: float) -> None:
         self._local_share.limiter.cooldown(seconds)
@@ -246,6 +277,13 @@ class RedisLimiter(Limiter):
                 self._backend.health.failed(error)
             except BackendRequestError as error:
                 _rejected(error)
+
+
+def _learning(policy: LimitPolicy, grant: Grant) -> Learning | None:
+    concurrency = policy.concurrency
+    if isinstance(concurrency, AutoConcurrency) and grant.epoch is not None:
+        return Learning(concurrency, grant.epoch)
+    return None
 
 
 def _rejected(error: BackendRequestError) -> None:

@@ -8,9 +8,10 @@ just after an outage; or nothing to give back (no concurrency limit, the ``open`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
-from .._base import AsyncPermit, Permit
+from ..._auto_concurrency import AutoConcurrency
+from .._base import AsyncPermit, Outcome, Permit
 from .._local import LocalLimiter
 
 if TYPE_CHECKING:
@@ -18,25 +19,42 @@ if TYPE_CHECKING:
     from ._local_share import LocalShare
 
 
+class Learning(NamedTuple):
+    """A lease under a learned limit: the limit's bounds, and the epoch the call was admitted in."""
+
+    bounds: AutoConcurrency
+    epoch: int
+
+    def lesson(self, outcome: Outcome | None) -> list[object] | None:
+        """``learn.lua``'s arguments after the token and channel; ``None``: nothing to learn."""
+        if outcome is None:
+            return None
+        code = "2" if outcome is Outcome.LIMITED else "1"
+        bounds = self.bounds
+        return [code, self.epoch, f"{bounds.min} {bounds.max} {bounds.start}"]
+
+
 @dataclass(slots=True)
 class Lease:
-    """A lease in Redis, given back exactly once."""
+    """A lease in Redis, given back exactly once (with what the answer teaches a learned limit)."""
 
     _limiter: RedisLimiter
     _token: bytes | None
+    _learning: Learning | None = None
 
-    def release(self) -> None:
+    def release(self, outcome: Outcome | None = None) -> None:
         if self._token is not None:
             token, self._token = self._token, None
-            self._limiter.give_back(token)
+            self._limiter.give_back(token, None if self._learning is None else self._learning.lesson(outcome))
 
 
 @dataclass(slots=True)
 class AsyncLease(Lease):
-    async def release(self) -> None:  # type: ignore[override]
+    async def release(self, outcome: Outcome | None = None) -> None:  # type: ignore[override]
         if self._token is not None:
             token, self._token = self._token, None
-            await self._limiter.give_back_async(token)
+            lesson = None if self._learning is None else self._learning.lesson(outcome)
+            await self._limiter.give_back_async(token, lesson)
 
 
 @dataclass(slots=True)
@@ -46,7 +64,7 @@ class Unshared:
     _limiter: RedisLimiter
     _token: bytes | None
 
-    def release(self) -> None:
+    def release(self, outcome: Outcome | None = None) -> None:  # nothing is learned without Redis
         if self._token is not None:
             token, self._token = self._token, None
             self._limiter.unshared_finished(token)
@@ -54,7 +72,7 @@ class Unshared:
 
 @dataclass(slots=True)
 class AsyncUnshared(Unshared):
-    async def release(self) -> None:  # type: ignore[override]
+    async def release(self, outcome: Outcome | None = None) -> None:  # type: ignore[override]
         if self._token is not None:
             token, self._token = self._token, None
             await self._limiter.unshared_finished_async(token)
@@ -69,11 +87,11 @@ class InGrace:
     _token: bytes | None
     _done: bool = False
 
-    def release(self) -> None:
+    def release(self, outcome: Outcome | None = None) -> None:
         if not self._done:
             self._done = True
             self._local_share.both_ended(self._token)
-            self._redis_permit.release()
+            self._redis_permit.release(outcome)
 
 
 @dataclass(slots=True)
@@ -83,11 +101,11 @@ class AsyncInGrace:
     _token: bytes | None
     _done: bool = False
 
-    async def release(self) -> None:
+    async def release(self, outcome: Outcome | None = None) -> None:
         if not self._done:
             self._done = True
             self._local_share.both_ended(self._token)
-            await self._redis_permit.release()
+            await self._redis_permit.release(outcome)
 
 
 @dataclass(slots=True)
@@ -96,19 +114,19 @@ class AsyncLocalOnly:
 
     _local_share: LocalLimiter
 
-    async def release(self) -> None:
+    async def release(self, outcome: Outcome | None = None) -> None:
         self._local_share.release()
 
 
 class _NoLease:
     """The permit of an admission that holds no lease (no concurrency limit, or the ``open`` policy)."""
 
-    def release(self) -> None:
+    def release(self, outcome: Outcome | None = None) -> None:
         return None
 
 
 class _AsyncNoLease:
-    async def release(self) -> None:
+    async def release(self, outcome: Outcome | None = None) -> None:
         return None
 
 

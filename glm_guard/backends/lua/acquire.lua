@@ -1,12 +1,15 @@
 -- One admission decision for one key, atomically, on the server's clock.
 -- KEYS[1] starts (ZSET: token -> start ms)   KEYS[2] leases (ZSET: token -> expiry ms)
--- KEYS[3] cooldown (string: deadline ms)
+-- KEYS[3] cooldown (string: deadline ms)   KEYS[4] learned limit (HASH, see learn.lua)
 -- ARGV[3] (tests only): a virtual "now" in ms, so the same vectors can check this script and
 -- the local algorithm against one oracle.
--- ARGV[1]: "calls period_ms concurrency lease_ms max_wait_ms" (calls or concurrency 0 = no
---          such limit; max_wait_ms -1 = no limit), one argument the client packs once per
---          policy.  ARGV[2]: a token unique to this attempt.
--- Returns {1} when admitted now (the usual reply, kept short); {2, wait_ms} when admitted
+-- ARGV[1]: "calls period_ms concurrency lease_ms max_wait_ms [min max start]" (calls or
+--          concurrency 0 = no such limit; max_wait_ms -1 = no limit; with the last three the
+--          concurrency limit is the learned one, kept in [min, max], `start` until one is
+--          learned), one argument the client packs once per policy.
+--          ARGV[2]: a token unique to this attempt.
+-- Returns {1} when admitted now (the usual reply, kept short; {1, epoch, limit} under a
+-- learned limit: the epoch the call belongs to, see learn.lua); {2, wait_ms} when admitted
 -- with a start reserved wait_ms from now (the caller sleeps, then starts without asking
 -- again: one round trip per admission even under contention); else {0, wait_ms, reason}
 -- with reason 1 = cooldown, 2 = rate window (the wait would exceed max_wait), 3 = concurrency.
@@ -15,10 +18,30 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if ARGV[3] then now = tonumber(ARGV[3]) end  -- a virtual clock, for the property tests only
-local c, p, n, l, w = string.match(ARGV[1], '^(%d+) (%d+) (%d+) (%d+) (-?%d+)$')
+local c, p, n, l, w, learning = string.match(ARGV[1], '^(%d+) (%d+) (%d+) (%d+) (-?%d+)(.*)$')
 local calls, period, concurrency = tonumber(c), tonumber(p), tonumber(n)
 local lease, max_wait = tonumber(l), tonumber(w)
 local token = ARGV[2]
+
+-- A learned limit is read here, in the same step that enforces it, so every process obeys a
+-- change at its next admission.  What another program may have planted under the key is
+-- never trusted: anything but a whole number within the bounds reads as the start.
+local epoch = nil
+if learning ~= '' then
+  local lo, hi, first = string.match(learning, '^ (%d+) (%d+) (%d+)$')
+  lo, hi, first = tonumber(lo), tonumber(hi), tonumber(first)
+  local state = redis.call('HMGET', KEYS[4], 'limit', 'epoch')
+  local limit = tonumber(state[1])
+  if not limit or limit ~= math.floor(limit) or limit < 1 then limit = first end
+  limit = math.min(math.max(limit, lo), hi)
+  epoch = tonumber(state[2])
+  if not epoch or epoch < 0 or epoch ~= math.floor(epoch) then epoch = 0 end
+  concurrency = limit
+end
+local function in_use()  -- the learned limit was reached: growth may count the next successes
+  redis.call('HSET', KEYS[4], 'busy', 1)
+  redis.call('PEXPIRE', KEYS[4], 86400000)
+end
 
 local until_ms = tonumber(redis.call('GET', KEYS[3]) or '0')
 if until_ms > now then
@@ -56,10 +79,12 @@ if concurrency > 0 then
   if held >= concurrency then
     held = held - redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
     if held >= concurrency then
+      if epoch then in_use() end
       local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
       return {0, tonumber(first[2]) - now, 3}
     end
   end
+  if epoch and held + 1 >= concurrency then in_use() end
 end
 
 if calls > 0 then
@@ -73,6 +98,8 @@ if concurrency > 0 then
   redis.call('PEXPIRE', KEYS[2], start - now + lease * 2 + 1000)
 end
 if start > now then
+  if epoch then return {2, start - now, epoch, concurrency} end
   return {2, start - now}
 end
+if epoch then return {1, epoch, concurrency} end
 return {1}

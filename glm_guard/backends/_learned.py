@@ -1,0 +1,118 @@
+"""The concurrency limit learned from the provider's answers (``concurrency="auto"``).
+
+GLM limits the requests in flight per account and model, publishes no number, and cuts it
+at peak hours.  The only signal is the 1302 itself, so the rule is loss-based AIMD, the
+approach Netflix's concurrency-limits recommends for clients, with four refinements taken
+from where the anchors fail:
+
+- **One cut per congestion epoch.**  Every cut starts a new epoch; a 1302 cuts only when its
+  call was admitted in the current epoch.  The calls that were already in flight when the
+  capacity fell all fail together, and they make one cut, not one each (Envoy's epoch rule,
+  DataDesigner's cascade dedup), across every process sharing the key.
+- **A cut to what was running.**  The limit falls to ``min(floor(limit * 0.9), in flight)``:
+  the provider refused a call while the others were running, so it holds at most that many.
+  At the small limits GLM gives (2 to 20) a floored x0.9 removes one slot; the in-flight
+  bound makes a larger drop (20 -> 5) take a few epochs, not twenty.
+- **Growth only while the limit is in use.**  A success counts only if the limit was reached
+  (a call waited, or filled the last slot) since the last change, and only if the call was
+  admitted after the last cut.  Before the first 1302 ever, each such success adds one slot
+  (slow start: the limit doubles per call latency); after it, a limit's worth of successes
+  adds one (one slot per call latency).
+- **A ceiling that damps probing but never pins the limit.**  The limit that last drew a 1302
+  is remembered as the ceiling.  Climbing back to it is a probe, allowed after
+  ``limit * 2**misses`` successes (``misses``: probes at it that failed in a row), at most
+  :data:`LONGEST_PROBE_GAP` successes.  So a steady capacity costs a probe every few hundred
+  calls at worst, while a capacity that came back is found after at most that many successes;
+  a probe that succeeds (a limit's worth of successes at the ceiling) forgets the ceiling.
+
+The same rule runs in ``lua/learn.lua`` and ``lua/acquire.lua`` on Redis, where one atomic
+step reads it for admission; ``tests/test_learned.py`` drives both with the same events.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final
+
+from ..monitoring._events import HUB, LimitChanged, emit, wall_clock
+
+__all__ = ["BACKOFF", "LONGEST_PROBE_GAP", "LearnedLimit", "report_limit"]
+
+#: A cut keeps this share of the limit (floored, so at least one slot goes).
+BACKOFF: Final = 0.9
+
+#: The most successes a probe of the ceiling waits for: a steady capacity costs at most about
+#: one 1302 per this many calls, and a capacity that came back is found within as many.
+LONGEST_PROBE_GAP: Final = 256
+
+
+@dataclass(slots=True)
+class LearnedLimit:
+    """One key's learned concurrency limit and what the rule remembers about it."""
+
+    limit: int
+    lowest: int
+    highest: int
+    epoch: int = 0
+    busy: bool = False  # the limit was reached since the last change
+    streak: int = 0  # successes counted since the last change
+    ceiling: int = 0  # the limit that last drew a 1302 (0: none known)
+    misses: int = 0  # probes of the ceiling that failed in a row
+
+    @classmethod
+    def starting(cls, lowest: int, highest: int, initial: int) -> LearnedLimit:
+        return cls(min(max(initial, lowest), highest), lowest, highest)
+
+    def admitted(self, in_flight: int) -> int:
+        """A call was admitted, ``in_flight`` counting it; returns the epoch it belongs to."""
+        if in_flight >= self.limit:
+            self.busy = True
+        return self.epoch
+
+    def refused(self) -> None:
+        """A caller found every slot taken: the limit is in use."""
+        self.busy = True
+
+    def succeeded(self, epoch: int) -> bool:
+        """A call admitted in ``epoch`` got its answer; ``True`` if the limit changed."""
+        if epoch != self.epoch or not self.busy:
+            return False
+        self.streak += 1
+        if self.ceiling and self.limit >= self.ceiling and self.streak >= self.limit:
+            self.ceiling = self.misses = 0  # the capacity is back at the level that failed
+        if self.streak < self._successes_to_grow() or self.limit >= self.highest:
+            return False
+        self.limit += 1
+        self.streak = 0
+        self.busy = False
+        return True
+
+    def limited(self, epoch: int, others_in_flight: int) -> bool:
+        """A call admitted in ``epoch`` got a 1302 while ``others_in_flight`` others ran;
+        ``True`` if the limit changed (a new epoch began)."""
+        if epoch != self.epoch:
+            return False  # this congestion was answered already
+        old = self.limit
+        if self.ceiling == old:
+            self.misses = min(self.misses + 1, 64)
+        else:
+            self.ceiling, self.misses = old, 1
+        self.limit = max(self.lowest, min(math.floor(old * BACKOFF), others_in_flight))
+        self.epoch += 1
+        self.streak = 0
+        self.busy = False
+        return self.limit != old
+
+    def _successes_to_grow(self) -> int:
+        if self.epoch == 0 and not self.ceiling:
+            return 1  # slow start: no 1302 seen yet
+        if not self.ceiling or self.limit + 1 < self.ceiling:
+            return self.limit
+        return min(self.limit << min(self.misses, 16), max(self.limit, LONGEST_PROBE_GAP))
+
+
+def report_limit(key: str, limit: int, epoch: int) -> None:
+    """Tell monitoring that the learned limit of ``key`` is now ``limit``."""
+    if HUB.active:
+        emit(LimitChanged(key, limit, epoch, wall_clock()))
