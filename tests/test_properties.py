@@ -114,7 +114,8 @@ def test_lua_script_matches_the_oracle_redis(redis_scripts, policy_tuple, ops) -
     backend = redis_scripts
     calls, period, concurrency = policy_tuple
     key = f"prop-{id(ops)}-{len(ops)}"
-    keys = [backend.key(key, "starts"), backend.key(key, "leases"), backend.key(key, "cooldown")]
+    suffixes = ("starts", "leases", "cooldown", "learned", "paused")  # acquire.lua's keys, in order
+    keys = [backend.key(key, suffix) for suffix in suffixes]
     limits = f"{calls or 0} {period} {concurrency or 0} 600000 0"
     held: list[str] = []
     counter = iter(range(10**6))

@@ -120,6 +120,15 @@ class Limiter(ABC):
     async def cooldown_async(self, seconds: float) -> None:
         """The async flavour of :meth:`cooldown`."""
 
+    @abstractmethod
+    def pause(self, reason: str, seconds: float, probe_every: float) -> None:
+        """Refuse every call of the key at once (``KeyPaused``) for ``seconds``, then let one
+        call through per ``probe_every`` until one succeeds; never shortens a longer pause."""
+
+    @abstractmethod
+    async def pause_async(self, reason: str, seconds: float, probe_every: float) -> None:
+        """The async flavour of :meth:`pause`."""
+
     def learned_limit(self) -> int | None:
         """The concurrency limit learned for this key, as last seen here; ``None`` if none is learned."""
         return None

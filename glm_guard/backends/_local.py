@@ -28,6 +28,7 @@ from collections.abc import Callable, Hashable, Iterator
 from .._errors import RateLimitTimeout
 from ._base import AsyncPermit, AutoConcurrency, Backend, CacheStore, Limiter, LimitPolicy, Outcome, Permit
 from ._learned import LearnedLimit, report_limit
+from ._pauses import KeyPaused, Pause
 
 __all__ = ["LocalBackend", "LocalCacheStore", "LocalLimiter", "WindowState"]
 
@@ -121,7 +122,7 @@ class WindowState:
 
 
 class _Waiter:
-    __slots__ = ("epoch", "event", "future", "granted", "is_head", "loop", "policy")
+    __slots__ = ("epoch", "event", "future", "granted", "is_head", "loop", "policy", "probe")
 
     def __init__(self, policy: LimitPolicy, loop: asyncio.AbstractEventLoop | None) -> None:
         self.policy = policy
@@ -131,6 +132,7 @@ class _Waiter:
         self.granted = False
         self.is_head = False
         self.epoch = 0  # of the learned limit, once granted
+        self.probe = False  # the one call let through at the end of a pause
 
     def arm(self) -> None:
         """Get ready to be woken: a fresh event state, or a fresh future on the waiter's loop."""
@@ -195,10 +197,40 @@ class _AsyncLearning(_Learning):
         _Learning.release(self, outcome)
 
 
+class _Probe:
+    """The permit of the call let through at the end of a pause: its success ends the pause."""
+
+    __slots__ = ("_limiter", "_permit", "_since")
+
+    def __init__(self, limiter: LocalLimiter, permit: Permit, since: float) -> None:
+        self._limiter = limiter
+        self._permit = permit
+        self._since = since
+
+    def release(self, outcome: Outcome | None = None) -> None:
+        self._permit.release(outcome)
+        if outcome is Outcome.SUCCEEDED:
+            self._limiter.end_pause(self._since)
+
+
+class _AsyncProbe:
+    __slots__ = ("_limiter", "_permit", "_since")
+
+    def __init__(self, limiter: LocalLimiter, permit: AsyncPermit, since: float) -> None:
+        self._limiter = limiter
+        self._permit = permit
+        self._since = since
+
+    async def release(self, outcome: Outcome | None = None) -> None:
+        await self._permit.release(outcome)
+        if outcome is Outcome.SUCCEEDED:
+            self._limiter.end_pause(self._since)
+
+
 class LocalLimiter(Limiter):
     """Sliding-window rate, concurrency and cooldown for one key, within one process."""
 
-    __slots__ = ("_async_permit", "_clock", "_lock", "_waiters", "key", "state")
+    __slots__ = ("_async_permit", "_clock", "_lock", "_pause", "_waiters", "key", "state")
 
     def __init__(self, key: str, clock: Clock = time.monotonic) -> None:
         self.key = key
@@ -207,6 +239,7 @@ class LocalLimiter(Limiter):
         self._lock = threading.Lock()
         self._waiters: deque[_Waiter] = deque()
         self._async_permit = _AsyncRelease(self)
+        self._pause: Pause | None = None
 
     def __repr__(self) -> str:
         return f"<LocalLimiter {self.key!r} in_flight={self.state.in_flight} waiting={len(self._waiters)}>"
@@ -228,23 +261,58 @@ class LocalLimiter(Limiter):
 
     def acquire(self, policy: LimitPolicy, max_wait: float | None) -> Permit:
         with self._lock:
+            probing = self._probing()
             epoch = self._try_now(policy)
             if epoch is None:
-                waiter = self._enqueue(policy, max_wait, None)
+                waiter = self._enqueue(policy, max_wait, None, probing)
         if epoch is None:
             self._wait_sync(waiter, max_wait)
             epoch = waiter.epoch
-        return _Learning(self, epoch) if isinstance(policy.concurrency, AutoConcurrency) else self
+        permit: Permit = _Learning(self, epoch) if isinstance(policy.concurrency, AutoConcurrency) else self
+        return permit if probing is None else _Probe(self, permit, probing)
 
     async def acquire_async(self, policy: LimitPolicy, max_wait: float | None) -> AsyncPermit:
         with self._lock:
+            probing = self._probing()
             epoch = self._try_now(policy)
             if epoch is None:
-                waiter = self._enqueue(policy, max_wait, asyncio.get_running_loop())
+                waiter = self._enqueue(policy, max_wait, asyncio.get_running_loop(), probing)
         if epoch is None:
             await self._wait_async(waiter, max_wait)
             epoch = waiter.epoch
-        return _AsyncLearning(self, epoch) if isinstance(policy.concurrency, AutoConcurrency) else self._async_permit
+        learning = isinstance(policy.concurrency, AutoConcurrency)
+        permit: AsyncPermit = _AsyncLearning(self, epoch) if learning else self._async_permit
+        return permit if probing is None else _AsyncProbe(self, permit, probing)
+
+    # -- pauses that refuse at once (a quota window, arrears, an overloaded model) ----------
+
+    def _probing(self) -> float | None:
+        """Raise while a pause is in force; at its end, the caller is the probe (the pause's
+        start is returned); ``None``: no pause (caller holds the lock)."""
+        pause = self._pause
+        if pause is None:
+            return None
+        now = self._clock()
+        if not pause.admits(now):
+            raise KeyPaused(self.key, pause.reason, pause.until - now)
+        return pause.since
+
+    def pause(self, reason: str, seconds: float, probe_every: float) -> None:
+        now = self._clock()
+        with self._lock:
+            if self._pause is None or now + seconds > self._pause.until:
+                self._pause = Pause(reason, now + seconds, probe_every, now)
+            for waiter in self._waiters:
+                waiter.wake()  # queued callers find the pause and leave
+
+    async def pause_async(self, reason: str, seconds: float, probe_every: float) -> None:
+        self.pause(reason, seconds, probe_every)
+
+    def end_pause(self, since: float) -> None:
+        """The probe of the pause that began at ``since`` succeeded: the key is open again."""
+        with self._lock:
+            if self._pause is not None and self._pause.since == since:
+                self._pause = None
 
     def release(self, outcome: Outcome | None = None) -> None:
         with self._lock:
@@ -289,12 +357,15 @@ class LocalLimiter(Limiter):
 
     # -- waiting ---------------------------------------------------------------------------
 
-    def _enqueue(self, policy: LimitPolicy, max_wait: float | None, loop: asyncio.AbstractEventLoop | None) -> _Waiter:
+    def _enqueue(
+        self, policy: LimitPolicy, max_wait: float | None, loop: asyncio.AbstractEventLoop | None, probing: float | None
+    ) -> _Waiter:
         if max_wait is not None:
             expected = self._expected_wait(policy, self._clock())
             if expected is not None and expected > max_wait:
                 raise RateLimitTimeout(self.key, max_wait, expected)
         waiter = _Waiter(policy, loop)
+        waiter.probe = probing is not None
         self._waiters.append(waiter)
         if len(self._waiters) == 1:
             waiter.is_head = True
@@ -363,6 +434,9 @@ class LocalLimiter(Limiter):
             self._dispatch(now)
             if waiter.granted:
                 return _GRANTED
+            pause = self._pause
+            if pause is not None and not waiter.probe and now < pause.until:
+                raise KeyPaused(self.key, pause.reason, pause.until - now)
             timeout = self._head_timeout(waiter, now)
             if deadline is not None:
                 left = deadline - now

@@ -23,6 +23,7 @@ from ..._auto_concurrency import AutoConcurrency
 from ..._errors import BackendError, RateLimitTimeout
 from .._base import LimitPolicy
 from .._local import LocalLimiter, _resolve
+from .._pauses import KeyPaused
 from ._gates import ASKERS_PER_KEY, Gate
 from ._steps import Ask, AwaitRelease, QueueForSlot, Sleep, Step, Steps, TakeShare
 from ._tokens import new_token
@@ -47,6 +48,7 @@ WINDOW_MARGIN_SECONDS: Final = 0.02
 
 _ADMITTED, _RESERVED = 1, 2  # the acquire script's reply codes; 0 refuses
 _CONCURRENCY_BOUND = 3  # a refusal's reason: every slot is held
+_PAUSED = 4  # a refusal's reason: a pause refuses every call
 
 
 class Grant(NamedTuple):
@@ -56,12 +58,19 @@ class Grant(NamedTuple):
     token: bytes | None
     epoch: int | None = None
     limit: int | None = None  # the learned limit the admission was made under
+    probe: int | None = None  # the start of the pause this call probes (see ``_pauses``)
 
 
-def _learned(reply: list[Any], code: int) -> tuple[int | None, int | None]:
-    """The learned limit's epoch and value in an admitting reply (``None`` under a fixed limit)."""
-    at = 1 if code == _ADMITTED else 2
-    return (int(reply[at]), int(reply[at + 1])) if len(reply) > at + 1 else (None, None)
+def _granted(token: bytes | None, reply: list[Any]) -> Grant:
+    """An admitting reply's long form ``{code, wait, epoch, limit, since}`` (-1: does not apply)."""
+    if len(reply) < 5:
+        return Grant(token)
+    epoch, limit, since = (int(value) for value in reply[2:5])
+    return Grant(token, None if epoch < 0 else epoch, None if limit < 0 else limit, None if since < 0 else since)
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def window_ms(period: float) -> int:
@@ -87,7 +96,9 @@ class SharedAdmission:
         self.starts_key = backend.key(key, "starts")
         self.leases_key = backend.key(key, "leases")
         self.learned_key = backend.key(key, "learned")
-        self.keys = [self.starts_key, self.leases_key, backend.key(key, "cooldown"), self.learned_key]  # acquire.lua's
+        self.pause_key = backend.key(key, "paused")
+        cooldown_key = backend.key(key, "cooldown")
+        self.keys = [self.starts_key, self.leases_key, cooldown_key, self.learned_key, self.pause_key]  # acquire.lua's
         self.channel = backend.key(key, "released")
         self._askers = Gate(ASKERS_PER_KEY)  # this process's callers talking to Redis about the key
         self._slot_queue = Gate(1)  # its callers refused for want of a slot: only the first asks again
@@ -201,6 +212,8 @@ class SharedAdmission:
                     code = int(reply[0])
                     if code:
                         break
+                    if int(reply[2]) == _PAUSED:
+                        raise KeyPaused(self.key, _text(reply[3]), int(reply[1]) / 1000.0)
                     wait = self._refused_wait(reply, deadline, max_wait)
                     if int(reply[2]) != _CONCURRENCY_BOUND:
                         yield Sleep(wait)
@@ -214,16 +227,16 @@ class SharedAdmission:
                 if leave_queue is not None:
                     leave_queue()  # the next in line may ask now
                     leave_queue = None
-                epoch, limit = _learned(reply, code)
+                grant = _granted(held, reply)
                 if code == _ADMITTED and (patience <= 0 or not self._late(policy, sent, answered, 0.0)):
-                    return Grant(held, epoch, limit)
+                    return grant
                 wait = int(reply[1]) / 1000.0 if code == _RESERVED else 0.0
                 try:
                     if wait:
                         yield Sleep(wait)
                     late = patience > 0 and (code == _ADMITTED or self._late(policy, sent, answered, wait))
                     if not late and not (wait and self._paused()):
-                        return Grant(held, epoch, limit)
+                        return grant
                     # Not renewed while confirm may give it back: a renewal crossing it would revive it.
                     self._backend.leases.discard(self.leases_key, token)
                     paused_ms = int((yield Ask("confirm", self.keys, [token, int(late)])))
@@ -231,7 +244,7 @@ class SharedAdmission:
                     self._unreserve(token)
                     raise
                 if paused_ms < 0:
-                    return Grant(self._hold(policy, token), epoch, limit)  # still ours
+                    return grant._replace(token=self._hold(policy, token))  # still ours
                 yield Sleep(paused_ms / 1000.0)  # it gave its start back: any cooldown, then ask again
                 patience -= int(late)
         finally:

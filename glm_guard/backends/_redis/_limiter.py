@@ -27,10 +27,12 @@ from ._permits import (
     AsyncInGrace,
     AsyncLease,
     AsyncLocalOnly,
+    AsyncProbing,
     AsyncUnshared,
     InGrace,
     Learning,
     Lease,
+    Probing,
     Unshared,
 )
 from ._steps import Ask, Step, TakeShare
@@ -64,6 +66,7 @@ class RedisLimiter(Limiter):
         self._cooldown_key = self._redis_admission.keys[2]
         self._lease_ms = int(backend.lease * 1000)
         self._learned_key = self._redis_admission.learned_key
+        self._pause_key = self._redis_admission.pause_key
         self._learned_limit: int | None = None  # as Redis last told this process (stats; the share in an outage)
 
     def __repr__(self) -> str:
@@ -78,6 +81,15 @@ class RedisLimiter(Limiter):
 
     def acquire(self, policy: LimitPolicy, max_wait: float | None) -> Permit:
         admitted, grant = self._redis_admission.run(self._admission(policy, max_wait))
+        permit = self._permit(admitted, grant, policy)
+        return permit if grant.probe is None else Probing(permit, self, grant.probe)
+
+    async def acquire_async(self, policy: LimitPolicy, max_wait: float | None) -> AsyncPermit:
+        admitted, grant = await self._redis_admission.run_async(self._admission(policy, max_wait))
+        permit = self._async_permit(admitted, grant, policy)
+        return permit if grant.probe is None else AsyncProbing(permit, self, grant.probe)
+
+    def _permit(self, admitted: _Admitted, grant: Grant, policy: LimitPolicy) -> Permit:
         token = grant.token
         if admitted is _Admitted.BY_REDIS:
             return NO_LEASE if token is None else Lease(self, token, _learning(policy, grant))
@@ -88,8 +100,7 @@ class RedisLimiter(Limiter):
             return self._local_share.limiter if token is None else Unshared(self, token)
         return NO_LEASE
 
-    async def acquire_async(self, policy: LimitPolicy, max_wait: float | None) -> AsyncPermit:
-        admitted, grant = await self._redis_admission.run_async(self._admission(policy, max_wait))
+    def _async_permit(self, admitted: _Admitted, grant: Grant, policy: LimitPolicy) -> AsyncPermit:
         token = grant.token
         if admitted is _Admitted.BY_REDIS:
             return NO_LEASE_ASYNC if token is None else AsyncLease(self, token, _learning(policy, grant))
@@ -258,25 +269,49 @@ class RedisLimiter(Limiter):
         if int(reply[2]):
             report_limit(self.key, self._learned_limit, int(reply[3]))
 
-    def cooldown(self, seconds: float) -> None:
-        self._local_share.limiter.cooldown(seconds)
+    # Giving back, cooling down and pausing never raise into the caller's result.  Pauses and
+    # cooldowns are kept in this process too, so they hold while Redis is away.
+
+    def pause(self, reason: str, seconds: float, probe_every: float) -> None:
+        self._local_share.limiter.pause(reason, seconds, probe_every)
+        self._send("pause", [self._pause_key], [reason, int(seconds * 1000), int(probe_every * 1000)])
+
+    async def pause_async(self, reason: str, seconds: float, probe_every: float) -> None:
+        self._local_share.limiter.pause(reason, seconds, probe_every)
+        await self._send_async("pause", [self._pause_key], [reason, int(seconds * 1000), int(probe_every * 1000)])
+
+    def end_pause(self, since: int) -> None:
+        self._send("unpause", [self._pause_key], [since])
+
+    async def end_pause_async(self, since: int) -> None:
+        await self._send_async("unpause", [self._pause_key], [since])
+
+    def _send(self, script: str, keys: list[str], args: list[object]) -> None:
+        """Run a script whose failure must never reach the caller's result (Redis away: skipped)."""
         if self._backend.health.available():
             try:
-                self._backend.connections.run("cooldown", [self._cooldown_key], [int(seconds * 1000)])
+                self._backend.connections.run(script, keys, args)
             except BackendError as error:
                 self._backend.health.failed(error)
             except BackendRequestError as error:
                 _rejected(error)
 
-    async def cooldown_async(self, seconds: float) -> None:
-        self._local_share.limiter.cooldown(seconds)
+    async def _send_async(self, script: str, keys: list[str], args: list[object]) -> None:
         if self._backend.health.available():
             try:
-                await self._backend.connections.run_async("cooldown", [self._cooldown_key], [int(seconds * 1000)])
+                await self._backend.connections.run_async(script, keys, args)
             except BackendError as error:
                 self._backend.health.failed(error)
             except BackendRequestError as error:
                 _rejected(error)
+
+    def cooldown(self, seconds: float) -> None:
+        self._local_share.limiter.cooldown(seconds)
+        self._send("cooldown", [self._cooldown_key], [int(seconds * 1000)])
+
+    async def cooldown_async(self, seconds: float) -> None:
+        self._local_share.limiter.cooldown(seconds)
+        await self._send_async("cooldown", [self._cooldown_key], [int(seconds * 1000)])
 
 
 def _learning(policy: LimitPolicy, grant: Grant) -> Learning | None:
@@ -287,5 +322,5 @@ def _learning(policy: LimitPolicy, grant: Grant) -> Learning | None:
 
 
 def _rejected(error: BackendRequestError) -> None:
-    """A release or a cooldown Redis rejected: logged, never raised into the caller's result."""
+    """A release, a cooldown or a pause Redis rejected: logged, never raised into the caller's result."""
     logger.error("glm_guard: %s", error)

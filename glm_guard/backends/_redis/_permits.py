@@ -118,6 +118,32 @@ class AsyncLocalOnly:
         self._local_share.release()
 
 
+@dataclass(slots=True)
+class Probing:
+    """The permit of the call let through at the end of a pause: its success ends the pause."""
+
+    _permit: Permit
+    _limiter: RedisLimiter
+    _since: int
+
+    def release(self, outcome: Outcome | None = None) -> None:
+        self._permit.release(outcome)
+        if outcome is Outcome.SUCCEEDED:
+            self._limiter.end_pause(self._since)
+
+
+@dataclass(slots=True)
+class AsyncProbing:
+    _permit: AsyncPermit
+    _limiter: RedisLimiter
+    _since: int
+
+    async def release(self, outcome: Outcome | None = None) -> None:
+        await self._permit.release(outcome)
+        if outcome is Outcome.SUCCEEDED:
+            await self._limiter.end_pause_async(self._since)
+
+
 class _NoLease:
     """The permit of an admission that holds no lease (no concurrency limit, or the ``open`` policy)."""
 

@@ -16,7 +16,19 @@ if TYPE_CHECKING:
     import redis.asyncio
     from redis.commands.core import AsyncScript, Script
 
-NAMES = ("acquire", "release", "learn", "renew", "adopt", "cooldown", "heartbeat", "confirm", "unclaim")
+NAMES = (
+    "acquire",
+    "release",
+    "learn",
+    "pause",
+    "unpause",
+    "renew",
+    "adopt",
+    "cooldown",
+    "heartbeat",
+    "confirm",
+    "unclaim",
+)
 
 
 @functools.cache

@@ -1,6 +1,7 @@
 -- One admission decision for one key, atomically, on the server's clock.
 -- KEYS[1] starts (ZSET: token -> start ms)   KEYS[2] leases (ZSET: token -> expiry ms)
 -- KEYS[3] cooldown (string: deadline ms)   KEYS[4] learned limit (HASH, see learn.lua)
+-- KEYS[5] pause (string: "reason until_ms probe_every_ms since_ms", see pause.lua)
 -- ARGV[3] (tests only): a virtual "now" in ms, so the same vectors can check this script and
 -- the local algorithm against one oracle.
 -- ARGV[1]: "calls period_ms concurrency lease_ms max_wait_ms [min max start]" (calls or
@@ -8,11 +9,14 @@
 --          concurrency limit is the learned one, kept in [min, max], `start` until one is
 --          learned), one argument the client packs once per policy.
 --          ARGV[2]: a token unique to this attempt.
--- Returns {1} when admitted now (the usual reply, kept short; {1, epoch, limit} under a
--- learned limit: the epoch the call belongs to, see learn.lua); {2, wait_ms} when admitted
+-- Returns {1} when admitted now (the usual reply, kept short); {2, wait_ms} when admitted
 -- with a start reserved wait_ms from now (the caller sleeps, then starts without asking
--- again: one round trip per admission even under contention); else {0, wait_ms, reason}
--- with reason 1 = cooldown, 2 = rate window (the wait would exceed max_wait), 3 = concurrency.
+-- again: one round trip per admission even under contention).  Under a learned limit, or
+-- for the probe at the end of a pause, the long form {1 or 2, wait_ms, epoch, limit, since}
+-- (-1 where it does not apply): the epoch the call belongs to and the limit (see learn.lua),
+-- and the start of the pause the call probes.  Else {0, wait_ms, reason} with reason
+-- 1 = cooldown, 2 = rate window (the wait would exceed max_wait), 3 = concurrency, and
+-- {0, wait_ms, 4, what} while a pause refuses every call (`what` paused it).
 -- Limits arrive with every call, so a limit can change at run time and further limits
 -- (tokens per minute) can join the same atomic check.
 local t = redis.call('TIME')
@@ -41,6 +45,18 @@ end
 local function in_use()  -- the learned limit was reached: growth may count the next successes
   redis.call('HSET', KEYS[4], 'busy', 1)
   redis.call('PEXPIRE', KEYS[4], 86400000)
+end
+
+-- A pause refuses at once; once it has run out, this caller may be the probe (taken below,
+-- only if it is admitted).  A value not in the pause's form is not a pause.
+local probe = nil
+local paused = redis.call('GET', KEYS[5])
+if paused then
+  local what, ends, every, since = string.match(paused, '^(%a+) (%d+) (%d+) (%d+)$')
+  if what then
+    if tonumber(ends) > now then return {0, tonumber(ends) - now, 4, what} end
+    probe = {what, tonumber(every), since}
+  end
 end
 
 local until_ms = tonumber(redis.call('GET', KEYS[3]) or '0')
@@ -97,9 +113,14 @@ if concurrency > 0 then
   redis.call('ZADD', KEYS[2], start + lease, token)
   redis.call('PEXPIRE', KEYS[2], start - now + lease * 2 + 1000)
 end
-if start > now then
-  if epoch then return {2, start - now, epoch, concurrency} end
-  return {2, start - now}
+if probe then  -- the others keep failing for one more interval while this call finds out
+  local ends = start + probe[2]
+  redis.call('SET', KEYS[5], probe[1] .. ' ' .. ends .. ' ' .. probe[2] .. ' ' .. probe[3], 'PXAT', ends + 60000)
 end
-if epoch then return {1, epoch, concurrency} end
+local code = 1
+if start > now then code = 2 end
+if epoch or probe then
+  return {code, start - now, epoch or -1, epoch and concurrency or -1, probe and probe[3] or -1}
+end
+if code == 2 then return {2, start - now} end
 return {1}
