@@ -2,7 +2,9 @@
 
 Each client posts to ``{base_url}/chat/completions`` through ``retry_on_1302`` outside
 ``rate_limited``, keyed ``glm:{model}`` because GLM limits calls in flight per account and
-model; the decorated callables are built once per model and reused.  Without ``backend=``
+model; the decorated callables are built once per model and reused.  With no concurrency
+configured the limit is learned from GLM's answers (``concurrency="auto"``): GLM publishes
+none, and no fixed number fits both quiet and peak hours.  Without ``backend=``
 the guard takes ``GLM_GUARD_BACKEND`` as a guard given no backend does, so with Redis
 there the client's calls are counted in the fleet's shared stats.
 """
@@ -14,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
 
+from ._auto_concurrency import AutoConcurrency
 from ._classify import DEFAULT_RETRYABLE_CODES
 from ._config import get_settings, mask_url
 from ._errors import ConfigurationError
@@ -52,7 +55,7 @@ class ClientBase:
         max_tries: int | None = None,
         timeout: float | None = None,
         calls_per_minute: int | None = None,
-        concurrency: int | None = None,
+        concurrency: int | AutoConcurrency | str | None = None,
         backend: str | Backend | None = None,
     ) -> None:
         settings = get_settings()
@@ -68,7 +71,8 @@ class ClientBase:
         self.max_tries = settings.max_tries if max_tries is None else max_tries
         self.timeout = settings.request_timeout if timeout is None else timeout
         self.calls_per_minute = settings.max_calls_per_minute if calls_per_minute is None else calls_per_minute
-        self.concurrency = settings.max_concurrency if concurrency is None else concurrency
+        configured = settings.max_concurrency if concurrency is None else concurrency
+        self.concurrency = AutoConcurrency() if configured is None else configured
         self.backend = settings.backend if backend is None else backend
         # None lets rate_limited take GLM_GUARD_BACKEND itself, so the guard counts as chosen by
         # the environment: its stats go where the environment's do, and follow reload_settings.

@@ -135,6 +135,25 @@ async def test_concurrent_calls_stay_within_the_limit(env: GLMSimulator) -> None
     assert stats.peak_in_flight == 2
 
 
+async def test_with_no_concurrency_configured_the_client_learns_the_limit(
+    sim: GLMSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a key and a URL, as a new user sets them: before the learned limit, 20 concurrent
+    calls drew 52 1302s from a concurrency-2 account."""
+    monkeypatch.setenv("GLM_API_KEY", KEY)
+    monkeypatch.setenv("GLM_API_BASE_URL", sim.base_url)
+    glm_guard.reload_settings()
+    client = get_llm_client()
+    assert client.concurrency == glm_guard.AutoConcurrency()
+    for _ in range(2):  # 40 calls: within the default 60 per minute
+        results = await asyncio.gather(*(client.call_api([{"role": "user", "content": f"q{i}"}]) for i in range(20)))
+        assert len(results) == 20
+    assert sim.stats.rejected_total <= 6  # slow start's overshoot and a probe, not one per call
+    assert 1 <= (client_limit := glm_guard.backends.get_backend().limiter("glm:glm-4").learned_limit() or 0) <= 3, (
+        client_limit
+    )
+
+
 async def test_1302_is_retried_and_the_seed_except_branch_catches_giving_up(env: GLMSimulator) -> None:
     client = get_llm_client()
     with glm_guard.set_testing(True):
