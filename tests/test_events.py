@@ -11,10 +11,12 @@ import pytest
 import glm_guard
 from glm_guard import (
     AttemptEvent,
+    AutoConcurrency,
     CacheEvent,
     CallEvent,
     FallbackEvent,
     GuardEvent,
+    LimitChanged,
     RetryEvent,
     WaitEvent,
     cached_response,
@@ -227,3 +229,46 @@ def test_prometheus_subscriber_counts_events(local_backend: LocalBackend) -> Non
     assert samples[("glm_guard_tokens_total", (("key", "glm-4"), ("type", "total")))] == 10
     assert samples[("glm_guard_call_duration_seconds_count", (("key", "glm-4"),))] == 2
     assert PROMPT not in text
+
+
+def cut_once(backend: LocalBackend) -> None:
+    """A 1302 under ``concurrency="auto"`` (initial 4) with nothing else running: the limit falls to 1."""
+
+    @rate_limited(concurrency=AutoConcurrency(initial=4), key="glm-auto", backend=backend)
+    def ask() -> None:
+        raise ErrorWithText(SEED_1302)
+
+    with pytest.raises(ErrorWithText):
+        ask()
+
+
+def test_a_learned_limit_change_is_an_event_and_a_log_line(
+    events: list[GuardEvent], local_backend: LocalBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    unsubscribe = LoggingSubscriber(level=logging.INFO).subscribe()
+    try:
+        with caplog.at_level(logging.INFO, logger="glm_guard.events"):
+            cut_once(local_backend)
+    finally:
+        unsubscribe()
+        local_backend.close()
+    (change,) = [event for event in events if isinstance(event, LimitChanged)]
+    assert change[:3] == ("glm-auto", 1, 1)
+    (record,) = [r for r in caplog.records if r.name == "glm_guard.events" and r.glm_guard_event == "limitchanged"]
+    assert (record.glm_guard_key, record.glm_guard_limit, record.glm_guard_epoch) == ("glm-auto", 1, 1)
+    assert record.getMessage() == "glm_guard limitchanged glm-auto: learned concurrency limit now 1 (epoch 1)"
+
+
+def test_prometheus_subscriber_sets_the_learned_limit_gauge(local_backend: LocalBackend) -> None:
+    prometheus_client = pytest.importorskip("prometheus_client")
+
+    from glm_guard.monitoring import PrometheusSubscriber
+
+    registry = prometheus_client.CollectorRegistry()
+    unsubscribe = PrometheusSubscriber(registry).subscribe()
+    try:
+        cut_once(local_backend)
+    finally:
+        unsubscribe()
+        local_backend.close()
+    assert registry.get_sample_value("glm_guard_learned_concurrency_limit", {"key": "glm-auto"}) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -19,7 +20,7 @@ import httpx
 import pytest
 
 import glm_guard
-from glm_guard import rate_limited, retry_on_1302
+from glm_guard import AutoConcurrency, rate_limited, retry_on_1302
 from glm_guard.backends._local import LocalBackend
 from glm_guard.backends._redis import RedisBackend
 from glm_guard.monitoring import Monitor, create_app
@@ -169,6 +170,37 @@ def test_metrics_parse_with_prometheus_clients_own_parser(http: httpx.Client, tr
     assert counts == sorted(counts) and buckets[-1].labels["le"] == "+Inf" and counts[-1] == 4
     assert samples[("glm_guard_call_duration_seconds_count", key)] == 4
     assert PROMPT not in response.text
+
+
+def cut_twice(backend: LocalBackend | RedisBackend, key: str) -> int | None:
+    """An answer, two 1302s and an answer under ``concurrency="auto"``; returns the limit learned."""
+
+    @rate_limited(concurrency=AutoConcurrency(initial=4), key=key, backend=backend)
+    def ask(fail: bool) -> None:
+        if fail:
+            raise ErrorWithText(SEED_1302)
+
+    for fail in (False, True, True, False):
+        with contextlib.suppress(ErrorWithText):
+            ask(fail)
+    return backend.limiter(key).learned_limit()
+
+
+def test_metrics_show_the_learned_limit_and_its_cuts(http: httpx.Client, local_backend: LocalBackend) -> None:
+    pytest.importorskip("prometheus_client")
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        learned = cut_twice(local_backend, "glm-auto")
+        text = http.get("/metrics").text
+    finally:
+        local_backend.close()
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    (limit,) = families["glm_guard_learned_concurrency_limit"].samples
+    assert families["glm_guard_learned_concurrency_limit"].type == "gauge"
+    assert (limit.labels, limit.value) == ({"key": "glm-auto"}, learned) and learned == 2
+    (cuts,) = families["glm_guard_learned_limit_cuts"].samples
+    assert (cuts.name, cuts.labels, cuts.value) == ("glm_guard_learned_limit_cuts_total", {"key": "glm-auto"}, 2)
 
 
 def test_metrics_without_prometheus_client_is_a_501(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -417,6 +449,28 @@ def test_stats_command_prints_redis_numbers_redis(redis_url: str) -> None:
     assert REDIS_PASSWORD not in table.stdout + as_json.stdout + table.stderr
     bad = run_cli("stats", "--window-minutes", "0", env=env)
     assert bad.returncode == 2 and "window_minutes" in bad.stderr
+
+
+def test_stats_command_prints_the_fleets_learned_limit_redis(redis_url: str) -> None:
+    worker = RedisBackend(redis_url)  # a worker process: it shares its stats and its learned limit
+    try:
+        glm_guard.configure_stats(backend=worker)
+        learned = cut_twice(worker, "glm-auto")
+        RECORDER.sync()
+    finally:
+        worker.close()
+    env = {"REDIS_URL": redis_url}
+    as_json = run_cli("stats", "--json", env=env)
+    assert as_json.returncode == 0, as_json.stderr
+    block = json.loads(as_json.stdout)["keys"]["glm-auto"]
+    assert (block["calls"], block["learned_limit"], block["limit_cuts"]) == (4, learned, 2) and learned == 2
+    table = run_cli("stats", env=env)
+    assert table.returncode == 0, table.stderr
+    header, row, total = table.stdout.splitlines()[1:4]
+    assert header.split()[-2:] == ["LIMIT", "CUTS"]
+    assert row.split()[0] == "glm-auto" and row.split()[-2:] == ["2", "2"]
+    assert total.split()[-2:] == ["-", "-"]
+    assert REDIS_PASSWORD not in table.stdout + as_json.stdout
 
 
 def test_monitor_command_serves_the_endpoints_redis(redis_url: str) -> None:

@@ -22,7 +22,9 @@ import redis
 
 import glm_guard
 from glm_guard import (
+    AutoConcurrency,
     ConfigurationError,
+    LimitChanged,
     RateLimitTimeout,
     Settings,
     cached_response,
@@ -30,6 +32,8 @@ from glm_guard import (
     rate_limited,
     retry_on_1302,
 )
+from glm_guard.backends._base import Backend, LearnedState
+from glm_guard.backends._learned import stored_state
 from glm_guard.backends._local import LocalBackend
 from glm_guard.backends._redis import RedisBackend
 from glm_guard.monitoring import _alerts, _counters, _events, _histogram, _recorder, _views
@@ -607,3 +611,127 @@ def test_one_process_reports_a_shared_crossing_redis(redis_url: str) -> None:
     assert sorted(len(found) for found in reports) == [0, 1]
     assert [m.check() for m in monitors] == [[], []]
     backend.close()
+
+
+# -- learned concurrency limits -------------------------------------------------------------------
+
+
+def cut_twice(backend: Backend, key: str) -> None:
+    """Four calls under ``concurrency="auto"`` (initial 4): an answer, two 1302s, an answer.
+
+    The first 1302 cuts 4 to 1 (nothing else was running), the second finds it at 1 (a second
+    cut, same value), and the last answer, at the limit, grows it again.
+    """
+
+    @rate_limited(concurrency=AutoConcurrency(initial=4), key=key, backend=backend)
+    def call(fail: bool) -> None:
+        if fail:
+            raise ErrorWithText(SEED_1302)
+
+    call(False)
+    for _ in range(2):
+        with pytest.raises(ErrorWithText):
+            call(True)
+    call(False)
+
+
+def test_the_learned_limit_is_in_both_views_and_each_change_is_an_event(backend: Backend) -> None:
+    key = f"auto-{backend.name}"
+    seen: list[Any] = []
+    unsubscribe = glm_guard.subscribe(seen.append)
+    try:
+        cut_twice(backend, key)
+
+        @rate_limited(concurrency=2, key="fixed", backend=backend)
+        def fixed() -> None:
+            return None
+
+        fixed()
+    finally:
+        unsubscribe()
+    expected = backend.limiter(key).learned_limit()
+    assert expected == 2
+    changes = [event for event in seen if isinstance(event, LimitChanged)]
+    assert [change[:3] for change in changes] == [(key, 1, 1), (key, 2, 2)]
+    for data in (glm_guard.stats(), glm_guard.rate_limit_stats(5)):
+        assert (data["keys"][key]["learned_limit"], data["keys"][key]["limit_cuts"]) == (expected, 2)
+        assert data["keys"][key]["calls"] == 4 and data["keys"][key]["errors_1302"] == 2
+        assert (data["keys"]["fixed"]["learned_limit"], data["keys"]["fixed"]["limit_cuts"]) == (None, None)
+        assert "learned_limit" not in data["total"]  # a sum of limits means nothing
+        json.dumps(data)
+    if isinstance(backend, LocalBackend):
+        backend.close()  # the fixture's local backend would stay listed until collected
+
+
+def test_a_learned_limit_shows_even_where_nothing_is_recorded(local_backend: LocalBackend) -> None:
+    glm_guard.configure_stats(enabled=False)
+    try:
+        cut_twice(local_backend, "unrecorded")
+        block = glm_guard.stats()["keys"]["unrecorded"]
+        assert (block["calls"], block["learned_limit"], block["limit_cuts"]) == (0, 2, 2)
+    finally:
+        glm_guard.configure_stats(enabled=True)
+        local_backend.close()
+    assert "unrecorded" not in glm_guard.stats()["keys"]  # a closed backend is no longer listed
+
+
+def test_stats_show_the_limit_another_process_set_redis(redis_url: str) -> None:
+    here, there = RedisBackend(redis_url), RedisBackend(redis_url)  # two processes' backends, one Redis
+
+    @rate_limited(concurrency=AutoConcurrency(initial=4), key="fleet-auto", backend=here)
+    def mine() -> None:
+        return None
+
+    mine()
+    cut_twice(there, "fleet-auto")
+    theirs = there.limiter("fleet-auto").learned_limit()
+    there.close()
+    assert here.limiter("fleet-auto").learned_limit() == 4  # nobody told this process yet
+    assert theirs == 2
+    for data in (glm_guard.stats(), glm_guard.rate_limit_stats(5)):
+        assert (data["keys"]["fleet-auto"]["learned_limit"], data["keys"]["fleet-auto"]["limit_cuts"]) == (2, 2)
+        assert data["keys"]["fleet-auto"]["calls"] == 5
+    assert REDIS_PASSWORD not in json.dumps(glm_guard.stats())
+    here.close()
+
+
+def test_planted_learned_state_never_reaches_stats_redis(redis_url: str) -> None:
+    backend = RedisBackend(redis_url)
+    client = redis.Redis.from_url(redis_url)
+    try:
+
+        @rate_limited(concurrency=AutoConcurrency(initial=3), key="planted-auto", backend=backend)
+        def call() -> None:
+            return None
+
+        call()
+        client.hset(backend.key("planted-auto", "learned"), mapping={"limit": "1e99", "epoch": "7"})
+        client.set(backend.key("planted-str", "learned"), "not a hash")
+        client.hset(backend.key("planted-nan", "learned"), mapping={"limit": "nan", "epoch": "1"})
+        found = backend.learned_limits(["planted-str", "planted-nan", "absent"])
+        assert found == {"planted-auto": LearnedState(3, 0)}  # what Redis last told this process
+        client.hset(backend.key("planted-auto", "learned"), mapping={"limit": "5", "epoch": "-1"})
+        assert backend.learned_limits()["planted-auto"] == LearnedState(5, 0)  # a bad epoch reads as 0, as in Lua
+    finally:
+        client.close()
+        backend.close()
+
+
+@pytest.mark.parametrize(
+    ("limit", "epoch", "expected"),
+    [
+        (b"3", b"2", LearnedState(3, 2)),
+        (b"3", None, LearnedState(3, 0)),
+        (None, b"2", None),
+        (b"0", b"2", None),
+        (b"2.5", b"2", None),
+        (b"inf", b"2", None),
+        (b"\xff", b"2", None),
+        (b"4", b"x", LearnedState(4, 0)),
+        (b"4", b"3.5", LearnedState(4, 0)),
+    ],
+)
+def test_stored_learned_state_is_read_as_the_scripts_read_it(
+    limit: bytes | None, epoch: bytes | None, expected: LearnedState | None
+) -> None:
+    assert stored_state(limit, epoch) == expected

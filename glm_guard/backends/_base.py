@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from .._auto_concurrency import AutoConcurrency
 from .._errors import ConfigurationError
@@ -25,6 +25,8 @@ __all__ = [
     "Backend",
     "CacheStore",
     "Counters",
+    "LearnedState",
+    "LearnsLimits",
     "LimitPolicy",
     "Limiter",
     "Outcome",
@@ -245,6 +247,23 @@ class SharesStats(ABC):
     @abstractmethod
     def shared_stats(self) -> SharedStats:
         """The store every process using this backend adds its counters to."""
+
+
+class LearnedState(NamedTuple):
+    """A key's learned concurrency limit (``concurrency="auto"``), for monitoring."""
+
+    limit: int
+    cuts: int
+    """Congestion epochs so far: each 1302 that cut the limit (or found it at its minimum)."""
+
+
+class LearnsLimits(ABC):
+    """A backend whose limiters can learn a concurrency limit: monitoring asks it for them."""
+
+    @abstractmethod
+    def learned_limits(self, keys: Iterable[str] = ()) -> dict[str, LearnedState]:
+        """The learned limit of every key this process learns one for, and of those of ``keys``
+        the backend holds one for, as the backend holds it now; never raises."""
 
 
 class ReportsOutages(ABC):

@@ -36,8 +36,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from ..monitoring._events import HUB, LimitChanged, emit, wall_clock
+from ._base import LearnedState
 
-__all__ = ["BACKOFF", "LONGEST_PROBE_GAP", "LearnedLimit", "report_limit"]
+__all__ = ["BACKOFF", "LONGEST_PROBE_GAP", "LearnedLimit", "report_limit", "stored_state"]
 
 #: A cut keeps this share of the limit (floored, so at least one slot goes).
 BACKOFF: Final = 0.9
@@ -116,3 +117,24 @@ def report_limit(key: str, limit: int, epoch: int) -> None:
     """Tell monitoring that the learned limit of ``key`` is now ``limit``."""
     if HUB.active:
         emit(LimitChanged(key, limit, epoch, wall_clock()))
+
+
+def _whole(value: object, low: int, high: int) -> int | None:
+    """``value`` (bytes from Redis) as a whole number in ``low..high``, else ``None``."""
+    try:
+        number = float(value.decode() if isinstance(value, bytes) else str(value))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not low <= number <= high or number != math.floor(number):  # NaN and infinities fail the range
+        return None
+    return int(number)
+
+
+def stored_state(limit: object, epoch: object) -> LearnedState | None:
+    """The ``limit`` and ``epoch`` fields of a key's learned hash in Redis, read as ``learn.lua``
+    reads them: a limit that is not a whole number in range means none is stored (``None``),
+    an epoch that is not reads as 0, so planted data never reaches stats as a number."""
+    value = _whole(limit, 1, 10**9)
+    if value is None:
+        return None
+    return LearnedState(value, _whole(epoch, 0, 10**15) or 0)

@@ -23,11 +23,23 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 
 from .._errors import RateLimitTimeout
-from ._base import AsyncPermit, AutoConcurrency, Backend, CacheStore, Limiter, LimitPolicy, Outcome, Permit
+from ._base import (
+    AsyncPermit,
+    AutoConcurrency,
+    Backend,
+    CacheStore,
+    LearnedState,
+    LearnsLimits,
+    Limiter,
+    LimitPolicy,
+    Outcome,
+    Permit,
+)
 from ._learned import LearnedLimit, report_limit
+from ._live import join, leave
 from ._pauses import KeyPaused, Pause
 
 __all__ = ["LocalBackend", "LocalCacheStore", "LocalLimiter", "WindowState"]
@@ -523,7 +535,7 @@ class LocalCacheStore(CacheStore):
             return len(self._data)
 
 
-class LocalBackend(Backend):
+class LocalBackend(Backend, LearnsLimits):
     """State in this process only: the default, needing no server.
 
     Limiters are shared by key within the backend, so every function decorated with the
@@ -537,6 +549,7 @@ class LocalBackend(Backend):
         self._limiters: dict[str, LocalLimiter] = {}
         self._lock = threading.Lock()
         _LIVE_BACKENDS.add(self)
+        join(self)  # so monitoring finds its learned limits
 
     def __repr__(self) -> str:
         return f"<LocalBackend keys={len(self._limiters)}>"
@@ -552,6 +565,15 @@ class LocalBackend(Backend):
         self, namespace: str, *, ttl: float | None, maxsize: int, serializer: str = "json", owner: str = ""
     ) -> LocalCacheStore:
         return LocalCacheStore(ttl, maxsize, self._clock)
+
+    def learned_limits(self, keys: Iterable[str] = ()) -> dict[str, LearnedState]:
+        """In one process the limiters hold every learned limit; ``keys`` adds nothing."""
+        with self._lock:
+            learned = [(limiter.key, limiter.state.learned) for limiter in self._limiters.values()]
+        return {key: LearnedState(state.limit, state.epoch) for key, state in learned if state is not None}
+
+    def close(self) -> None:
+        leave(self)  # monitoring no longer lists its learned limits; its limits still work
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()

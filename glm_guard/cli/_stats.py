@@ -78,9 +78,16 @@ _COLUMNS: tuple[Column, ...] = (
 )
 
 
+def _learned(field: str) -> Callable[[dict[str, Any]], str]:
+    """A cell of the learned concurrency limit: ``-`` for a fixed limit, and in the total row."""
+    return lambda block: "-" if block.get(field) is None else str(block[field])
+
+
 def table(data: dict[str, Any]) -> str:
     """The stats (or the window stats) as an aligned text table, one row per key and a total."""
     columns = list(_COLUMNS)
+    if any(block.get("learned_limit") is not None for block in data["keys"].values()):
+        columns += [("LIMIT", _learned("learned_limit")), ("CUTS", _learned("limit_cuts"))]  # concurrency="auto"
     if "window_minutes" in data:
         columns.insert(5, ("1302/H", lambda d: f"{d['errors_1302_per_hour']:.1f}"))
         title = f"glm_guard stats, last {data['window_minutes']} min ({data['from']} to {data['to']})"

@@ -15,7 +15,7 @@ from typing import Final
 
 from ..backends._base import Counters
 from . import _histogram
-from ._events import Alert, AttemptEvent, CacheEvent, CallEvent, GuardEvent, RetryEvent, WaitEvent
+from ._events import Alert, AttemptEvent, CacheEvent, CallEvent, GuardEvent, LimitChanged, RetryEvent, WaitEvent
 
 __all__ = ["RETENTION_MINUTES", "Counters", "ProcessCounters", "fold", "merge"]
 
@@ -93,10 +93,14 @@ def _error_field(kind: str, code: str | None, codes: dict[str, str]) -> str:
 
 
 def fold(events: Iterable[GuardEvent], codes: dict[str, str]) -> dict[int, Counters]:
-    """Counters per UTC minute and stats key from ``events`` (alerts are not counted)."""
+    """Counters per UTC minute and stats key from ``events``.
+
+    Alerts are not counted, nor limit changes: a learned limit is a value, not a count, and the
+    views read it from the backend that holds it (on Redis only the changing process sees the event).
+    """
     tallies: dict[int, dict[str, _Tally]] = {}
     for event in events:
-        if isinstance(event, Alert):
+        if isinstance(event, (Alert, LimitChanged)):
             continue
         minute = int(event.at // 60)
         per_key = tallies.setdefault(minute, {})

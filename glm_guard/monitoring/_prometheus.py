@@ -5,6 +5,10 @@ text format through ``prometheus_client``'s own families and writer, so ``GET /m
 exactly what a scraper expects.  :class:`PrometheusSubscriber` is the other way round: it
 listens to events and updates ``Counter``/``Histogram`` objects on a registry you already
 expose.  Scrape one or the other, not both (they use the same metric names).
+
+Learned concurrency limits are values, not counts: :func:`render` shows each key's as
+``glm_guard_learned_concurrency_limit`` (a gauge) with ``glm_guard_learned_limit_cuts_total``,
+read from the backend that holds them; the subscriber sets the gauge from the changes it sees.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from prometheus_client import (  # type: ignore[import-not-found, unused-ignore]
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -27,8 +32,9 @@ from prometheus_client.core import (  # type: ignore[import-not-found, unused-ig
     Metric,
 )
 
+from ..backends._base import LearnedState
 from . import _histogram, _views
-from ._events import AttemptEvent, CacheEvent, CallEvent, GuardEvent, RetryEvent, WaitEvent, subscribe
+from ._events import AttemptEvent, CacheEvent, CallEvent, GuardEvent, LimitChanged, RetryEvent, WaitEvent, subscribe
 
 __all__ = ["CONTENT_TYPE", "PrometheusSubscriber", "render"]
 
@@ -56,9 +62,15 @@ def _histogram_family(
 
 
 class _Collector:
-    def __init__(self, totals: Mapping[str, Mapping[str, int]], hour: Mapping[str, Mapping[str, int]]) -> None:
+    def __init__(
+        self,
+        totals: Mapping[str, Mapping[str, int]],
+        hour: Mapping[str, Mapping[str, int]],
+        learned: Mapping[str, LearnedState],
+    ) -> None:
         self._totals = totals
         self._hour = hour
+        self._learned = learned
 
     def collect(self) -> Iterator[Metric]:
         totals = self._totals
@@ -106,6 +118,21 @@ class _Collector:
             "wait_us",
         )
         yield from self._last_hour()
+        yield from self._learned_limits()
+
+    def _learned_limits(self) -> Iterator[Metric]:
+        limits = GaugeMetricFamily(
+            "glm_guard_learned_concurrency_limit",
+            'Concurrency limit learned from the provider (concurrency="auto")',
+            labels=["key"],
+        )
+        cuts = CounterMetricFamily(
+            "glm_guard_learned_limit_cuts", "Cuts of the learned limit after 1302s (congestion epochs)", labels=["key"]
+        )
+        for key, state in sorted(self._learned.items()):
+            limits.add_metric([key], state.limit)
+            cuts.add_metric([key], state.cuts)
+        yield from (limits, cuts)
 
     def _last_hour(self) -> Iterator[Metric]:
         blocks = {key: _views.block(fields) for key, fields in self._hour.items()}
@@ -129,10 +156,17 @@ class _Collector:
         yield from (errors_1302, success, firing)
 
 
-def render(totals: Mapping[str, Mapping[str, int]], hour: Mapping[str, Mapping[str, int]]) -> bytes:
-    """The exposition text for counters since first use (``totals``) and over the last hour."""
+def render(
+    totals: Mapping[str, Mapping[str, int]],
+    hour: Mapping[str, Mapping[str, int]],
+    learned: Mapping[str, LearnedState] | None = None,
+) -> bytes:
+    """The exposition text for counters since first use (``totals``), over the last hour, and
+    the ``learned`` concurrency limits (default: :func:`~._views.learned_limits` for ``totals``' keys)."""
+    if learned is None:
+        learned = _views.learned_limits(totals)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(totals, hour))
+    registry.register(_Collector(totals, hour, learned))
     return bytes(generate_latest(registry))
 
 
@@ -159,6 +193,9 @@ class PrometheusSubscriber:
         )
         self.wait_seconds = Histogram(
             "glm_guard_wait_duration_seconds", "Permit wait (every admission)", ["key"], buckets=_EXPORTED, **options
+        )
+        self.learned_limit = Gauge(
+            "glm_guard_learned_concurrency_limit", "Learned concurrency limit, as last changed here", ["key"], **options
         )
 
     def subscribe(self) -> Callable[[], None]:
@@ -187,3 +224,5 @@ class PrometheusSubscriber:
             (self.exhausted if event.exhausted else self.retries).labels(event.key).inc()
         elif isinstance(event, CacheEvent):
             self.cache.labels(event.key, "hit" if event.hit else "miss").inc()
+        elif isinstance(event, LimitChanged):
+            self.learned_limit.labels(event.key).set(event.limit)

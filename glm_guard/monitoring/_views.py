@@ -3,21 +3,24 @@
 Both read the recorder's source (the shared store when this process shares its stats, else
 this process) and fall back to this process's own counters, with ``shared_error`` saying
 why, when the shared store cannot be read.
+
+Learned concurrency limits (``concurrency="auto"``) are not counters: they are read at each
+view from the live backends, which on Redis means from Redis, so they are the fleet's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from .. import _config
 from .._errors import ConfigurationError
-from ..backends._base import Counters, ReportsOutages
+from ..backends._base import Counters, LearnedState, LearnsLimits, ReportsOutages, SharesStats
 from . import _histogram
 from ._counters import RETENTION_MINUTES, total
 from ._recorder import RECORDER, CounterSource, Recorder
 
-__all__ = ["rate_limit_stats", "stats"]
+__all__ = ["learned_limits", "rate_limit_stats", "stats"]
 
 #: A success-rate alert needs at least this many calls in the hour, so one early failure is no alert.
 ALERT_MIN_CALLS: Final = 10
@@ -147,13 +150,44 @@ def breaches(
     return found
 
 
+def learned_limits(keys: Iterable[str] = ()) -> dict[str, LearnedState]:
+    """The learned concurrency limit of every key this process learns one for, and of ``keys``
+    where a live backend holds one (on Redis: read from Redis, the whole fleet's value).
+
+    A key with a limit in several backends takes a shared backend's (Redis) over this process's.
+    """
+    from ..backends import live_backends
+
+    wanted = list(keys)
+    found: dict[str, LearnedState] = {}
+    for backend in sorted(live_backends(), key=lambda backend: not isinstance(backend, SharesStats)):
+        if isinstance(backend, LearnsLimits):
+            for key, state in backend.learned_limits(wanted).items():
+                found.setdefault(key, state)
+    return found
+
+
+def _with_learned(per_key: Counters) -> dict[str, tuple[Mapping[str, int], LearnedState | None]]:
+    """Each key's counters with its learned limit; a key with a limit but nothing recorded
+    (its stats key differs, or stats are off) still gets a row, so no limit goes unseen."""
+    learned = learned_limits(per_key)
+    keys = sorted({*per_key, *learned})
+    return {key: (per_key.get(key, {}), learned.get(key)) for key in keys}
+
+
+def _learned_fields(data: dict[str, Any], state: LearnedState | None) -> dict[str, Any]:
+    data["learned_limit"] = None if state is None else state.limit
+    data["limit_cuts"] = None if state is None else state.cuts
+    return data
+
+
 def render_totals(name: str, per_key: Counters, error: str | None, now: float) -> dict[str, Any]:
     result: dict[str, Any] = {
         "source": name,
         "enabled": RECORDER.recording,
         "generated_at": _iso(now),
         "total": block(total(per_key)),
-        "keys": {key: block(fields) for key, fields in sorted(per_key.items())},
+        "keys": {key: _learned_fields(block(fields), state) for key, (fields, state) in _with_learned(per_key).items()},
         "backends": _backend_reports(),
     }
     if error is not None:
@@ -170,7 +204,7 @@ def render_window(name: str, per_key: Counters, error: str | None, now: float, m
         data["calls_per_minute"] = round(data["calls"] / minutes, 6)
         return data
 
-    keys = {key: windowed(fields) for key, fields in sorted(per_key.items())}
+    keys = {key: _learned_fields(windowed(fields), state) for key, (fields, state) in _with_learned(per_key).items()}
     limits = thresholds()
     result: dict[str, Any] = {
         "source": name,
@@ -195,7 +229,9 @@ def stats() -> dict[str, Any]:
     A plain JSON-serialisable dict: ``total`` and ``keys`` (one block per stats key) with calls,
     successes, fallbacks, failures, success rate, provider attempts, errors by class (rate
     limits and permanent errors by code), retries, waits for a permit, latency percentiles,
-    cache hits and misses, and tokens.  With a Redis sink the numbers cover every process.
+    cache hits and misses, tokens, and the key's learned concurrency limit (``learned_limit``,
+    ``limit_cuts``; ``None`` without ``concurrency="auto"``).  With a Redis sink the numbers
+    cover every process.
     """
     return render_totals(*read_totals(RECORDER), RECORDER.clock())
 

@@ -21,12 +21,15 @@ import contextlib
 import hashlib
 import os
 import threading
-from typing import cast
+from collections.abc import Iterable
+from typing import Any, cast
 
 from ... import _validate
 from ..._auto_concurrency import AutoConcurrency
 from ..._config import check_redis_url, get_settings, mask_url
-from .._base import Backend, LimitPolicy, ReportsOutages, SharedStats, SharesStats
+from ..._errors import BackendError, BackendRequestError
+from .._base import Backend, LearnedState, LearnsLimits, LimitPolicy, ReportsOutages, SharedStats, SharesStats
+from .._learned import stored_state
 from .._live import join, leave, live_backends
 from ._cache import RedisCacheStore
 from ._connections import Connections
@@ -43,7 +46,7 @@ def _hash_tag(key: str) -> str:
     return key
 
 
-class RedisBackend(Backend, SharesStats, ReportsOutages):
+class RedisBackend(Backend, SharesStats, ReportsOutages, LearnsLimits):
     """State in a Redis server shared by every process that names the same URL.
 
     ``lease`` is how long a concurrency permit survives its holder's death (live holders
@@ -169,6 +172,32 @@ class RedisBackend(Backend, SharesStats, ReportsOutages):
 
     def shared_stats(self) -> SharedStats:
         return self._stats
+
+    def learned_limits(self, keys: Iterable[str] = ()) -> dict[str, LearnedState]:
+        """Read from Redis (one pipeline of ``HMGET`` commands), so the numbers are the fleet's, for this
+        process's learned keys and ``keys``; while Redis is away, what it last told this process."""
+        with self._lock:
+            limiters = list(self._limiters.values())
+        found = {limiter.key: state for limiter in limiters if (state := limiter.learned_state()) is not None}
+        wanted = sorted({*keys, *found})
+        if not wanted or not self.health.available():
+            return found
+
+        def read(client: Any) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for key in wanted:
+                pipe.hmget(self.key(key, "learned"), "limit", "epoch")
+            return list(pipe.execute(raise_on_error=False))  # a planted key of another type spoils only itself
+
+        try:
+            replies = self.connections.call(read)
+        except (BackendError, BackendRequestError):
+            return found
+        for key, reply in zip(wanted, replies, strict=True):
+            state = stored_state(*reply) if isinstance(reply, list) and len(reply) == 2 else None
+            if state is not None:
+                found[key] = state
+        return found
 
     def outage_report(self) -> dict[str, object]:
         return {

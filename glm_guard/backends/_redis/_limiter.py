@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..._auto_concurrency import AutoConcurrency
 from ..._errors import BackendError, BackendRequestError
-from .._base import AsyncPermit, Limiter, LimitPolicy, Permit
+from .._base import AsyncPermit, LearnedState, Limiter, LimitPolicy, Permit
 from .._learned import report_limit
 from ._admission import Grant, SharedAdmission, remaining, window_ms
 from ._local_share import LocalShare
@@ -68,6 +68,7 @@ class RedisLimiter(Limiter):
         self._learned_key = self._redis_admission.learned_key
         self._pause_key = self._redis_admission.pause_key
         self._learned_limit: int | None = None  # as Redis last told this process (stats; the share in an outage)
+        self._learned_epoch = 0
 
     def __repr__(self) -> str:
         return f"<RedisLimiter {self.key!r}>"
@@ -113,6 +114,11 @@ class RedisLimiter(Limiter):
 
     def learned_limit(self) -> int | None:
         return self._learned_limit
+
+    def learned_state(self) -> LearnedState | None:
+        """As Redis last told this process; ``RedisBackend.learned_limits`` reads Redis itself."""
+        limit = self._learned_limit
+        return None if limit is None else LearnedState(limit, self._learned_epoch)
 
     # -- the outage policy around admission --------------------------------------------------
 
@@ -163,6 +169,7 @@ class RedisLimiter(Limiter):
         grant = yield from self._redis_admission.admission(policy, max_wait)
         if grant.limit is not None:
             self._learned_limit = grant.limit
+            self._learned_epoch = grant.epoch or 0
         return grant
 
     def _serving_without_redis(self, policy: LimitPolicy) -> None:
@@ -266,6 +273,7 @@ class RedisLimiter(Limiter):
     def _learned(self, reply: list[Any]) -> None:
         """``learn.lua``'s answer: the limit now, and whether this process's lesson changed it."""
         self._learned_limit = int(reply[1])
+        self._learned_epoch = int(reply[3])
         if int(reply[2]):
             report_limit(self.key, self._learned_limit, int(reply[3]))
 
