@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from glm_guard.backends import LimitPolicy
-from glm_guard.backends._local import WindowState
+from glm_guard.backends._window import WindowState
 
 
 @dataclass

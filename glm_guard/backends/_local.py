@@ -38,99 +38,16 @@ from ._base import (
     Outcome,
     Permit,
 )
-from ._learned import LearnedLimit, report_limit
+from ._learned import report_limit
 from ._live import join, leave
+from ._local_permits import AsyncLearning, AsyncProbe, AsyncRelease, Learning, Probe
 from ._pauses import KeyPaused, Pause
+from ._window import WindowState
 
-__all__ = ["LocalBackend", "LocalCacheStore", "LocalLimiter", "WindowState"]
+__all__ = ["LocalBackend", "LocalCacheStore", "LocalLimiter"]
 
 Clock = Callable[[], float]
 _INF = math.inf
-
-
-class WindowState:
-    """The pure admission algorithm for one key, with no locking and no waiting.
-
-    ``next_admission`` answers "when could one more call start?"; ``admit`` records a start.
-    Kept free of threads and clocks so property tests can drive it with any arrival times.
-    """
-
-    __slots__ = ("cooldown_until", "in_flight", "keep", "learned", "longest_period", "starts")
-
-    def __init__(self) -> None:
-        self.starts: deque[float] = deque()
-        self.in_flight = 0
-        self.cooldown_until = -_INF
-        self.keep = 0
-        self.longest_period = 0.0
-        self.learned: LearnedLimit | None = None  # the first ``concurrency="auto"`` policy starts it
-
-    def concurrency(self, policy: LimitPolicy) -> int | None:
-        """The policy's concurrency limit now: its number, or the one learned for the key."""
-        limit = policy.concurrency
-        if not isinstance(limit, AutoConcurrency):
-            return limit
-        if self.learned is None:
-            self.learned = LearnedLimit.starting(limit.min, limit.max, limit.start)
-        self.learned.lowest, self.learned.highest = limit.min, limit.max
-        return min(max(self.learned.limit, limit.min), limit.max)
-
-    def next_admission(self, policy: LimitPolicy, now: float) -> float:
-        """Earliest time >= ``now`` the policy admits a start; ``inf`` while concurrency is full."""
-        concurrency = self.concurrency(policy)
-        if concurrency is not None and self.in_flight >= concurrency:
-            if self.learned is not None:
-                self.learned.refused()
-            return _INF
-        at = self.cooldown_until if self.cooldown_until > now else now
-        calls = policy.calls
-        if calls is not None and len(self.starts) >= calls:
-            # The calls-th most recent start must have left the window (t - period, t].
-            free_at = self.starts[-calls] + policy.period
-            if free_at > at:
-                at = free_at
-        return at
-
-    def admit(self, policy: LimitPolicy, now: float) -> int:
-        """Record a start now; returns the learned limit's epoch it belongs to (0 without one)."""
-        self.in_flight += 1
-        epoch = 0
-        if isinstance(policy.concurrency, AutoConcurrency) and self.learned is not None:
-            epoch = self.learned.admitted(self.in_flight)
-        self._record_start(policy, now)
-        return epoch
-
-    def _record_start(self, policy: LimitPolicy, now: float) -> None:
-        calls = policy.calls
-        if calls is None:
-            return
-        if calls > self.keep:
-            self.keep = calls
-        if policy.period > self.longest_period:
-            self.longest_period = policy.period
-        starts = self.starts
-        starts.append(now)
-        while len(starts) > self.keep:
-            starts.popleft()
-        horizon = now - self.longest_period
-        while starts and starts[0] <= horizon:
-            starts.popleft()
-
-    def release(self) -> None:
-        if self.in_flight > 0:
-            self.in_flight -= 1
-
-    def learn(self, epoch: int, outcome: Outcome) -> bool:
-        """What a call's answer teaches the learned limit (call after :meth:`release`); ``True`` on a change."""
-        if self.learned is None:
-            return False
-        if outcome is Outcome.LIMITED:
-            return self.learned.limited(epoch, self.in_flight)
-        return self.learned.succeeded(epoch)
-
-    def pause_until(self, deadline: float) -> None:
-        if deadline > self.cooldown_until:
-            self.cooldown_until = deadline
 
 
 class _Waiter:
@@ -175,70 +92,6 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-class _AsyncRelease:
-    """The async permit of a local limiter: releasing never waits, so it just forwards."""
-
-    __slots__ = ("_limiter",)
-
-    def __init__(self, limiter: LocalLimiter) -> None:
-        self._limiter = limiter
-
-    async def release(self, outcome: Outcome | None = None) -> None:
-        self._limiter.release()
-
-
-class _Learning:
-    """The permit of a call under a learned limit: it remembers the epoch it was admitted in,
-    so its answer teaches the limit only if it still speaks of the current epoch."""
-
-    __slots__ = ("_epoch", "_limiter", "_released")
-
-    def __init__(self, limiter: LocalLimiter, epoch: int) -> None:
-        self._limiter = limiter
-        self._epoch = epoch
-        self._released = False
-
-    def release(self, outcome: Outcome | None = None) -> None:
-        if not self._released:
-            self._released = True
-            self._limiter.finished(self._epoch, outcome)
-
-
-class _AsyncLearning(_Learning):
-    async def release(self, outcome: Outcome | None = None) -> None:  # type: ignore[override]
-        _Learning.release(self, outcome)
-
-
-class _Probe:
-    """The permit of the call let through at the end of a pause: its success ends the pause."""
-
-    __slots__ = ("_limiter", "_permit", "_since")
-
-    def __init__(self, limiter: LocalLimiter, permit: Permit, since: float) -> None:
-        self._limiter = limiter
-        self._permit = permit
-        self._since = since
-
-    def release(self, outcome: Outcome | None = None) -> None:
-        self._permit.release(outcome)
-        if outcome is Outcome.SUCCEEDED:
-            self._limiter.end_pause(self._since)
-
-
-class _AsyncProbe:
-    __slots__ = ("_limiter", "_permit", "_since")
-
-    def __init__(self, limiter: LocalLimiter, permit: AsyncPermit, since: float) -> None:
-        self._limiter = limiter
-        self._permit = permit
-        self._since = since
-
-    async def release(self, outcome: Outcome | None = None) -> None:
-        await self._permit.release(outcome)
-        if outcome is Outcome.SUCCEEDED:
-            self._limiter.end_pause(self._since)
-
-
 class LocalLimiter(Limiter):
     """Sliding-window rate, concurrency and cooldown for one key, within one process."""
 
@@ -250,7 +103,7 @@ class LocalLimiter(Limiter):
         self._clock = clock
         self._lock = threading.Lock()
         self._waiters: deque[_Waiter] = deque()
-        self._async_permit = _AsyncRelease(self)
+        self._async_permit = AsyncRelease(self)
         self._pause: Pause | None = None
 
     def __repr__(self) -> str:
@@ -280,8 +133,8 @@ class LocalLimiter(Limiter):
         if epoch is None:
             self._wait_sync(waiter, max_wait)
             epoch = waiter.epoch
-        permit: Permit = _Learning(self, epoch) if isinstance(policy.concurrency, AutoConcurrency) else self
-        return permit if probing is None else _Probe(self, permit, probing)
+        permit: Permit = Learning(self, epoch) if isinstance(policy.concurrency, AutoConcurrency) else self
+        return permit if probing is None else Probe(self, permit, probing)
 
     async def acquire_async(self, policy: LimitPolicy, max_wait: float | None) -> AsyncPermit:
         with self._lock:
@@ -293,8 +146,8 @@ class LocalLimiter(Limiter):
             await self._wait_async(waiter, max_wait)
             epoch = waiter.epoch
         learning = isinstance(policy.concurrency, AutoConcurrency)
-        permit: AsyncPermit = _AsyncLearning(self, epoch) if learning else self._async_permit
-        return permit if probing is None else _AsyncProbe(self, permit, probing)
+        permit: AsyncPermit = AsyncLearning(self, epoch) if learning else self._async_permit
+        return permit if probing is None else AsyncProbe(self, permit, probing)
 
     # -- pauses that refuse at once (a quota window, arrears, an overloaded model) ----------
 

@@ -1,0 +1,81 @@
+"""The permits a local limiter hands out when a call needs more than the limiter itself.
+
+A call under a fixed limit gets the limiter as its permit.  Under a learned limit the permit
+remembers the epoch the call was admitted in; the call let through at the end of a pause
+carries the pause it probes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._base import AsyncPermit, Outcome, Permit
+
+if TYPE_CHECKING:
+    from ._local import LocalLimiter
+
+__all__ = ["AsyncLearning", "AsyncProbe", "AsyncRelease", "Learning", "Probe"]
+
+
+class AsyncRelease:
+    """The async permit of a local limiter: releasing never waits, so it just forwards."""
+
+    __slots__ = ("_limiter",)
+
+    def __init__(self, limiter: LocalLimiter) -> None:
+        self._limiter = limiter
+
+    async def release(self, outcome: Outcome | None = None) -> None:
+        self._limiter.release()
+
+
+class Learning:
+    """The permit of a call under a learned limit: it remembers the epoch it was admitted in,
+    so its answer teaches the limit only if it still speaks of the current epoch."""
+
+    __slots__ = ("_epoch", "_limiter", "_released")
+
+    def __init__(self, limiter: LocalLimiter, epoch: int) -> None:
+        self._limiter = limiter
+        self._epoch = epoch
+        self._released = False
+
+    def release(self, outcome: Outcome | None = None) -> None:
+        if not self._released:
+            self._released = True
+            self._limiter.finished(self._epoch, outcome)
+
+
+class AsyncLearning(Learning):
+    async def release(self, outcome: Outcome | None = None) -> None:  # type: ignore[override]
+        Learning.release(self, outcome)
+
+
+class Probe:
+    """The permit of the call let through at the end of a pause: its success ends the pause."""
+
+    __slots__ = ("_limiter", "_permit", "_since")
+
+    def __init__(self, limiter: LocalLimiter, permit: Permit, since: float) -> None:
+        self._limiter = limiter
+        self._permit = permit
+        self._since = since
+
+    def release(self, outcome: Outcome | None = None) -> None:
+        self._permit.release(outcome)
+        if outcome is Outcome.SUCCEEDED:
+            self._limiter.end_pause(self._since)
+
+
+class AsyncProbe:
+    __slots__ = ("_limiter", "_permit", "_since")
+
+    def __init__(self, limiter: LocalLimiter, permit: AsyncPermit, since: float) -> None:
+        self._limiter = limiter
+        self._permit = permit
+        self._since = since
+
+    async def release(self, outcome: Outcome | None = None) -> None:
+        await self._permit.release(outcome)
+        if outcome is Outcome.SUCCEEDED:
+            self._limiter.end_pause(self._since)
