@@ -25,7 +25,8 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterator
 
 from .._errors import RateLimitTimeout
-from ._base import AsyncPermit, Backend, CacheStore, Limiter, LimitPolicy, Permit
+from ._base import AsyncPermit, Backend, CacheStore, Limiter, LimitPolicy, Permit, RetryBudgetPolicy
+from ._local_retry_budget import LocalRetryBudget, RetryCounts
 
 __all__ = ["LocalBackend", "LocalCacheStore", "LocalLimiter", "WindowState"]
 
@@ -381,6 +382,7 @@ class LocalBackend(Backend):
     def __init__(self, clock: Clock = time.monotonic) -> None:
         self._clock = clock
         self._limiters: dict[str, LocalLimiter] = {}
+        self._retry_counts: dict[str, RetryCounts] = {}
         self._lock = threading.Lock()
         _LIVE_BACKENDS.add(self)
 
@@ -394,6 +396,13 @@ class LocalBackend(Backend):
                 limiter = self._limiters[key] = LocalLimiter(key, self._clock)
             return limiter
 
+    def retry_budget(self, key: str, policy: RetryBudgetPolicy) -> LocalRetryBudget:
+        with self._lock:
+            counts = self._retry_counts.get(key)
+            if counts is None:
+                counts = self._retry_counts[key] = RetryCounts(self._clock)
+        return LocalRetryBudget(key, policy, counts)
+
     def cache(
         self, namespace: str, *, ttl: float | None, maxsize: int, serializer: str = "json", owner: str = ""
     ) -> LocalCacheStore:
@@ -403,6 +412,8 @@ class LocalBackend(Backend):
         self._lock = threading.Lock()
         for limiter in self._limiters.values():
             limiter._after_fork()
+        for counts in self._retry_counts.values():
+            counts.after_fork()
 
 
 _LIVE_BACKENDS: weakref.WeakSet[LocalBackend] = weakref.WeakSet()

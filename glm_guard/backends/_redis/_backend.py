@@ -6,6 +6,7 @@ Key layout, for a limiter key ``K`` and prefix ``P`` (default ``glm_guard:``)::
     P{K}:leases     ZSET  concurrency leases -> expiry (expires after 2 leases + 1 s)
     P{K}:cooldown   STR   pause deadline in server ms (expires at the deadline)
     P{K}:released   pub/sub channel: a lease was given back
+    P{K}:retry_budget HASH calls ("d<s>") and retries ("r<s>") per server second (expires after 61 s)
     Pprocesses      ZSET  live processes -> expiry (the heartbeat)
     Pcache:v2:N:D   STR   cached value (expires after the ttl); v2 the key format, N, D digests
     P...:D:fill     STR   who is computing D right now (expires after the fill lease)
@@ -25,12 +26,13 @@ from typing import cast
 
 from ... import _validate
 from ..._config import check_redis_url, get_settings, mask_url
-from .._base import Backend, LimitPolicy, ReportsOutages, SharedStats, SharesStats
+from .._base import Backend, LimitPolicy, ReportsOutages, RetryBudgetPolicy, SharedStats, SharesStats
 from .._live import join, leave, live_backends
 from ._cache import RedisCacheStore
 from ._connections import Connections
 from ._health import Health
 from ._limiter import RedisLimiter
+from ._retry_budget import RedisRetryBudget, SharedRetryCounts
 from ._shared_stats import RedisSharedStats
 from ._workers import Heartbeat, LeaseKeeper, ReleaseListener
 
@@ -92,6 +94,7 @@ class RedisBackend(Backend, SharesStats, ReportsOutages):
         self.connections = Connections(url, timeout, self.health)
         self._stats = RedisSharedStats(self.connections, self.prefix)
         self._limiters: dict[str, RedisLimiter] = {}
+        self._retry_counts: dict[str, SharedRetryCounts] = {}
         self._shares: dict[tuple[LimitPolicy, int], LimitPolicy] = {}
         self._start_workers()
         join(self)
@@ -116,6 +119,8 @@ class RedisBackend(Backend, SharesStats, ReportsOutages):
         self._start_workers(self.heartbeat.live_processes)
         for limiter in self._limiters.values():
             limiter.after_fork()
+        for counts in self._retry_counts.values():
+            counts.after_fork()
 
     # -- the Backend interface ---------------------------------------------------------------
 
@@ -128,6 +133,13 @@ class RedisBackend(Backend, SharesStats, ReportsOutages):
             if limiter is None:
                 limiter = self._limiters[key] = RedisLimiter(self, key)
             return limiter
+
+    def retry_budget(self, key: str, policy: RetryBudgetPolicy) -> RedisRetryBudget:
+        with self._lock:
+            counts = self._retry_counts.get(key)
+            if counts is None:
+                counts = self._retry_counts[key] = SharedRetryCounts(self, key)
+        return RedisRetryBudget(counts, policy)
 
     def cache(
         self, namespace: str, *, ttl: float | None, maxsize: int, serializer: str = "json", owner: str = ""

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import redis.asyncio
     from redis.commands.core import AsyncScript, Script
 
-NAMES = ("acquire", "release", "renew", "adopt", "cooldown", "heartbeat", "confirm", "unclaim")
+NAMES = ("acquire", "release", "renew", "adopt", "cooldown", "heartbeat", "confirm", "unclaim", "retry_budget")
 
 
 @functools.cache
