@@ -43,10 +43,10 @@ class SharedRetryCounts:
         self._unsent: dict[int, int] = {}  # second of time.monotonic() -> calls
 
     def after_fork(self) -> None:
-        """A forked child sends none of its parent's calls: the parent will."""
+        """A forked child counts none of its parent's calls: the parent sends them."""
         self._lock = threading.Lock()
         self._unsent = {}
-        self.local.after_fork()
+        self.local = RetryCounts()
 
     def deposit(self) -> None:
         second = int(time.monotonic())
