@@ -206,6 +206,7 @@ def retry_on_1302(
         fn, rewrap = unwrap_descriptor(target)
         policy = _RetryPolicy(default_key(fn), tries, deadline, base, cap, jitter, retry_on_result, budget)
         inner, stack = join(fn, classifier=classifier)
+        stack.check_budget_backend(budget)
         return cast(Callable[P, R], rewrap(entry(_wrap(inner, policy, stack), stack)))
 
     return decorate

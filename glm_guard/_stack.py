@@ -77,6 +77,14 @@ class Stack:
         cap = TESTING.attempts
         return max_tries if cap is None else min(cap, max_tries)
 
+    def check_budget_backend(self, policy: RetryBudgetPolicy | None) -> None:
+        """At decoration: with no rate limit in the stack yet, the environment's backend must be
+        valid, so a bad ``GLM_GUARD_BACKEND`` fails there rather than on a call."""
+        if policy is not None and self.limit_backend is None:
+            from .backends import get_backend
+
+            get_backend(None)
+
     def retry_budget(self, policy: RetryBudgetPolicy | None) -> RetryBudget | None:
         """The key's retry budget under ``policy``, kept where the stack's rate limit keeps its
         state (else in the environment's backend); ``None`` when off or in testing mode."""

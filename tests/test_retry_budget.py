@@ -93,6 +93,15 @@ def test_retry_budget_takes_a_policy_none_or_false(value: object) -> None:
     assert caught.value.name == "retry_budget"
 
 
+def test_a_bad_environment_backend_fails_at_decoration(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GLM_GUARD_BACKEND", "memcached")
+    glm_guard.reload_settings()
+    with pytest.raises(ConfigurationError) as caught:
+        retry_on_1302(lambda: None)
+    assert caught.value.name == "GLM_GUARD_BACKEND"
+    retry_on_1302(retry_budget=False)(lambda: None)  # no budget: no backend needed
+
+
 # -- the rule, on the local backend's clock ---------------------------------------------------
 
 
