@@ -27,10 +27,12 @@ from ._errors import (
     GLMGuardError,
     GLMRateLimitException,
     RateLimitTimeout,
+    RetryBudgetExhausted,
 )
 from ._fallback import fallback
 from ._rate_limit import rate_limited
 from ._retry import retry_on_1302
+from .backends._base import RetryBudgetPolicy
 from .monitoring import configure_stats, on_alert, rate_limit_stats, stats, subscribe
 from .monitoring._events import (
     Alert,
@@ -82,6 +84,8 @@ __all__ = [
     "LLMClient",
     "LimitChanged",
     "RateLimitTimeout",
+    "RetryBudgetExhausted",
+    "RetryBudgetPolicy",
     "RetryEvent",
     "SDKRetryWarning",
     "Settings",

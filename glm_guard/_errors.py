@@ -15,6 +15,7 @@ __all__ = [
     "GLMGuardError",
     "GLMRateLimitException",
     "RateLimitTimeout",
+    "RetryBudgetExhausted",
 ]
 
 
@@ -110,3 +111,26 @@ class BackendRequestError(GLMGuardError):
     prefix).  Not a :class:`BackendError`: no outage policy hides it, and the backend stays in
     use for every other call.  The store's own error is chained.
     """
+
+
+class RetryBudgetExhausted(GLMRateLimitException):
+    """``retry_on_1302`` gave up early: the key's retries already fill its retry budget.
+
+    When every call of a key is rate limited, retrying each one multiplies the load on a
+    provider that is already refusing; the budget lets only a share of the calls retry, and
+    the rest fail fast (to a ``fallback``, if any).  Chained from the provider's last error.
+
+    Attributes:
+        key: the rate-limit key whose budget is spent.
+        attempts: the calls made before giving up.
+    """
+
+    def __init__(self, key: str, attempts: int, *, code: str | None = None, retry_after: float | None = None) -> None:
+        self.key = key
+        super().__init__(
+            f"rate limited (code {code or 'unknown'}) after {attempts} attempt(s); "
+            f"the retry budget of {key!r} is spent, so no retry",
+            code=code,
+            retry_after=retry_after,
+            attempts=attempts,
+        )

@@ -104,7 +104,9 @@ def rate_limited(
     def decorate(target: Callable[P, R]) -> Callable[P, R]:
         fn, rewrap = unwrap_descriptor(target)
         limiter = store.limiter(explicit_key or default_key(fn))
-        inner, stack = join(fn, key=explicit_key, backend=store, backend_from_environment=backend is None)
+        inner, stack = join(
+            fn, key=explicit_key, backend=store, backend_from_environment=backend is None, limit_backend=store
+        )
         return cast(Callable[P, R], rewrap(entry(_wrap(inner, limiter, guard, stack), stack)))
 
     return decorate

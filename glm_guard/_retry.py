@@ -20,10 +20,11 @@ from typing import Any, ParamSpec, TypeVar, cast, overload
 from . import _validate
 from ._call_context import RETRYING, Retrying
 from ._classify import DEFAULT_PERMANENT_CODES, DEFAULT_RETRYABLE_CODES, Classifier, ErrorInfo
-from ._errors import ConfigurationError, GLMRateLimitException
+from ._errors import ConfigurationError, GLMRateLimitException, RetryBudgetExhausted
 from ._sdk import sdk_retry_warning
 from ._stack import Stack, entry, join
 from ._wrapping import default_key, kind_of, unwrap_descriptor
+from .backends._base import RetryBudget, RetryBudgetPolicy
 
 __all__ = ["retry_on_1302"]
 
@@ -52,6 +53,7 @@ class _RetryPolicy:
     max_delay: float
     jitter: bool
     retry_on_result: bool
+    budget: RetryBudgetPolicy | None
 
     def delay_or_raise(
         self,
@@ -77,14 +79,6 @@ class _RetryPolicy:
         delay = stack.backoff(delay)
         if self.max_time is not None and _clock() - started + delay > self.max_time:
             raise self.give_up(attempt, info, f"the next wait would pass max_time={self.max_time:g}s", error)
-        logger.info(
-            "glm_guard: %s hit a rate limit (code %s), retrying in %.2fs (attempt %d of %d)",
-            self.name,
-            info.code,
-            delay,
-            attempt + 1,
-            attempts,
-        )
         return delay, schedule
 
     def give_up(self, attempt: int, info: ErrorInfo, why: str, error: BaseException | None) -> GLMRateLimitException:
@@ -94,6 +88,13 @@ class _RetryPolicy:
             retry_after=info.retry_after,
             attempts=attempt,
         )
+        exc.__cause__ = error
+        return exc
+
+    def budget_spent(
+        self, key: str, attempt: int, info: ErrorInfo, error: BaseException | None
+    ) -> RetryBudgetExhausted:
+        exc = RetryBudgetExhausted(key, attempt, code=info.code, retry_after=info.retry_after)
         exc.__cause__ = error
         return exc
 
@@ -145,6 +146,7 @@ def retry_on_1302(
     retry_codes: Iterable[str | int] | None = None,
     permanent_codes: Iterable[str | int] | None = None,
     retry_on_result: bool = False,
+    retry_budget: RetryBudgetPolicy | bool | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -158,6 +160,7 @@ def retry_on_1302(
     retry_codes: Iterable[str | int] | None = None,
     permanent_codes: Iterable[str | int] | None = None,
     retry_on_result: bool = False,
+    retry_budget: RetryBudgetPolicy | bool | None = None,
 ) -> Any:
     """Retry rate-limit errors (GLM 1302 and kin) with exponential backoff and full jitter.
 
@@ -171,6 +174,13 @@ def retry_on_1302(
     ``retry_on_result=True`` an error dict returned as the result (``{"error": {...}}``) is
     treated like the error it describes.  Inside another ``retry_on_1302`` the inner one
     makes a single attempt, so stacked layers never multiply attempts.
+
+    Retries of a key, across every process sharing its backend, stay within its
+    ``retry_budget`` (default :class:`~glm_guard.RetryBudgetPolicy()`: 20 % of its calls over
+    10 s, at least 4); beyond it a call fails fast with
+    :class:`~glm_guard.RetryBudgetExhausted`.  ``False`` turns the budget off.  The key and
+    the backend are the ``rate_limited`` ones in the same stack, else the function's default
+    key and ``GLM_GUARD_BACKEND``.
     """
     if callable(max_tries):
         return retry_on_1302()(max_tries)
@@ -184,6 +194,7 @@ def retry_on_1302(
     cap = cast(float, _validate.seconds("max_delay", max_delay))
     if cap < base:
         raise ConfigurationError("max_delay", f"must be >= base_delay ({base:g}), got {max_delay!r}")
+    budget = _budget_policy(retry_budget)
     classifier = None  # the stack keeps the default one
     if retry_codes is not None or permanent_codes is not None:
         classifier = Classifier(
@@ -193,18 +204,36 @@ def retry_on_1302(
 
     def decorate(target: Callable[P, R]) -> Callable[P, R]:
         fn, rewrap = unwrap_descriptor(target)
-        policy = _RetryPolicy(default_key(fn), tries, deadline, base, cap, jitter, retry_on_result)
+        policy = _RetryPolicy(default_key(fn), tries, deadline, base, cap, jitter, retry_on_result, budget)
         inner, stack = join(fn, classifier=classifier)
+        stack.check_budget_backend(budget)
         return cast(Callable[P, R], rewrap(entry(_wrap(inner, policy, stack), stack)))
 
     return decorate
+
+
+def _budget_policy(value: object) -> RetryBudgetPolicy | None:
+    if value is None:
+        return DEFAULT_RETRY_BUDGET
+    if value is False:
+        return None
+    if isinstance(value, RetryBudgetPolicy):
+        return value
+    raise ConfigurationError(
+        "retry_budget", f"must be a RetryBudgetPolicy, None (the default budget) or False (none), got {value!r}"
+    )
+
+
+DEFAULT_RETRY_BUDGET = RetryBudgetPolicy()
 
 
 class _Run:
     """One retried call: which attempt, since when, the backoff schedule, and what comes next.
 
     A decision core without I/O: each outcome of an attempt goes in, the sleep before the next
-    attempt comes out, or the end (the answer, the error as it is, or giving up).  While it
+    attempt comes out, or the end (the answer, the error as it is, or giving up).  The one
+    question it cannot answer alone, whether the key's retry budget lets the retry go, its
+    driver asks the budget (sync or async) and hands the answer to :meth:`retry`.  While it
     runs (``with``) it owns the attempts, so a ``retry_on_1302`` nested inside makes one each;
     one that starts inside another's run passes every outcome straight through.
     """
@@ -214,6 +243,10 @@ class _Run:
         "args",
         "attempt",
         "attempts",
+        "budget",
+        "delay",
+        "error",
+        "info",
         "kwargs",
         "owner",
         "policy",
@@ -235,6 +268,11 @@ class _Run:
         self.result: object = None
         outer = RETRYING.get()
         self.owner = None if outer is not None and outer.active else Retrying()
+        self.budget: RetryBudget | None = None
+        if self.owner is not None:  # one logical call: an inner layer's attempts are not calls
+            self.budget = stack.retry_budget(policy.budget)
+            if self.budget is not None:
+                self.budget.deposit()
 
     def __enter__(self) -> _Run:
         if self.owner is not None:
@@ -251,6 +289,7 @@ class _Run:
 
         Raises ``error`` itself when a retry cannot help, and
         :class:`~glm_guard.GLMRateLimitException` when the attempts or the time run out.
+        The retry is not decided until :meth:`retry` has the budget's answer.
         """
         if error is not None:
             delay = None if self.owner is None else self.after_error(error)
@@ -280,9 +319,32 @@ class _Run:
         except GLMRateLimitException:
             self.stack.retrying(self.attempt, None, info)
             raise
-        self.stack.retrying(self.attempt, delay, info)
-        self.attempt += 1
+        self.delay, self.info, self.error = delay, info, error
         return delay
+
+    def budget_allows(self) -> bool:
+        return self.budget is None or self.budget.withdraw()
+
+    async def budget_allows_async(self) -> bool:
+        return self.budget is None or await self.budget.withdraw_async()
+
+    def retry(self, allowed: bool) -> None:
+        """The retry :meth:`delay_after` planned goes (reported), or, refused by the key's retry
+        budget, the call gives up with :class:`~glm_guard.RetryBudgetExhausted`."""
+        info = self.info
+        if not allowed:
+            self.stack.retrying(self.attempt, None, info)
+            raise self.policy.budget_spent(self.stack.key, self.attempt, info, self.error)
+        logger.info(
+            "glm_guard: %s hit a rate limit (code %s), retrying in %.2fs (attempt %d of %d)",
+            self.policy.name,
+            info.code,
+            self.delay,
+            self.attempt + 1,
+            self.attempts,
+        )
+        self.stack.retrying(self.attempt, self.delay, info)
+        self.attempt += 1
 
 
 def _outcome(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[object, Exception | None]:
@@ -309,6 +371,7 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy, stack: Stack) -> Callabl
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             with _Run(policy, stack, args, kwargs) as run:
                 while (delay := run.delay_after(*await _outcome_async(fn, args, kwargs))) is not None:
+                    run.retry(await run.budget_allows_async())
                     if delay > 0:
                         await _async_sleep(delay)
                 return run.result
@@ -321,6 +384,7 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy, stack: Stack) -> Callabl
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
             with _Run(policy, stack, args, kwargs) as run:
                 while (delay := run.delay_after(*_outcome(fn, args, kwargs))) is not None:
+                    run.retry(run.budget_allows())
                     if delay > 0:
                         _sleep(delay)
                 return run.result
@@ -340,7 +404,9 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy, stack: Stack) -> Callabl
                 except StopIteration as stop:
                     return stop.value
                 except Exception as error:
-                    _sleep(_delay_or_raise(run, error))
+                    delay = _delay_or_raise(run, error)
+                    run.retry(run.budget_allows())
+                    _sleep(delay)
                     continue
                 yield first
                 return (yield from stream)
@@ -357,7 +423,9 @@ def _wrap(fn: Callable[..., Any], policy: _RetryPolicy, stack: Stack) -> Callabl
             except StopAsyncIteration:
                 return
             except Exception as error:
-                await _async_sleep(_delay_or_raise(run, error))
+                delay = _delay_or_raise(run, error)
+                run.retry(await run.budget_allows_async())
+                await _async_sleep(delay)
                 continue
             async with contextlib.aclosing(stream):  # a consumer that stops early closes it at once
                 yield first

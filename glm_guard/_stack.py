@@ -25,7 +25,7 @@ import contextlib
 import functools
 import time
 from collections.abc import AsyncIterator, Callable, Generator
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from ._call_context import DEGRADED, begin_call
 from ._classify import DEFAULT_CLASSIFIER, Classifier, ErrorInfo
@@ -43,6 +43,9 @@ from .monitoring._events import (
     emit,
 )
 
+if TYPE_CHECKING:
+    from .backends._base import Backend, RetryBudget, RetryBudgetPolicy
+
 __all__ = ["Stack", "attempts", "entry", "join"]
 
 _ENTRY: Final = "_glm_guard_entry"
@@ -51,14 +54,17 @@ _PLAIN: Final = frozenset({str, bytes, int, float, bool, type(None)})  # results
 
 
 class Stack:
-    """One stack of guards around one function: its stats key, its classifier, its reports."""
+    """One stack of guards around one function: its stats key (also its rate-limit key), its
+    classifier, the backend its rate limit uses, its reports."""
 
-    __slots__ = ("classifier", "has_fallback", "key")
+    __slots__ = ("_budget", "classifier", "has_fallback", "key", "limit_backend")
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.has_fallback = False
         self.classifier: Classifier = DEFAULT_CLASSIFIER
+        self.limit_backend: Backend | None = None
+        self._budget: tuple[RetryBudgetPolicy, Backend, RetryBudget] | None = None
 
     # -- what a guard asks -------------------------------------------------------------------
 
@@ -70,6 +76,29 @@ class Stack:
     def attempts_allowed(self, max_tries: int) -> int:
         cap = TESTING.attempts
         return max_tries if cap is None else min(cap, max_tries)
+
+    def check_budget_backend(self, policy: RetryBudgetPolicy | None) -> None:
+        """At decoration: with no rate limit in the stack yet, the environment's backend must be
+        valid, so a bad ``GLM_GUARD_BACKEND`` fails there rather than on a call."""
+        if policy is not None and self.limit_backend is None:
+            from .backends import get_backend
+
+            get_backend(None)
+
+    def retry_budget(self, policy: RetryBudgetPolicy | None) -> RetryBudget | None:
+        """The key's retry budget under ``policy``, kept where the stack's rate limit keeps its
+        state (else in the environment's backend); ``None`` when off or in testing mode."""
+        if policy is None or TESTING.active:
+            return None
+        backend = self.limit_backend
+        if backend is None:
+            from .backends import get_backend  # the environment's, as it is now
+
+            backend = get_backend(None)
+        found = self._budget
+        if found is None or found[0] is not policy or found[1] is not backend or found[2].key != self.key:
+            found = self._budget = (policy, backend, backend.retry_budget(self.key, policy))
+        return found[2]
 
     def backoff(self, seconds: float) -> float:
         """The sleep a retry should really make: none at all in testing mode."""
@@ -194,10 +223,12 @@ def join(
     fallback: bool = False,
     backend: object = None,
     backend_from_environment: bool = False,
+    limit_backend: Backend | None = None,
 ) -> tuple[Callable[..., Any], Stack]:
     """``(what the new guard should call, the stack)`` for a guard applied to ``fn``.
 
     ``backend`` is where the guard keeps its state: one that shares stats may receive them.
+    ``limit_backend`` is the one a rate limit keeps its state in, where a retry budget then lives.
     """
     found = getattr(fn, _ENTRY, None)
     if found is not None and found[0] is fn:  # fn is the entry of a glm_guard stack: join it
@@ -211,6 +242,8 @@ def join(
         stack.classifier = classifier
     if fallback:
         stack.has_fallback = True
+    if limit_backend is not None:
+        stack.limit_backend = limit_backend
     _recorder.ensure_started()
     if backend is not None:
         _recorder.RECORDER.note_backend(backend, chosen_by_environment=backend_from_environment)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from .. import _lazy
 from .._config import REDIS_SCHEMES, check_redis_url, get_settings, mask_url
 from .._errors import ConfigurationError
-from ._base import AsyncPermit, Backend, CacheStore, Limiter, LimitPolicy, Permit
+from ._base import AsyncPermit, Backend, CacheStore, Limiter, LimitPolicy, Permit, RetryBudget, RetryBudgetPolicy
 from ._live import live_backends
 
 if TYPE_CHECKING:
@@ -30,6 +30,8 @@ __all__ = [
     "LocalBackend",
     "Permit",
     "RedisBackend",
+    "RetryBudget",
+    "RetryBudgetPolicy",
     "get_backend",
     "live_backends",
     "reset_backends",

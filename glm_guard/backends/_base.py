@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import NamedTuple, Protocol
+from typing import Final, NamedTuple, Protocol
 
 from .._auto_concurrency import AutoConcurrency
 from .._errors import ConfigurationError
@@ -32,6 +32,8 @@ __all__ = [
     "Outcome",
     "Permit",
     "ReportsOutages",
+    "RetryBudget",
+    "RetryBudgetPolicy",
     "SharedStats",
     "SharesStats",
 ]
@@ -83,6 +85,60 @@ def _check_positive_int(name: str, value: object) -> None:
 def _check_positive_number(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
         raise ConfigurationError(name, f"must be a positive number of seconds, got {value!r}")
+
+
+#: Bounds of a retry budget: Finagle allows windows of 1 to 60 s; a ratio above 10 (ten retries
+#: per call) is no budget at all.
+RETRY_WINDOW_RANGE: Final = (1.0, 60.0)
+MAX_RETRY_RATIO: Final = 10.0
+MAX_RETRY_FLOOR: Final = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudgetPolicy:
+    """How many retries a key may make: a share of its calls over a sliding window, with a floor.
+
+    A retry may go while the key's retries in the last ``window`` seconds stay within
+    ``max(ratio * calls, min_retries)``, its calls being the logical calls (first attempts)
+    in the same window.  The defaults follow Finagle and Envoy (20 %, 10 s); the floor is
+    the retries one call makes under the default ``max_tries=5``, so a lone caller never
+    meets the budget: it binds only when many calls fail together.  ``ratio`` is kept to
+    three decimals, so every backend decides with the same integers.
+    """
+
+    ratio: float = 0.2
+    min_retries: int = 4
+    window: float = 10.0
+
+    def __post_init__(self) -> None:
+        ratio = self.ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= MAX_RETRY_RATIO:
+            raise ConfigurationError(
+                "retry_budget.ratio", f"must be a number from 0 to {MAX_RETRY_RATIO:g}, got {ratio!r}"
+            )
+        floor = self.min_retries
+        if isinstance(floor, bool) or not isinstance(floor, int) or not 0 <= floor <= MAX_RETRY_FLOOR:
+            raise ConfigurationError(
+                "retry_budget.min_retries", f"must be an integer from 0 to {MAX_RETRY_FLOOR}, got {floor!r}"
+            )
+        window = self.window
+        low, high = RETRY_WINDOW_RANGE
+        if isinstance(window, bool) or not isinstance(window, (int, float)) or not low <= window <= high:
+            raise ConfigurationError("retry_budget.window", f"must be from {low:g} to {high:g} seconds, got {window!r}")
+
+    @property
+    def per_mille(self) -> int:
+        """``ratio`` in thousandths: the integer both backends decide with."""
+        return round(self.ratio * 1000)
+
+    @property
+    def seconds(self) -> int:
+        """The window in whole seconds (rounded up): both backends count in one-second buckets."""
+        return math.ceil(self.window)
+
+    def allows(self, calls: int, retries: int) -> bool:
+        """Whether one more retry fits, given the window's ``calls`` and the ``retries`` already made."""
+        return (retries + 1) * 1000 <= max(self.per_mille * calls, self.min_retries * 1000)
 
 
 class Permit(Protocol):
@@ -174,14 +230,43 @@ class CacheStore(ABC):
         self.unclaim(key)
 
 
+class RetryBudget(ABC):
+    """The retry budget of one key under one policy, shared as far as its backend shares state.
+
+    ``deposit`` counts a logical call and never waits on I/O (a shared backend batches the
+    deposits with the next ``withdraw``); ``withdraw`` says whether one retry may go, and
+    counts it if so.  Neither raises: a backend that cannot reach its store decides alone.
+    """
+
+    key: str
+    policy: RetryBudgetPolicy
+
+    @abstractmethod
+    def deposit(self) -> None:
+        """A logical call of the key started."""
+
+    @abstractmethod
+    def withdraw(self) -> bool:
+        """Whether one more retry of the key may go now (counted when ``True``)."""
+
+    @abstractmethod
+    async def withdraw_async(self) -> bool:
+        """The async flavour of :meth:`withdraw`."""
+
+
 class Backend(ABC):
-    """Where limiters and caches keep their state."""
+    """Where limiters, retry budgets and caches keep their state."""
 
     name: str
 
     @abstractmethod
     def limiter(self, key: str) -> Limiter:
         """The limiter for ``key``: the same object (or shared state) for the same key."""
+
+    @abstractmethod
+    def retry_budget(self, key: str, policy: RetryBudgetPolicy) -> RetryBudget:
+        """The retry budget of ``key`` under ``policy``: every budget of the key counts the same
+        calls and retries, whatever the policy, as every limiter of a key shares one history."""
 
     @abstractmethod
     def cache(

@@ -37,10 +37,12 @@ from ._base import (
     LimitPolicy,
     Outcome,
     Permit,
+    RetryBudgetPolicy,
 )
 from ._learned import report_limit
 from ._live import join, leave
 from ._local_permits import AsyncLearning, AsyncProbe, AsyncRelease, Learning, Probe
+from ._local_retry_budget import LocalRetryBudget, RetryCounts
 from ._pauses import KeyPaused, Pause
 from ._window import WindowState
 
@@ -400,6 +402,7 @@ class LocalBackend(Backend, LearnsLimits):
     def __init__(self, clock: Clock = time.monotonic) -> None:
         self._clock = clock
         self._limiters: dict[str, LocalLimiter] = {}
+        self._retry_counts: dict[str, RetryCounts] = {}
         self._lock = threading.Lock()
         _LIVE_BACKENDS.add(self)
         join(self)  # so monitoring finds its learned limits
@@ -413,6 +416,13 @@ class LocalBackend(Backend, LearnsLimits):
             if limiter is None:
                 limiter = self._limiters[key] = LocalLimiter(key, self._clock)
             return limiter
+
+    def retry_budget(self, key: str, policy: RetryBudgetPolicy) -> LocalRetryBudget:
+        with self._lock:
+            counts = self._retry_counts.get(key)
+            if counts is None:
+                counts = self._retry_counts[key] = RetryCounts(self._clock)
+        return LocalRetryBudget(key, policy, counts)
 
     def cache(
         self, namespace: str, *, ttl: float | None, maxsize: int, serializer: str = "json", owner: str = ""
@@ -432,6 +442,8 @@ class LocalBackend(Backend, LearnsLimits):
         self._lock = threading.Lock()
         for limiter in self._limiters.values():
             limiter._after_fork()
+        for counts in self._retry_counts.values():
+            counts.after_fork()
 
 
 _LIVE_BACKENDS: weakref.WeakSet[LocalBackend] = weakref.WeakSet()

@@ -6,6 +6,7 @@ Key layout, for a limiter key ``K`` and prefix ``P`` (default ``glm_guard:``)::
     P{K}:leases     ZSET  concurrency leases -> expiry (expires after 2 leases + 1 s)
     P{K}:cooldown   STR   pause deadline in server ms (expires at the deadline)
     P{K}:released   pub/sub channel: a lease was given back
+    P{K}:retry_budget HASH calls ("d<s>") and retries ("r<s>") per server second (expires after 61 s)
     Pprocesses      ZSET  live processes -> expiry (the heartbeat)
     Pcache:v2:N:D   STR   cached value (expires after the ttl); v2 the key format, N, D digests
     P...:D:fill     STR   who is computing D right now (expires after the fill lease)
@@ -28,13 +29,23 @@ from ... import _validate
 from ..._auto_concurrency import AutoConcurrency
 from ..._config import check_redis_url, get_settings, mask_url
 from ..._errors import BackendError, BackendRequestError
-from .._base import Backend, LearnedState, LearnsLimits, LimitPolicy, ReportsOutages, SharedStats, SharesStats
+from .._base import (
+    Backend,
+    LearnedState,
+    LearnsLimits,
+    LimitPolicy,
+    ReportsOutages,
+    RetryBudgetPolicy,
+    SharedStats,
+    SharesStats,
+)
 from .._learned import stored_state
 from .._live import join, leave, live_backends
 from ._cache import RedisCacheStore
 from ._connections import Connections
 from ._health import Health
 from ._limiter import RedisLimiter
+from ._retry_budget import RedisRetryBudget, SharedRetryCounts
 from ._shared_stats import RedisSharedStats
 from ._workers import Heartbeat, LeaseKeeper, ReleaseListener
 
@@ -96,6 +107,7 @@ class RedisBackend(Backend, SharesStats, ReportsOutages, LearnsLimits):
         self.connections = Connections(url, timeout, self.health)
         self._stats = RedisSharedStats(self.connections, self.prefix)
         self._limiters: dict[str, RedisLimiter] = {}
+        self._retry_counts: dict[str, SharedRetryCounts] = {}
         self._shares: dict[tuple[LimitPolicy, int, int | None], LimitPolicy] = {}
         self._start_workers()
         join(self)
@@ -120,6 +132,8 @@ class RedisBackend(Backend, SharesStats, ReportsOutages, LearnsLimits):
         self._start_workers(self.heartbeat.live_processes)
         for limiter in self._limiters.values():
             limiter.after_fork()
+        for counts in self._retry_counts.values():
+            counts.after_fork()
 
     # -- the Backend interface ---------------------------------------------------------------
 
@@ -132,6 +146,13 @@ class RedisBackend(Backend, SharesStats, ReportsOutages, LearnsLimits):
             if limiter is None:
                 limiter = self._limiters[key] = RedisLimiter(self, key)
             return limiter
+
+    def retry_budget(self, key: str, policy: RetryBudgetPolicy) -> RedisRetryBudget:
+        with self._lock:
+            counts = self._retry_counts.get(key)
+            if counts is None:
+                counts = self._retry_counts[key] = SharedRetryCounts(self, key)
+        return RedisRetryBudget(counts, policy)
 
     def cache(
         self, namespace: str, *, ttl: float | None, maxsize: int, serializer: str = "json", owner: str = ""

@@ -28,6 +28,7 @@ NAMES = (
     "heartbeat",
     "confirm",
     "unclaim",
+    "retry_budget",
 )
 
 
