@@ -20,12 +20,16 @@ from ._call_context import is_degraded
 from ._classify import Classifier, ErrorInfo
 from ._config import Settings, get_settings, is_testing, reload_settings, set_testing
 from ._errors import (
+    AccountInArrears,
     BackendError,
     BackendRefused,
     BackendRequestError,
     ConfigurationError,
     GLMGuardError,
     GLMRateLimitException,
+    KeyPausedError,
+    ModelOverloaded,
+    QuotaExhausted,
     RateLimitTimeout,
     RetryBudgetExhausted,
 )
@@ -63,6 +67,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "AccountInArrears",
     "Alert",
     "AsyncLLMClient",
     "AttemptEvent",
@@ -81,8 +86,11 @@ __all__ = [
     "GLMRateLimitException",
     "GLMStreamError",
     "GuardEvent",
+    "KeyPausedError",
     "LLMClient",
     "LimitChanged",
+    "ModelOverloaded",
+    "QuotaExhausted",
     "RateLimitTimeout",
     "RetryBudgetExhausted",
     "RetryBudgetPolicy",

@@ -10,6 +10,8 @@ imported: errors are read through the attributes the SDKs happen to expose (``co
 from __future__ import annotations
 
 import ast
+import dataclasses
+import datetime
 import json
 import re
 import time
@@ -17,13 +19,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from ._errors import GLMRateLimitException, RateLimitTimeout
+from ._errors import GLMRateLimitException, KeyPausedError, RateLimitTimeout, RetryBudgetExhausted
 
 __all__ = [
+    "ARREARS_CODES",
     "DEFAULT_PERMANENT_CODES",
     "DEFAULT_RETRYABLE_CODES",
+    "OVERLOAD_CODES",
+    "QUOTA_CODES",
     "Classifier",
     "ErrorInfo",
+    "reset_time",
 ]
 
 #: Codes a retry can fix: GLM's concurrency/frequency limits and overloads, and the
@@ -75,7 +81,22 @@ DEFAULT_PERMANENT_CODES: Final = frozenset(
     }
 )
 
+#: Codes that pause the key until a quota window resets: GLM's daily (1304), five-hour (1308)
+#: and weekly or monthly (1310) windows.  Permanent: a retry before the reset cannot help.
+QUOTA_CODES: Final = frozenset({"1304", "1308", "1310"})
+
+#: Codes that say the account has no balance (GLM 1113, OpenAI's ``insufficient_quota`` and
+#: billing limits): permanent until someone pays, so the key pauses and probes now and then.
+ARREARS_CODES: Final = frozenset(
+    {"1113", "insufficient_quota", "billing_hard_limit_reached", "enforced_spend_limit_reached"}
+)
+
+#: Codes that say the model, not the account, is overloaded (GLM 1305 and 1312, Anthropic's
+#: ``overloaded_error``): retried with backoff, and the model's breaker opens.
+OVERLOAD_CODES: Final = frozenset({"1305", "1312", "overloaded_error"})
+
 Kind = Literal["rate_limit", "permanent", "guard_timeout", "other"]
+Pause = Literal["quota", "arrears", "overload"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,14 +104,19 @@ class ErrorInfo:
     """What an error says about rate limiting.
 
     ``kind`` is ``"rate_limit"`` (retry, and cool down), ``"permanent"`` (never retry),
-    ``"guard_timeout"`` (our own :class:`RateLimitTimeout`: waiting again will not help) or
-    ``"other"`` (not a rate-limit matter at all).
+    ``"guard_timeout"`` (the guard's own refusal: ``max_wait`` ran out, the key is paused,
+    the retry budget is spent; waiting again will not help) or ``"other"`` (not a rate-limit
+    matter at all).  ``pause`` says when the key as a whole should stop sending: ``"quota"``
+    (until ``resets_at``, Unix time, when the provider named it), ``"arrears"`` (both
+    permanent) or ``"overload"`` (a rate limit of the model, not the account).
     """
 
     kind: Kind
     code: str | None = None
     status: int | None = None
     retry_after: float | None = None
+    pause: Pause | None = None
+    resets_at: float | None = None
 
     @property
     def is_rate_limit(self) -> bool:
@@ -146,8 +172,8 @@ class Classifier:
         return self._decide(code, kind_hint, status, None)
 
     def _classify_one(self, error: BaseException) -> ErrorInfo:
-        if isinstance(error, RateLimitTimeout):
-            return ErrorInfo("guard_timeout", None, None, None)
+        if isinstance(error, (RateLimitTimeout, KeyPausedError, RetryBudgetExhausted)):
+            return ErrorInfo("guard_timeout", error.code, None, None)
         if isinstance(error, GLMRateLimitException):
             return ErrorInfo("rate_limit", error.code, 429, _seconds_or_none(error.retry_after))
 
@@ -209,29 +235,108 @@ class Classifier:
                 if match:
                     status = int(match.group(1))
         code = code or generic_code
-        return self._decide(code, kind_hint, status, retry_after)
+        info = self._decide(code, kind_hint, status, retry_after)
+        if info.pause == "quota":
+            info = dataclasses.replace(info, resets_at=_reset_time_of(error))
+        return info
 
     def _decide(
         self, code: str | None, kind_hint: str | None, status: int | None, retry_after: float | None
     ) -> ErrorInfo:
         if code is not None:
             if code in self.retryable_codes:
-                return ErrorInfo("rate_limit", code, status, retry_after)
+                pause: Pause | None = "overload" if code in OVERLOAD_CODES else None
+                return ErrorInfo("rate_limit", code, status, retry_after, pause)
             if code in self.permanent_codes:
-                return ErrorInfo("permanent", code, status, retry_after)
+                pause = "quota" if code in QUOTA_CODES else "arrears" if code in ARREARS_CODES else None
+                return ErrorInfo("permanent", code, status, retry_after, pause)
             if _GLM_CODE.match(code):
                 # Another GLM business code: its own meaning, not a rate limit.
                 return ErrorInfo("other", code, status, retry_after)
         if kind_hint is not None:
             if kind_hint in self.permanent_codes:
-                return ErrorInfo("permanent", kind_hint, status, retry_after)
+                pause = "arrears" if kind_hint in ARREARS_CODES else None
+                return ErrorInfo("permanent", kind_hint, status, retry_after, pause)
             if kind_hint in self.retryable_codes:
-                return ErrorInfo("rate_limit", code or kind_hint, status, retry_after)
-        if status in (429, 529):
+                pause = "overload" if kind_hint in OVERLOAD_CODES else None
+                return ErrorInfo("rate_limit", code or kind_hint, status, retry_after, pause)
+        if status == 529:  # Anthropic: overloaded
+            return ErrorInfo("rate_limit", code, status, retry_after, "overload")
+        if status == 429:
             return ErrorInfo("rate_limit", code, status, retry_after)
         if code is not None or status is not None or retry_after is not None:
             return ErrorInfo("other", code, status, retry_after)
         return _OTHER
+
+
+# "您的限额将在 2026-12-05 08:00:00 重置" / "Your limit will reset at 2026-12-05 08:00:00".
+_RESET_IN_TEXT: Final = re.compile(r"(?:将在|reset at)\s*(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2})")
+_FLUSH_IN_TEXT: Final = re.compile(r"""["']next_flush_time["']\s*:\s*["']?([^"',}]+)""")
+#: GLM writes reset times in China Standard Time, whatever the caller's time zone.
+_CHINA: Final = datetime.timezone(datetime.timedelta(hours=8))
+_MS_THRESHOLD: Final = 1e11  # a Unix time above this is in milliseconds (year 5138 in seconds)
+
+
+def reset_time(found: object) -> float | None:
+    """The quota reset a GLM error names, as Unix time; ``None`` if it names none.
+
+    ``found`` is the error's text or its parsed body.  GLM writes the time in its message
+    (``您的限额将在 {reset} 重置``) as ``YYYY-MM-DD HH:MM:SS`` in China Standard Time (UTC+8),
+    or in a ``next_flush_time`` field (that string, or Unix seconds or milliseconds).
+    """
+    if isinstance(found, Mapping):
+        inner = found.get("error")
+        for layer in (inner, found) if isinstance(inner, Mapping) else (found,):
+            flush = _flush_time(layer.get("next_flush_time"))
+            if flush is not None:
+                return flush
+            message = layer.get("message")
+            if isinstance(message, str) and (when := reset_time(message)) is not None:
+                return when
+        return None
+    if not isinstance(found, str):
+        return None
+    field = _FLUSH_IN_TEXT.search(found)
+    if field is not None and (when := _flush_time(field.group(1).strip())) is not None:
+        return when
+    match = _RESET_IN_TEXT.search(found)
+    return None if match is None else _china_time(match.group(1))
+
+
+def _flush_time(value: object) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    number: object = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return _china_time(value)
+    if not isinstance(number, (int, float)) or not 0 < number < float("inf"):
+        return None
+    return float(number) / 1000.0 if number > _MS_THRESHOLD else float(number)
+
+
+def _china_time(text: str) -> float | None:
+    try:
+        when = datetime.datetime.strptime(text.strip().replace("T", " "), "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return None
+    return when.replace(tzinfo=_CHINA).timestamp()
+
+
+def _reset_time_of(error: BaseException) -> float | None:
+    """Where an SDK's exception keeps the provider's words: its body, its response, its text."""
+    for attribute in ("body", "json_data"):
+        data = _safe_getattr(error, attribute)
+        if isinstance(data, (str, bytes)):
+            data = _parse_json(data)
+        if (when := reset_time(data)) is not None:
+            return when
+    response = _safe_getattr(error, "response")
+    if response is not None and (text := _response_text(response)) and (when := reset_time(text)) is not None:
+        return when
+    return reset_time(_safe_str(error)[:_MAX_TEXT])
 
 
 def _safe_getattr(obj: object, name: str) -> Any:

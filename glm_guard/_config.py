@@ -39,6 +39,8 @@ DEFAULT_COOLDOWN_SECONDS = 1.0
 DEFAULT_API_BASE_URL = "https://open.bigmodel.cn/api/paas/v4"
 DEFAULT_MODEL = "glm-4"
 DEFAULT_MAX_TRIES = 5
+DEFAULT_ARREARS_PAUSE_SECONDS = 300.0
+DEFAULT_OVERLOAD_PAUSE_SECONDS = 30.0
 DEFAULT_REQUEST_TIMEOUT = 60.0
 DEFAULT_REDIS_TIMEOUT = 0.5
 DEFAULT_ALERT_1302_PER_HOUR = 1
@@ -67,6 +69,12 @@ class Settings:
     """``GLM_GUARD_KEY_PREFIX``: prefix of every key the shared backends write."""
     default_cooldown: float = DEFAULT_COOLDOWN_SECONDS
     """``GLM_GUARD_DEFAULT_COOLDOWN``: pause after a rate-limit error that names no Retry-After."""
+    arrears_pause: float = DEFAULT_ARREARS_PAUSE_SECONDS
+    """``GLM_GUARD_ARREARS_PAUSE``: how long a key refuses calls after the account ran out of
+    balance (1113), and the interval between probes until it answers again."""
+    overload_pause: float = DEFAULT_OVERLOAD_PAUSE_SECONDS
+    """``GLM_GUARD_OVERLOAD_PAUSE``: how long a model's breaker stays open after it said it is
+    overloaded (1305, 1312), and the interval between probes until it answers again."""
     cache_secret: str = field(default="", repr=False)
     """``GLM_GUARD_CACHE_SECRET``: HMAC key that signs every shared cache entry with its key and deadline."""
     api_key: str = field(default="", repr=False)
@@ -120,6 +128,8 @@ class Settings:
             redis_url=redis_url,
             key_prefix=_key_prefix(env, "GLM_GUARD_KEY_PREFIX"),
             default_cooldown=_non_negative_float(env, "GLM_GUARD_DEFAULT_COOLDOWN", DEFAULT_COOLDOWN_SECONDS),
+            arrears_pause=_positive_float(env, "GLM_GUARD_ARREARS_PAUSE", DEFAULT_ARREARS_PAUSE_SECONDS),
+            overload_pause=_positive_float(env, "GLM_GUARD_OVERLOAD_PAUSE", DEFAULT_OVERLOAD_PAUSE_SECONDS),
             cache_secret=env.get("GLM_GUARD_CACHE_SECRET", "").strip(),
             api_key=_text(env, "GLM_API_KEY") or _text(env, "ZHIPUAI_API_KEY") or "",
             api_base_url=_http_url(env, "GLM_API_BASE_URL") or DEFAULT_API_BASE_URL,

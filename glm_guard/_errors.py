@@ -7,13 +7,19 @@ Every error glm_guard raises is a :class:`GLMGuardError`.  The one users catch m
 
 from __future__ import annotations
 
+import datetime
+
 __all__ = [
+    "AccountInArrears",
     "BackendError",
     "BackendRefused",
     "BackendRequestError",
     "ConfigurationError",
     "GLMGuardError",
     "GLMRateLimitException",
+    "KeyPausedError",
+    "ModelOverloaded",
+    "QuotaExhausted",
     "RateLimitTimeout",
     "RetryBudgetExhausted",
 ]
@@ -134,3 +140,52 @@ class RetryBudgetExhausted(GLMRateLimitException):
             retry_after=retry_after,
             attempts=attempts,
         )
+
+
+class KeyPausedError(GLMRateLimitException):
+    """The guard refused the call at once: the key is paused, in every process sharing it.
+
+    Raised instead of waiting, because these pauses last minutes to hours, so a ``fallback``
+    serves at once and nothing is sent to the provider until the pause ends.  The subclass
+    says why.
+
+    Attributes:
+        key: the rate-limit key that is paused.
+        retry_at: when the pause ends (Unix time); one call then probes whether it is over.
+    """
+
+    def __init__(self, key: str, code: str | None, retry_at: float, why: str) -> None:
+        self.key = key
+        self.retry_at = retry_at
+        when = datetime.datetime.fromtimestamp(retry_at, datetime.UTC).isoformat(timespec="seconds")
+        super().__init__(f"{key!r} is paused until {when}: {why}", code=code, attempts=0)
+
+
+class QuotaExhausted(KeyPausedError):
+    """A quota window is used up (GLM 1304 daily, 1308 five-hour, 1310 weekly or monthly).
+
+    ``resets_at`` is the reset time the provider named (Unix time), or ``None`` when it named
+    none (then the key is paused for a fixed time, and a probe asks again).
+    """
+
+    def __init__(self, key: str, code: str | None, resets_at: float | None, retry_at: float) -> None:
+        self.resets_at = resets_at
+        super().__init__(key, code, retry_at, f"quota window used up (code {code or 'unknown'})")
+
+
+class AccountInArrears(KeyPausedError):
+    """The account has no balance left (GLM 1113); one probe per interval checks for a top-up."""
+
+    def __init__(self, key: str, code: str | None, retry_at: float) -> None:
+        super().__init__(key, code, retry_at, f"account in arrears (code {code or 'unknown'})")
+
+
+class ModelOverloaded(KeyPausedError):
+    """The model, not the account, is overloaded (GLM 1305, 1312): its breaker is open.
+
+    Typically caught by a ``fallback`` that calls a smaller model; one probe per interval
+    decides when the model is back.
+    """
+
+    def __init__(self, key: str, code: str | None, retry_at: float) -> None:
+        super().__init__(key, code, retry_at, f"model overloaded (code {code or 'unknown'})")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any, Final, ParamSpec, TypeVar, cast, overload
@@ -12,11 +13,19 @@ from . import _validate
 from ._auto_concurrency import AutoConcurrency
 from ._classify import ErrorInfo
 from ._config import get_settings
-from ._errors import ConfigurationError, RateLimitTimeout
+from ._errors import (
+    AccountInArrears,
+    ConfigurationError,
+    KeyPausedError,
+    ModelOverloaded,
+    QuotaExhausted,
+    RateLimitTimeout,
+)
 from ._stack import Stack, entry, join
 from ._wrapping import default_key, kind_of, unwrap_descriptor
 from .backends import Limiter, LimitPolicy, get_backend
 from .backends._base import AsyncPermit, Backend, Outcome, Permit
+from .backends._pauses import LONGEST_PAUSE_SECONDS, KeyPaused
 
 __all__ = ["rate_limited"]
 
@@ -43,6 +52,8 @@ def rate_limited(
     max_wait: float | None = None,
     cooldown: float | None = None,
     on_backend_error: str | None = None,
+    arrears_pause: float | None = None,
+    overload_pause: float | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -56,6 +67,8 @@ def rate_limited(
     max_wait: float | None = None,
     cooldown: float | None = None,
     on_backend_error: str | None = None,
+    arrears_pause: float | None = None,
+    overload_pause: float | None = None,
 ) -> Any:
     """Admit at most ``calls`` starts in any ``period`` seconds and ``concurrency`` in flight.
 
@@ -71,6 +84,15 @@ def rate_limited(
     limit from the provider's answers instead: cut after a 1302, grown while it is in use,
     shared by every process on the backend (see ``docs/adaptive.md``).  A 1302 then cuts the
     limit instead of pausing the key; a Retry-After the provider sends is still honoured.
+
+    Errors no retry fixes soon pause the whole key, in every process, and callers then fail
+    fast with a :class:`~glm_guard.KeyPausedError` (so a ``fallback`` answers at once): a
+    used-up quota window (1304, 1308, 1310) until the reset time the provider names (at most
+    a day), :class:`~glm_guard.QuotaExhausted`; arrears (1113) for ``arrears_pause`` seconds
+    (default ``GLM_GUARD_ARREARS_PAUSE``, 300), :class:`~glm_guard.AccountInArrears`; an
+    overloaded model (1305, 1312) for ``overload_pause`` seconds (default
+    ``GLM_GUARD_OVERLOAD_PAUSE``, 30), :class:`~glm_guard.ModelOverloaded`.  When a pause
+    ends one call probes, and the others keep failing until it has answered.
 
     Functions decorated with the same ``key`` share one budget; the default key is the
     function's ``module.qualname``, so the same function shares one limit across processes
@@ -97,7 +119,17 @@ def rate_limited(
         )
     wait_limit = _validate.seconds("max_wait", max_wait, optional=True)
     pause = _validate.seconds("cooldown", cooldown, optional=True)
-    guard = _Guard(policy, wait_limit, settings.default_cooldown if pause is None else pause)
+    arrears = _validate.seconds("arrears_pause", arrears_pause, optional=True, allow_zero=False)
+    overload = _validate.seconds("overload_pause", overload_pause, optional=True, allow_zero=False)
+    guard = _Guard(
+        policy,
+        wait_limit,
+        settings.default_cooldown if pause is None else pause,
+        {
+            "arrears": settings.arrears_pause if arrears is None else arrears,
+            "overload": settings.overload_pause if overload is None else overload,
+        },
+    )
     explicit_key = _validate.key_name("key", key)
     store = get_backend(backend)
 
@@ -110,6 +142,37 @@ def rate_limited(
         return cast(Callable[P, R], rewrap(entry(_wrap(inner, limiter, guard, stack), stack)))
 
     return decorate
+
+
+#: A quota error that names no reset time pauses the key this long, then a probe asks again.
+QUOTA_PAUSE_WITHOUT_RESET_SECONDS: Final = 900.0
+#: After a quota window's reset, a probe every this many seconds until one is answered.
+QUOTA_PROBE_SECONDS: Final = 60.0
+_CODE_IN_REASON: Final = re.compile(r"^[A-Za-z0-9_]{1,40}$")
+
+
+def _pause_of(info: ErrorInfo, pauses: dict[str, float]) -> tuple[str, float, float] | None:
+    """``(reason, seconds, probe_every)`` for an error that pauses the whole key, else ``None``."""
+    if info.pause is None:
+        return None
+    reason = info.pause if info.code is None or not _CODE_IN_REASON.match(info.code) else f"{info.pause}:{info.code}"
+    if info.pause != "quota":
+        return reason, pauses[info.pause], pauses[info.pause]
+    if info.resets_at is None:
+        return reason, QUOTA_PAUSE_WITHOUT_RESET_SECONDS, QUOTA_PROBE_SECONDS
+    seconds = min(max(info.resets_at - time.time(), 1.0), LONGEST_PAUSE_SECONDS)
+    return reason, seconds, QUOTA_PROBE_SECONDS
+
+
+def _refusal(paused: KeyPaused) -> KeyPausedError:
+    """The public error for a call refused by a pause: which one depends on what paused the key."""
+    kind, _, code = paused.reason.partition(":")
+    retry_at = time.time() + paused.seconds_left
+    if kind == "quota":
+        return QuotaExhausted(paused.key, code or None, None, retry_at)
+    if kind == "arrears":
+        return AccountInArrears(paused.key, code or None, retry_at)
+    return ModelOverloaded(paused.key, code or None, retry_at)
 
 
 def _concurrency(value: object) -> int | AutoConcurrency | None:
@@ -125,20 +188,21 @@ def _concurrency(value: object) -> int | AutoConcurrency | None:
 class _Guard:
     """One decorator's frozen policy, and the decisions it makes around each call."""
 
-    __slots__ = ("cooldown", "max_wait", "policy")
+    __slots__ = ("cooldown", "max_wait", "pauses", "policy")
 
-    def __init__(self, policy: LimitPolicy, max_wait: float | None, cooldown: float) -> None:
+    def __init__(self, policy: LimitPolicy, max_wait: float | None, cooldown: float, pauses: dict[str, float]) -> None:
         self.policy = policy
         self.max_wait = max_wait
         self.cooldown = cooldown
+        self.pauses = pauses
 
     def pause_after(self, info: ErrorInfo) -> float:
-        """Seconds every caller of the key should pause after an error (0: not a rate limit).
+        """Seconds every caller of the key should wait after an error (0: not a rate limit).
 
         Under a learned limit a 1302 cuts the limit instead, so only the provider's own
-        Retry-After pauses the key.
+        Retry-After pauses the key; an overloaded model opens its breaker instead.
         """
-        if not info.is_rate_limit:
+        if not info.is_rate_limit or info.pause is not None:
             return 0.0
         if info.retry_after is not None:
             return min(info.retry_after, MAX_COOLDOWN_SECONDS)
@@ -172,12 +236,16 @@ class _Held:
         except RateLimitTimeout:
             self._timed(started, True)
             raise
+        except KeyPaused as paused:
+            raise _refusal(paused) from None
         self._timed(started, False)
 
     def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
         outcome = None
         try:
-            outcome, seconds = self._after(error)
+            outcome, seconds, pause = self._after(error)
+            if pause is not None:
+                self.limiter.pause(*pause)
             if seconds > 0:
                 self.limiter.cooldown(seconds)
         finally:
@@ -190,25 +258,32 @@ class _Held:
         except RateLimitTimeout:
             self._timed(started, True)
             raise
+        except KeyPaused as paused:
+            raise _refusal(paused) from None
         self._timed(started, False)
 
     async def __aexit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
         outcome = None
         try:
-            outcome, seconds = self._after(error)
+            outcome, seconds, pause = self._after(error)
+            if pause is not None:
+                await self.limiter.pause_async(*pause)
             if seconds > 0:
                 await self.limiter.cooldown_async(seconds)
         finally:
             await cast(AsyncPermit, self.permit).release(outcome)
 
-    def _after(self, error: BaseException | None) -> tuple[Outcome | None, float]:
-        """What the call's end teaches a learned limit, and how long the whole key should pause."""
+    def _after(self, error: BaseException | None) -> tuple[Outcome | None, float, tuple[str, float, float] | None]:
+        """What the call's end teaches a learned limit, how long the key's callers should wait,
+        and the pause (reason, seconds, probe interval) it starts."""
         if error is None:
-            return Outcome.SUCCEEDED, 0.0
+            return Outcome.SUCCEEDED, 0.0, None
         if not isinstance(error, Exception):
-            return None, 0.0  # cancelled, or the process exits: nothing learned about the limit
+            return None, 0.0, None  # cancelled, or the process exits: nothing learned about the limit
         info = self.stack.verdict(error)
-        return (Outcome.LIMITED if info.kind == "rate_limit" else None), self.guard.pause_after(info)
+        limited = info.kind == "rate_limit" and info.pause is None  # the account's limit, not the model's load
+        outcome = Outcome.LIMITED if limited else None
+        return outcome, self.guard.pause_after(info), _pause_of(info, self.guard.pauses)
 
 
 class _Unguarded:

@@ -19,7 +19,7 @@ from glm_guard.backends._base import Backend
 from glm_guard.backends._local import LocalBackend
 
 from .conftest import LimiterState
-from .helpers import SEED_1113, SEED_1302, ErrorWithText, max_in_window, window_margin
+from .helpers import SEED_1302, ErrorWithText, max_in_window, window_margin
 
 
 def test_threads_never_exceed_calls_in_any_window(backend: Backend) -> None:
@@ -331,10 +331,13 @@ def test_a_rate_limit_error_pauses_every_caller_of_the_key(backend: Backend) -> 
 
 
 def test_a_permanent_error_causes_no_pause(backend: Backend) -> None:
+    """A content-filter refusal (1301) is the request's fault, not the key's: no cooldown.
+    (Arrears and quota windows do pause the key: tests/test_pauses.py.)"""
+
     @rate_limited(100, 1.0, key="k", backend=backend, cooldown=5.0, max_wait=0.5)
     def call(fail: bool) -> None:
         if fail:
-            raise ErrorWithText(SEED_1113)
+            raise ErrorWithText('400 {"error":{"code":"1301","message":"unsafe content"}}')
 
     with pytest.raises(ErrorWithText):
         call(True)

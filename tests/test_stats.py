@@ -145,7 +145,7 @@ def test_counters_match_the_simulator_with_real_1302s() -> None:
     with run_simulator(concurrency=1, latency=0.02) as sim:
         client = httpx.Client(base_url=sim.base_url, headers={"Authorization": "Bearer test-key-1"}, timeout=10)
 
-        @retry_on_1302(max_tries=500, base_delay=0.01, max_delay=0.05)  # never exhausted, even on a busy host
+        @retry_on_1302(max_tries=500, base_delay=0.01, max_delay=0.05, retry_budget=False)  # never exhausted
         def ask(i: int) -> dict[str, Any]:
             response = client.post(
                 "/chat/completions", json={"model": "glm-4", "messages": [{"role": "user", "content": f"秘密 {i}"}]}
@@ -546,7 +546,7 @@ def test_1302_alert_fires_once_and_again_on_recovery(
     unregister = glm_guard.on_alert(seen.append)
     busy = [0]
 
-    @retry_on_1302(max_tries=3, base_delay=0)
+    @retry_on_1302(max_tries=3, base_delay=0, retry_budget=False)  # one retry per call, for the count
     @rate_limited(100, 1.0, key="alerting", backend=local_backend, cooldown=0)
     def call() -> str:
         busy[0] += 1

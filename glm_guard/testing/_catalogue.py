@@ -9,7 +9,7 @@ the command line's help, so a code is added in one place.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Any
 
@@ -56,11 +56,16 @@ def error_status(code: str, overrides: Mapping[str, int] | None = None) -> int:
     return GLM_ERRORS[code][0]
 
 
-def error_message(code: str, detail: str = "") -> str:
-    """GLM's text for ``code``; quota windows name a reset time an hour ahead, as GLM's do."""
+#: GLM writes reset times in China Standard Time, whatever the caller's time zone.
+CHINA_STANDARD_TIME = timezone(timedelta(hours=8))
+
+
+def error_message(code: str, detail: str = "", resets_in: float = 3600.0) -> str:
+    """GLM's text for ``code``; quota windows name a reset time ``resets_in`` seconds ahead,
+    written as GLM writes it (``YYYY-MM-DD HH:MM:SS`` in China Standard Time)."""
     message = GLM_ERRORS[code][1]
     if "{reset}" in message:
-        reset = (datetime.now() + timedelta(hours=1)).strftime("%Y-%m-%d %H:%M:%S")
+        reset = (datetime.now(CHINA_STANDARD_TIME) + timedelta(seconds=resets_in)).strftime("%Y-%m-%d %H:%M:%S")
         message = message.format(reset=reset)
     return f"{detail}{message}"
 

@@ -52,7 +52,7 @@ end
 local probe = nil
 local paused = redis.call('GET', KEYS[5])
 if paused then
-  local what, ends, every, since = string.match(paused, '^(%a+) (%d+) (%d+) (%d+)$')
+  local what, ends, every, since = string.match(paused, '^([%w_:]+) (%d+) (%d+) (%d+)$')
   if what then
     if tonumber(ends) > now then return {0, tonumber(ends) - now, 4, what} end
     probe = {what, tonumber(every), since}
