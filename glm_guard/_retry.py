@@ -177,7 +177,7 @@ def retry_on_1302(
 
     Retries of a key, across every process sharing its backend, stay within its
     ``retry_budget`` (default :class:`~glm_guard.RetryBudgetPolicy()`: 20 % of its calls over
-    10 s, at least 4); beyond it a call fails fast with
+    10 s, at least 10); beyond it a call fails fast with
     :class:`~glm_guard.RetryBudgetExhausted`.  ``False`` turns the budget off.  The key and
     the backend are the ``rate_limited`` ones in the same stack, else the function's default
     key and ``GLM_GUARD_BACKEND``.

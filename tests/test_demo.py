@@ -182,3 +182,23 @@ def test_redis_workers_calls_reach_the_monitor_and_the_stats_command_redis(redis
     data = json.loads(stats.stdout)
     assert data["source"] == "redis"
     assert data["keys"]["glm:glm-4"]["calls"] == 12
+
+
+def test_the_peak_hour_scenario_compares_fixed_limits_with_a_learned_one(capsys: pytest.CaptureFixture[str]) -> None:
+    """Capacity 3 -> 1 -> 3 for 2 s each, 8 backlogged callers."""
+    argv = ["--scenario", "peak-hour", "--high", "3", "--low", "1", "--phase", "2", "--callers", "8"]
+    assert main_demo([*argv, "--latency", "0.05", "--json", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    high, low, auto = json.loads(out)["runs"]
+    assert low["errors_1302"] == 0  # never above the capacity, but it wastes the high phases
+    assert high["errors_1302"] > 0  # above the capacity all through the peak
+    assert auto["failed"] == 0
+    assert auto["answered"] > low["answered"]
+    for run in (high, low, auto):
+        assert run["requests"] == run["answered"] + run["errors_1302"]  # every request answered or refused
+
+
+def test_the_peak_hour_scenario_needs_a_lower_peak(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main_demo(["--scenario", "peak-hour", "--high", "2", "--low", "2", "--quiet"]) == 2
+    assert "--low" in capsys.readouterr().err

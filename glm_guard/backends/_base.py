@@ -107,7 +107,7 @@ class RetryBudgetPolicy:
     """
 
     ratio: float = 0.2
-    min_retries: int = 4
+    min_retries: int = 10
     window: float = 10.0
 
     def __post_init__(self) -> None:

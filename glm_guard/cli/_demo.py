@@ -14,6 +14,7 @@ import sys
 
 from .._config import get_settings, mask_url
 from . import _demo_stats
+from ._demo_peak import PeakConfig, peak_json, render_peak, run_peak
 from ._demo_report import Progress, describe, render_monitor, render_table, to_json
 from ._demo_workload import DemoConfig, run_demo
 
@@ -80,6 +81,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="where the guard keeps its limit and its stats: this process, or Redis at REDIS_URL, shared "
         "(default: local)",
     )
+    p.add_argument(
+        "--scenario",
+        choices=("seed", "peak-hour"),
+        default="seed",
+        help="seed: the workload three ways, as above; peak-hour: the simulator's capacity goes "
+        "HIGH -> LOW -> HIGH while backlogged callers run through a fixed limit at HIGH, a fixed "
+        "limit at LOW, and concurrency='auto' (default: seed)",
+    )
+    peak = (
+        ("--high", _positive_int, 4, "N", "peak-hour: the capacity before and after the peak"),
+        ("--low", _positive_int, 2, "N", "peak-hour: the capacity during the peak"),
+        ("--phase", _positive_seconds, 6.0, "S", "peak-hour: seconds per phase"),
+    )
+    for option, parse, default, metavar, text in peak:
+        p.add_argument(option, type=parse, default=default, metavar=metavar, help=f"{text} (default: {default:g})")
     p.add_argument("--json", action="store_true", help="print the figures as JSON on stdout instead of the table")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
@@ -109,8 +125,29 @@ def _redis_url_or_error() -> str | None:
     return url
 
 
+def _run_peak(ns: argparse.Namespace) -> int:
+    cfg = PeakConfig(ns.high, ns.low, ns.phase, ns.callers, ns.latency or 0.2, ns.max_tries, ns.model, ns.timeout)
+    if cfg.low >= cfg.high:
+        print("glm-guard demo: --low must be below --high for the peak-hour scenario", file=sys.stderr)
+        return 2
+
+    def announce(name: str) -> None:
+        if not ns.quiet:
+            print(f"glm-guard demo: peak hour, {name} ({3 * cfg.phase:g}s)", file=sys.stderr, flush=True)
+
+    try:
+        results = run_peak(cfg, announce)
+    except Exception as error:  # a crashed run is reported, not dumped as a traceback
+        print(f"glm-guard demo: a run failed: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    print(peak_json(cfg, results) if ns.json else render_peak(cfg, results), flush=True)
+    return 0 if results[-1].failed == 0 else 1
+
+
 def run(ns: argparse.Namespace) -> int:
     """Run the demo; returns the exit status."""
+    if ns.scenario == "peak-hour":
+        return _run_peak(ns)
     backend = "local"
     if ns.backend == "redis":
         url = _redis_url_or_error()
