@@ -12,7 +12,8 @@ from where the anchors fail:
 - **A cut to what was running.**  The limit falls to ``min(floor(limit * 0.9), in flight)``:
   the provider refused a call while the others were running, so it holds at most that many.
   At the small limits GLM gives (2 to 20) a floored x0.9 removes one slot; the in-flight
-  bound makes a larger drop (20 -> 5) take a few epochs, not twenty.
+  bound makes a larger drop (20 -> 5) take a few epochs, not twenty.  The first cut ever
+  halves the limit instead: slow start doubled it, so the capacity lies between the two.
 - **Growth only while the limit is in use.**  A success counts only if the limit was reached
   (a call waited, or filled the last slot) since the last change, and only if the call was
   admitted after the last cut.  Before the first 1302 ever, each such success adds one slot
@@ -42,6 +43,10 @@ __all__ = ["BACKOFF", "LONGEST_PROBE_GAP", "LearnedLimit", "report_limit", "stor
 
 #: A cut keeps this share of the limit (floored, so at least one slot goes).
 BACKOFF: Final = 0.9
+
+#: The cut that ends slow start: the limit doubled per call latency, so the capacity lies
+#: between half of it and it (TCP's slow start ends the same way).
+SLOW_START_BACKOFF: Final = 0.5
 
 #: The most successes a probe of the ceiling waits for: a steady capacity costs at most about
 #: one 1302 per this many calls, and a capacity that came back is found within as many.
@@ -95,11 +100,12 @@ class LearnedLimit:
         if epoch != self.epoch:
             return False  # this congestion was answered already
         old = self.limit
+        backoff = SLOW_START_BACKOFF if self.epoch == 0 and not self.ceiling else BACKOFF
         if self.ceiling == old:
             self.misses = min(self.misses + 1, 64)
         else:
             self.ceiling, self.misses = old, 1
-        self.limit = max(self.lowest, min(math.floor(old * BACKOFF), others_in_flight))
+        self.limit = max(self.lowest, min(math.floor(old * backoff), others_in_flight))
         self.epoch += 1
         self.streak = 0
         self.busy = False

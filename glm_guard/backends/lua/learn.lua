@@ -38,8 +38,10 @@ if ARGV[3] == '2' then
   if ARGV[6] then now = tonumber(ARGV[6]) end
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)  -- leases of holders that died run nothing
   local others = redis.call('ZCARD', KEYS[1])
+  local backoff = 0.9
+  if epoch == 0 and ceiling == 0 then backoff = 0.5 end  -- the end of slow start
   if ceiling == old then misses = math.min(misses + 1, 64) else ceiling, misses = old, 1 end
-  limit = math.max(lo, math.min(math.floor(old * 0.9), others))
+  limit = math.max(lo, math.min(math.floor(old * backoff), others))
   epoch, streak, busy = epoch + 1, 0, 0
 else
   if busy == 0 then
