@@ -391,9 +391,11 @@ def test_a_forked_child_does_not_send_its_parents_calls(redis_backend: RedisBack
 # -- a real SDK against the simulator ----------------------------------------------------------
 
 
-def test_openai_against_a_simulator_refusing_everything(backend: Backend) -> None:
-    """Every request gets 1302 for a few seconds: the simulator's own count of requests stays
-    within 1.2 x the logical calls plus the floor (5 x without the budget)."""
+@pytest.mark.parametrize("seconds", [2.5, pytest.param(30.0, marks=pytest.mark.slow)])
+def test_openai_against_a_simulator_refusing_everything(backend: Backend, seconds: float) -> None:
+    """Every request gets 1302 for a while (30 s in the slow run, as issue 13 states it): the
+    simulator's own count of requests stays within 1.2 x the logical calls plus the floor
+    (5 x without the budget)."""
     with run_simulator(concurrency=100, latency=0.0) as sim:
         sim.set_model_fault("glm-4", "1302")
         calls = [0]
@@ -418,12 +420,12 @@ def test_openai_against_a_simulator_refusing_everything(backend: Backend) -> Non
                     except Exception as error:
                         unexpected.append(error)
 
-            stop = time.monotonic() + 2.5
+            stop = time.monotonic() + seconds
             threads = [threading.Thread(target=caller, args=(stop,)) for _ in range(4)]
             for thread in threads:
                 thread.start()
             for thread in threads:
-                thread.join(timeout=30)
+                thread.join(timeout=seconds + 30)
             requests = sim.stats.total_requests
             sim.set_model_fault("glm-4", None)
             assert ask()  # the budget never blocks a call, only its retries
