@@ -13,7 +13,7 @@ import pytest
 import redis
 
 import glm_guard
-from glm_guard import AutoConcurrency, ConfigurationError
+from glm_guard import AutoConcurrency, ConfigurationError, retry_on_1302
 from glm_guard.backends import Backend
 from glm_guard.backends._learned import LONGEST_PROBE_GAP, LearnedLimit
 from glm_guard.backends._redis import RedisBackend
@@ -296,3 +296,60 @@ def test_eight_processes_all_limited_at_once_make_exactly_one_cut(redis_url: str
         client.close()
     assert state["epoch"] == 1  # 64 1302s in the same moment: one congestion, one cut
     assert state["limit"] == 32  # halved once, as the first cut ends slow start
+
+
+# -- against the simulator, while its capacity changes -------------------------------------------
+
+
+@pytest.mark.slow
+async def test_the_learned_limit_follows_the_simulators_capacity(backend: Backend) -> None:
+    """Capacity 4 -> 2 -> 4, 3 s each, 12 backlogged callers: counted in ranges, not timed."""
+    import httpx
+
+    from glm_guard.testing import run_simulator
+
+    phases = [(4, 3.0), (2, 3.0), (4, 3.0)]
+    key = "glm:follows"
+    samples: list[tuple[int, int | None]] = []  # (phase, learned limit)
+    failures: list[BaseException] = []
+    with run_simulator(concurrency=4, latency=0.05) as sim:
+        async with httpx.AsyncClient(base_url=sim.base_url, headers={"Authorization": "Bearer sk-follow"}) as http:
+
+            @retry_on_1302(max_tries=8, base_delay=0.05, max_delay=0.2)
+            @glm_guard.rate_limited(concurrency="auto", key=key, backend=backend)
+            async def ask() -> None:
+                reply = await http.post(
+                    "/chat/completions", json={"model": "glm-4", "messages": [{"role": "user", "content": "hi"}]}
+                )
+                if reply.status_code == 429:
+                    raise ErrorWithText(f"429 {reply.text}")
+                reply.raise_for_status()
+
+            async def caller(until: float) -> None:
+                while time.monotonic() < until:
+                    try:
+                        await ask()
+                    except Exception as error:  # counted: none may reach a caller
+                        failures.append(error)
+
+            async def follow(until: float) -> None:
+                phase_end = time.monotonic()
+                for phase, (capacity, seconds) in enumerate(phases):
+                    sim.update(concurrency=capacity)
+                    phase_end += seconds
+                    while time.monotonic() < phase_end:
+                        if phase_end - time.monotonic() < 1.0:  # the last second of each phase: settled
+                            samples.append((phase, backend.limiter(key).learned_limit()))
+                        await asyncio.sleep(0.05)
+
+            until = time.monotonic() + sum(seconds for _, seconds in phases)
+            await asyncio.gather(follow(until), *(caller(until) for _ in range(12)))
+        stats = sim.stats
+    assert failures == []
+    for phase, (capacity, _) in enumerate(phases):
+        settled = [limit for p, limit in samples if p == phase and limit is not None]
+        assert settled, phase
+        near = sum(1 for limit in settled if capacity - 1 <= limit <= capacity + 1)
+        assert near >= 0.8 * len(settled), (phase, settled)
+    answered = stats.total_requests - stats.rejected.get("1302", 0)
+    assert stats.rejected.get("1302", 0) <= 0.15 * answered  # a short run: slow start, drops, probes
