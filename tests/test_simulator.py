@@ -688,6 +688,12 @@ def test_cli_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> 
         ["--fault", "9999=0.5"],
         ["--latency-ms", "x"],
         ["--port", "-1"],
+        ["--capacity-timeline", "4:6,2"],
+        ["--capacity-timeline", "0:6"],
+        ["--latency-lognormal", "200"],
+        ["--quota-after", "0"],
+        ["--quota-code", "1302"],
+        ["--quota-reset", "-1"],
     ],
 )
 def test_cli_rejects_bad_arguments(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -877,3 +883,116 @@ def test_zhipuai_sync_success_stream_and_1302() -> None:
             assert json.loads(exc.value.response.text)["error"]["code"] == "1002"
         finally:
             client.close()
+
+
+# -- issue 13: capacity over time, quota windows, overload, heavy tails --------------------------
+
+
+def _hold(sim: GLMSimulator, count: int) -> list[threading.Thread]:
+    """``count`` requests that hold their slots (the simulator's latency) on threads."""
+    threads = [threading.Thread(target=_post, args=(sim,)) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def _wait_in_flight(sim: GLMSimulator, count: int) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while sim.stats.in_flight < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sim.stats.in_flight == count
+
+
+def test_the_capacity_follows_its_timeline_and_a_drop_ends_no_call_in_flight() -> None:
+    with gt.run_simulator(capacity_timeline=[(3, 1.0), (1, 1.0), (4, 60.0)], latency=0.6) as sim:
+        assert sim.capacity == 3
+        held = _hold(sim, 3)
+        _wait_in_flight(sim, 3)
+        assert _post(sim).status_code == 429  # a fourth is over the first phase's 3
+        while sim.capacity != 1:
+            time.sleep(0.02)
+        for thread in held:  # the drop to 1 let all three finish
+            thread.join(TIMEOUT)
+        assert sim.stats.completed == 3
+        held = _hold(sim, 1)
+        _wait_in_flight(sim, 1)
+        assert _post(sim).status_code == 429  # a second is over the peak's 1
+        for thread in held:
+            thread.join(TIMEOUT)
+        while sim.capacity != 4:
+            time.sleep(0.02)
+        held = _hold(sim, 4)
+        _wait_in_flight(sim, 4)  # the capacity came back: four at once
+        for thread in held:
+            thread.join(TIMEOUT)
+        assert sim.stats.rejected == {"1302": 2}
+        assert sim.config.capacity_at(0.5) == 3 and sim.config.capacity_at(1.5) == 1
+        assert sim.config.capacity_at(1e9) == 4  # the last phase lasts
+
+
+def test_a_timeline_can_be_a_function_and_restarts() -> None:
+    with gt.run_simulator(capacity_timeline=lambda elapsed: 1 if elapsed < 0.3 else 5, latency=0.0) as sim:
+        while sim.capacity != 5:
+            time.sleep(0.02)
+        sim.restart_timeline()
+        assert sim.capacity == 1
+
+
+def test_a_used_up_quota_names_its_reset_in_china_time_and_resets() -> None:
+    from glm_guard._classify import reset_time
+
+    with gt.run_simulator(concurrency=4, latency=0.0, quota_after=3, quota_reset=1.5, quota_code="1308") as sim:
+        assert [_post(sim).status_code for _ in range(3)] == [200, 200, 200]
+        refused = _post(sim)
+        assert refused.status_code == 429
+        error = refused.json()["error"]
+        assert error["code"] == "1308"
+        resets = reset_time(error["message"])  # "您的限额将在 YYYY-MM-DD HH:MM:SS 重置", UTC+8
+        assert resets is not None and -1.5 < resets - time.time() < 2.5
+        assert abs(error["next_flush_time"] / 1000 - time.time() - 1.5) < 1.5
+        time.sleep(1.7)
+        assert _post(sim).status_code == 200  # a new window
+
+
+def test_the_quota_message_is_china_time_whatever_the_time_zone() -> None:
+    code = (
+        "import time; from glm_guard.testing._catalogue import error_message; "
+        "from glm_guard._classify import reset_time; "
+        "print(reset_time(error_message('1310', resets_in=7200)) - time.time())"
+    )
+    for zone in ("UTC", "America/New_York"):
+        done = subprocess.run([sys.executable, "-c", code], env={**_env(), "TZ": zone}, capture_output=True, text=True)
+        assert 7190 < float(done.stdout) < 7210, (zone, done.stderr)
+
+
+def test_an_overloaded_model_recovers_after_its_seconds() -> None:
+    with gt.run_simulator(concurrency=4, latency=0.0) as sim:
+        sim.overload(MODEL, "1312", seconds=0.5)
+        assert _post(sim).json()["error"]["code"] == "1312"
+        other = httpx.post(sim.chat_url, headers=_auth(), json={**_body(), "model": "glm-4"}, timeout=TIMEOUT)
+        assert other.status_code == 200  # only that model
+        time.sleep(0.8)
+        assert _post(sim).status_code == 200
+        with pytest.raises(ValueError, match="1305 or 1312"):
+            sim.overload(MODEL, "1302")
+
+
+def test_lognormal_latency_is_heavy_tailed_around_its_median() -> None:
+    draw = gt.lognormal_latency(0.2, 0.8, seed=7)
+    samples = sorted(draw() for _ in range(4000))
+    assert 0.17 < samples[2000] < 0.23  # the median
+    assert samples[3960] > 3 * samples[2000]  # p99 far above it: a heavy tail
+    with pytest.raises(ValueError, match="median"):
+        gt.lognormal_latency(0, 0.5)
+
+
+def test_cli_builds_the_new_options() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    ns = parser.parse_args(["--capacity-timeline", "4:6,2:6.5", "--latency-lognormal", "200,0.5", "--quota-after", "9"])
+    from glm_guard.cli._simulate import _config_from
+
+    config = _config_from(ns)
+    assert config.capacity_timeline == ((4, 6.0), (2, 6.5))
+    assert callable(config.latency)
+    assert (config.quota_after, config.quota_code, config.quota_reset) == (9, "1308", 3600.0)

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["GLM_ERRORS", "check_code", "error_body", "error_message", "error_status"]
+__all__ = ["GLM_ERRORS", "QUOTA_CODES", "check_code", "error_body", "error_message", "error_status"]
 
 #: Business code -> (HTTP status, message) as GLM sends them (see GLM_API.md §1).
 #: The codes are strings because GLM sends strings.
@@ -33,11 +33,17 @@ GLM_ERRORS: Mapping[str, tuple[int, str]] = MappingProxyType(
             ("系统检测到输入或生成内容可能包含不安全或敏感内容，请您避免输入易产生敏感内容的提示语，感谢您的配合。"),
         ),
         "1302": (429, "您的账户已达到速率限制，请您控制请求频率"),
+        "1304": (429, "该 API 已达今日调用次数限额，您的限额将在 {reset} 重置。"),
         "1305": (429, "该模型当前访问量过大，请您稍后再试"),
         "1308": (429, "已达到 5 小时 的使用上限。您的限额将在 {reset} 重置。"),
+        "1312": (429, "该模型当前访问量过大，请您稍后再试，或切换其他模型如 glm-4-flash 等"),
         "1310": (429, "您已达到每周/每月使用上限，您的限额将在 {reset} 重置。"),
     }
 )
+
+
+#: The quota windows: daily, five-hour, weekly or monthly.
+QUOTA_CODES = ("1304", "1308", "1310")
 
 
 def check_code(code: str, what: str) -> str:
@@ -70,6 +76,10 @@ def error_message(code: str, detail: str = "", resets_in: float = 3600.0) -> str
     return f"{detail}{message}"
 
 
-def error_body(code: str, message: str) -> dict[str, Any]:
-    """GLM's error envelope: ``{"error": {"code": "1302", "message": "..."}}``."""
-    return {"error": {"code": code, "message": message}}
+def error_body(code: str, message: str, next_flush_ms: int | None = None) -> dict[str, Any]:
+    """GLM's error envelope: ``{"error": {"code": "1302", "message": "..."}}``, with a quota's
+    ``next_flush_time`` (Unix milliseconds) when given."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if next_flush_ms is not None:
+        error["next_flush_time"] = next_flush_ms
+    return {"error": error}
