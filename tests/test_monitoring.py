@@ -196,10 +196,11 @@ def test_metrics_show_the_learned_limit_and_its_cuts(http: httpx.Client, local_b
     finally:
         local_backend.close()
     families = {family.name: family for family in text_string_to_metric_families(text)}
-    (limit,) = families["glm_guard_learned_concurrency_limit"].samples
+    # Other tests' backends may still be alive with keys of their own: this test reads its key's.
+    (limit,) = [s for s in families["glm_guard_learned_concurrency_limit"].samples if s.labels["key"] == "glm-auto"]
     assert families["glm_guard_learned_concurrency_limit"].type == "gauge"
     assert (limit.labels, limit.value) == ({"key": "glm-auto"}, learned) and learned == 2
-    (cuts,) = families["glm_guard_learned_limit_cuts"].samples
+    (cuts,) = [s for s in families["glm_guard_learned_limit_cuts"].samples if s.labels["key"] == "glm-auto"]
     assert (cuts.name, cuts.labels, cuts.value) == ("glm_guard_learned_limit_cuts_total", {"key": "glm-auto"}, 2)
 
 
