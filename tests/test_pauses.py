@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import openai
 import pytest
@@ -40,6 +41,27 @@ def glm_error(code: str, message: str = "x") -> ErrorWithText:
 def quota_error(reset_in: float, code: str = "1308") -> ErrorWithText:
     reset = (datetime.datetime.now(CST) + datetime.timedelta(seconds=reset_in)).strftime("%Y-%m-%d %H:%M:%S")
     return glm_error(code, f"已达到 5 小时 的使用上限。您的限额将在 {reset} 重置。")
+
+
+def probe_outcomes(calls: list[Callable[[], object]]) -> list[str]:
+    """Run each call on its own thread at once: "probed" (it reached the provider, which still
+    refused) or "refused" (the pause refused it first)."""
+    outcomes: list[str] = []
+
+    def caller(call: Callable[[], object]) -> None:
+        try:
+            call()
+        except AccountInArrears:
+            outcomes.append("refused")
+        except ErrorWithText:
+            outcomes.append("probed")
+
+    threads = [threading.Thread(target=caller, args=(call,)) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    return outcomes
 
 
 # -- reading the provider's words ------------------------------------------------------------
@@ -143,22 +165,9 @@ def test_arrears_let_one_probe_through_per_interval(backend: Backend) -> None:
     with pytest.raises(ErrorWithText):
         call()
     outcomes: list[str] = []
-
-    def caller() -> None:
-        try:
-            call()
-        except AccountInArrears:
-            outcomes.append("refused")
-        except ErrorWithText:
-            outcomes.append("probed")
-
     for _ in range(3):  # three intervals: each lets exactly one of eight callers through
         time.sleep(0.7)
-        threads = [threading.Thread(target=caller) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(10)
+        outcomes += probe_outcomes([call] * 8)
     assert outcomes.count("probed") == 3
     assert outcomes.count("refused") == 21
     assert ran == 4
@@ -207,22 +216,7 @@ def test_a_pause_set_by_one_process_refuses_in_another(redis_url: str) -> None:
             guarded(second)()
         assert ran == [first]
         time.sleep(0.6)
-        calls = [guarded(first), guarded(second)] * 4
-        outcomes: list[str] = []
-
-        def caller(call):  # type: ignore[no-untyped-def]
-            try:
-                call()
-            except AccountInArrears:
-                outcomes.append("refused")
-            except ErrorWithText:
-                outcomes.append("probed")
-
-        threads = [threading.Thread(target=caller, args=(call,)) for call in calls]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(10)
+        outcomes = probe_outcomes([guarded(first), guarded(second)] * 4)
         assert outcomes.count("probed") == 1  # one probe for both processes
         assert len(ran) == 2
     finally:

@@ -9,43 +9,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import sys
+from collections.abc import Callable
+from typing import TypeVar
 
 from .._config import get_settings, mask_url
 from . import _demo_stats
+from ._arguments import positive_int, positive_seconds, seconds
 from ._demo_peak import PeakConfig, peak_json, render_peak, run_peak
 from ._demo_report import Progress, describe, render_monitor, render_table, to_json
 from ._demo_workload import DemoConfig, run_demo
 
 __all__ = ["add_arguments", "run"]
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not (0 <= value < math.inf):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
-    return value
-
-
-def _positive_seconds(text: str) -> float:
-    value = _seconds(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
-    return value
+T = TypeVar("T")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,15 +38,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(or a run crashed), 2 for bad options or a missing/unreachable REDIS_URL."
     )
     numbers = (  # (option, value parser, default, metavar, help)
-        ("--requests", _positive_int, 40, "N", "requests per run"),
-        ("--callers", _positive_int, 10, "N", "concurrent callers sharing the requests, each one call after another"),
-        ("--concurrency", _positive_int, 2, "N", "calls in flight the simulator allows; the guard uses the same limit"),
-        ("--latency", _seconds, 0.2, "S", "simulated seconds per answer"),
-        ("--sleep", _seconds, 1.2, "S", "the remedy's sleep after each successful call, as in the seed"),
-        ("--max-tries", _positive_int, 5, "N", "the guard's attempts per call"),
-        ("--calls-per-minute", _positive_int, 600, "N", "the guard's limit per sliding 60 s, beside the concurrency"),
-        ("--processes", _positive_int, 1, "N", "worker processes sharing the callers (one limit with --backend redis)"),
-        ("--timeout", _positive_seconds, 10.0, "S", "HTTP timeout per request"),
+        ("--requests", positive_int, 40, "N", "requests per run"),
+        ("--callers", positive_int, 10, "N", "concurrent callers sharing the requests, each one call after another"),
+        ("--concurrency", positive_int, 2, "N", "calls in flight the simulator allows; the guard uses the same limit"),
+        ("--latency", seconds, 0.2, "S", "simulated seconds per answer"),
+        ("--sleep", seconds, 1.2, "S", "the remedy's sleep after each successful call, as in the seed"),
+        ("--max-tries", positive_int, 5, "N", "the guard's attempts per call"),
+        ("--calls-per-minute", positive_int, 600, "N", "the guard's limit per sliding 60 s, beside the concurrency"),
+        ("--processes", positive_int, 1, "N", "worker processes sharing the callers (one limit with --backend redis)"),
+        ("--timeout", positive_seconds, 10.0, "S", "HTTP timeout per request"),
     )
     for option, parse, default, metavar, text in numbers:
         p.add_argument(option, type=parse, default=default, metavar=metavar, help=f"{text} (default: {default:g})")
@@ -90,9 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "limit at LOW, and concurrency='auto' (default: seed)",
     )
     peak = (
-        ("--high", _positive_int, 4, "N", "peak-hour: the capacity before and after the peak"),
-        ("--low", _positive_int, 2, "N", "peak-hour: the capacity during the peak"),
-        ("--phase", _positive_seconds, 6.0, "S", "peak-hour: seconds per phase"),
+        ("--high", positive_int, 4, "N", "peak-hour: the capacity before and after the peak"),
+        ("--low", positive_int, 2, "N", "peak-hour: the capacity during the peak"),
+        ("--phase", positive_seconds, 6.0, "S", "peak-hour: seconds per phase"),
     )
     for option, parse, default, metavar, text in peak:
         p.add_argument(option, type=parse, default=default, metavar=metavar, help=f"{text} (default: {default:g})")
@@ -125,6 +102,15 @@ def _redis_url_or_error() -> str | None:
     return url
 
 
+def _reporting_a_crash(run: Callable[[], T]) -> T | None:
+    """``run()``; a crashed run is reported on stderr (``None``), not dumped as a traceback."""
+    try:
+        return run()
+    except Exception as error:
+        print(f"glm-guard demo: a run failed: {type(error).__name__}: {error}", file=sys.stderr)
+        return None
+
+
 def _run_peak(ns: argparse.Namespace) -> int:
     cfg = PeakConfig(ns.high, ns.low, ns.phase, ns.callers, ns.latency or 0.2, ns.max_tries, ns.model, ns.timeout)
     if cfg.low >= cfg.high:
@@ -135,10 +121,8 @@ def _run_peak(ns: argparse.Namespace) -> int:
         if not ns.quiet:
             print(f"glm-guard demo: peak hour, {name} ({3 * cfg.phase:g}s)", file=sys.stderr, flush=True)
 
-    try:
-        results = run_peak(cfg, announce)
-    except Exception as error:  # a crashed run is reported, not dumped as a traceback
-        print(f"glm-guard demo: a run failed: {type(error).__name__}: {error}", file=sys.stderr)
+    results = _reporting_a_crash(lambda: run_peak(cfg, announce))
+    if results is None:
         return 1
     print(peak_json(cfg, results) if ns.json else render_peak(cfg, results), flush=True)
     return 0 if results[-1].failed == 0 else 1
@@ -161,10 +145,8 @@ def run(ns: argparse.Namespace) -> int:
     progress = Progress(None if ns.quiet else sys.stderr, cfg.requests)
     if not ns.quiet:
         print(f"glm-guard demo: {describe(cfg)}", file=sys.stderr, flush=True)
-    try:
-        results = run_demo(cfg, progress)
-    except Exception as error:  # a crashed run is reported, not dumped as a traceback
-        print(f"glm-guard demo: a run failed: {type(error).__name__}: {error}", file=sys.stderr)
+    results = _reporting_a_crash(lambda: run_demo(cfg, progress))
+    if results is None:
         return 1
     where, figures = _demo_stats.figures(cfg.backend, cfg.processes)
     if ns.json:

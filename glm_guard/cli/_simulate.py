@@ -13,6 +13,7 @@ from typing import Any
 
 from ..testing import GLM_ERRORS, GLMSimulator, SimulatorConfig, lognormal_latency
 from ..testing._config import STREAM_FAIL_REASONS
+from ._arguments import positive_int, positive_seconds
 
 __all__ = ["add_arguments", "run"]
 
@@ -53,26 +54,6 @@ def _timeline(text: str) -> tuple[tuple[int, float], ...]:
     if any(n < 1 or not secs > 0 for n, secs in phases):
         raise argparse.ArgumentTypeError(f"each phase needs a concurrency >= 1 and seconds > 0; got {text!r}")
     return phases
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
-    return value
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0; got {text!r}")
-    return value
 
 
 def _lognormal(text: str) -> tuple[float, float]:
@@ -170,7 +151,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--quota-after",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="successful requests per API key in one quota window; then --quota-code until it resets",
     )
@@ -182,7 +163,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--quota-reset",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=3600.0,
         metavar="S",
         help="seconds from a window's first request to its reset, named in the error as GLM does "
