@@ -11,9 +11,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from ..testing import GLM_ERRORS, GLMSimulator, SimulatorConfig, lognormal_latency
+from ..testing import GLM_ERRORS, GLMSimulator, SimulatorConfig
 from ..testing._config import STREAM_FAIL_REASONS
-from ._arguments import positive_int, positive_seconds
 
 __all__ = ["add_arguments", "run"]
 
@@ -44,27 +43,6 @@ def _latency_ms(text: str) -> tuple[float, float]:
         return float(mean) / 1000.0, float(jitter or 0) / 1000.0
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected MEAN[,JITTER] in milliseconds; got {text!r}") from None
-
-
-def _timeline(text: str) -> tuple[tuple[int, float], ...]:
-    try:
-        phases = tuple((int(n), float(secs)) for n, _, secs in (part.partition(":") for part in text.split(",")))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected CONCURRENCY:SECONDS[,...], e.g. 4:60,2:60; got {text!r}") from None
-    if any(n < 1 or not secs > 0 for n, secs in phases):
-        raise argparse.ArgumentTypeError(f"each phase needs a concurrency >= 1 and seconds > 0; got {text!r}")
-    return phases
-
-
-def _lognormal(text: str) -> tuple[float, float]:
-    median, _, sigma = text.partition(",")
-    try:
-        pair = float(median) / 1000.0, float(sigma)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected MEDIAN_MS,SIGMA, e.g. 2000,0.6; got {text!r}") from None
-    if not (pair[0] > 0 and pair[1] >= 0):
-        raise argparse.ArgumentTypeError(f"expected a median > 0 and a sigma >= 0; got {text!r}")
-    return pair
 
 
 def _named(convert: Callable[[str], Any], expected: str) -> Callable[[str], tuple[str, Any]]:
@@ -136,40 +114,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="time each admitted request holds its slot, uniform in MEAN±JITTER ms (default: 20)",
     )
     p.add_argument(
-        "--latency-lognormal",
-        type=_lognormal,
-        metavar="MEDIAN_MS,SIGMA",
-        help="heavy-tailed latency, as LLM calls have: lognormal with this median (ms) and log spread "
-        "(0.5: p99 about 3x the median); replaces --latency-ms",
-    )
-    p.add_argument(
-        "--capacity-timeline",
-        type=_timeline,
-        metavar="N:S[,N:S...]",
-        help="the concurrency over time, e.g. 4:60,2:60,4:60 (GLM cuts it at peak hours); the last "
-        "phase lasts; replaces --concurrency",
-    )
-    p.add_argument(
-        "--quota-after",
-        type=positive_int,
-        metavar="N",
-        help="successful requests per API key in one quota window; then --quota-code until it resets",
-    )
-    p.add_argument(
-        "--quota-code",
-        choices=("1304", "1308", "1310"),
-        default="1308",
-        help="the quota window's code: daily, five-hour, weekly/monthly (default: %(default)s)",
-    )
-    p.add_argument(
-        "--quota-reset",
-        type=positive_seconds,
-        default=3600.0,
-        metavar="S",
-        help="seconds from a window's first request to its reset, named in the error as GLM does "
-        "(default: %(default)g)",
-    )
-    p.add_argument(
         "--stream-fail-after",
         type=int,
         metavar="K",
@@ -209,11 +153,7 @@ def _config_from(ns: argparse.Namespace) -> SimulatorConfig:
         "model_concurrency": {m: limit(n) for m, n in ns.model_concurrency},
         "rate": ns.rate,
         "retry_after": ns.retry_after,
-        "latency": ns.latency_ms if ns.latency_lognormal is None else _heavy_tailed(ns.latency_lognormal, ns.seed),
-        "capacity_timeline": ns.capacity_timeline,
-        "quota_after": ns.quota_after,
-        "quota_code": ns.quota_code,
-        "quota_reset": ns.quota_reset,
+        "latency": ns.latency_ms,
         "faults": dict(ns.fault),
         "model_faults": dict(ns.model_fault),
         "status_overrides": {c: s for c, s in ns.status},
@@ -225,18 +165,6 @@ def _config_from(ns: argparse.Namespace) -> SimulatorConfig:
         "seed": ns.seed,
     }
     return SimulatorConfig(**options)
-
-
-def _heavy_tailed(spec: tuple[float, float], seed: int | None) -> Callable[[], float]:
-    median, sigma = spec
-    return lognormal_latency(median, sigma, seed=seed)
-
-
-def _capacity(config: SimulatorConfig) -> str:
-    timeline = config.capacity_timeline
-    if timeline is not None and not callable(timeline):
-        return " then ".join(f"{n} for {secs:g}s" for n, secs in timeline)
-    return str(config.concurrency or "unlimited")
 
 
 def run(ns: argparse.Namespace) -> int:
@@ -275,7 +203,7 @@ def run(ns: argparse.Namespace) -> int:
             return 1
         print(sim.base_url, flush=True)
         print(
-            f"GLM simulator ready ({_capacity(config)} in flight per key+model); Ctrl-C to stop",
+            f"GLM simulator ready ({config.concurrency or 'unlimited'} in flight per key+model); Ctrl-C to stop",
             file=sys.stderr,
             flush=True,
         )

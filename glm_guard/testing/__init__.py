@@ -21,7 +21,6 @@ For pytest, enable the ``glm_simulator`` fixture with ``-p glm_guard.testing.pyt
 from ._answer import default_responder
 from ._catalogue import GLM_ERRORS
 from ._config import (
-    CapacityTimeline,
     Latency,
     Responder,
     SimulatorConfig,
@@ -30,13 +29,11 @@ from ._config import (
     mask_key,
 )
 from ._engine import RequestRecord, SimulatorStats
-from ._latency import lognormal_latency
 from ._redis_server import RedisServer
 from ._simulator import GLMSimulator, run_simulator
 
 __all__ = [
     "GLM_ERRORS",
-    "CapacityTimeline",
     "GLMSimulator",
     "Latency",
     "RedisServer",
@@ -47,7 +44,6 @@ __all__ = [
     "SimulatorStats",
     "StreamFailReason",
     "default_responder",
-    "lognormal_latency",
     "mask_key",
     "run_simulator",
 ]

@@ -9,11 +9,11 @@ the command line's help, so a code is added in one place.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["GLM_ERRORS", "QUOTA_CODES", "check_code", "error_body", "error_message", "error_status"]
+__all__ = ["GLM_ERRORS", "check_code", "error_body", "error_message", "error_status"]
 
 #: Business code -> (HTTP status, message) as GLM sends them (see GLM_API.md §1).
 #: The codes are strings because GLM sends strings.
@@ -33,17 +33,11 @@ GLM_ERRORS: Mapping[str, tuple[int, str]] = MappingProxyType(
             ("系统检测到输入或生成内容可能包含不安全或敏感内容，请您避免输入易产生敏感内容的提示语，感谢您的配合。"),
         ),
         "1302": (429, "您的账户已达到速率限制，请您控制请求频率"),
-        "1304": (429, "该 API 已达今日调用次数限额，您的限额将在 {reset} 重置。"),
         "1305": (429, "该模型当前访问量过大，请您稍后再试"),
         "1308": (429, "已达到 5 小时 的使用上限。您的限额将在 {reset} 重置。"),
-        "1312": (429, "该模型当前访问量过大，请您稍后再试，或切换其他模型如 glm-4-flash 等"),
         "1310": (429, "您已达到每周/每月使用上限，您的限额将在 {reset} 重置。"),
     }
 )
-
-
-#: The quota windows: daily, five-hour, weekly or monthly.
-QUOTA_CODES = ("1304", "1308", "1310")
 
 
 def check_code(code: str, what: str) -> str:
@@ -62,24 +56,15 @@ def error_status(code: str, overrides: Mapping[str, int] | None = None) -> int:
     return GLM_ERRORS[code][0]
 
 
-#: GLM writes reset times in China Standard Time, whatever the caller's time zone.
-CHINA_STANDARD_TIME = timezone(timedelta(hours=8))
-
-
-def error_message(code: str, detail: str = "", resets_in: float = 3600.0) -> str:
-    """GLM's text for ``code``; quota windows name a reset time ``resets_in`` seconds ahead,
-    written as GLM writes it (``YYYY-MM-DD HH:MM:SS`` in China Standard Time)."""
+def error_message(code: str, detail: str = "") -> str:
+    """GLM's text for ``code``; quota windows name a reset time an hour ahead, as GLM's do."""
     message = GLM_ERRORS[code][1]
     if "{reset}" in message:
-        reset = (datetime.now(CHINA_STANDARD_TIME) + timedelta(seconds=resets_in)).strftime("%Y-%m-%d %H:%M:%S")
+        reset = (datetime.now() + timedelta(hours=1)).strftime("%Y-%m-%d %H:%M:%S")
         message = message.format(reset=reset)
     return f"{detail}{message}"
 
 
-def error_body(code: str, message: str, next_flush_ms: int | None = None) -> dict[str, Any]:
-    """GLM's error envelope: ``{"error": {"code": "1302", "message": "..."}}``, with a quota's
-    ``next_flush_time`` (Unix milliseconds) when given."""
-    error: dict[str, Any] = {"code": code, "message": message}
-    if next_flush_ms is not None:
-        error["next_flush_time"] = next_flush_ms
-    return {"error": error}
+def error_body(code: str, message: str) -> dict[str, Any]:
+    """GLM's error envelope: ``{"error": {"code": "1302", "message": "..."}}``."""
+    return {"error": {"code": code, "message": message}}

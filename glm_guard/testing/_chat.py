@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -37,11 +36,10 @@ async def send_error(
     *,
     keep: bool,
     extra: list[tuple[str, str]] | None = None,
-    next_flush_ms: int | None = None,
 ) -> None:
     """Answer with GLM's error envelope; a client that already left needs no answer."""
     with contextlib.suppress(ClientGone):
-        await send_json(writer, status, error_body(code, message, next_flush_ms), keep=keep, extra=extra)
+        await send_json(writer, status, error_body(code, message), keep=keep, extra=extra)
 
 
 def _bearer(header: str | None) -> str | None:
@@ -95,23 +93,11 @@ class ChatEndpoint:
         return await self._chat(req, writer, keep)
 
     async def _refuse(
-        self,
-        writer: asyncio.StreamWriter,
-        cfg: SimulatorConfig,
-        code: str,
-        *,
-        keep: bool,
-        detail: str = "",
-        resets_in: float | None = None,
+        self, writer: asyncio.StreamWriter, cfg: SimulatorConfig, code: str, *, keep: bool, detail: str = ""
     ) -> bool:
         extra = [("Retry-After", f"{cfg.retry_after:g}")] if code == "1302" and cfg.retry_after is not None else []
         status = error_status(code, cfg.status_overrides)
-        if resets_in is None:
-            await send_error(writer, status, code, error_message(code, detail), keep=keep, extra=extra)
-            return keep
-        message = error_message(code, detail, resets_in)
-        flush = int((time.time() + resets_in) * 1000)
-        await send_error(writer, status, code, message, keep=keep, extra=extra, next_flush_ms=flush)
+        await send_error(writer, status, code, error_message(code, detail), keep=keep, extra=extra)
         return keep
 
     async def _chat(self, req: HTTPRequest, writer: asyncio.StreamWriter, keep: bool) -> bool:
@@ -138,7 +124,7 @@ class ChatEndpoint:
         admission = engine.try_admit(key, model, stream)
         if admission.code is not None:
             log.info("rejected %s key=%s model=%s", admission.code, mask_key(key), model)
-            return await self._refuse(writer, cfg, admission.code, keep=keep, resets_in=admission.resets_in)
+            return await self._refuse(writer, cfg, admission.code, keep=keep)
 
         log.debug("admitted key=%s model=%s stream=%s", mask_key(key), model, stream)
         slot = Slot(engine, key, model)

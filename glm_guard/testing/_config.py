@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, TypedDict
 
-from ._catalogue import QUOTA_CODES, check_code
+from ._catalogue import check_code
 
 __all__ = [
     "STREAM_FAIL_REASONS",
-    "CapacityTimeline",
     "Latency",
     "Responder",
     "SimulatorConfig",
@@ -27,12 +26,8 @@ __all__ = [
 ]
 
 #: ``latency`` may be a fixed delay, ``(mean, jitter)`` drawn uniformly from
-#: ``[mean - jitter, mean + jitter]``, or a callable returning seconds (such as
-#: :func:`~glm_guard.testing.lognormal_latency`, heavy-tailed as LLM calls are).
+#: ``[mean - jitter, mean + jitter]``, or a callable returning seconds.
 Latency = float | tuple[float, float] | Callable[[], float]
-#: Phases of ``(concurrency, seconds)`` (the last lasts forever), or a function of the seconds
-#: since the simulator started (or since ``restart_timeline()``) giving the concurrency.
-CapacityTimeline = Sequence[tuple[int, float]] | Callable[[float], int]
 
 #: Builds the assistant's answer from the parsed request body.
 Responder = Callable[[Mapping[str, Any]], str]
@@ -74,10 +69,6 @@ class SimulatorOptions(TypedDict, total=False):
     idle_timeout: float
     stop_timeout: float
     max_body_bytes: int
-    capacity_timeline: CapacityTimeline | None
-    quota_after: int | None
-    quota_code: str
-    quota_reset: float
 
 
 def _check_nonneg(value: float, what: str) -> None:
@@ -121,14 +112,6 @@ class SimulatorConfig:
         idle_timeout: keep-alive connections idle this long are closed.
         stop_timeout: how long ``stop()`` waits for in-flight requests.
         max_body_bytes: larger request bodies get HTTP 413.
-        capacity_timeline: the concurrency per (api key, model) over time, replacing
-            ``concurrency`` while set (see :data:`CapacityTimeline`): GLM lowers it at peak
-            hours.  A drop never ends requests already in flight; new ones get 1302.
-        quota_after: successful requests per api key in one quota window; beyond them every
-            request gets ``quota_code`` until the window resets, ``quota_reset`` seconds after
-            its first request.  The message names the reset as GLM does (China Standard
-            Time), and the error object carries ``next_flush_time`` (Unix milliseconds).
-        quota_code: ``"1308"`` (five-hour window), ``"1304"`` (daily) or ``"1310"`` (weekly/monthly).
     """
 
     host: str = "127.0.0.1"
@@ -152,10 +135,6 @@ class SimulatorConfig:
     idle_timeout: float = 300.0
     stop_timeout: float = 5.0
     max_body_bytes: int = 8 * 1024 * 1024
-    capacity_timeline: CapacityTimeline | None = None
-    quota_after: int | None = None
-    quota_code: str = "1308"
-    quota_reset: float = 3600.0
 
     def __post_init__(self) -> None:
         # Normalise containers to immutable copies so a caller mutating its dict later
@@ -236,47 +215,16 @@ class SimulatorConfig:
         _check_nonneg(self.stop_timeout, "stop_timeout")
         if self.max_body_bytes < 1:
             raise ValueError("max_body_bytes must be >= 1")
-        timeline = self.capacity_timeline
-        if timeline is not None and not callable(timeline):
-            phases = tuple((capacity, float(seconds)) for capacity, seconds in timeline)
-            if not phases:
-                raise ValueError("capacity_timeline must have at least one (concurrency, seconds) phase")
-            for capacity, seconds in phases:
-                _check_limit(capacity, "capacity_timeline concurrency")
-                if not (seconds > 0 and math.isfinite(seconds)):
-                    raise ValueError(f"capacity_timeline seconds must be > 0, got {seconds!r}")
-            put("capacity_timeline", phases)
-        _check_limit(self.quota_after, "quota_after")
-        if self.quota_code not in QUOTA_CODES:
-            raise ValueError(f"quota_code must be one of {', '.join(QUOTA_CODES)}, got {self.quota_code!r}")
-        if not (self.quota_reset > 0 and math.isfinite(self.quota_reset)):
-            raise ValueError(f"quota_reset must be > 0 seconds, got {self.quota_reset!r}")
 
     def replace(self, **changes: Any) -> SimulatorConfig:
         """A validated copy with ``changes`` applied (unknown names raise TypeError)."""
         return dataclasses.replace(self, **changes)
 
-    def limit_for(self, model: str, elapsed: float = 0.0) -> int | None:
-        """Concurrency limit that applies to ``model``, ``elapsed`` seconds into the timeline."""
+    def limit_for(self, model: str) -> int | None:
+        """Concurrency limit that applies to ``model``."""
         if model in self.model_concurrency:
             return self.model_concurrency[model]
-        if self.capacity_timeline is not None:
-            return self.capacity_at(elapsed)
         return self.concurrency
-
-    def capacity_at(self, elapsed: float) -> int | None:
-        """The concurrency the timeline allows ``elapsed`` seconds in (``concurrency`` without one):
-        what a benchmark's oracle would set."""
-        timeline = self.capacity_timeline
-        if timeline is None:
-            return self.concurrency
-        if callable(timeline):
-            return int(timeline(elapsed))
-        for capacity, seconds in timeline:
-            if elapsed < seconds:
-                return capacity
-            elapsed -= seconds
-        return timeline[-1][0]
 
     def __repr__(self) -> str:
         parts = []

@@ -48,7 +48,6 @@ class Admission:
     code: str | None
     latency: float = 0.0
     stream_fault: StreamFault | None = None
-    resets_in: float | None = None  # a used-up quota: seconds until its window resets
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -186,8 +185,6 @@ class Engine:
         self._windows: dict[tuple[str, str], deque[float]] = {}
         self._in_flight: dict[tuple[str, str], int] = {}
         self._history: deque[RequestRecord] = deque(maxlen=_HISTORY_LIMIT)
-        self._timeline_start = time.monotonic()
-        self._quota: dict[str, tuple[float, int]] = {}  # api key -> (window's reset, successes in it)
         self._reset_counters_locked()
 
     # -- configuration -------------------------------------------------------------
@@ -239,40 +236,15 @@ class Engine:
         with self._lock:
             self._count_reject_locked(code, RequestRecord(time.monotonic(), api_key, model, stream, status, code))
 
-    def restart_timeline(self) -> None:
-        """The capacity timeline starts again from its first phase now."""
-        with self._lock:
-            self._timeline_start = time.monotonic()
-
-    def elapsed(self) -> float:
-        """Seconds into the capacity timeline."""
-        with self._lock:
-            return time.monotonic() - self._timeline_start
-
-    def _quota_left_locked(self, cfg: SimulatorConfig, api_key: str, now: float) -> float | None:
-        """Seconds until the key's used-up quota window resets; ``None`` while it has calls left."""
-        if cfg.quota_after is None:
-            return None
-        resets, used = self._quota.get(api_key, (now + cfg.quota_reset, 0))
-        if now >= resets:
-            resets, used = now + cfg.quota_reset, 0
-        self._quota[api_key] = (resets, used)
-        return resets - now if used >= cfg.quota_after else None
-
     def try_admit(self, api_key: str, model: str, stream: bool) -> Admission:
-        """Apply forced codes, random faults, the quota, then the concurrency and rate limits."""
+        """Apply forced codes, random faults, then the concurrency and rate limits."""
         now = time.monotonic()
         with self._lock:
             cfg = self._config
             code = self._pick_fault_locked(cfg, model)
             pair = (api_key, model)
-            resets_in = None
             if code is None:
-                resets_in = self._quota_left_locked(cfg, api_key, now)
-                if resets_in is not None:
-                    code = cfg.quota_code
-            if code is None:
-                limit = cfg.limit_for(model, now - self._timeline_start)
+                limit = cfg.limit_for(model)
                 current = self._in_flight.get(pair, 0)
                 if limit is not None and current >= limit:
                     code = "1302"
@@ -288,11 +260,8 @@ class Engine:
             if code is not None:
                 status = error_status(code, cfg.status_overrides)
                 self._count_reject_locked(code, RequestRecord(now, api_key, model, stream, status, code))
-                return Admission(code, resets_in=resets_in)
+                return Admission(code)
 
-            if cfg.quota_after is not None:
-                resets, used = self._quota[api_key]
-                self._quota[api_key] = (resets, used + 1)
             current = self._in_flight.get(pair, 0) + 1
             self._in_flight[pair] = current
             self._peak_by[pair] = max(self._peak_by.get(pair, 0), current)

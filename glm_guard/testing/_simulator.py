@@ -128,30 +128,6 @@ class GLMSimulator:
             faults[model] = str(code)
         self.update(model_faults=faults)
 
-    def overload(self, model: str, code: str = "1305", seconds: float | None = None) -> None:
-        """``model`` answers ``code`` (1305 or 1312: the model, not the account, is busy) to
-        every request, for ``seconds`` or until ``set_model_fault(model, None)``."""
-        if code not in ("1305", "1312"):
-            raise ValueError(f"overload code must be 1305 or 1312, got {code!r}")
-        self.set_model_fault(model, code)
-        if seconds is not None:
-            timer = threading.Timer(seconds, self._end_overload, args=(model, code))
-            timer.daemon = True
-            timer.start()
-
-    def _end_overload(self, model: str, code: str) -> None:
-        if self.config.model_faults.get(model) == code:
-            self.set_model_fault(model, None)
-
-    def restart_timeline(self) -> None:
-        """Start ``capacity_timeline`` again from its first phase now."""
-        self._engine.restart_timeline()
-
-    @property
-    def capacity(self) -> int | None:
-        """The concurrency per (key, model) now: the timeline's, else ``concurrency``."""
-        return self.config.capacity_at(self._engine.elapsed())
-
     def force_next(self, code: str, count: int = 1, *, model: str | None = None) -> None:
         """The next ``count`` authenticated requests (for ``model``, or any) get ``code``.
 
