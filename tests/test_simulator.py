@@ -770,11 +770,11 @@ async def _until_elapsed(sim: GLMSimulator, seconds: float) -> None:
 
 
 async def test_capacity_rise_admits_what_the_first_phase_refused() -> None:
-    with run_simulator(capacity_timeline=[(2, 0.7), (4, 60.0)], latency=1.5) as s:
+    with run_simulator(capacity_timeline=[(2, 1.0), (4, 60.0)], latency=2.0) as s:
         async with httpx.AsyncClient(timeout=TIMEOUT) as client:
             s.restart_timeline()
             first = [asyncio.create_task(_send(client, s)) for _ in range(3)]
-            await _until_elapsed(s, 0.8)  # phase 2 while the first two are still in flight
+            await _until_elapsed(s, 1.1)  # phase 2 while the first two are still in flight
             assert s.stats.capacity == 4
             assert s.stats.in_flight_for(KEY, MODEL) == 2
             later = await asyncio.gather(*(_send(client, s) for _ in range(2)))
@@ -783,15 +783,15 @@ async def test_capacity_rise_admits_what_the_first_phase_refused() -> None:
         assert [r.status_code for r in later] == [200, 200]  # phase 2: the 3rd and 4th in flight are fine
         assert s.stats.peak_for(KEY, MODEL) == 4
         for record in s.history():
-            assert s.capacity_at(record.time) == (2 if record.time - s.timeline_origin < 0.7 else 4)
+            assert s.capacity_at(record.time) == (2 if record.time - s.timeline_origin < 1.0 else 4)
 
 
 async def test_capacity_drop_keeps_calls_in_flight_and_refuses_new_ones() -> None:
-    with run_simulator(capacity_timeline=[(3, 0.5), (1, 60.0)], latency=1.2) as s:
+    with run_simulator(capacity_timeline=[(3, 0.8), (1, 60.0)], latency=1.6) as s:
         async with httpx.AsyncClient(timeout=TIMEOUT) as client:
             s.restart_timeline()
             held = [asyncio.create_task(_send(client, s)) for _ in range(3)]
-            await _until_elapsed(s, 0.6)
+            await _until_elapsed(s, 0.9)
             assert s.stats.capacity == 1
             assert s.stats.in_flight_for(KEY, MODEL) == 3  # the drop cut nothing
             assert (await _send(client, s)).json()["error"]["code"] == "1302"
@@ -802,7 +802,7 @@ async def test_capacity_drop_keeps_calls_in_flight_and_refuses_new_ones() -> Non
         admitted = [r for r in history if r.admitted]
         assert all(r.outcome == "completed" and r.end is not None and r.end > r.time for r in admitted)
         assert all(r.outcome == "rejected" and r.end == r.time for r in history if not r.admitted)
-        drop = s.timeline_origin + 0.55
+        drop = s.timeline_origin + 0.85
         assert gt.in_flight_at(history, drop, api_key=KEY, model=MODEL) == 3
         assert gt.count_codes(history, "1302", drop, math.inf) == 2
         assert gt.count_codes(history, None, s.timeline_origin, math.inf) == 4
