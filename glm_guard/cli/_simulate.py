@@ -49,13 +49,15 @@ def _latency_ms(text: str) -> tuple[float, float]:
         raise argparse.ArgumentTypeError(f"expected MEAN[,JITTER] in milliseconds; got {text!r}") from None
 
 
-def _number(convert: Callable[[str], Any], low: float, *, inclusive: bool, expected: str) -> Callable[[str], Any]:
-    """A parser of one number above ``low`` (or equal, with ``inclusive``)."""
+def _number(
+    convert: Callable[[str], Any], low: float, *, inclusive: bool, expected: str, high: float = math.inf
+) -> Callable[[str], Any]:
+    """A parser of one finite number above ``low`` (or equal, with ``inclusive``), at most ``high``."""
 
     def parse(text: str) -> Any:
         try:
             value = convert(text)
-            if not math.isfinite(value) or value < low or (value == low and not inclusive):
+            if not math.isfinite(value) or value < low or (value == low and not inclusive) or value > high:
                 raise ValueError
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}") from None
@@ -238,7 +240,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--overload-fraction",
-        type=_number(float, 0, inclusive=False, expected="a fraction in (0, 1]"),
+        type=_number(float, 0, inclusive=False, high=1.0, expected="a fraction in (0, 1]"),
         default=1.0,
         metavar="F",
         help="share of an overloaded model's requests refused (default: %(default)s)",
@@ -288,8 +290,6 @@ def _latency_from(ns: argparse.Namespace) -> Latency:
     parser: argparse.ArgumentParser = ns.parser
     if ns.latency is not None and ns.latency_ms is not None:
         parser.error("argument --latency: not allowed with argument --latency-ms")
-    if ns.overload_fraction > 1:
-        parser.error(f"argument --overload-fraction: expected a fraction in (0, 1]; got {ns.overload_fraction!r}")
     latency: Latency = ns.latency if ns.latency is not None else ns.latency_ms or (0.02, 0.0)
     if ns.latency_cap is not None:
         if not isinstance(latency, LogNormalLatency):
