@@ -94,6 +94,8 @@ def test_each_command_has_help_for_every_option(name: str, capsys: pytest.Captur
         (["stats", "--window-minutes", "x"], "invalid int value"),
         (["demo", "--backend", "memcached"], "invalid choice"),
         (["simulate", "--rate", "10"], "CALLS/PERIOD"),
+        (["simulate", "--capacity-timeline", "4"], "argument --capacity-timeline: expected N:SECONDS"),
+        (["simulate", "--latency", "lognormal:x:1"], "argument --latency: expected SECONDS"),
     ],
 )
 def test_a_bad_option_exits_2_naming_the_command(

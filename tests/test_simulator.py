@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
+import re
 import select
 import signal
 import socket
@@ -18,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -750,6 +753,300 @@ def test_cli_serves_until_signal(sig: signal.Signals) -> None:
     assert proc.returncode == 0, err
     assert "requests=2" in err
     assert KEY not in err
+
+
+# -- capacity timeline, quota, arrears, overload, heavy-tailed latency -----------------------
+
+
+async def _send(client: httpx.AsyncClient, sim: GLMSimulator, model: str = MODEL) -> httpx.Response:
+    return await client.post(sim.chat_url, headers=_auth(), json={**_body(), "model": model})
+
+
+async def _until_elapsed(sim: GLMSimulator, seconds: float) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while sim.stats.timeline_elapsed < seconds:
+        assert time.monotonic() < deadline, "the timeline did not advance"
+        await asyncio.sleep(0.01)
+
+
+async def test_capacity_rise_admits_what_the_first_phase_refused() -> None:
+    with run_simulator(capacity_timeline=[(2, 1.0), (4, 60.0)], latency=2.0) as s:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            s.restart_timeline()
+            first = [asyncio.create_task(_send(client, s)) for _ in range(3)]
+            await _until_elapsed(s, 1.1)  # phase 2 while the first two are still in flight
+            assert s.stats.capacity == 4
+            assert s.stats.in_flight_for(KEY, MODEL) == 2
+            later = await asyncio.gather(*(_send(client, s) for _ in range(2)))
+            codes = sorted(r.status_code for r in await asyncio.gather(*first))
+        assert codes == [200, 200, 429]  # phase 1: the third of three got 1302
+        assert [r.status_code for r in later] == [200, 200]  # phase 2: the 3rd and 4th in flight are fine
+        assert s.stats.peak_for(KEY, MODEL) == 4
+        for record in s.history():
+            assert s.capacity_at(record.time) == (2 if record.time - s.timeline_origin < 1.0 else 4)
+
+
+async def test_capacity_drop_keeps_calls_in_flight_and_refuses_new_ones() -> None:
+    with run_simulator(capacity_timeline=[(3, 0.8), (1, 60.0)], latency=1.6) as s:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            s.restart_timeline()
+            held = [asyncio.create_task(_send(client, s)) for _ in range(3)]
+            await _until_elapsed(s, 0.9)
+            assert s.stats.capacity == 1
+            assert s.stats.in_flight_for(KEY, MODEL) == 3  # the drop cut nothing
+            assert (await _send(client, s)).json()["error"]["code"] == "1302"
+            assert [r.status_code for r in await asyncio.gather(*held)] == [200, 200, 200]
+            after = sorted(r.status_code for r in await asyncio.gather(*(_send(client, s) for _ in range(2))))
+        assert after == [200, 429]
+        history = s.history()
+        admitted = [r for r in history if r.admitted]
+        assert all(r.outcome == "completed" and r.end is not None and r.end > r.time for r in admitted)
+        assert all(r.outcome == "rejected" and r.end == r.time for r in history if not r.admitted)
+        drop = s.timeline_origin + 0.85
+        assert gt.in_flight_at(history, drop, api_key=KEY, model=MODEL) == 3
+        assert gt.count_codes(history, "1302", drop, math.inf) == 2
+        assert gt.count_codes(history, None, s.timeline_origin, math.inf) == 4
+
+
+def test_capacity_timeline_values_cycle_function_and_validation() -> None:
+    phases = [(4, 6.0), (2, 6.0), (None, 6.0)]
+    cfg = SimulatorConfig(capacity_timeline=phases, concurrency=9)
+    assert [cfg.capacity_at(t) for t in (0, 5.9, 6.0, 11.9, 12.0, 1e6)] == [4, 4, 2, 2, None, None]
+    assert cfg.limit_for("glm-4.6", 7.0) == 2
+    assert SimulatorConfig(concurrency=9).capacity_at(100.0) == 9
+    cycling = gt.CapacityTimeline(phases[:2], cycle=True)
+    assert [cycling.at(t) for t in (1.0, 7.0, 13.0, 19.0)] == [4, 2, 4, 2]
+    assert cycling.changes(20.0) == [(0.0, 4), (6.0, 2), (12.0, 4), (18.0, 2)]
+    step = SimulatorConfig(capacity_timeline=lambda t: 5 if t < 1 else 1)
+    assert (step.capacity_at(0.5), step.capacity_at(2.0)) == (5, 1)
+    for bad in ([], [(0, 1.0)], [(2, 0.0)], [(2, -1.0)], [(2,)], [(True, 1.0)]):
+        with pytest.raises(ValueError, match="capacity_timeline"):
+            SimulatorConfig(capacity_timeline=bad)
+
+
+_RESET = re.compile(r"您的限额将在 (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) 重置")
+
+
+def _cst(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone(timedelta(hours=8))).timestamp()
+
+
+@pytest.fixture
+def new_york(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Run in a zone far from UTC+8, so a reset written in local time would be hours off."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        yield
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+@pytest.mark.usefixtures("new_york")
+def test_quota_closes_after_n_calls_names_its_reset_in_cst_and_reopens() -> None:
+    with run_simulator(quota_after=2, quota_reset=1.5, quota_next_flush_time=True, latency=0) as s:
+        assert [_post(s).status_code for _ in range(2)] == [200, 200]
+        refused = _post(s)
+        now = time.time()
+        assert refused.status_code == 429
+        error = refused.json()["error"]
+        assert error["code"] == "1308"
+        assert error["message"].startswith("已达到 5 小时 的使用上限。")
+        match = _RESET.search(error["message"])
+        assert match is not None, error["message"]
+        reset = _cst(match.group(1))
+        assert 0.4 < reset - now <= 2.6  # 1.5 s, rounded up to a whole second
+        assert error["next_flush_time"] == int(reset * 1000)
+        assert _post(s, key="other-key-0001").status_code == 200  # windows are per key
+        time.sleep(max(0.0, reset - time.time()) + 0.05)
+        assert [_post(s).status_code for _ in range(3)] == [200, 200, 429]  # reopened, and counts again
+
+
+@pytest.mark.usefixtures("new_york")
+def test_reset_times_are_china_standard_time_whatever_the_local_zone() -> None:
+    assert gt._catalogue.format_reset(0) == "1970-01-01 08:00:00"
+    text = gt._catalogue.error_message("1310", clock=lambda: 1_700_000_000.2)
+    assert text == "您已达到每周/每月使用上限，您的限额将在 2023-11-15 07:13:21 重置。"
+
+
+def test_exhaust_quota_now_for_one_key_then_clear(sim: GLMSimulator) -> None:
+    reset = sim.exhaust_quota("1310", reset_in=30.0, api_key=KEY)
+    error = _post(sim).json()["error"]
+    assert error["code"] == "1310"
+    assert "next_flush_time" not in error  # only with quota_next_flush_time
+    assert _cst(_RESET.search(error["message"]).group(1)) == reset  # type: ignore[union-attr]
+    assert _post(sim, key="other-key-0001").status_code == 200
+    sim.clear_quota(KEY)
+    assert _post(sim).status_code == 200
+    sim.update(quota_next_flush_time=True)
+    sim.exhaust_quota("1304", reset_in=5.0)  # every key, daily: GLM's text names no time
+    for key in (KEY, "other-key-0001"):
+        error = _post(sim, key=key).json()["error"]
+        assert (error["code"], error["message"]) == ("1304", GLM_ERRORS["1304"][1])
+        assert error["next_flush_time"] > time.time() * 1000
+    with pytest.raises(ValueError, match="quota code"):
+        sim.exhaust_quota("1302")
+
+
+def test_quota_after_zero_refuses_at_once_and_bad_quota_options_fail() -> None:
+    with run_simulator(quota_after=0, quota_code="1304", latency=0) as s:
+        assert _post(s).json()["error"]["code"] == "1304"
+        assert s.stats.admitted == 0
+    for bad in ({"quota_after": -1}, {"quota_code": "1302"}, {"quota_reset": 0}):
+        with pytest.raises(ValueError):
+            SimulatorConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_arrears_until_cleared_for_some_keys_or_all(sim: GLMSimulator) -> None:
+    sim.set_arrears({KEY})
+    assert [_post(sim).json()["error"]["code"] for _ in range(3)] == ["1113"] * 3
+    assert _post(sim, key="other-key-0001").status_code == 200
+    sim.set_arrears(True)
+    assert _post(sim, key="other-key-0001").json()["error"]["code"] == "1113"
+    sim.set_arrears(False)
+    assert _post(sim).status_code == 200
+    assert KEY not in repr(SimulatorConfig(arrears=[KEY]))
+
+
+def test_overload_one_model_while_another_answers(sim: GLMSimulator) -> None:
+    def post(model: str) -> httpx.Response:
+        return httpx.post(sim.chat_url, headers=_auth(), json={**_body(), "model": model}, timeout=TIMEOUT)
+
+    sim.overload_model(MODEL)
+    assert post(MODEL).json() == {"error": {"code": "1305", "message": GLM_ERRORS["1305"][1]}}
+    assert post("glm-4-air").status_code == 200
+    assert sim.overloaded_models() == (MODEL,)
+    sim.overload_model(MODEL, code="1312", switch_to="glm-4-air", duration=0.3)
+    r = post(MODEL)
+    assert (r.status_code, r.json()["error"]["code"]) == (429, "1312")
+    assert r.json()["error"]["message"] == "该模型当前访问量过大，请您稍后再试，或切换其他模型如 glm-4-air 等"
+    time.sleep(0.35)
+    assert post(MODEL).status_code == 200  # the overload's duration is over
+    assert sim.overloaded_models() == ()
+    sim.update(seed=3)
+    sim.overload_model(MODEL, fraction=0.5)
+    codes = [post(MODEL).status_code for _ in range(40)]
+    assert 8 <= codes.count(429) <= 32
+    sim.clear_overload(MODEL)
+    assert post(MODEL).status_code == 200
+    for bad in ({"code": "1302"}, {"fraction": 0.0}, {"fraction": 1.5}, {"duration": -1.0}):
+        with pytest.raises(ValueError):
+            sim.overload_model(MODEL, **bad)  # type: ignore[arg-type]
+
+
+def test_lognormal_latency_median_tail_and_seed() -> None:
+    import random
+
+    def draws(spec: gt.LogNormalLatency, seed: int = 1) -> list[float]:
+        rng = random.Random(seed)
+        return sorted(spec.draw(rng) for _ in range(4000))
+
+    body = draws(gt.LogNormalLatency(0.2, 0.6))
+    assert 0.18 < body[2000] < 0.22
+    assert body[3960] > 2.5 * body[2000]  # p99 far above the median: a heavy tail
+    assert body == draws(gt.LogNormalLatency(0.2, 0.6))  # seeded
+    tail = draws(gt.LogNormalLatency(0.2, 0.6, pareto_share=0.05, pareto_alpha=1.2))
+    assert tail[3990] > body[3990]
+    assert max(draws(gt.LogNormalLatency(0.2, 1.0, cap=0.5))) == 0.5
+    for bad in ({"median": 0}, {"sigma": -1}, {"pareto_share": 2}, {"cap": 0}):
+        with pytest.raises(ValueError):
+            gt.LogNormalLatency(**{"median": 0.2, "sigma": 0.5, **bad})  # type: ignore[arg-type]
+
+
+async def test_lognormal_latency_holds_slots_for_its_draws() -> None:
+    spec = gt.LogNormalLatency(0.05, 0.5, cap=0.3)
+    with run_simulator(latency=spec, concurrency=None, seed=5) as s:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            responses = await asyncio.gather(*(_send(client, s) for _ in range(30)))
+        assert {r.status_code for r in responses} == {200}
+        held = sorted(r.end - r.time for r in s.history() if r.end is not None)
+        assert len(held) == 30
+        assert 0.025 < held[15] < 0.12
+        assert held[-1] < 0.3 + 0.2
+
+
+# -- CLI: the provider's moods ----------------------------------------------------------
+
+
+def _simulate_config(*argv: str) -> SimulatorConfig:
+    from glm_guard.cli import build_parser
+    from glm_guard.cli._simulate import _config_from
+
+    return _config_from(build_parser().parse_args(["simulate", *argv]))
+
+
+def test_cli_builds_timeline_latency_quota_and_arrears() -> None:
+    cfg = _simulate_config(
+        "--capacity-timeline", "4:6,2:6,0:1", "--capacity-cycle",
+        "--latency", "lognormal:0.2:0.6:0.01", "--latency-cap", "5",
+        "--quota-after", "10", "--quota-code", "1310", "--quota-reset", "30", "--quota-next-flush-time",
+        "--arrears",
+    )  # fmt: skip
+    assert cfg.capacity_timeline == gt.CapacityTimeline([(4, 6.0), (2, 6.0), (None, 1.0)], cycle=True)
+    assert cfg.latency == gt.LogNormalLatency(0.2, 0.6, pareto_share=0.01, cap=5.0)
+    assert (cfg.quota_after, cfg.quota_code, cfg.quota_reset, cfg.quota_next_flush_time) == (10, "1310", 30.0, True)
+    assert cfg.arrears is True
+    assert _simulate_config("--latency", "uniform:0.1:0.3").latency == pytest.approx((0.2, 0.1))
+    assert _simulate_config("--latency", "0.5").latency == 0.5
+    assert _simulate_config().latency == (0.02, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--capacity-timeline", "4"], "--capacity-timeline"),
+        (["--capacity-timeline", "4:0"], "--capacity-timeline"),
+        (["--capacity-timeline", "-1:5"], "--capacity-timeline"),
+        (["--capacity-cycle"], "--capacity-cycle"),
+        (["--latency", "lognormal:0.2"], "--latency"),
+        (["--latency", "uniform:3:1"], "--latency"),
+        (["--latency", "0.1", "--latency-ms", "5"], "--latency"),
+        (["--latency-cap", "2"], "--latency-cap"),
+        (["--quota-after", "-1"], "--quota-after"),
+        (["--quota-code", "1302"], "--quota-code"),
+        (["--quota-reset", "0"], "--quota-reset"),
+        (["--overload-fraction", "1.5"], "--overload-fraction"),
+        (["--overload-code", "1113"], "--overload-code"),
+        (["--overload-for", "nan"], "--overload-for"),
+    ],
+)
+def test_cli_rejects_bad_provider_options_naming_the_flag(
+    argv: list[str], flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["simulate", "--port", "0", *argv])
+    assert exc.value.code == 2
+    assert f"argument {flag}" in capsys.readouterr().err
+
+
+def test_cli_overloads_one_model_and_closes_quotas() -> None:
+    cmd = [sys.executable, "-m", "glm_guard", "simulate", "--port", "0", "--latency", "0"]
+    cmd += ["--overload-model", "glm-4.6", "--overload-code", "1312", "--overload-switch-to", "glm-4-air"]
+    cmd += ["--quota-after", "2", "--quota-reset", "60", "--quota-next-flush-time"]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()) as proc:
+        try:
+            assert proc.stdout is not None
+            ready, _, _ = select.select([proc.stdout], [], [], TIMEOUT)
+            assert ready, "CLI did not print its URL in time"
+            url = proc.stdout.readline().strip() + "/chat/completions"
+
+            def post(model: str) -> dict[str, Any]:
+                body = {**_body(), "model": model}
+                return httpx.post(url, headers=_auth(), json=body, timeout=TIMEOUT).json()
+
+            assert "glm-4-air" in post("glm-4.6")["error"]["message"]
+            assert [bool(post(MODEL).get("choices")) for _ in range(2)] == [True, True]
+            error = post(MODEL)["error"]
+            assert error["code"] == "1308"
+            assert 55_000 < error["next_flush_time"] - time.time() * 1000 <= 61_000
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=TIMEOUT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, err
 
 
 # -- the real SDKs ---------------------------------------------------------------------

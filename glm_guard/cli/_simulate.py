@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import math
 import signal
 import sys
 import threading
@@ -11,8 +13,10 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from ..testing import GLM_ERRORS, GLMSimulator, SimulatorConfig
-from ..testing._config import STREAM_FAIL_REASONS
+from ..testing import GLM_ERRORS, CapacityTimeline, GLMSimulator, LogNormalLatency, SimulatorConfig
+from ..testing._account import OVERLOAD_CODES
+from ..testing._catalogue import QUOTA_CODES
+from ..testing._config import STREAM_FAIL_REASONS, Latency
 
 __all__ = ["add_arguments", "run"]
 
@@ -43,6 +47,66 @@ def _latency_ms(text: str) -> tuple[float, float]:
         return float(mean) / 1000.0, float(jitter or 0) / 1000.0
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected MEAN[,JITTER] in milliseconds; got {text!r}") from None
+
+
+def _number(
+    convert: Callable[[str], Any], low: float, *, inclusive: bool, expected: str, high: float = math.inf
+) -> Callable[[str], Any]:
+    """A parser of one finite number above ``low`` (or equal, with ``inclusive``), at most ``high``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+            if not math.isfinite(value) or value < low or (value == low and not inclusive) or value > high:
+                raise ValueError
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}") from None
+        return value
+
+    return parse
+
+
+def _timeline(text: str) -> list[tuple[int | None, float]]:
+    """``4:6,2:6,4:6`` -> ``[(4, 6.0), (2, 6.0), (4, 6.0)]``; 0 means unlimited."""
+    phases: list[tuple[int | None, float]] = []
+    try:
+        for part in text.split(","):
+            n, sep, seconds = part.strip().partition(":")
+            if not sep:
+                raise ValueError
+            count = int(n)
+            phases.append((None if count == 0 else count, float(seconds)))
+        CapacityTimeline(phases)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected N:SECONDS[,N:SECONDS...] with N >= 0 (0 = unlimited) and SECONDS > 0, e.g. 4:6,2:6; got {text!r}"
+        ) from None
+    return phases
+
+
+def _latency(text: str) -> Latency:
+    """``0.2`` (fixed s), ``uniform:LO:HI`` or ``lognormal:MEDIAN:SIGMA[:PARETO_SHARE[:PARETO_ALPHA]]``."""
+    kind, _, rest = text.partition(":")
+    args = rest.split(":") if rest else []
+    try:
+        if kind == "lognormal" and 2 <= len(args) <= 4:
+            return LogNormalLatency(*(float(a) for a in args))
+        if kind == "uniform" and len(args) == 2:
+            lo, hi = (float(a) for a in args)
+            if not 0 <= lo <= hi:
+                raise ValueError
+            return ((lo + hi) / 2, (hi - lo) / 2)
+        if not args:
+            value = float(kind)
+            if not value >= 0:
+                raise ValueError
+            return value
+        raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            "expected SECONDS, uniform:LO:HI or lognormal:MEDIAN:SIGMA[:PARETO_SHARE[:PARETO_ALPHA]] "
+            f"(seconds, e.g. lognormal:0.2:0.6); got {text!r}"
+        ) from None
 
 
 def _named(convert: Callable[[str], Any], expected: str) -> Callable[[str], tuple[str, Any]]:
@@ -109,9 +173,89 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--latency-ms",
         type=_latency_ms,
-        default=(0.02, 0.0),
         metavar="MEAN[,JITTER]",
         help="time each admitted request holds its slot, uniform in MEAN±JITTER ms (default: 20)",
+    )
+    p.add_argument(
+        "--latency",
+        type=_latency,
+        metavar="SPEC",
+        help="latency in seconds instead of --latency-ms: S, uniform:LO:HI, or heavy-tailed "
+        "lognormal:MEDIAN:SIGMA[:PARETO_SHARE[:PARETO_ALPHA]] (drawn from the --seed RNG)",
+    )
+    p.add_argument(
+        "--latency-cap",
+        type=_number(float, 0, inclusive=False, expected="seconds > 0"),
+        metavar="S",
+        help="upper bound on a lognormal --latency draw",
+    )
+    p.add_argument(
+        "--capacity-timeline",
+        type=_timeline,
+        metavar="N:S,...",
+        help="concurrency per (key, model) that changes over time: N for S seconds, then the next phase; "
+        "the last phase holds (see --capacity-cycle); 0 = unlimited; replaces --concurrency",
+    )
+    p.add_argument(
+        "--capacity-cycle", action="store_true", help="repeat --capacity-timeline from its first phase forever"
+    )
+    p.add_argument(
+        "--quota-after",
+        type=_number(int, 0, inclusive=True, expected="an integer >= 0"),
+        metavar="N",
+        help="each key's quota window closes after N admitted calls (0: at once) and answers --quota-code",
+    )
+    p.add_argument(
+        "--quota-code",
+        choices=sorted(QUOTA_CODES),
+        default="1308",
+        help="code of an exhausted quota: 1308 five-hour, 1310 weekly/monthly, 1304 daily (default: %(default)s)",
+    )
+    p.add_argument(
+        "--quota-reset",
+        type=_number(float, 0, inclusive=False, expected="seconds > 0"),
+        default=3600.0,
+        metavar="S",
+        help="seconds until a closed quota window reopens; the message names that moment in UTC+8 "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--quota-next-flush-time",
+        action="store_true",
+        help="also send the reset as next_flush_time (epoch milliseconds) in the error object",
+    )
+    p.add_argument("--arrears", action="store_true", help="every key is in arrears: answer 429/1113")
+    p.add_argument(
+        "--overload-model",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="MODEL is overloaded: answers --overload-code while other models answer; repeatable",
+    )
+    p.add_argument(
+        "--overload-code",
+        choices=sorted(OVERLOAD_CODES),
+        default="1305",
+        help="code of an overloaded model; 1312 names --overload-switch-to (default: %(default)s)",
+    )
+    p.add_argument(
+        "--overload-fraction",
+        type=_number(float, 0, inclusive=False, high=1.0, expected="a fraction in (0, 1]"),
+        default=1.0,
+        metavar="F",
+        help="share of an overloaded model's requests refused (default: %(default)s)",
+    )
+    p.add_argument(
+        "--overload-for",
+        type=_number(float, 0, inclusive=False, expected="seconds > 0"),
+        metavar="S",
+        help="the overload ends S seconds after start (default: never)",
+    )
+    p.add_argument(
+        "--overload-switch-to",
+        default="glm-4-flash",
+        metavar="MODEL",
+        help="the model a 1312 message suggests (default: %(default)s)",
     )
     p.add_argument(
         "--stream-fail-after",
@@ -142,9 +286,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _latency_from(ns: argparse.Namespace) -> Latency:
+    parser: argparse.ArgumentParser = ns.parser
+    if ns.latency is not None and ns.latency_ms is not None:
+        parser.error("argument --latency: not allowed with argument --latency-ms")
+    latency: Latency = ns.latency if ns.latency is not None else ns.latency_ms or (0.02, 0.0)
+    if ns.latency_cap is not None:
+        if not isinstance(latency, LogNormalLatency):
+            parser.error("argument --latency-cap: only applies to --latency lognormal:...")
+        latency = dataclasses.replace(latency, cap=ns.latency_cap)
+    return latency
+
+
 def _config_from(ns: argparse.Namespace) -> SimulatorConfig:
     def limit(n: int) -> int | None:
         return None if n == 0 else n
+
+    timeline = None
+    if ns.capacity_timeline:
+        timeline = CapacityTimeline(ns.capacity_timeline, cycle=ns.capacity_cycle)
+    elif ns.capacity_cycle:
+        ns.parser.error("argument --capacity-cycle: needs --capacity-timeline")
 
     options: dict[str, Any] = {
         "host": ns.host,
@@ -153,7 +315,13 @@ def _config_from(ns: argparse.Namespace) -> SimulatorConfig:
         "model_concurrency": {m: limit(n) for m, n in ns.model_concurrency},
         "rate": ns.rate,
         "retry_after": ns.retry_after,
-        "latency": ns.latency_ms,
+        "latency": _latency_from(ns),
+        "capacity_timeline": timeline,
+        "quota_after": ns.quota_after,
+        "quota_code": ns.quota_code,
+        "quota_reset": ns.quota_reset,
+        "quota_next_flush_time": ns.quota_next_flush_time,
+        "arrears": ns.arrears,
         "faults": dict(ns.fault),
         "model_faults": dict(ns.model_fault),
         "status_overrides": {c: s for c, s in ns.status},
@@ -201,9 +369,18 @@ def run(ns: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
+        for model in ns.overload_model:
+            sim.overload_model(
+                model,
+                code=ns.overload_code,
+                fraction=ns.overload_fraction,
+                duration=ns.overload_for,
+                switch_to=ns.overload_switch_to,
+            )
         print(sim.base_url, flush=True)
+        shown = config.capacity_timeline or config.concurrency or "unlimited"
         print(
-            f"GLM simulator ready ({config.concurrency or 'unlimited'} in flight per key+model); Ctrl-C to stop",
+            f"GLM simulator ready ({shown} in flight per key+model); Ctrl-C to stop",
             file=sys.stderr,
             flush=True,
         )

@@ -28,14 +28,18 @@ from ._config import (
     StreamFailReason,
     mask_key,
 )
-from ._engine import RequestRecord, SimulatorStats
+from ._latency import LogNormalLatency
+from ._records import RequestRecord, SimulatorStats, count_codes, in_flight_at
 from ._redis_server import RedisServer
 from ._simulator import GLMSimulator, run_simulator
+from ._timeline import CapacityTimeline
 
 __all__ = [
     "GLM_ERRORS",
+    "CapacityTimeline",
     "GLMSimulator",
     "Latency",
+    "LogNormalLatency",
     "RedisServer",
     "RequestRecord",
     "Responder",
@@ -43,7 +47,9 @@ __all__ = [
     "SimulatorOptions",
     "SimulatorStats",
     "StreamFailReason",
+    "count_codes",
     "default_responder",
+    "in_flight_at",
     "mask_key",
     "run_simulator",
 ]

@@ -16,7 +16,7 @@ from typing import Any
 from ._answer import answer, completion, usage
 from ._catalogue import error_body, error_message, error_status
 from ._config import SimulatorConfig, mask_key
-from ._engine import Engine, Slot
+from ._engine import Admission, Engine, Slot
 from ._http import ClientGone, HTTPRequest, send_json
 from ._stream import send_stream
 
@@ -36,10 +36,12 @@ async def send_error(
     *,
     keep: bool,
     extra: list[tuple[str, str]] | None = None,
+    next_flush_time: int | None = None,
 ) -> None:
     """Answer with GLM's error envelope; a client that already left needs no answer."""
+    body = error_body(code, message, next_flush_time=next_flush_time)
     with contextlib.suppress(ClientGone):
-        await send_json(writer, status, error_body(code, message), keep=keep, extra=extra)
+        await send_json(writer, status, body, keep=keep, extra=extra)
 
 
 def _bearer(header: str | None) -> str | None:
@@ -93,11 +95,22 @@ class ChatEndpoint:
         return await self._chat(req, writer, keep)
 
     async def _refuse(
-        self, writer: asyncio.StreamWriter, cfg: SimulatorConfig, code: str, *, keep: bool, detail: str = ""
+        self,
+        writer: asyncio.StreamWriter,
+        cfg: SimulatorConfig,
+        code: str,
+        *,
+        keep: bool,
+        detail: str = "",
+        admission: Admission | None = None,
     ) -> bool:
         extra = [("Retry-After", f"{cfg.retry_after:g}")] if code == "1302" and cfg.retry_after is not None else []
         status = error_status(code, cfg.status_overrides)
-        await send_error(writer, status, code, error_message(code, detail), keep=keep, extra=extra)
+        reset = admission.reset if admission is not None else None
+        model_name = admission.model_name if admission is not None else None
+        message = error_message(code, detail, reset=reset, model_name=model_name)
+        flush = round(reset * 1000) if reset is not None and cfg.quota_next_flush_time else None
+        await send_error(writer, status, code, message, keep=keep, extra=extra, next_flush_time=flush)
         return keep
 
     async def _chat(self, req: HTTPRequest, writer: asyncio.StreamWriter, keep: bool) -> bool:
@@ -124,10 +137,10 @@ class ChatEndpoint:
         admission = engine.try_admit(key, model, stream)
         if admission.code is not None:
             log.info("rejected %s key=%s model=%s", admission.code, mask_key(key), model)
-            return await self._refuse(writer, cfg, admission.code, keep=keep)
+            return await self._refuse(writer, cfg, admission.code, keep=keep, admission=admission)
 
         log.debug("admitted key=%s model=%s stream=%s", mask_key(key), model, stream)
-        slot = Slot(engine, key, model)
+        slot = Slot(engine, key, model, admission.entry)
         try:
             if admission.latency > 0:
                 await asyncio.sleep(admission.latency)

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, TypedDict
 
-from ._catalogue import check_code
+from ._catalogue import QUOTA_CODES, check_code
+from ._latency import LogNormalLatency
+from ._timeline import CapacityTimeline, TimelineSpec
 
 __all__ = [
     "STREAM_FAIL_REASONS",
@@ -26,8 +28,9 @@ __all__ = [
 ]
 
 #: ``latency`` may be a fixed delay, ``(mean, jitter)`` drawn uniformly from
-#: ``[mean - jitter, mean + jitter]``, or a callable returning seconds.
-Latency = float | tuple[float, float] | Callable[[], float]
+#: ``[mean - jitter, mean + jitter]``, a heavy-tailed :class:`LogNormalLatency`, or a
+#: callable returning seconds.
+Latency = float | tuple[float, float] | LogNormalLatency | Callable[[], float]
 
 #: Builds the assistant's answer from the parsed request body.
 Responder = Callable[[Mapping[str, Any]], str]
@@ -69,6 +72,13 @@ class SimulatorOptions(TypedDict, total=False):
     idle_timeout: float
     stop_timeout: float
     max_body_bytes: int
+    capacity_timeline: TimelineSpec | None
+    quota_after: int | None
+    quota_code: str
+    quota_reset: float
+    quota_next_flush_time: bool
+    arrears: bool | Iterable[str]
+    history_limit: int
 
 
 def _check_nonneg(value: float, what: str) -> None:
@@ -112,6 +122,20 @@ class SimulatorConfig:
         idle_timeout: keep-alive connections idle this long are closed.
         stop_timeout: how long ``stop()`` waits for in-flight requests.
         max_body_bytes: larger request bodies get HTTP 413.
+        capacity_timeline: makes ``concurrency`` change over time: ``[(concurrency,
+            seconds), ...]`` (the last phase holds), a :class:`CapacityTimeline` (which can
+            cycle), or ``f(elapsed_s) -> int | None``. Elapsed time counts from ``start()``
+            or ``restart_timeline()``. A drop never cuts requests already in flight.
+        quota_after: each key's quota window closes after this many admitted calls (0: at
+            its first request); it then answers ``quota_code`` until ``quota_reset`` seconds
+            have passed, and the count starts again.
+        quota_code: "1308" (five-hour), "1310" (weekly/monthly) or "1304" (daily).
+        quota_reset: seconds from the window closing to its reset; the message names that
+            moment in China Standard Time, as GLM does.
+        quota_next_flush_time: also put the reset in the error object as
+            ``next_flush_time``, in epoch milliseconds.
+        arrears: ``True`` puts every key in arrears (1113), a set of keys only those.
+        history_limit: how many request records :meth:`GLMSimulator.history` keeps.
     """
 
     host: str = "127.0.0.1"
@@ -135,6 +159,13 @@ class SimulatorConfig:
     idle_timeout: float = 300.0
     stop_timeout: float = 5.0
     max_body_bytes: int = 8 * 1024 * 1024
+    capacity_timeline: TimelineSpec | None = None
+    quota_after: int | None = None
+    quota_code: str = "1308"
+    quota_reset: float = 3600.0
+    quota_next_flush_time: bool = False
+    arrears: bool | Iterable[str] = False
+    history_limit: int = 10_000
 
     def __post_init__(self) -> None:
         # Normalise containers to immutable copies so a caller mutating its dict later
@@ -161,7 +192,9 @@ class SimulatorConfig:
         if self.retry_after is not None:
             _check_nonneg(self.retry_after, "retry_after")
 
-        if isinstance(self.latency, tuple):
+        if isinstance(self.latency, LogNormalLatency):
+            pass  # validated when built
+        elif isinstance(self.latency, tuple):
             mean, jitter = self.latency
             _check_nonneg(mean, "latency mean")
             _check_nonneg(jitter, "latency jitter")
@@ -216,21 +249,55 @@ class SimulatorConfig:
         if self.max_body_bytes < 1:
             raise ValueError("max_body_bytes must be >= 1")
 
+        if self.capacity_timeline is not None and not isinstance(self.capacity_timeline, CapacityTimeline):
+            put("capacity_timeline", CapacityTimeline(self.capacity_timeline))
+        if self.quota_after is not None and (
+            isinstance(self.quota_after, bool) or not isinstance(self.quota_after, int) or self.quota_after < 0
+        ):
+            raise ValueError(f"quota_after must be an int >= 0 or None, got {self.quota_after!r}")
+        code = str(self.quota_code)
+        if code not in QUOTA_CODES:
+            raise ValueError(f"quota_code must be one of {sorted(QUOTA_CODES)}, got {self.quota_code!r}")
+        put("quota_code", code)
+        if not (self.quota_reset > 0 and math.isfinite(self.quota_reset)):
+            raise ValueError(f"quota_reset must be a finite number of seconds > 0, got {self.quota_reset!r}")
+        if isinstance(self.arrears, str):
+            raise TypeError("arrears must be a bool or an iterable of keys, not a single string")
+        if not isinstance(self.arrears, bool):
+            put("arrears", frozenset(self.arrears))
+        if self.history_limit < 1:
+            raise ValueError("history_limit must be >= 1")
+
     def replace(self, **changes: Any) -> SimulatorConfig:
         """A validated copy with ``changes`` applied (unknown names raise TypeError)."""
         return dataclasses.replace(self, **changes)
 
-    def limit_for(self, model: str) -> int | None:
-        """Concurrency limit that applies to ``model``."""
+    def capacity_at(self, elapsed: float) -> int | None:
+        """The per-(key, model) limit ``elapsed`` seconds into the capacity timeline.
+
+        Without a timeline this is ``concurrency``; ``None`` means unlimited. Benchmarks
+        use it as the oracle: the true capacity at any moment of a run.
+        """
+        timeline = self.capacity_timeline
+        if isinstance(timeline, CapacityTimeline):
+            return timeline.at(elapsed)
+        return self.concurrency
+
+    def limit_for(self, model: str, elapsed: float = 0.0) -> int | None:
+        """Concurrency limit that applies to ``model`` at ``elapsed`` (overrides win)."""
         if model in self.model_concurrency:
             return self.model_concurrency[model]
-        return self.concurrency
+        return self.capacity_at(elapsed)
+
+    def in_arrears(self, api_key: str) -> bool:
+        """Whether ``api_key`` answers 1113 because of the ``arrears`` option."""
+        return self.arrears is True or (isinstance(self.arrears, frozenset) and api_key in self.arrears)
 
     def __repr__(self) -> str:
         parts = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "api_keys" and value is not None:
+            if f.name in ("api_keys", "arrears") and isinstance(value, frozenset):
                 shown = "{" + ", ".join(sorted(mask_key(k) for k in value)) + "}"
             elif isinstance(value, MappingProxyType):
                 shown = repr(dict(value))

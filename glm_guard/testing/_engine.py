@@ -11,26 +11,17 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
+from ._account import Account, Refusal
 from ._catalogue import check_code, error_status
-from ._config import SimulatorConfig, StreamFailReason, mask_key
+from ._config import SimulatorConfig, StreamFailReason
+from ._latency import LogNormalLatency
+from ._records import Outcome, RequestRecord, SimulatorStats
 
-__all__ = [
-    "Admission",
-    "Engine",
-    "Outcome",
-    "RequestRecord",
-    "SimulatorStats",
-    "Slot",
-    "StreamFault",
-]
-
-Outcome = Literal["completed", "stream_failed", "disconnected"]
-_HISTORY_LIMIT = 10_000
+__all__ = ["Admission", "Engine", "Outcome", "Slot", "StreamFault"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,89 +34,35 @@ class StreamFault:
 
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """Outcome of the admission step: ``code`` is ``None`` when the request was admitted."""
+    """Outcome of the admission step: ``code`` is ``None`` when the request was admitted.
+
+    ``reset`` (epoch seconds) and ``model_name`` are what a refusal's message must name.
+    """
 
     code: str | None
     latency: float = 0.0
     stream_fault: StreamFault | None = None
+    reset: float | None = None
+    model_name: str | None = None
+    entry: _Entry | None = None
 
 
-@dataclass(frozen=True, slots=True, repr=False)
-class RequestRecord:
-    """One request as the simulator saw it; ``time`` is ``time.monotonic()`` at decision.
+class _Entry:
+    """A history entry whose end is filled in when its slot is released."""
 
-    Lets retry tests check how many attempts were made and how far apart.
-    """
+    __slots__ = ("code", "end", "key", "model", "outcome", "start", "status", "stream")
 
-    time: float
-    api_key: str | None
-    model: str | None
-    stream: bool
-    status: int
-    code: str | None
+    def __init__(
+        self, start: float, key: str | None, model: str | None, stream: bool, status: int, code: str | None
+    ) -> None:
+        self.start, self.key, self.model, self.stream, self.status, self.code = start, key, model, stream, status, code
+        refused = code is not None
+        self.end: float | None = start if refused else None
+        self.outcome: Outcome | Literal["rejected"] | None = "rejected" if refused else None
 
-    def __repr__(self) -> str:
-        return (
-            f"RequestRecord(time={self.time:.3f}, api_key={mask_key(self.api_key)!r}, "
-            f"model={self.model!r}, stream={self.stream}, status={self.status}, code={self.code!r})"
-        )
-
-
-def _mask_pairs(d: Mapping[tuple[str, str], int]) -> str:
-    return "{" + ", ".join(f"({mask_key(k)!r}, {m!r}): {v}" for (k, m), v in d.items()) + "}"
-
-
-@dataclass(frozen=True, repr=False)
-class SimulatorStats:
-    """Point-in-time snapshot of the counters (taken under the lock, so self-consistent).
-
-    Attributes:
-        total_requests: requests that reached the chat-completions endpoint.
-        admitted: requests that got a concurrency slot (passed auth, faults and limits).
-        completed: admitted requests answered in full with ``finish_reason`` stop/length.
-        rejected: business code -> number of error answers (1302, 1002, injected faults...).
-        in_flight / peak_in_flight: admitted requests being served now / the maximum ever
-            seen at once since the last reset, over all keys and models.
-        in_flight_by / peak_in_flight_by: the same per ``(api_key, model)``.
-        streams_started: admitted streaming requests whose SSE response began.
-        streams_failed: streams ended on purpose by an injected mid-stream failure.
-        disconnected: admitted requests whose client went away (or that ``stop()`` cut).
-    """
-
-    total_requests: int = 0
-    admitted: int = 0
-    completed: int = 0
-    rejected: Mapping[str, int] = field(default_factory=dict)
-    in_flight: int = 0
-    peak_in_flight: int = 0
-    in_flight_by: Mapping[tuple[str, str], int] = field(default_factory=dict)
-    peak_in_flight_by: Mapping[tuple[str, str], int] = field(default_factory=dict)
-    streams_started: int = 0
-    streams_failed: int = 0
-    disconnected: int = 0
-
-    @property
-    def rejected_total(self) -> int:
-        """All error answers, whatever the code."""
-        return sum(self.rejected.values())
-
-    def peak_for(self, api_key: str, model: str) -> int:
-        """Peak in-flight for one (key, model) pair; 0 if never seen."""
-        return self.peak_in_flight_by.get((api_key, model), 0)
-
-    def in_flight_for(self, api_key: str, model: str) -> int:
-        """Current in-flight for one (key, model) pair."""
-        return self.in_flight_by.get((api_key, model), 0)
-
-    def __repr__(self) -> str:
-        return (
-            f"SimulatorStats(total_requests={self.total_requests}, admitted={self.admitted}, "
-            f"completed={self.completed}, rejected={dict(self.rejected)!r}, "
-            f"in_flight={self.in_flight}, peak_in_flight={self.peak_in_flight}, "
-            f"in_flight_by={_mask_pairs(self.in_flight_by)}, "
-            f"peak_in_flight_by={_mask_pairs(self.peak_in_flight_by)}, "
-            f"streams_started={self.streams_started}, streams_failed={self.streams_failed}, "
-            f"disconnected={self.disconnected})"
+    def record(self) -> RequestRecord:
+        return RequestRecord(
+            self.start, self.key, self.model, self.stream, self.status, self.code, self.end, self.outcome
         )
 
 
@@ -137,16 +74,16 @@ class Slot:
     a correct client-side limiter look broken), and counters are already final then.
     """
 
-    __slots__ = ("_engine", "_key", "_model", "_released")
+    __slots__ = ("_engine", "_entry", "_key", "_model", "_released")
 
-    def __init__(self, engine: Engine, key: str, model: str) -> None:
-        self._engine, self._key, self._model = engine, key, model
+    def __init__(self, engine: Engine, key: str, model: str, entry: _Entry | None = None) -> None:
+        self._engine, self._key, self._model, self._entry = engine, key, model, entry
         self._released = False
 
     def release(self, outcome: Outcome) -> None:
         if not self._released:
             self._released = True
-            self._engine.finish(self._key, self._model, outcome)
+            self._engine.finish(self._key, self._model, outcome, self._entry)
 
 
 @dataclass(slots=True)
@@ -184,7 +121,9 @@ class Engine:
         self._forced_streams: deque[_ForcedStream] = deque()
         self._windows: dict[tuple[str, str], deque[float]] = {}
         self._in_flight: dict[tuple[str, str], int] = {}
-        self._history: deque[RequestRecord] = deque(maxlen=_HISTORY_LIMIT)
+        self._history: deque[_Entry] = deque(maxlen=config.history_limit)
+        self._account = Account()
+        self._origin = time.monotonic()
         self._reset_counters_locked()
 
     # -- configuration -------------------------------------------------------------
@@ -198,7 +137,47 @@ class Engine:
         with self._lock:
             if config.seed != self._config.seed:
                 self._rng = random.Random(config.seed)
+            if config.capacity_timeline != self._config.capacity_timeline:
+                self._origin = time.monotonic()  # a new timeline starts when it is set
+            if config.history_limit != self._config.history_limit:
+                self._history = deque(self._history, maxlen=config.history_limit)
             self._config = config
+
+    # -- capacity timeline ---------------------------------------------------------
+
+    def restart_timeline(self) -> float:
+        """Make elapsed time on the capacity timeline 0 now; returns the new origin."""
+        with self._lock:
+            self._origin = time.monotonic()
+            return self._origin
+
+    @property
+    def origin(self) -> float:
+        """``time.monotonic()`` at which the capacity timeline's elapsed time was 0."""
+        with self._lock:
+            return self._origin
+
+    # -- account-level states --------------------------------------------------------
+
+    def exhaust_quota(self, key: str | None, code: str, reset_in: float) -> float:
+        with self._lock:
+            return self._account.exhaust(key, str(code), reset_in, time.monotonic(), time.time())
+
+    def clear_quota(self, key: str | None) -> None:
+        with self._lock:
+            self._account.clear_quota(key)
+
+    def overload(self, model: str, code: str, fraction: float, duration: float | None, switch_to: str) -> None:
+        with self._lock:
+            self._account.overload(model, str(code), fraction, duration, switch_to, time.monotonic())
+
+    def clear_overload(self, model: str | None) -> None:
+        with self._lock:
+            self._account.clear_overload(model)
+
+    def overloaded(self) -> tuple[str, ...]:
+        with self._lock:
+            return self._account.overloaded(time.monotonic())
 
     def force_next(self, code: str, count: int, model: str | None) -> None:
         code = check_code(code, "force_next")
@@ -234,17 +213,22 @@ class Engine:
     ) -> None:
         """Count an error answer decided outside the engine (auth, validation)."""
         with self._lock:
-            self._count_reject_locked(code, RequestRecord(time.monotonic(), api_key, model, stream, status, code))
+            self._count_reject_locked(_Entry(time.monotonic(), api_key, model, stream, status, code))
 
     def try_admit(self, api_key: str, model: str, stream: bool) -> Admission:
-        """Apply forced codes, random faults, then the concurrency and rate limits."""
+        """Apply forced codes, account states, faults, then the concurrency and rate limits."""
         now = time.monotonic()
+        wall = time.time()
         with self._lock:
             cfg = self._config
-            code = self._pick_fault_locked(cfg, model)
+            refusal: Refusal | None = None
+            code = self._pick_forced_locked(model)
+            if code is None:
+                refusal = self._account.refusal(cfg, api_key, model, now, wall, self._rng)
+                code = refusal.code if refusal is not None else self._pick_fault_locked(cfg, model)
             pair = (api_key, model)
             if code is None:
-                limit = cfg.limit_for(model)
+                limit = cfg.limit_for(model, now - self._origin)
                 current = self._in_flight.get(pair, 0)
                 if limit is not None and current >= limit:
                     code = "1302"
@@ -259,7 +243,9 @@ class Engine:
                         window.append(now)
             if code is not None:
                 status = error_status(code, cfg.status_overrides)
-                self._count_reject_locked(code, RequestRecord(now, api_key, model, stream, status, code))
+                self._count_reject_locked(_Entry(now, api_key, model, stream, status, code))
+                if refusal is not None:
+                    return Admission(code, reset=refusal.reset, model_name=refusal.model_name)
                 return Admission(code)
 
             current = self._in_flight.get(pair, 0) + 1
@@ -268,22 +254,26 @@ class Engine:
             self._in_flight_total += 1
             self._peak_total = max(self._peak_total, self._in_flight_total)
             self._admitted += 1
-            self._history.append(RequestRecord(now, api_key, model, stream, 200, None))
+            self._account.admitted(cfg, api_key, now, wall)
+            entry = _Entry(now, api_key, model, stream, 200, None)
+            self._history.append(entry)
             fault = self._pick_stream_fault_locked(cfg) if stream else None
             spec = cfg.latency
-            if not callable(spec):
-                return Admission(None, self._draw_latency_locked(spec), fault)
+            if isinstance(spec, LogNormalLatency) or not callable(spec):
+                return Admission(None, self._draw_latency_locked(spec), fault, entry=entry)
         # A user-supplied latency callable runs outside the lock: it may be slow.
-        return Admission(None, max(0.0, float(spec())), fault)
+        return Admission(None, max(0.0, float(spec())), fault, entry=entry)
 
     def stream_started(self) -> None:
         with self._lock:
             self._streams_started += 1
 
-    def finish(self, api_key: str, model: str, outcome: Outcome) -> None:
+    def finish(self, api_key: str, model: str, outcome: Outcome, entry: _Entry | None = None) -> None:
         """Release the slot taken by :meth:`try_admit` and record how it ended."""
         pair = (api_key, model)
         with self._lock:
+            if entry is not None:
+                entry.end, entry.outcome = time.monotonic(), outcome
             left = self._in_flight.get(pair, 0) - 1
             if left > 0:
                 self._in_flight[pair] = left
@@ -301,6 +291,7 @@ class Engine:
 
     def stats(self) -> SimulatorStats:
         with self._lock:
+            elapsed = time.monotonic() - self._origin
             return SimulatorStats(
                 total_requests=self._total,
                 admitted=self._admitted,
@@ -313,11 +304,13 @@ class Engine:
                 streams_started=self._streams_started,
                 streams_failed=self._streams_failed,
                 disconnected=self._disconnected,
+                capacity=self._config.capacity_at(elapsed),
+                timeline_elapsed=elapsed,
             )
 
     def history(self) -> tuple[RequestRecord, ...]:
         with self._lock:
-            return tuple(self._history)
+            return tuple(entry.record() for entry in self._history)
 
     def reset(self) -> None:
         """Zero counters and history; in-flight requests keep their slots (peaks restart there)."""
@@ -340,17 +333,21 @@ class Engine:
         self._peak_total = self._in_flight_total
         self._peak_by = dict(self._in_flight)
 
-    def _count_reject_locked(self, code: str, record: RequestRecord) -> None:
-        self._rejected[code] = self._rejected.get(code, 0) + 1
-        self._history.append(record)
+    def _count_reject_locked(self, entry: _Entry) -> None:
+        assert entry.code is not None
+        self._rejected[entry.code] = self._rejected.get(entry.code, 0) + 1
+        self._history.append(entry)
 
-    def _pick_fault_locked(self, cfg: SimulatorConfig, model: str) -> str | None:
+    def _pick_forced_locked(self, model: str) -> str | None:
         for entry in self._forced:
             if entry.model is None or entry.model == model:
                 entry.remaining -= 1
                 if entry.remaining <= 0:
                     self._forced.remove(entry)
                 return entry.code
+        return None
+
+    def _pick_fault_locked(self, cfg: SimulatorConfig, model: str) -> str | None:
         if model in cfg.model_faults:
             return cfg.model_faults[model]
         if cfg.faults:
@@ -375,8 +372,10 @@ class Engine:
             return StreamFault(cfg.stream_fail_after, cfg.stream_fail_reason)
         return None
 
-    def _draw_latency_locked(self, spec: float | tuple[float, float]) -> float:
-        if isinstance(spec, tuple):
+    def _draw_latency_locked(self, spec: float | tuple[float, float] | LogNormalLatency) -> float:
+        if isinstance(spec, LogNormalLatency):
+            value = spec.draw(self._rng)
+        elif isinstance(spec, tuple):
             mean, jitter = spec
             value = self._rng.uniform(mean - jitter, mean + jitter) if jitter else mean
         else:

@@ -11,13 +11,14 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Self, Unpack
 
 from ._chat import API_PREFIX
 from ._config import SimulatorConfig, SimulatorOptions, StreamFailReason
-from ._engine import Engine, RequestRecord, SimulatorStats, StreamFault
+from ._engine import Engine, StreamFault
+from ._records import RequestRecord, SimulatorStats
 from ._server import Server
 
 __all__ = ["GLMSimulator", "run_simulator"]
@@ -149,9 +150,73 @@ class GLMSimulator:
         self._engine.fail_next_streams(count, StreamFault(after_chunks, reason))
 
     def clear_faults(self) -> None:
-        """Drop forced codes, per-model faults, random faults and stream failures."""
+        """Drop forced codes, per-model faults, random faults, overloads and stream failures."""
         self._engine.clear_forced()
+        self._engine.clear_overload(None)
         self.update(faults={}, model_faults={}, stream_fail_after=None)
+
+    # -- capacity timeline, quota, arrears, overload -------------------------------------
+
+    def restart_timeline(self) -> float:
+        """Start the capacity timeline again from its first phase, now.
+
+        ``start()`` and setting a new ``capacity_timeline`` also restart it. Returns the
+        new :attr:`timeline_origin`.
+        """
+        return self._engine.restart_timeline()
+
+    @property
+    def timeline_origin(self) -> float:
+        """``time.monotonic()`` at which the capacity timeline's elapsed time was 0.
+
+        With :meth:`history`'s times: ``config.capacity_at(record.time - sim.timeline_origin)``
+        is the capacity that request met.
+        """
+        return self._engine.origin
+
+    def capacity_at(self, monotonic_time: float) -> int | None:
+        """The per-(key, model) capacity at a ``time.monotonic()`` instant of this run."""
+        return self.config.capacity_at(monotonic_time - self._engine.origin)
+
+    def exhaust_quota(self, code: str = "1308", *, reset_in: float = 3600.0, api_key: str | None = None) -> float:
+        """Close the quota window now: ``api_key`` (or every key) answers ``code`` until the reset.
+
+        ``code`` is "1308", "1310" or "1304". Returns the reset moment in epoch seconds
+        (a whole second: what the message names, in China Standard Time).
+        """
+        return self._engine.exhaust_quota(api_key, str(code), reset_in)
+
+    def clear_quota(self, api_key: str | None = None) -> None:
+        """Reopen ``api_key``'s quota window (every window with ``None``) and reset its count."""
+        self._engine.clear_quota(api_key)
+
+    def set_arrears(self, arrears: bool | Iterable[str] = True) -> None:
+        """Put every key (``True``), some keys, or none (``False``) in arrears: 1113 until cleared."""
+        self.update(arrears=arrears)
+
+    def overload_model(
+        self,
+        model: str,
+        *,
+        code: str = "1305",
+        fraction: float = 1.0,
+        duration: float | None = None,
+        switch_to: str = "glm-4-flash",
+    ) -> None:
+        """Make ``model`` answer ``code`` ("1305", or "1312" naming ``switch_to``).
+
+        Applies to a ``fraction`` of its requests (drawn from the seeded RNG), for
+        ``duration`` seconds or until :meth:`clear_overload`; other models are unaffected.
+        """
+        self._engine.overload(model, str(code), fraction, duration, switch_to)
+
+    def clear_overload(self, model: str | None = None) -> None:
+        """End ``model``'s overload (every model's with ``None``)."""
+        self._engine.clear_overload(model)
+
+    def overloaded_models(self) -> tuple[str, ...]:
+        """Models overloaded now, sorted."""
+        return self._engine.overloaded()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -162,6 +227,7 @@ class GLMSimulator:
                 raise RuntimeError("simulator already started")
             self._ready.clear()
             self._startup_error = None
+            self._engine.restart_timeline()
             self._thread = threading.Thread(target=self._thread_main, name="glm-simulator", daemon=True)
             self._thread.start()
             if not self._ready.wait(timeout):
