@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -95,14 +94,6 @@ async def _backlogged(cfg: PeakConfig, base_url: str, concurrency: int | str, un
     return answered, failed
 
 
-def _follow_timeline(sim: Any, cfg: PeakConfig, stop: threading.Event) -> None:
-    """Set the simulator's capacity at each phase boundary (a drop never ends calls in flight)."""
-    for capacity, seconds in cfg.phases:
-        sim.update(concurrency=capacity)
-        if stop.wait(seconds):
-            return
-
-
 def run_peak(cfg: PeakConfig, report: Any = None) -> list[PeakResult]:
     """Run the three modes one after another against one simulator; ``report(name)`` before each."""
     from ..testing import run_simulator
@@ -110,19 +101,14 @@ def run_peak(cfg: PeakConfig, report: Any = None) -> list[PeakResult]:
     total = sum(seconds for _, seconds in cfg.phases)
     allowed = sum(capacity * seconds for capacity, seconds in cfg.phases) / cfg.latency
     results = []
-    with run_simulator(concurrency=cfg.high, latency=cfg.latency, stream_chunk_delay=0) as sim:
+    # The simulator follows the timeline itself; a drop never ends calls in flight.
+    with run_simulator(capacity_timeline=cfg.phases, latency=cfg.latency, stream_chunk_delay=0) as sim:
         for name, concurrency in _modes(cfg):
             if report is not None:
                 report(name)
             sim.reset_stats()
-            stop = threading.Event()
-            timeline = threading.Thread(target=_follow_timeline, args=(sim, cfg, stop), daemon=True)
-            timeline.start()
-            try:
-                answered, failed = asyncio.run(_backlogged(cfg, sim.base_url, concurrency, time.monotonic() + total))
-            finally:
-                stop.set()
-                timeline.join()
+            sim.restart_timeline()
+            answered, failed = asyncio.run(_backlogged(cfg, sim.base_url, concurrency, time.monotonic() + total))
             stats = sim.stats
             results.append(
                 PeakResult(
