@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
 
 from .._errors import GLMRateLimitException
 
@@ -94,7 +94,7 @@ async def _backlogged(cfg: PeakConfig, base_url: str, concurrency: int | str, un
     return answered, failed
 
 
-def run_peak(cfg: PeakConfig, report: Any = None) -> list[PeakResult]:
+def run_peak(cfg: PeakConfig, report: Callable[[str], None] | None = None) -> list[PeakResult]:
     """Run the three modes one after another against one simulator; ``report(name)`` before each."""
     from ..testing import run_simulator
 
