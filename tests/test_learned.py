@@ -156,6 +156,7 @@ def test_learn_script_and_rule_agree_on_random_events(redis_url: str) -> None:
                 "streak": rule.streak,
                 "ceiling": rule.ceiling,
                 "misses": rule.misses,
+                "peak": rule.peak,
             }
             assert {k: stored.get(k, expected[k]) for k in expected} == expected
     finally:
@@ -353,3 +354,39 @@ async def test_the_learned_limit_follows_the_simulators_capacity(backend: Backen
         assert near >= 0.8 * len(settled), (phase, settled)
     answered = stats.total_requests - stats.rejected.get("1302", 0)
     assert stats.rejected.get("1302", 0) <= 0.15 * answered  # a short run: slow start, drops, probes
+
+
+def test_a_failed_probe_above_the_peak_goes_back_one_slot() -> None:
+    provider = Provider(LearnedLimit.starting(1, 64, 20), capacity=20)
+    provider.run(3_000)
+    probes_at = len(provider.limited_at)
+    provider.run(3_000)
+    assert len(provider.limited_at) > probes_at  # it kept probing 21
+    assert provider.rule.peak == 20
+    assert provider.rule.limit in (20, 21)  # never down to 18 as a x0.9 cut would leave it
+
+
+def test_once_a_probe_finds_the_capacity_back_the_limit_climbs_to_its_old_peak_fast() -> None:
+    provider = Provider(LearnedLimit.starting(1, 64, 16), capacity=16)
+    provider.run(500)
+    provider.capacity = 4
+    provider.run(400)
+    assert provider.rule.limit <= 5
+    provider.capacity = 16
+    while provider.rule.ceiling:  # until a probe holds
+        provider.step()
+    start = provider.attempts
+    while provider.rule.limit < 15:
+        provider.step()
+    assert provider.attempts - start <= 3 * 16  # one slot per success: a few call latencies, not twelve
+
+
+def test_a_climb_that_overshoots_forgets_the_old_peak() -> None:
+    provider = Provider(LearnedLimit.starting(1, 64, 16), capacity=16)
+    provider.run(500)
+    provider.capacity = 4
+    provider.run(400)
+    provider.capacity = 6  # back, but not all the way
+    provider.run(2_000)
+    assert provider.rule.peak <= 7
+    assert 5 <= provider.rule.limit <= 7

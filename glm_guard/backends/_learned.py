@@ -14,6 +14,7 @@ from where the anchors fail:
   At the small limits GLM gives (2 to 20) a floored x0.9 removes one slot; the in-flight
   bound makes a larger drop (20 -> 5) take a few epochs, not twenty.  The first cut ever
   halves the limit instead: slow start doubled it, so the capacity lies between the two.
+  A failed probe above the best level that held (the *peak*) goes back to it, one slot.
 - **Growth only while the limit is in use.**  A success counts only if the limit was reached
   (a call waited, or filled the last slot) since the last change, and only if the call was
   admitted after the last cut.  Before the first 1302 ever, each such success adds one slot
@@ -24,7 +25,9 @@ from where the anchors fail:
   ``limit * 2**misses`` successes (``misses``: probes at it that failed in a row), at most
   :data:`LONGEST_PROBE_GAP` successes.  So a steady capacity costs a probe every few hundred
   calls at worst, while a capacity that came back is found after at most that many successes;
-  a probe that succeeds (a limit's worth of successes at the ceiling) forgets the ceiling.
+  a probe that succeeds (a limit's worth of successes at the ceiling) forgets the ceiling,
+  and the limit then climbs one slot per success back to the peak it held before the
+  capacity fell (a climb that draws a 1302 forgets that peak).
 
 The same rule runs in ``lua/learn.lua`` and ``lua/acquire.lua`` on Redis, where one atomic
 step reads it for admission; ``tests/test_learned.py`` drives both with the same events.
@@ -50,7 +53,7 @@ SLOW_START_BACKOFF: Final = 0.5
 
 #: The most successes a probe of the ceiling waits for: a steady capacity costs at most about
 #: one 1302 per this many calls, and a capacity that came back is found within as many.
-LONGEST_PROBE_GAP: Final = 256
+LONGEST_PROBE_GAP: Final = 128
 
 
 @dataclass(slots=True)
@@ -65,6 +68,7 @@ class LearnedLimit:
     streak: int = 0  # successes counted since the last change
     ceiling: int = 0  # the limit that last drew a 1302 (0: none known)
     misses: int = 0  # probes of the ceiling that failed in a row
+    peak: int = 0  # the highest limit that held a limit's worth of successes
 
     @classmethod
     def starting(cls, lowest: int, highest: int, initial: int) -> LearnedLimit:
@@ -85,8 +89,10 @@ class LearnedLimit:
         if epoch != self.epoch or not self.busy:
             return False
         self.streak += 1
-        if self.ceiling and self.limit >= self.ceiling and self.streak >= self.limit:
-            self.ceiling = self.misses = 0  # the capacity is back at the level that failed
+        if self.streak >= self.limit:  # the limit held for a call latency at full use
+            self.peak = max(self.peak, self.limit)
+            if self.ceiling and self.limit >= self.ceiling:
+                self.ceiling = self.misses = 0  # the capacity is back at the level that failed
         if self.streak < self._successes_to_grow() or self.limit >= self.highest:
             return False
         self.limit += 1
@@ -100,12 +106,19 @@ class LearnedLimit:
         if epoch != self.epoch:
             return False  # this congestion was answered already
         old = self.limit
-        backoff = SLOW_START_BACKOFF if self.epoch == 0 and not self.ceiling else BACKOFF
+        if self.epoch == 0 and not self.ceiling:
+            cut = math.floor(old * SLOW_START_BACKOFF)  # the limit doubled: the capacity lies above half
+        elif old > self.peak:
+            cut = old - 1  # a probe above the best level that held failed: back to it
+        else:
+            cut = math.floor(old * BACKOFF)
+            if not self.ceiling and old < self.peak:
+                self.peak = 0  # a climb back towards the peak overshot: that peak is gone
         if self.ceiling == old:
             self.misses = min(self.misses + 1, 64)
         else:
             self.ceiling, self.misses = old, 1
-        self.limit = max(self.lowest, min(math.floor(old * backoff), others_in_flight))
+        self.limit = max(self.lowest, min(cut, others_in_flight))
         self.epoch += 1
         self.streak = 0
         self.busy = False
@@ -114,6 +127,8 @@ class LearnedLimit:
     def _successes_to_grow(self) -> int:
         if self.epoch == 0 and not self.ceiling:
             return 1  # slow start: no 1302 seen yet
+        if not self.ceiling and self.limit < self.peak:
+            return 1  # a probe found the capacity back: climb to the level that held before
         if not self.ceiling or self.limit + 1 < self.ceiling:
             return self.limit
         return min(self.limit << min(self.misses, 16), max(self.limit, LONGEST_PROBE_GAP))

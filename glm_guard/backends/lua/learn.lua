@@ -1,7 +1,7 @@
 -- Give a lease back and let the call's answer teach the learned concurrency limit, atomically,
 -- so that one 1302 makes one cut however many processes see it (the rule and its reasons are
 -- in backends/_learned.py; tests/test_learned.py checks this script against it).
--- KEYS[1] leases   KEYS[2] learned limit (HASH: limit epoch busy streak ceiling misses)
+-- KEYS[1] leases   KEYS[2] learned limit (HASH: limit epoch busy streak ceiling misses peak)
 -- ARGV[1] token   ARGV[2] channel   ARGV[3] '1' succeeded / '2' limited
 -- ARGV[4] the epoch the call was admitted in   ARGV[5] "min max start"   ARGV[6] (tests only) now ms
 -- Returns {removed, limit, changed, epoch}.
@@ -14,7 +14,7 @@ lo, hi, first = tonumber(lo), tonumber(hi), tonumber(first)
 
 -- Whatever is stored is read defensively: a field that is not a whole number in its range
 -- reads as its starting value, so planted data can neither crash this nor lift the bounds.
-local f = redis.call('HMGET', KEYS[2], 'limit', 'epoch', 'busy', 'streak', 'ceiling', 'misses')
+local f = redis.call('HMGET', KEYS[2], 'limit', 'epoch', 'busy', 'streak', 'ceiling', 'misses', 'peak')
 local function whole(value, low, high, default)
   local n = tonumber(value)
   if not n or n ~= math.floor(n) or n < low or n > high then return default end
@@ -26,6 +26,7 @@ local busy = whole(f[3], 0, 1, 0)
 local streak = whole(f[4], 0, 1e15, 0)
 local ceiling = whole(f[5], 0, 1e9, 0)
 local misses = whole(f[6], 0, 64, 0)
+local peak = whole(f[7], 0, 1e9, 0)
 local called_in = tonumber(ARGV[4])
 local old = limit
 
@@ -38,33 +39,45 @@ if ARGV[3] == '2' then
   if ARGV[6] then now = tonumber(ARGV[6]) end
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)  -- leases of holders that died run nothing
   local others = redis.call('ZCARD', KEYS[1])
-  local backoff = 0.9
-  if epoch == 0 and ceiling == 0 then backoff = 0.5 end  -- the end of slow start
+  local cut
+  if epoch == 0 and ceiling == 0 then
+    cut = math.floor(old * 0.5)  -- the end of slow start
+  elseif old > peak then
+    cut = old - 1  -- a failed probe above the best level that held: back to it
+  else
+    cut = math.floor(old * 0.9)
+    if ceiling == 0 and old < peak then peak = 0 end  -- a climb back to the peak overshot
+  end
   if ceiling == old then misses = math.min(misses + 1, 64) else ceiling, misses = old, 1 end
-  limit = math.max(lo, math.min(math.floor(old * backoff), others))
+  limit = math.max(lo, math.min(cut, others))
   epoch, streak, busy = epoch + 1, 0, 0
 else
   if busy == 0 then
     return {removed, limit, 0, epoch}  -- the limit was not in use: success says nothing about more
   end
   streak = streak + 1
-  if ceiling > 0 and limit >= ceiling and streak >= limit then
-    ceiling, misses = 0, 0  -- the capacity is back at the level that failed
+  if streak >= limit then  -- the limit held for a call latency at full use
+    peak = math.max(peak, limit)
+    if ceiling > 0 and limit >= ceiling then
+      ceiling, misses = 0, 0  -- the capacity is back at the level that failed
+    end
   end
   local need
   if epoch == 0 and ceiling == 0 then
     need = 1  -- slow start: no 1302 seen yet
+  elseif ceiling == 0 and limit < peak then
+    need = 1  -- a probe found the capacity back: climb to the level that held before
   elseif ceiling == 0 or limit + 1 < ceiling then
     need = limit
   else
-    need = math.min(limit * 2 ^ math.min(misses, 16), math.max(limit, 256))
+    need = math.min(limit * 2 ^ math.min(misses, 16), math.max(limit, 128))
   end
   if streak >= need and limit < hi then
     limit, streak, busy = limit + 1, 0, 0
   end
 end
 redis.call('HSET', KEYS[2], 'limit', limit, 'epoch', epoch, 'busy', busy, 'streak', streak,
-  'ceiling', ceiling, 'misses', misses)
+  'ceiling', ceiling, 'misses', misses, 'peak', peak)
 redis.call('PEXPIRE', KEYS[2], 86400000)
 local changed = 0
 if limit ~= old then changed = 1 end
