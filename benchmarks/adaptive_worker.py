@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -72,14 +73,18 @@ def build(job: dict[str, Any], post: Callable[[int], Awaitable[Any]], begin: lis
                 elapsed = time.monotonic() - begin[0]
                 started = asyncio.Event()
 
-                async def sent() -> Any:
+                async def sent(started: asyncio.Event = started) -> Any:
                     started.set()
                     return await post(i)
 
                 limited = by_capacity[phase_at(job["timeline"], elapsed)]
                 task = asyncio.ensure_future(limited(sent))
                 left = next((b - elapsed for b in boundaries if b > elapsed), None)
-                done, _ = await asyncio.wait({task}, timeout=left)
+                try:
+                    done, _ = await asyncio.wait({task}, timeout=left)
+                except asyncio.CancelledError:
+                    task.cancel()
+                    raise
                 if done or started.is_set():
                     return await task
                 task.cancel()
@@ -159,10 +164,18 @@ async def main(job: dict[str, Any]) -> dict[str, Any]:
         await asyncio.sleep(max(end - time.monotonic(), 0.0))
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    return {"attempts": attempts, "calls": calls, "limits": limits}
+        # A caller that ignores its cancellation is counted, not waited for.
+        _, stuck = await asyncio.wait(tasks, timeout=5.0)
+    return {"attempts": attempts, "calls": calls, "limits": limits, "stuck": len(stuck)}
 
 
 if __name__ == "__main__":
-    result = asyncio.run(main(json.loads(sys.argv[1])))
+    result: dict[str, Any] = {}
+
+    async def run() -> None:
+        result.update(await main(json.loads(sys.argv[1])))
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(run())
     print(json.dumps(result), flush=True)
+    os._exit(0)  # stuck callers (counted above) must not keep the process alive
