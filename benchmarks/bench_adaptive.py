@@ -278,8 +278,10 @@ def analyse(
         "goodput": len(ok_attempts) / (end - begin),
         "median_latency_s": latency,
         "settle": settle_times(grid, timeline, latency),
-        "in_flight": [[i * GRID, max(grid[i : i + step])] for i in range(0, len(grid), step)],
-        "limit": [[t, v] for t, v in limit],
+        # Series as one string each, so results.json stays readable in a diff.
+        "in_flight_every_s": PLOT_STEP,
+        "in_flight": ",".join(str(max(grid[i : i + step])) for i in range(0, len(grid), step)),
+        "limit": ";".join(f"{t:.2f},{v:g}" for t, v in limit),
     }
 
 
@@ -381,12 +383,13 @@ def plot(section: dict[str, Any], scenario: dict[str, Any], out: Path) -> str:
                 xs += [at, at + length]
                 ys += [capacity, capacity]
                 at += length
-            ax.plot(
-                [p[0] for p in r["in_flight"]], [p[1] for p in r["in_flight"]], color="0.7", lw=0.7, label="in flight"
-            )
+            in_flight = [int(v) for v in r["in_flight"].split(",")]
+            every = r["in_flight_every_s"]
+            ax.plot([i * every for i in range(len(in_flight))], in_flight, color="0.7", lw=0.7, label="in flight")
             ax.plot(xs, ys, color="black", ls="--", lw=1.2, label="capacity")
-            ax.plot([p[0] for p in r["limit"]], [p[1] for p in r["limit"]], color="tab:blue", lw=1.4, label="limit")
-            mean = " (limit: mean of the processes')" if strategy == "aimd" and n > 1 else ""
+            limit = [[float(x) for x in pair.split(",")] for pair in r["limit"].split(";")]
+            ax.plot([p[0] for p in limit], [p[1] for p in limit], color="tab:blue", lw=1.4, label="limit")
+            mean = " (mean limit)" if strategy == "aimd" and n > 1 else ""
             ax.set_title(f"{STRATEGIES[strategy]}, {n}p: {r['errors_1302']} × 1302{mean}", fontsize=7)
             if col == 0:
                 ax.set_ylabel("concurrency")
