@@ -66,6 +66,7 @@ PARTS = [
     ("end_to_end", "bench_end_to_end", "end_to_end.md", "End to end against the GLM simulator"),
     ("scaling", "bench_scaling", "scaling.md", "How the cost grows"),
     ("monitoring", "bench_monitoring", "monitoring.md", "Monitoring: unguarded, then guarded"),
+    ("adaptive", "bench_adaptive", "adaptive.md", "Adaptive concurrency while the capacity moves"),
 ]
 
 
@@ -212,6 +213,8 @@ def _targets(results: dict[str, Any]) -> list[list[str]]:
                 common.verdict(t["met"]),
             ]
         )
+    for t in parts.get("adaptive", {}).get("targets", []):
+        rows.append(["[adaptive concurrency](adaptive.md)", t["target"], t["shown"], common.verdict(t["met"])])
     return rows
 
 
