@@ -424,8 +424,8 @@ def render(section: dict[str, Any], out: Path) -> str:
         "85 % of the new capacity, in seconds and in median call latencies (in brackets). "
         "A probe of the limit above the capacity after a drop therefore counts as not settled yet; "
         "`first` gives, after a drop, the call latencies until in flight first stayed at or below the new "
-        "capacity for two call latencies: the drop target reads it. The AIMD limit plotted at 8 processes is the mean of the 8 "
-        "per-process limits (each process has its own).",
+        "capacity for two call latencies: the drop target reads it. The AIMD limit plotted at 8 "
+        "processes is the mean of the 8 per-process limits (each process has its own).",
         "",
         "## Scenarios",
         "",
