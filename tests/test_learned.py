@@ -15,7 +15,7 @@ import redis
 import glm_guard
 from glm_guard import AutoConcurrency, ConfigurationError, retry_on_1302
 from glm_guard.backends import Backend
-from glm_guard.backends._learned import LONGEST_PROBE_GAP, LearnedLimit
+from glm_guard.backends._learned import LONGEST_PROBE_GAP, RECOVERY_PROBES, LearnedLimit
 from glm_guard.backends._redis import RedisBackend
 
 from .helpers import SEED_1302, ErrorWithText
@@ -390,3 +390,22 @@ def test_a_climb_that_overshoots_forgets_the_old_peak() -> None:
     provider.run(2_000)
     assert provider.rule.peak <= 7
     assert 5 <= provider.rule.limit <= 7
+
+
+@pytest.mark.parametrize("low_latencies", [60, 200, 1_000])
+def test_a_capacity_back_after_a_peak_hour_is_found_within_a_few_dozen_latencies(low_latencies: int) -> None:
+    """Below the peak the capacity fell from, the first probes are close together (peak hours
+    end): the limit is back at 4 within 30 call latencies of the capacity's return, however long
+    the low phase was, and the low phase costs a handful of 1302s."""
+    provider = Provider(LearnedLimit.starting(1, 64, 4), capacity=4)
+    provider.run(800)
+    provider.capacity = 2
+    before = len(provider.limited_at)
+    provider.run(2 * low_latencies)  # two calls per latency at capacity 2
+    assert len(provider.limited_at) - before <= 8 + RECOVERY_PROBES
+    provider.capacity = 4
+    steps = 0
+    while provider.rule.limit < 4:
+        provider.step()
+        steps += 1
+    assert steps / 4 <= 30  # four calls per latency at capacity 4

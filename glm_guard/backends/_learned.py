@@ -23,8 +23,10 @@ from where the anchors fail:
 - **A ceiling that damps probing but never pins the limit.**  The limit that last drew a 1302
   is remembered as the ceiling.  Climbing back to it is a probe, allowed after
   ``limit * 2**misses`` successes (``misses``: probes at it that failed in a row), at most
-  :data:`LONGEST_PROBE_GAP` successes.  So a steady capacity costs a probe every few hundred
-  calls at worst, while a capacity that came back is found after at most that many successes;
+  :data:`LONGEST_PROBE_GAP` successes; below a peak the capacity fell from, the first
+  :data:`RECOVERY_PROBES` are spaced by ``1.25**misses`` instead, since peak hours end.  So
+  a steady capacity costs a probe every hundred-odd calls at worst, while a capacity that came
+  back is found after at most that many successes;
   a probe that succeeds (a limit's worth of successes at the ceiling) forgets the ceiling,
   and the limit then climbs one slot per success back to the peak it held before the
   capacity fell (a climb that draws a 1302 forgets that peak).
@@ -46,6 +48,12 @@ __all__ = ["BACKOFF", "LONGEST_PROBE_GAP", "LearnedLimit", "report_limit", "stor
 
 #: A cut keeps this share of the limit (floored, so at least one slot goes).
 BACKOFF: Final = 0.9
+
+#: Below the peak the capacity fell from, probes are spaced 1.25 times further apart per
+#: failure (not twice), for the first 16: a capacity that comes back within a peak hour is
+#: found within a few call latencies, at the price of at most 16 extra 1302s per drop.
+RECOVERY_SPACING: Final = 1.25
+RECOVERY_PROBES: Final = 16
 
 #: The cut that ends slow start: the limit doubled per call latency, so the capacity lies
 #: between half of it and it (TCP's slow start ends the same way).
@@ -131,7 +139,11 @@ class LearnedLimit:
             return 1  # a probe found the capacity back: climb to the level that held before
         if not self.ceiling or self.limit + 1 < self.ceiling:
             return self.limit
-        return min(self.limit << min(self.misses, 16), max(self.limit, LONGEST_PROBE_GAP))
+        longest = max(self.limit, LONGEST_PROBE_GAP)
+        if self.limit < self.peak and self.misses <= RECOVERY_PROBES:
+            # Below a level that held before the capacity fell: peak hours end, so look often at first.
+            return min(math.floor(self.limit * RECOVERY_SPACING**self.misses), longest)
+        return min(self.limit << min(self.misses, 16), longest)
 
 
 def report_limit(key: str, limit: int, epoch: int) -> None:
