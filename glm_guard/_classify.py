@@ -169,7 +169,8 @@ class Classifier:
             return _OTHER
         code, kind_hint = _code_and_type(result)
         status = _as_status(result.get("status_code", result.get("status")))
-        return self._decide(code, kind_hint, status, None)
+        info = self._decide(code, kind_hint, status, None)
+        return dataclasses.replace(info, resets_at=reset_time(result)) if info.pause == "quota" else info
 
     def _classify_one(self, error: BaseException) -> ErrorInfo:
         if isinstance(error, (RateLimitTimeout, KeyPausedError, RetryBudgetExhausted)):
@@ -269,8 +270,11 @@ class Classifier:
         return _OTHER
 
 
-# "您的限额将在 2026-12-05 08:00:00 重置" / "Your limit will reset at 2026-12-05 08:00:00".
-_RESET_IN_TEXT: Final = re.compile(r"(?:将在|reset at)\s*(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2})")
+# "您的限额将在 2026-12-05 08:00:00 重置" / "Your limit will reset at 2026-12-05 08:00:00"; an
+# offset written after the time (``Z``, ``+08:00``) is the writer's word and is kept.
+_RESET_IN_TEXT: Final = re.compile(
+    r"(?:将在|reset at)\s*(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:Z|[+-]\d{2}:?\d{2})?)"
+)
 _FLUSH_IN_TEXT: Final = re.compile(r"""["']next_flush_time["']\s*:\s*["']?([^"',}]+)""")
 #: GLM writes reset times in China Standard Time, whatever the caller's time zone.
 _CHINA: Final = datetime.timezone(datetime.timedelta(hours=8))
@@ -282,7 +286,8 @@ def reset_time(found: object) -> float | None:
 
     ``found`` is the error's text or its parsed body.  GLM writes the time in its message
     (``您的限额将在 {reset} 重置``) as ``YYYY-MM-DD HH:MM:SS`` in China Standard Time (UTC+8),
-    or in a ``next_flush_time`` field (that string, or Unix seconds or milliseconds).
+    or in a ``next_flush_time`` field (that string, or Unix seconds or milliseconds).  A time
+    with its own offset keeps it; a body escaped to ASCII JSON is read as JSON.
     """
     if isinstance(found, Mapping):
         inner = found.get("error")
@@ -300,7 +305,13 @@ def reset_time(found: object) -> float | None:
     if field is not None and (when := _flush_time(field.group(1).strip())) is not None:
         return when
     match = _RESET_IN_TEXT.search(found)
-    return None if match is None else _china_time(match.group(1))
+    if match is not None:
+        return _china_time(match.group(1))
+    start, end = found.find("{"), found.rfind("}")  # "\u5c06\u5728" is 将在 to a JSON parser only
+    if 0 <= start < end and "\\u" in found and len(found) <= _MAX_TEXT:
+        data = _parse_json(found[start : end + 1])
+        return reset_time(data) if isinstance(data, Mapping) else None
+    return None
 
 
 def _flush_time(value: object) -> float | None:
@@ -318,11 +329,12 @@ def _flush_time(value: object) -> float | None:
 
 
 def _china_time(text: str) -> float | None:
+    """``YYYY-MM-DD HH:MM:SS`` in China Standard Time, unless the text names its own offset."""
     try:
-        when = datetime.datetime.strptime(text.strip().replace("T", " "), "%Y-%m-%d %H:%M:%S")
+        when = datetime.datetime.fromisoformat(text.strip())
     except ValueError:
         return None
-    return when.replace(tzinfo=_CHINA).timestamp()
+    return (when if when.tzinfo is not None else when.replace(tzinfo=_CHINA)).timestamp()
 
 
 def _reset_time_of(error: BaseException) -> float | None:

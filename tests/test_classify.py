@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import email.utils
+import json
 import time
 from collections.abc import Iterator
 from types import ModuleType
@@ -12,7 +14,7 @@ import httpx
 import pytest
 
 from glm_guard import Classifier, GLMRateLimitException, RateLimitTimeout, retry_on_1302, set_testing
-from glm_guard._classify import DEFAULT_CLASSIFIER, retry_after_from_headers
+from glm_guard._classify import DEFAULT_CLASSIFIER, reset_time, retry_after_from_headers
 from glm_guard.testing import run_simulator
 
 from .helpers import SEED_1113, SEED_1302, ErrorWithText
@@ -285,3 +287,60 @@ def test_litellm_through_the_simulator_never_retries_arrears(litellm: ModuleType
         assert ask().choices[0].message.content.startswith("[glm-sim")
         assert sim.stats.rejected.get("1302") == 2
         assert sim.stats.total_requests == 4
+
+
+# -- quota reset times, wherever the provider puts them ----------------------------------------
+
+RESET_UTC = 1796428800.0  # 2026-12-05T00:00:00Z, which GLM writes as 2026-12-05 08:00:00 (UTC+8)
+QUOTA_MESSAGE = "已达到 5 小时 的使用上限。您的限额将在 2026-12-05 08:00:00 重置。"
+
+
+def test_the_expected_reset_is_midnight_utc() -> None:
+    assert datetime.datetime(2026, 12, 5, tzinfo=datetime.UTC).timestamp() == RESET_UTC
+
+
+@pytest.mark.parametrize("ensure_ascii", [False, True])
+def test_zhipuai_quota_error_carries_its_reset_even_in_ascii_escaped_json(ensure_ascii: bool) -> None:
+    # A proxy or server that escapes non-ASCII sends 将在 as \u5c06\u5728; zhipuai keeps only the raw text.
+    text = json.dumps(glm_body("1308", QUOTA_MESSAGE), ensure_ascii=ensure_ascii)
+    resp = httpx.Response(429, content=text.encode(), headers={"content-type": "application/json"}, request=REQUEST)
+    import zhipuai
+
+    error = zhipuai.APIReachLimitError(f"Error code: 429, with error text {text}", response=resp)
+    info = DEFAULT_CLASSIFIER.classify(error)
+    assert (info.kind, info.pause, info.resets_at) == ("permanent", "quota", RESET_UTC)
+
+
+@pytest.mark.parametrize(
+    "found",
+    [
+        "Your limit will reset at 2026-12-05T00:00:00Z",
+        "Your limit will reset at 2026-12-05 03:00:00+03:00",
+        {"next_flush_time": "2026-12-05T00:00:00Z"},
+        {"error": {"code": "1310", "next_flush_time": "2026-12-05T08:00:00+0800"}},
+    ],
+)
+def test_a_reset_time_with_its_own_offset_keeps_it(found: object) -> None:
+    assert reset_time(found) == RESET_UTC
+
+
+def test_an_error_dict_returned_as_a_value_carries_its_reset() -> None:
+    info = DEFAULT_CLASSIFIER.classify_result(glm_body("1308", QUOTA_MESSAGE))
+    assert (info.kind, info.pause, info.resets_at) == ("permanent", "quota", RESET_UTC)
+    flushed = DEFAULT_CLASSIFIER.classify_result({"error": {"code": "1310", "next_flush_time": RESET_UTC * 1000}})
+    assert flushed.resets_at == RESET_UTC
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        "您的限额将在 2026-12-05 08:00:00+99:00 重置",
+        {"next_flush_time": float("nan")},
+        {"next_flush_time": -5},
+        {"next_flush_time": True},
+        {"error": {"next_flush_time": "2026-02-30 08:00:00"}},
+        b"\xe5\xb0\x86\xe5\x9c\xa8",
+    ],
+)
+def test_a_garbled_reset_is_none(garbage: object) -> None:
+    assert reset_time(garbage) is None
