@@ -12,6 +12,7 @@ import glm_guard
 from glm_guard import ConfigurationError, GLMRateLimitException, _retry, retry_on_1302
 
 from .helpers import SEED_1113, SEED_1302, ErrorWithText
+from .test_classify import glm_body, openai_error, zhipuai_error
 
 
 class RetryAfterError(Exception):
@@ -309,3 +310,48 @@ def test_cooldown_follows_the_retry_codes_of_the_stack(local_backend: Any) -> No
     attempts = [e for e in seen if isinstance(e, glm_guard.AttemptEvent)]
     assert [e.error_kind for e in attempts] == ["other", "other", "rate_limit"]
     assert attempts[-1].code == "9999"
+
+
+# -- quota windows, arrears, overload and the guard's own refusals ------------------------------
+
+SDK_ERRORS = {"openai": openai_error, "zhipuai": zhipuai_error}
+
+
+@pytest.mark.parametrize("sdk", sorted(SDK_ERRORS))
+@pytest.mark.parametrize("code", ["1304", "1308", "1310", "1113"])
+def test_quota_windows_and_arrears_from_real_sdks_are_tried_once(sleeps: list[float], sdk: str, code: str) -> None:
+    original = SDK_ERRORS[sdk](429, glm_body(code, "您的限额将在 2026-12-05 08:00:00 重置"))
+    calls, call = flaky(100, original)
+    with pytest.raises(type(original)) as caught:
+        retry_on_1302(5)(call)()
+    assert caught.value is original
+    assert len(calls) == 1 and sleeps == []
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        glm_guard.QuotaExhausted("glm:glm-4", "1308", 1796428800.0, 1796428800.0),
+        glm_guard.AccountInArrears("glm:glm-4", "1113", 1796428800.0),
+        glm_guard.ModelOverloaded("glm:glm-4", "1305", 1796428800.0),
+        glm_guard.RateLimitTimeout("glm:glm-4", 1.0, 5.0),
+    ],
+    ids=lambda refusal: type(refusal).__name__,
+)
+async def test_the_guards_own_refusals_are_tried_once(sleeps: list[float], refusal: GLMRateLimitException) -> None:
+    calls, call = flaky(100, refusal)
+
+    async def ask() -> str:
+        return call()  # type: ignore[no-any-return]
+
+    with pytest.raises(type(refusal)) as caught:
+        await retry_on_1302(5)(ask)()
+    assert caught.value is refusal
+    assert len(calls) == 1 and sleeps == []
+
+
+@pytest.mark.parametrize("code", ["1305", "1312"])
+def test_an_overloaded_model_is_still_retried(sleeps: list[float], code: str) -> None:
+    calls, call = flaky(2, openai_error(429, glm_body(code)))
+    assert retry_on_1302(5, retry_budget=False)(call)() == "answer"
+    assert len(calls) == 3 and len(sleeps) == 2
