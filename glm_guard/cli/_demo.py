@@ -47,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         ("--calls-per-minute", positive_int, 600, "N", "the guard's limit per sliding 60 s, beside the concurrency"),
         ("--processes", positive_int, 1, "N", "worker processes sharing the callers (one limit with --backend redis)"),
         ("--timeout", positive_seconds, 10.0, "S", "HTTP timeout per request"),
+        ("--high", positive_int, 4, "N", "peak-hour: the capacity before and after the peak"),
+        ("--low", positive_int, 2, "N", "peak-hour: the capacity during the peak"),
+        ("--phase", positive_seconds, 6.0, "S", "peak-hour: seconds per phase"),
     )
     for option, parse, default, metavar, text in numbers:
         p.add_argument(option, type=parse, default=default, metavar=metavar, help=f"{text} (default: {default:g})")
@@ -66,13 +69,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "HIGH -> LOW -> HIGH while backlogged callers run through a fixed limit at HIGH, a fixed "
         "limit at LOW, and concurrency='auto' (default: seed)",
     )
-    peak = (
-        ("--high", positive_int, 4, "N", "peak-hour: the capacity before and after the peak"),
-        ("--low", positive_int, 2, "N", "peak-hour: the capacity during the peak"),
-        ("--phase", positive_seconds, 6.0, "S", "peak-hour: seconds per phase"),
-    )
-    for option, parse, default, metavar, text in peak:
-        p.add_argument(option, type=parse, default=default, metavar=metavar, help=f"{text} (default: {default:g})")
     p.add_argument("--json", action="store_true", help="print the figures as JSON on stdout instead of the table")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
