@@ -24,7 +24,7 @@ from where the anchors fail:
   is remembered as the ceiling.  Climbing back to it is a probe, allowed after
   ``limit * 2**misses`` successes (``misses``: probes at it that failed in a row), at most
   :data:`LONGEST_PROBE_GAP` successes; below a peak the capacity fell from, the first
-  :data:`RECOVERY_PROBES` are spaced by ``1.25**misses`` instead, since peak hours end.  So
+  :data:`RECOVERY_PROBES` are spaced by ``1.1**misses`` instead, since peak hours end.  So
   a steady capacity costs a probe every hundred-odd calls at worst, while a capacity that came
   back is found after at most that many successes;
   a probe that succeeds (a limit's worth of successes at the ceiling) forgets the ceiling,
@@ -49,11 +49,11 @@ __all__ = ["BACKOFF", "LONGEST_PROBE_GAP", "LearnedLimit", "report_limit", "stor
 #: A cut keeps this share of the limit (floored, so at least one slot goes).
 BACKOFF: Final = 0.9
 
-#: Below the peak the capacity fell from, probes are spaced 1.25 times further apart per
-#: failure (not twice), for the first 16: a capacity that comes back within a peak hour is
-#: found within a few call latencies, at the price of at most 16 extra 1302s per drop.
-RECOVERY_SPACING: Final = 1.25
-RECOVERY_PROBES: Final = 16
+#: Below the peak the capacity fell from, probes are spaced 1.1 times further apart per
+#: failure (not twice), for the first 24: a capacity that comes back within a peak hour is
+#: found within a few call latencies, at the price of at most 24 extra 1302s per drop.
+RECOVERY_SPACING: Final = 1.1
+RECOVERY_PROBES: Final = 24
 
 #: The cut that ends slow start: the limit doubled per call latency, so the capacity lies
 #: between half of it and it (TCP's slow start ends the same way).

@@ -69,8 +69,8 @@ else
     need = 1  -- a probe found the capacity back: climb to the level that held before
   elseif ceiling == 0 or limit + 1 < ceiling then
     need = limit
-  elseif limit < peak and misses <= 16 then
-    need = math.min(math.floor(limit * 1.25 ^ misses), math.max(limit, 128))  -- peak hours end: look often
+  elseif limit < peak and misses <= 24 then
+    need = math.min(math.floor(limit * 1.1 ^ misses), math.max(limit, 128))  -- peak hours end: look often
   else
     need = math.min(limit * 2 ^ math.min(misses, 16), math.max(limit, 128))
   end
