@@ -7,7 +7,8 @@ process, and 1 or 8 processes.  The provider is ``glm_guard.testing``'s simulato
 phase boundary.  Every strategy runs on glm_guard's Redis backend under
 ``retry_on_1302(max_tries=8, retry_budget=False)``, so failures reaching callers are counted:
 
-- **fixed, too high** / **fixed, too low**: ``rate_limited(concurrency=N)``;
+- **fixed, too high** / **fixed, too low**: ``rate_limited(concurrency=N)``, as a user gets it:
+  each 1302 that passes out pauses the key for the default cooldown (1 s);
 - **oracle**: one ``rate_limited(concurrency=c)`` per phase on one key, each call taking the
   one for the current capacity (the true capacity at every moment);
 - **AIMD per process**: a port of Netflix's ``AIMDLimit`` (``aimd_netflix.py``) in each
@@ -54,6 +55,9 @@ QUICK_STRATEGIES = ("oracle", "aimd", "auto")
 ENV = {**os.environ, "GLM_GUARD_REDIS_TIMEOUT": "2"}
 GRID = 0.005  # seconds between the in-flight samples the settle times are read from
 PLOT_STEP = 0.05
+#: The learned limit is read this often (only its changes are kept): a one-slot probe above
+#: the capacity lasts about one refused request, a few milliseconds.
+LEARNED_EVERY = 0.005
 
 
 def load_scenarios(quick: bool) -> list[dict[str, Any]]:
@@ -135,8 +139,10 @@ def run_one(sim: Any, redis_url: str, scenario: dict[str, Any], strategy: str, p
         time.sleep(max(begin - time.monotonic(), 0.0))
         while not stop.is_set():
             value = client.hget(hash_key, "limit")
-            learned.append((time.monotonic(), int(value) if value else 1))
-            stop.wait(0.1)
+            now = int(value) if value else 1
+            if not learned or learned[-1][1] != now:
+                learned.append((time.monotonic(), now))
+            stop.wait(LEARNED_EVERY)
         client.close()
 
     threads = [threading.Thread(target=follow_timeline, daemon=True)]
@@ -173,32 +179,67 @@ def in_flight_grid(attempts: list[list[float]], begin: float, end: float) -> lis
     ]
 
 
-def settle_times(grid: list[int], timeline: list[list[float]], latency: float) -> list[dict[str, Any]]:
+def in_flight_steps(attempts: list[list[float]]) -> tuple[list[float], list[int]]:
+    """In flight exactly: the level just after each send or answer, in time order.
+
+    Exact rather than sampled, so a refused probe that lasts a millisecond still counts.
+    """
+    events = sorted([(a[0], 1) for a in attempts] + [(a[1], -1) for a in attempts])
+    times, levels, level = [], [], 0
+    for t, change in events:
+        level += change
+        times.append(t)
+        levels.append(level)
+    return times, levels
+
+
+def drop_times(
+    steps: tuple[list[float], list[int]], start: float, stop: float, capacity: int, hold: float
+) -> tuple[float | None, float | None]:
+    """After a drop at ``start``: seconds until in flight first stays <= ``capacity`` for
+    ``hold`` seconds, and until it stays there for the rest of the phase (``None``: never)."""
+    times, levels = steps
+    i = bisect.bisect_right(times, start)
+    level = levels[i - 1] if i else 0
+    under_since: float | None = start if level <= capacity else None
+    first: float | None = None
+    last_over_end = start
+    for t, after in zip(times[i:], levels[i:], strict=True):
+        if t >= stop:
+            break
+        if under_since is not None and first is None and t - under_since >= hold:
+            first = under_since - start
+        if after > capacity:
+            under_since = None
+        elif under_since is None:
+            under_since = last_over_end = t
+    if under_since is None:
+        return first, None
+    if first is None and stop - under_since >= hold:
+        first = under_since - start
+    return first, last_over_end - start
+
+
+def settle_times(
+    grid: list[int], steps: tuple[list[float], list[int]], begin: float, timeline: list[list[float]], latency: float
+) -> list[dict[str, Any]]:
     """For each change of capacity: how long until the callers' use of the provider followed.
 
-    After a drop, until in flight stays <= the new capacity for the rest of the phase; after a
-    rise, until the mean in flight over a window of two call latencies reaches 85 % of it.
+    After a drop, until in flight stays <= the new capacity for the rest of the phase (and,
+    first, for two call latencies); after a rise, until the mean in flight over a window of
+    two call latencies reaches 85 % of it.
     """
     window = max(int(2 * latency / GRID), 1)
     changes = [(a[0], b[0], b[1]) for a, b in itertools.pairwise(timeline)]
     out = []
     at = timeline[0][1]
     for before, after, length in changes:
-        i0, i1 = int(at / GRID), min(int((at + length) / GRID), len(grid))
         settled: float | None
         reacts: float | None = None
         if after < before:
-            run = 0
-            for i in range(i0, i1):
-                run = run + 1 if grid[i] <= after else 0
-                if run >= window:
-                    reacts = (i + 1 - window - i0) * GRID
-                    break
-            over = [i for i in range(i0, i1) if grid[i] > after]
-            settled = 0.0 if not over else (over[-1] + 1 - i0) * GRID
-            if over and over[-1] + 1 >= i1:
-                settled = None  # never for good within the phase
+            reacts, settled = drop_times(steps, begin + at, begin + at + length, after, 2 * latency)
         else:
+            i0, i1 = int(at / GRID), min(int((at + length) / GRID), len(grid))
             settled = None
             for i in range(i0, i1 - window):
                 if sum(grid[i : i + window]) / window >= 0.85 * after:
@@ -220,6 +261,16 @@ def settle_times(grid: list[int], timeline: list[list[float]], latency: float) -
     return out
 
 
+def by_phase(times: list[float], begin: float, timeline: list[list[float]]) -> list[int]:
+    """How many of ``times`` fall in each phase of the timeline."""
+    edges = [begin + b for b in itertools.accumulate(s for _, s in timeline)]
+    counts = [0] * len(timeline)
+    for t in times:
+        if begin <= t <= edges[-1]:
+            counts[min(bisect.bisect_right(edges, t), len(counts) - 1)] += 1
+    return counts
+
+
 def analyse(
     scenario: dict[str, Any],
     strategy: str,
@@ -237,9 +288,13 @@ def analyse(
     latency = statistics.median(a[1] - a[0] for a in ok_attempts) if ok_attempts else float("nan")
     refused = sum(1 for r in history if r.code == "1302")
     grid = in_flight_grid(attempts, begin, end)
+    steps = in_flight_steps(attempts)
     step = int(PLOT_STEP / GRID)
     if strategy == "auto":
-        limit = [(t - begin, v) for t, v in learned if t <= end]
+        # A step series: each change where it was seen, and the level held to the end.
+        steps_seen = [(max(t - begin, 0.0), v) for t, v in learned if t <= end]
+        limit = [p for a, b in itertools.pairwise(steps_seen) for p in (a, (b[0], a[1]))] + steps_seen[-1:]
+        limit += [(end - begin, limit[-1][1])] if limit else []
     elif strategy == "aimd":
         limit = []
         series = [r["limits"] for r in results]
@@ -269,7 +324,11 @@ def analyse(
         "stuck_callers": sum(r.get("stuck", 0) for r in results),
         "goodput": len(ok_attempts) / (end - begin),
         "median_latency_s": latency,
-        "settle": settle_times(grid, timeline, latency),
+        "settle": settle_times(grid, steps, begin, timeline, latency),
+        "by_phase_1302": by_phase([r.time for r in history if r.code == "1302"], begin, timeline),
+        "by_phase_goodput": [
+            n / s for n, (_, s) in zip(by_phase([a[1] for a in ok_attempts], begin, timeline), timeline, strict=True)
+        ],
         # Series as one string each, so results.json stays readable in a diff.
         "in_flight_every_s": PLOT_STEP,
         "in_flight": ",".join(str(max(grid[i : i + step])) for i in range(0, len(grid), step)),
@@ -364,6 +423,9 @@ def measure(args: Any) -> dict[str, Any]:
             if o["strategy"] == "oracle" and o["scenario"] == r["scenario"] and o["processes"] == r["processes"]
         )
         r["share_of_oracle"] = r["goodput"] / oracle["goodput"] if oracle["goodput"] else float("nan")
+        r["share_by_phase"] = [
+            g / o if o else float("nan") for g, o in zip(r["by_phase_goodput"], oracle["by_phase_goodput"], strict=True)
+        ]
     return {"scenarios": scenarios, "runs": runs, "targets": targets(runs)}
 
 
@@ -382,6 +444,7 @@ def plot(section: dict[str, Any], scenario: dict[str, Any], out: Path) -> str:
             ax = axes[row][col]
             r = next((x for x in runs if x["processes"] == n and x["strategy"] == strategy), None)
             if r is None:
+                ax.set_visible(False)  # --quick leaves the fixed limits out
                 continue
             xs, ys, at = [], [], 0.0
             for capacity, length in scenario["capacity"]:
@@ -396,6 +459,7 @@ def plot(section: dict[str, Any], scenario: dict[str, Any], out: Path) -> str:
             ax.plot([p[0] for p in limit], [p[1] for p in limit], color="tab:blue", lw=1.4, label="limit")
             mean = " (mean limit)" if strategy == "aimd" and n > 1 else ""
             ax.set_title(f"{STRATEGIES[strategy]}, {n}p: {r['errors_1302']} × 1302{mean}", fontsize=7)
+            ax.set_ylim(bottom=0)
             if col == 0:
                 ax.set_ylabel("concurrency")
             if row == len(counts) - 1:
@@ -406,6 +470,10 @@ def plot(section: dict[str, Any], scenario: dict[str, Any], out: Path) -> str:
     fig.savefig(out / name)
     pyplot.close(fig)
     return name
+
+
+def per_phase(values: Any) -> str:
+    return " / ".join(str(v).rstrip("%") for v in values)
 
 
 def render(section: dict[str, Any], out: Path) -> str:
@@ -421,11 +489,15 @@ def render(section: dict[str, Any], out: Path) -> str:
         "the provider (its history). **Goodput** is answered calls per second; **settle** is, after a drop, "
         "the time until in flight stays at or below the new capacity for the rest of the phase (`never` if "
         "it does not), and after a rise the time until the mean in flight over two call latencies reaches "
-        "85 % of the new capacity, in seconds and in median call latencies (in brackets). "
+        "85 % of the new capacity, in seconds and in median call latencies (in brackets); in flight is "
+        "counted exactly from every send and answer for a drop, and on a 5 ms grid for a rise. "
+        "With several phases, the 1302s and the share of the oracle's goodput are also given per phase "
+        "(in brackets, in the timeline's order), so the start-up, the drop and the recovery can be told apart. "
         "A probe of the limit above the capacity after a drop therefore counts as not settled yet; "
         "`first` gives, after a drop, the call latencies until in flight first stayed at or below the new "
         "capacity for two call latencies: the drop target reads it. The AIMD limit plotted at 8 "
-        "processes is the mean of the 8 per-process limits (each process has its own).",
+        "processes is the mean of the 8 per-process limits (each process has its own), read every 100 ms; "
+        "auto's learned limit is read from Redis every 5 ms, so most one-slot probes show as spikes.",
         "",
         "## Scenarios",
         "",
@@ -468,11 +540,14 @@ def render(section: dict[str, Any], out: Path) -> str:
                     STRATEGIES[r["strategy"]],
                     r["processes"],
                     r["requests"],
-                    r["errors_1302"],
+                    r["errors_1302"]
+                    if len(s["capacity"]) < 2
+                    else f"{r['errors_1302']} ({per_phase(r['by_phase_1302'])})",
                     f"{r['per_1000']:.1f}",
                     r["failed"],
                     f"{r['goodput']:.1f}",
-                    f"{r['share_of_oracle']:.0%}",
+                    f"{r['share_of_oracle']:.0%}"
+                    + ("" if len(s["capacity"]) < 2 else f" ({per_phase(f'{v:.0%}' for v in r['share_by_phase'])})"),
                     settle or "–",
                 ]
             )
