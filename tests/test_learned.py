@@ -108,7 +108,7 @@ def test_one_cut_per_epoch_whatever_the_number_of_1302s() -> None:
     for running, epoch in enumerate(epochs):
         rule.limited(epoch, 63 - running)
     assert rule.epoch == 1
-    assert rule.limit == 57  # floor(64 * 0.9): one cut, however many failed together
+    assert rule.limit == 32  # the first cut ends slow start by halving: one cut, however many failed together
 
 
 def test_successes_teach_nothing_while_the_limit_is_not_in_use() -> None:
@@ -116,7 +116,7 @@ def test_successes_teach_nothing_while_the_limit_is_not_in_use() -> None:
     rule.limited(rule.admitted(4), 3)  # past slow start
     for _ in range(100):
         rule.succeeded(rule.admitted(1))  # one call at a time: never at the limit
-    assert rule.limit == 3  # cut once, and never grown since
+    assert rule.limit == 2  # halved by the first cut, and never grown since
 
 
 # -- the Lua twin: learn.lua gives the same answers for the same events ---------------------------
@@ -296,7 +296,7 @@ def test_eight_processes_all_limited_at_once_make_exactly_one_cut(redis_url: str
     finally:
         client.close()
     assert state["epoch"] == 1  # 64 1302s in the same moment: one congestion, one cut
-    assert state["limit"] == 57  # floor(64 * 0.9), once
+    assert state["limit"] == 32  # halved once, as the first cut ends slow start
 
 
 # -- against the simulator, while its capacity changes -------------------------------------------

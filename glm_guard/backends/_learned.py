@@ -12,10 +12,8 @@ from where the anchors fail:
 - **A cut to what was running.**  The limit falls to ``min(floor(limit * 0.9), in flight)``:
   the provider refused a call while the others were running, so it holds at most that many.
   At the small limits GLM gives (2 to 20) a floored x0.9 removes one slot; the in-flight
-  bound makes a larger drop (20 -> 5) take a few epochs, not twenty.  The cut that ends slow
-  start is the same: the limit grows one slot per success and a refusal comes back within
-  milliseconds, so it overshoots the capacity by a slot or two, not by half (halving, as TCP
-  does, cut 21 to 10 at capacity 20 in the benchmark).
+  bound makes a larger drop (20 -> 5) take a few epochs, not twenty.  The first cut ever
+  halves the limit instead: slow start doubled it, so the capacity lies between the two.
   A failed probe above the best level that held (the *peak*) goes back to it, one slot.
 - **Growth only while the limit is in use.**  A success counts only if the limit was reached
   (a call waited, or filled the last slot) since the last change, and only if the call was
@@ -56,6 +54,10 @@ BACKOFF: Final = 0.9
 #: found within a few call latencies, at the price of at most 24 extra 1302s per drop.
 RECOVERY_SPACING: Final = 1.1
 RECOVERY_PROBES: Final = 24
+
+#: The cut that ends slow start: the limit doubled per call latency, so the capacity lies
+#: between half of it and it (TCP's slow start ends the same way).
+SLOW_START_BACKOFF: Final = 0.5
 
 #: The most successes a probe of the ceiling waits for: a steady capacity costs at most about
 #: one 1302 per this many calls, and a capacity that came back is found within as many.
@@ -112,7 +114,9 @@ class LearnedLimit:
         if epoch != self.epoch:
             return False  # this congestion was answered already
         old = self.limit
-        if self.peak and old > self.peak:
+        if self.epoch == 0 and not self.ceiling:
+            cut = math.floor(old * SLOW_START_BACKOFF)  # the limit doubled: the capacity lies above half
+        elif old > self.peak:
             cut = old - 1  # a probe above the best level that held failed: back to it
         else:
             cut = math.floor(old * BACKOFF)

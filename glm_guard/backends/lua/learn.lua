@@ -40,7 +40,9 @@ if ARGV[3] == '2' then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)  -- leases of holders that died run nothing
   local others = redis.call('ZCARD', KEYS[1])
   local cut
-  if peak > 0 and old > peak then
+  if epoch == 0 and ceiling == 0 then
+    cut = math.floor(old * 0.5)  -- the end of slow start
+  elseif old > peak then
     cut = old - 1  -- a failed probe above the best level that held: back to it
   else
     cut = math.floor(old * 0.9)
