@@ -420,11 +420,7 @@ def render(section: dict[str, Any], out: Path) -> str:
         "",
         "## Targets (glm_guard)",
         "",
-        common.table(
-            ["target", "measured", "verdict"],
-            [[t["target"], t["shown"], common.verdict(t["met"])] for t in section["targets"]],
-            "lll",
-        ),
+        common.targets_table(section["targets"]),
         "",
         "## All peers",
         "",

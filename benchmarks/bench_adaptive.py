@@ -518,11 +518,7 @@ def render(section: dict[str, Any], out: Path) -> str:
         "",
         f"## Targets for auto: {sum(t['met'] for t in section['targets'])} of {len(section['targets'])} met",
         "",
-        common.table(
-            ["target", "measured", "verdict"],
-            [[t["target"], t["shown"], common.verdict(t["met"])] for t in section["targets"]],
-            "lll",
-        ),
+        common.targets_table(section["targets"]),
         "",
     ]
     for s in section["scenarios"]:

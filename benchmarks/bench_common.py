@@ -273,6 +273,12 @@ def fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def targets_table(targets: Sequence[dict[str, Any]]) -> str:
+    """A part's targets as a Markdown table: what it aims at, what was measured, met or not."""
+    rows = [[t["target"], t["shown"], verdict(t["met"])] for t in targets]
+    return table(["target", "measured", "verdict"], rows, "lll")
+
+
 def verdict(met: bool | None) -> str:
     return "–" if met is None else ("**met**" if met else "**missed**")
 
