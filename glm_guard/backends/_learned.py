@@ -9,11 +9,16 @@ from where the anchors fail:
   call was admitted in the current epoch.  The calls that were already in flight when the
   capacity fell all fail together, and they make one cut, not one each (Envoy's epoch rule,
   DataDesigner's cascade dedup), across every process sharing the key.
-- **A cut to what was running.**  The limit falls to ``min(floor(limit * 0.9), in flight)``:
-  the provider refused a call while the others were running, so it holds at most that many.
+- **A cut to what was running.**  The limit falls to ``min(floor(limit * 0.9), others)``,
+  ``others`` being the calls that were running when the refused call was admitted and still
+  are: the provider refused it while those ran, so it holds at most that many.  Calls admitted
+  after it are left out, since in a burst they are refused too (slow start admits two calls
+  per success, so a burst overshoots by as many as finish together).
   At the small limits GLM gives (2 to 20) a floored x0.9 removes one slot; the in-flight
-  bound makes a larger drop (20 -> 5) take a few epochs, not twenty.  The first cut ever
-  halves the limit instead: slow start doubled it, so the capacity lies between the two.
+  bound makes a larger drop (20 -> 5) take a few epochs, not twenty.  The cut that ends slow
+  start is the same: the limit grows one slot per success and a refusal comes back within
+  milliseconds, so it overshoots the capacity by a slot or two, not by half (halving, as TCP
+  does, cut 21 to 10 at capacity 20 in the benchmark).
   A failed probe above the best level that held (the *peak*) goes back to it, one slot.
 - **Growth only while the limit is in use.**  A success counts only if the limit was reached
   (a call waited, or filled the last slot) since the last change, and only if the call was
@@ -39,12 +44,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from ..monitoring._events import HUB, LimitChanged, emit, wall_clock
 from ._base import LearnedState
 
-__all__ = ["BACKOFF", "LONGEST_PROBE_GAP", "LearnedLimit", "report_limit", "stored_state"]
+__all__ = ["BACKOFF", "LONGEST_PROBE_GAP", "Admission", "LearnedLimit", "report_limit", "stored_state"]
 
 #: A cut keeps this share of the limit (floored, so at least one slot goes).
 BACKOFF: Final = 0.9
@@ -55,13 +60,21 @@ BACKOFF: Final = 0.9
 RECOVERY_SPACING: Final = 1.1
 RECOVERY_PROBES: Final = 24
 
-#: The cut that ends slow start: the limit doubled per call latency, so the capacity lies
-#: between half of it and it (TCP's slow start ends the same way).
-SLOW_START_BACKOFF: Final = 0.5
-
 #: The most successes a probe of the ceiling waits for: a steady capacity costs at most about
 #: one 1302 per this many calls, and a capacity that came back is found within as many.
 LONGEST_PROBE_GAP: Final = 128
+
+
+class Admission(NamedTuple):
+    """Where a call entered a learned limit: the epoch, and the calls running then, itself included."""
+
+    epoch: int
+    running: int
+
+    def others(self, in_flight_now: int) -> int:
+        """The calls running when this one was admitted that may still run (``in_flight_now``
+        excludes it): what the provider held when it refused this call, at most."""
+        return min(in_flight_now, self.running - 1)
 
 
 @dataclass(slots=True)
@@ -114,9 +127,7 @@ class LearnedLimit:
         if epoch != self.epoch:
             return False  # this congestion was answered already
         old = self.limit
-        if self.epoch == 0 and not self.ceiling:
-            cut = math.floor(old * SLOW_START_BACKOFF)  # the limit doubled: the capacity lies above half
-        elif old > self.peak:
+        if self.peak and old > self.peak:
             cut = old - 1  # a probe above the best level that held failed: back to it
         else:
             cut = math.floor(old * BACKOFF)

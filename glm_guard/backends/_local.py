@@ -39,7 +39,7 @@ from ._base import (
     Permit,
     RetryBudgetPolicy,
 )
-from ._learned import report_limit
+from ._learned import Admission, report_limit
 from ._live import join, leave
 from ._local_permits import AsyncLearning, AsyncProbe, AsyncRelease, Learning, Probe
 from ._local_retry_budget import LocalRetryBudget, RetryCounts
@@ -50,10 +50,11 @@ __all__ = ["LocalBackend", "LocalCacheStore", "LocalLimiter"]
 
 Clock = Callable[[], float]
 _INF = math.inf
+_NOT_YET = Admission(0, 0)
 
 
 class _Waiter:
-    __slots__ = ("epoch", "event", "future", "granted", "is_head", "loop", "policy", "probe")
+    __slots__ = ("admission", "event", "future", "granted", "is_head", "loop", "policy", "probe")
 
     def __init__(self, policy: LimitPolicy, loop: asyncio.AbstractEventLoop | None) -> None:
         self.policy = policy
@@ -62,7 +63,7 @@ class _Waiter:
         self.future: asyncio.Future[None] | None = None
         self.granted = False
         self.is_head = False
-        self.epoch = 0  # of the learned limit, once granted
+        self.admission = _NOT_YET  # where it entered the learned limit, once granted
         self.probe = False  # the one call let through at the end of a pause
 
     def arm(self) -> None:
@@ -113,9 +114,9 @@ class LocalLimiter(Limiter):
 
     # -- admission -------------------------------------------------------------------------
 
-    def _try_now(self, policy: LimitPolicy) -> int | None:
+    def _try_now(self, policy: LimitPolicy) -> Admission | None:
         """Admit at once if nobody is queued and the policy allows it (caller holds the lock):
-        the learned limit's epoch (0 without one), or ``None`` when the caller must queue."""
+        where the call entered the learned limit, or ``None`` when the caller must queue."""
         if self._waiters:
             if self.state.learned is not None:
                 self.state.learned.refused()
@@ -129,26 +130,26 @@ class LocalLimiter(Limiter):
     def acquire(self, policy: LimitPolicy, max_wait: float | None) -> Permit:
         with self._lock:
             probing = self._probing()
-            epoch = self._try_now(policy)
-            if epoch is None:
+            admission = self._try_now(policy)
+            if admission is None:
                 waiter = self._enqueue(policy, max_wait, None, probing)
-        if epoch is None:
+        if admission is None:
             self._wait_sync(waiter, max_wait)
-            epoch = waiter.epoch
-        permit: Permit = Learning(self, epoch) if isinstance(policy.concurrency, AutoConcurrency) else self
+            admission = waiter.admission
+        permit: Permit = Learning(self, admission) if isinstance(policy.concurrency, AutoConcurrency) else self
         return permit if probing is None else Probe(self, permit, probing)
 
     async def acquire_async(self, policy: LimitPolicy, max_wait: float | None) -> AsyncPermit:
         with self._lock:
             probing = self._probing()
-            epoch = self._try_now(policy)
-            if epoch is None:
+            admission = self._try_now(policy)
+            if admission is None:
                 waiter = self._enqueue(policy, max_wait, asyncio.get_running_loop(), probing)
-        if epoch is None:
+        if admission is None:
             await self._wait_async(waiter, max_wait)
-            epoch = waiter.epoch
+            admission = waiter.admission
         learning = isinstance(policy.concurrency, AutoConcurrency)
-        permit: AsyncPermit = AsyncLearning(self, epoch) if learning else self._async_permit
+        permit: AsyncPermit = AsyncLearning(self, admission) if learning else self._async_permit
         return permit if probing is None else AsyncProbe(self, permit, probing)
 
     # -- pauses that refuse at once (a quota window, arrears, an overloaded model) ----------
@@ -187,13 +188,13 @@ class LocalLimiter(Limiter):
             if self._waiters:
                 self._dispatch(self._clock())
 
-    def finished(self, epoch: int, outcome: Outcome | None) -> None:
+    def finished(self, admission: Admission, outcome: Outcome | None) -> None:
         """A call under the learned limit ended: its slot is free, and its answer teaches the limit."""
         with self._lock:
             self.state.release()
             learned = self.state.learned
             change = None
-            if outcome is not None and learned is not None and self.state.learn(epoch, outcome):
+            if outcome is not None and learned is not None and self.state.learn(admission, outcome):
                 change = learned.limit, learned.epoch
             if self._waiters:
                 self._dispatch(self._clock())
@@ -272,7 +273,7 @@ class LocalLimiter(Limiter):
                 waiters.popleft()  # its loop is closed: it would block everyone behind it
                 continue
             waiters.popleft()
-            head.epoch = self.state.admit(head.policy, now)
+            head.admission = self.state.admit(head.policy, now)
             head.granted = True
             if not head.wake():
                 self.state.release()  # granted to a task whose loop is gone: give it back

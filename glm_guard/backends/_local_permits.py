@@ -1,7 +1,7 @@
 """The permits a local limiter hands out when a call needs more than the limiter itself.
 
 A call under a fixed limit gets the limiter as its permit.  Under a learned limit the permit
-remembers the epoch the call was admitted in; the call let through at the end of a pause
+remembers where the call was admitted (epoch, calls running); the call let through at the end of a pause
 carries the pause it probes.
 """
 
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from ._base import AsyncPermit, Outcome, Permit
 
 if TYPE_CHECKING:
+    from ._learned import Admission
     from ._local import LocalLimiter
 
 __all__ = ["AsyncLearning", "AsyncProbe", "AsyncRelease", "Learning", "Probe"]
@@ -30,20 +31,21 @@ class AsyncRelease:
 
 
 class Learning:
-    """The permit of a call under a learned limit: it remembers the epoch it was admitted in,
-    so its answer teaches the limit only if it still speaks of the current epoch."""
+    """The permit of a call under a learned limit: it remembers where it was admitted (the epoch,
+    so its answer teaches the limit only if it still speaks of the current one; the calls
+    running then, which bound a cut)."""
 
-    __slots__ = ("_epoch", "_limiter", "_released")
+    __slots__ = ("_admission", "_limiter", "_released")
 
-    def __init__(self, limiter: LocalLimiter, epoch: int) -> None:
+    def __init__(self, limiter: LocalLimiter, admission: Admission) -> None:
         self._limiter = limiter
-        self._epoch = epoch
+        self._admission = admission
         self._released = False
 
     def release(self, outcome: Outcome | None = None) -> None:
         if not self._released:
             self._released = True
-            self._limiter.finished(self._epoch, outcome)
+            self._limiter.finished(self._admission, outcome)
 
 
 class AsyncLearning(Learning):

@@ -11,7 +11,7 @@ from collections import deque
 
 from .._auto_concurrency import AutoConcurrency
 from ._base import LimitPolicy, Outcome
-from ._learned import LearnedLimit
+from ._learned import Admission, LearnedLimit
 
 __all__ = ["WindowState"]
 
@@ -61,14 +61,14 @@ class WindowState:
                 at = free_at
         return at
 
-    def admit(self, policy: LimitPolicy, now: float) -> int:
-        """Record a start now; returns the learned limit's epoch it belongs to (0 without one)."""
+    def admit(self, policy: LimitPolicy, now: float) -> Admission:
+        """Record a start now; returns where it entered the learned limit (epoch 0 without one)."""
         self.in_flight += 1
         epoch = 0
         if isinstance(policy.concurrency, AutoConcurrency) and self.learned is not None:
             epoch = self.learned.admitted(self.in_flight)
         self._record_start(policy, now)
-        return epoch
+        return Admission(epoch, self.in_flight)
 
     def _record_start(self, policy: LimitPolicy, now: float) -> None:
         calls = policy.calls
@@ -90,13 +90,13 @@ class WindowState:
         if self.in_flight > 0:
             self.in_flight -= 1
 
-    def learn(self, epoch: int, outcome: Outcome) -> bool:
+    def learn(self, admission: Admission, outcome: Outcome) -> bool:
         """What a call's answer teaches the learned limit (call after :meth:`release`); ``True`` on a change."""
         if self.learned is None:
             return False
         if outcome is Outcome.LIMITED:
-            return self.learned.limited(epoch, self.in_flight)
-        return self.learned.succeeded(epoch)
+            return self.learned.limited(admission.epoch, admission.others(self.in_flight))
+        return self.learned.succeeded(admission.epoch)
 
     def pause_until(self, deadline: float) -> None:
         if deadline > self.cooldown_until:

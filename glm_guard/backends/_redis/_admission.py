@@ -59,14 +59,21 @@ class Grant(NamedTuple):
     epoch: int | None = None
     limit: int | None = None  # the learned limit the admission was made under
     probe: int | None = None  # the start of the pause this call probes (see ``_pauses``)
+    running: int = 0  # under a learned limit: the calls running when it was admitted, itself included
 
 
 def _granted(token: bytes | None, reply: list[Any]) -> Grant:
-    """An admitting reply's long form ``{code, wait, epoch, limit, since}`` (-1: does not apply)."""
-    if len(reply) < 5:
+    """An admitting reply's long form ``{code, wait, epoch, limit, since, running}`` (-1: does not apply)."""
+    if len(reply) < 6:
         return Grant(token)
-    epoch, limit, since = (int(value) for value in reply[2:5])
-    return Grant(token, None if epoch < 0 else epoch, None if limit < 0 else limit, None if since < 0 else since)
+    epoch, limit, since, running = (int(value) for value in reply[2:6])
+    return Grant(
+        token,
+        None if epoch < 0 else epoch,
+        None if limit < 0 else limit,
+        None if since < 0 else since,
+        max(running, 0),
+    )
 
 
 def _text(value: object) -> str:

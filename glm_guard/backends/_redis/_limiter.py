@@ -325,7 +325,7 @@ class RedisLimiter(Limiter):
 def _learning(policy: LimitPolicy, grant: Grant) -> Learning | None:
     concurrency = policy.concurrency
     if isinstance(concurrency, AutoConcurrency) and grant.epoch is not None:
-        return Learning(concurrency, grant.epoch)
+        return Learning(concurrency, grant.epoch, grant.running)
     return None
 
 

@@ -20,10 +20,12 @@ if TYPE_CHECKING:
 
 
 class Learning(NamedTuple):
-    """A lease under a learned limit: the limit's bounds, and the epoch the call was admitted in."""
+    """A lease under a learned limit: the limit's bounds, the epoch the call was admitted in, and
+    the calls running then, itself included (a cut goes no higher than the others among them)."""
 
     bounds: AutoConcurrency
     epoch: int
+    running: int
 
     def lesson(self, outcome: Outcome | None) -> list[object] | None:
         """``learn.lua``'s arguments after the token and channel; ``None``: nothing to learn."""
@@ -31,7 +33,7 @@ class Learning(NamedTuple):
             return None
         code = "2" if outcome is Outcome.LIMITED else "1"
         bounds = self.bounds
-        return [code, self.epoch, f"{bounds.min} {bounds.max} {bounds.start}"]
+        return [code, self.epoch, f"{bounds.min} {bounds.max} {bounds.start}", self.running]
 
 
 @dataclass(slots=True)

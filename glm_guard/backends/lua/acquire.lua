@@ -12,9 +12,9 @@
 -- Returns {1} when admitted now (the usual reply, kept short); {2, wait_ms} when admitted
 -- with a start reserved wait_ms from now (the caller sleeps, then starts without asking
 -- again: one round trip per admission even under contention).  Under a learned limit, or
--- for the probe at the end of a pause, the long form {1 or 2, wait_ms, epoch, limit, since}
--- (-1 where it does not apply): the epoch the call belongs to and the limit (see learn.lua),
--- and the start of the pause the call probes.  Else {0, wait_ms, reason} with reason
+-- for the probe at the end of a pause, the long form {1 or 2, wait_ms, epoch, limit, since,
+-- running} (-1 where it does not apply): the epoch the call belongs to, the limit and the calls
+-- running with this one counted (see learn.lua), and the start of the pause the call probes.  Else {0, wait_ms, reason} with reason
 -- 1 = cooldown, 2 = rate window (the wait would exceed max_wait), 3 = concurrency, and
 -- {0, wait_ms, 4, what} while a pause refuses every call (`what` paused it).
 -- Limits arrive with every call, so a limit can change at run time and further limits
@@ -90,8 +90,9 @@ end
 
 -- Expired leases (of holders that died) only ever make the count larger, so they are swept
 -- only when the count reaches the limit: the set never holds more than `concurrency` + 1.
+local held = -2
 if concurrency > 0 then
-  local held = redis.call('ZCARD', KEYS[2])
+  held = redis.call('ZCARD', KEYS[2])
   if held >= concurrency then
     held = held - redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
     if held >= concurrency then
@@ -120,7 +121,7 @@ end
 local code = 1
 if start > now then code = 2 end
 if epoch or probe then
-  return {code, start - now, epoch or -1, epoch and concurrency or -1, probe and probe[3] or -1}
+  return {code, start - now, epoch or -1, epoch and concurrency or -1, probe and probe[3] or -1, held + 1}
 end
 if code == 2 then return {2, start - now} end
 return {1}

@@ -3,7 +3,8 @@
 -- in backends/_learned.py; tests/test_learned.py checks this script against it).
 -- KEYS[1] leases   KEYS[2] learned limit (HASH: limit epoch busy streak ceiling misses peak)
 -- ARGV[1] token   ARGV[2] channel   ARGV[3] '1' succeeded / '2' limited
--- ARGV[4] the epoch the call was admitted in   ARGV[5] "min max start"   ARGV[6] (tests only) now ms
+-- ARGV[4] the epoch the call was admitted in   ARGV[5] "min max start"
+-- ARGV[6] the calls running when it was admitted, itself included   ARGV[7] (tests only) now ms
 -- Returns {removed, limit, changed, epoch}.
 local removed = redis.call('ZREM', KEYS[1], ARGV[1])
 if removed > 0 then
@@ -36,13 +37,13 @@ end
 if ARGV[3] == '2' then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  if ARGV[6] then now = tonumber(ARGV[6]) end
+  if ARGV[7] then now = tonumber(ARGV[7]) end
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)  -- leases of holders that died run nothing
-  local others = redis.call('ZCARD', KEYS[1])
+  -- What the provider held when it refused: the calls running at this one's admission that
+  -- still run (those admitted after it, in a burst, were refused too).
+  local others = math.min(redis.call('ZCARD', KEYS[1]), math.max(tonumber(ARGV[6]) - 1, 0))
   local cut
-  if epoch == 0 and ceiling == 0 then
-    cut = math.floor(old * 0.5)  -- the end of slow start
-  elseif old > peak then
+  if peak > 0 and old > peak then
     cut = old - 1  -- a failed probe above the best level that held: back to it
   else
     cut = math.floor(old * 0.9)
