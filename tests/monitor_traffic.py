@@ -28,7 +28,7 @@ def real_traffic(backend: LocalBackend) -> None:
         @cached_response(ttl=60, backend=backend, key="page-test")
         @fallback("try again later")
         @retry_on_1302(max_tries=2, base_delay=0)
-        @rate_limited(concurrency=2, key="glm-4", backend=backend)
+        @rate_limited(concurrency=2, key="glm-4", backend=backend, cooldown=0.1)
         def ask(prompt: str) -> str:
             return create(prompt, "glm-4")
 

@@ -18,7 +18,8 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Serve the monitoring endpoints and, at /, a page of charts over them. The numbers come from the Redis the workers share their stats "
+        "Serve the monitoring endpoints and, at /, a page of charts over them. "
+        "The numbers come from the Redis the workers share their stats "
         "through (GLM_GUARD_BACKEND when it names Redis, else REDIS_URL); without one, from this process only."
     )
     parser.epilog = "Exit status: 0 after SIGINT/SIGTERM, 2 when the server cannot start or Redis is misconfigured."

@@ -38,7 +38,7 @@
   const perHour = (x) => (x === null || x === undefined ? "–" : x.toFixed(1));
   const hhmm = (t) => new Date(t * 1000).toISOString().slice(11, 16);
   const axisPct = (x) => (x * 100).toFixed(0) + "%";
-  const axisSecs = (x) => (x < 1 ? (x * 1000).toPrecision(2).replace(/\.0+$/, "") + " ms" : x.toPrecision(2) + " s");
+  const axisSecs = (x) => (x >= 1 ? +x.toFixed(1) + " s" : (x >= 0.01 ? Math.round(x * 1000) : +(x * 1000).toFixed(1)) + " ms");
   const hitRate = (hits, misses) => (hits + misses ? hits / (hits + misses) : null);
 
   function el(tag, attrs, ...children) {
