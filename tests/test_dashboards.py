@@ -42,6 +42,13 @@ def fresh_stats(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     RECORDER.set_sink(None)
     RECORDER.reset()
 
+@pytest.fixture
+def traffic_backend() -> Iterator[LocalBackend]:
+    """The traffic's backend, closed after the test: its learned limit must not reach another test's views."""
+    backend = LocalBackend()
+    yield backend
+    backend.close()
+
 
 def dashboard_exprs() -> list[str]:
     dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
@@ -79,11 +86,11 @@ def test_the_dashboard_is_grafana_json_over_a_chosen_prometheus() -> None:
     assert len(rule_exprs()) == 4
 
 
-def test_every_series_the_dashboard_and_rules_read_is_in_a_real_metrics_output(local_backend: LocalBackend) -> None:
+def test_every_series_the_dashboard_and_rules_read_is_in_a_real_metrics_output(traffic_backend: LocalBackend) -> None:
     pytest.importorskip("prometheus_client")
     from prometheus_client.parser import text_string_to_metric_families
 
-    real_traffic(local_backend)
+    real_traffic(traffic_backend)
     answer = create_app().handle("GET", "/metrics")
     assert answer.status == 200
     labels: dict[str, set[str]] = {}
@@ -113,9 +120,9 @@ def test_promtool_accepts_the_rules_and_they_fire_on_their_traffic(command: list
 
 
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool comes with Debian's prometheus package (scripts/test.sh)")
-def test_promtool_finds_no_problem_in_the_real_metrics(local_backend: LocalBackend) -> None:
+def test_promtool_finds_no_problem_in_the_real_metrics(traffic_backend: LocalBackend) -> None:
     pytest.importorskip("prometheus_client")
-    real_traffic(local_backend)
+    real_traffic(traffic_backend)
     body = create_app().handle("GET", "/metrics").body
     assert PROMTOOL is not None
     done: Any = subprocess.run([PROMTOOL, "check", "metrics"], input=body, capture_output=True, timeout=60)

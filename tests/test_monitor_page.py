@@ -12,6 +12,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,7 @@ import httpx
 import pytest
 
 from glm_guard.backends._local import LocalBackend
+from glm_guard.backends._redis import RedisBackend
 from glm_guard.monitoring import create_app
 from glm_guard.monitoring._recorder import RECORDER
 from glm_guard.monitoring._server import MonitorServer
@@ -49,6 +52,13 @@ def fresh_stats(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
     RECORDER.set_sink(None)
     RECORDER.reset()
+
+@pytest.fixture
+def traffic_backend() -> Iterator[LocalBackend]:
+    """The traffic's backend, closed after the test: its learned limit must not reach another test's views."""
+    backend = LocalBackend()
+    yield backend
+    backend.close()
 
 
 @pytest.fixture(scope="module")
@@ -140,9 +150,9 @@ def check_figures(page: dict[str, str], block: dict[str, Any]) -> None:
 
 @needs_browser
 def test_the_page_shows_what_stats_returns(
-    browser: Any, monitor: str, local_backend: LocalBackend, tmp_path: Path
+    browser: Any, monitor: str, traffic_backend: LocalBackend, tmp_path: Path
 ) -> None:
-    real_traffic(local_backend)
+    real_traffic(traffic_backend)
     assert open_page(browser, f"{monitor}/#token={TOKEN}&window=15") != "error"
     assert "#" not in browser.current_url and TOKEN not in browser.current_url  # the fragment is dropped
     with httpx.Client(base_url=monitor, timeout=5, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
@@ -176,9 +186,9 @@ def test_the_page_shows_what_stats_returns(
 @needs_browser
 @pytest.mark.parametrize("fragment", ["", "#token=wrong-token"], ids=["missing", "wrong"])
 def test_without_the_right_token_the_page_shows_no_data(
-    browser: Any, monitor: str, local_backend: LocalBackend, fragment: str
+    browser: Any, monitor: str, traffic_backend: LocalBackend, fragment: str
 ) -> None:
-    real_traffic(local_backend)
+    real_traffic(traffic_backend)
     assert open_page(browser, f"{monitor}/{fragment}") == "error"
     status = browser.find_element("id", "status")
     assert "bearer token is required" in status.text and status.get_attribute("class") == "error"
@@ -188,9 +198,9 @@ def test_without_the_right_token_the_page_shows_no_data(
 
 @needs_browser
 def test_a_token_typed_into_the_page_is_sent_as_a_header(
-    browser: Any, monitor: str, local_backend: LocalBackend
+    browser: Any, monitor: str, traffic_backend: LocalBackend
 ) -> None:
-    real_traffic(local_backend)
+    real_traffic(traffic_backend)
     assert open_page(browser, f"{monitor}/") == "error"
     browser.execute_script("document.body.dataset.updated = ''")
     browser.find_element("id", "token").send_keys(TOKEN)
@@ -212,9 +222,9 @@ def test_the_page_loads_nothing_from_elsewhere() -> None:
             "frame-ancestors 'none'") in page.headers
 
 
-def test_the_series_endpoint_charts_each_minute(local_backend: LocalBackend) -> None:
+def test_the_series_endpoint_charts_each_minute(traffic_backend: LocalBackend) -> None:
     """Per-minute columns, oldest first, with the rolling hour of 1302s; bounded windows; the token."""
-    real_traffic(local_backend)
+    real_traffic(traffic_backend)
     app = create_app(token=TOKEN)
     bearer = f"Bearer {TOKEN}"
     assert app.handle("GET", "/api/v1/monitoring/series").status == 401
@@ -251,3 +261,48 @@ async def test_the_asgi_app_serves_the_page_where_it_is_mounted() -> None:
         await app(scope, receive, send)
         assert sent[0]["status"] == 200, path
     assert b"refresh" in sent[1]["body"]
+
+
+def test_the_monitor_command_serves_the_page_and_the_fleets_minutes_redis(redis_url: str) -> None:
+    """``glm-guard monitor`` over Redis: the page at /, and /series puts each minute where it was."""
+    backend = RedisBackend(redis_url)
+    now = int(RECORDER.clock() // 60)
+    try:
+        backend.shared_stats().add(
+            {
+                now - 70: {"glm-4": {"calls": 5, "successes": 5}},  # before the window, not in the rolling hour
+                now - 30: {"glm-4": {"calls": 4, "successes": 3, "fallbacks": 1, "err.rate_limit.1302": 2}},
+                now - 5: {"glm-4": {"calls": 6, "successes": 6, "cache_hits": 3, "cache_misses": 3}},
+            }
+        )
+    finally:
+        backend.close()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "glm_guard", "monitor", "--host", "127.0.0.1", "--port", "0"],
+        cwd=ROOT,
+        env={**os.environ, "REDIS_URL": redis_url, "GLM_GUARD_MONITOR_TOKEN": TOKEN},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        base = process.stdout.readline().split()[3].rstrip(",")
+        banner = [process.stdout.readline() for _ in range(7)]
+        assert any(f"{base}/#token=<token>" in line for line in banner) and TOKEN not in "".join(banner)
+        with httpx.Client(base_url=base, timeout=5) as http:
+            page = http.get("/")
+            assert page.status_code == 200 and "glm_guard monitor" in page.text
+            assert http.get("/api/v1/monitoring/series").status_code == 401
+            bearer = {"Authorization": f"Bearer {TOKEN}"}
+            data = http.get("/api/v1/monitoring/series?window_minutes=60", headers=bearer).json()
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)
+    start = data["first_minute"] // 60
+    assert data["source"] == "redis" and start in (now - 59, now - 58)  # the minute may turn meanwhile
+    at_30, at_5 = now - 30 - start, now - 5 - start
+    glm = data["keys"]["glm-4"]["minutes"]
+    assert sum(glm["calls"]) == 10 and glm["calls"][at_30] == 4 and glm["calls"][at_5] == 6
+    assert glm["fallbacks"][at_30] == 1 and glm["success_rate"][at_30] == 0.75 and glm["success_rate"][0] is None
+    assert set(glm["errors_1302_last_hour"][:at_30]) == {0} and set(glm["errors_1302_last_hour"][at_30:]) == {2}
+    assert glm["cache_hits"][at_5] == 3
