@@ -1,4 +1,4 @@
-"""``glm-guard monitor``: serve the monitoring endpoints, standalone, over the fleet's numbers."""
+"""``glm-guard monitor``: serve the monitoring endpoints and page, standalone, over the fleet's numbers."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Serve the monitoring endpoints. The numbers come from the Redis the workers share their stats "
+        "Serve the monitoring endpoints and, at /, a page of charts over them. "
+        "The numbers come from the Redis the workers share their stats "
         "through (GLM_GUARD_BACKEND when it names Redis, else REDIS_URL); without one, from this process only."
     )
     parser.epilog = "Exit status: 0 after SIGINT/SIGTERM, 2 when the server cannot start or Redis is misconfigured."
@@ -61,8 +62,10 @@ def run(options: argparse.Namespace) -> int:
     paths = (f"{monitor.prefix}/stats", f"{monitor.prefix}/rate-limit-stats?window_minutes=60", "/metrics", "/healthz")
     for path in paths:
         print(f"  curl {base}{path}", flush=True)
+    print(f"  charts in a browser: {base}/", flush=True)
     if get_settings().monitor_token:
-        print("  (GLM_GUARD_MONITOR_TOKEN is set: add -H 'Authorization: Bearer <token>')", flush=True)
+        print("  (GLM_GUARD_MONITOR_TOKEN is set: add -H 'Authorization: Bearer <token>';", flush=True)
+        print(f"   in the browser, type it into the page or open {base}/#token=<token>)", flush=True)
 
     def stop(*_: object) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()

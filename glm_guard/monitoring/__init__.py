@@ -9,6 +9,8 @@ a backend that shares stats (Redis), for the whole fleet.  :func:`stats` and
 
     GET /api/v1/monitoring/stats                              glm_guard.stats()
     GET /api/v1/monitoring/rate-limit-stats?window_minutes=60 glm_guard.rate_limit_stats(60)
+    GET /api/v1/monitoring/series?window_minutes=60           per-minute numbers, for the page's charts
+    GET /                                                     the monitor page (charts; loads without the token)
     GET /metrics                                              Prometheus text (needs prometheus_client)
     GET /healthz                                              is the stats backend reachable
 

@@ -17,7 +17,7 @@ from typing import Any, Final
 from .._config import get_settings
 from .._errors import ConfigurationError
 from ..backends._base import SharedStats
-from . import _views
+from . import _page, _series, _views
 from ._counters import RETENTION_MINUTES
 from ._recorder import RECORDER, CounterSource
 
@@ -45,6 +45,15 @@ def _json(status: int, data: object, headers: tuple[tuple[str, str], ...] = ()) 
     return Response(status, body, _JSON, headers)
 
 
+def _minutes(query: dict[str, list[str]], limit: int, why: str) -> int | Response:
+    """``window_minutes`` (default 60) from the query, or the 400 that refuses it."""
+    values = query.get("window_minutes", ["60"])
+    problem = f"window_minutes must be a whole number of minutes from 1 to {limit} ({why})"
+    if len(values) != 1 or not _DIGITS.fullmatch(values[0]) or not 1 <= int(values[0]) <= limit:
+        return _error(400, problem)
+    return int(values[0])
+
+
 def _error(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:
     return _json(status, {"error": {"status": status, "message": message}}, headers)
 
@@ -56,7 +65,8 @@ class Monitor:
     (Redis when this process shares its stats there, else this process), or a stats source
     such as a backend's ``shared_stats()``.  ``token`` (default ``GLM_GUARD_MONITOR_TOKEN``, read on each
     request) makes every endpoint but ``/healthz`` require ``Authorization: Bearer <token>``.
-    ``prefix`` is where the two JSON endpoints live; ``/metrics`` and ``/healthz`` sit at the root.
+    ``prefix`` is where the JSON endpoints live; ``/metrics``, ``/healthz`` and the page (``/``,
+    which holds no data and loads without the token) sit at the root.
     """
 
     def __init__(
@@ -70,6 +80,7 @@ class Monitor:
         self._routes: dict[str, Callable[[dict[str, list[str]]], Response]] = {
             f"{self.prefix}/stats": self._stats,
             f"{self.prefix}/rate-limit-stats": self._window,
+            f"{self.prefix}/series": self._series,
             "/metrics": self._metrics,
             "/healthz": self._health,
         }
@@ -78,7 +89,10 @@ class Monitor:
 
     def handle(self, method: str, path: str, query: str = "", authorization: str | None = None) -> Response:
         """Answer one request; never raises, never puts a secret or a prompt in the answer."""
-        route = self._routes.get(path.rstrip("/") or "/")
+        path = path.rstrip("/") or "/"
+        if path in _page.ASSETS and path not in self._routes:
+            return self._asset(method, path)
+        route = self._routes.get(path)
         if route is None:
             return _error(404, f"no such endpoint; try GET {self.prefix}/stats")
         if method not in ("GET", "HEAD"):
@@ -103,16 +117,23 @@ class Monitor:
         return _json(200, _views.render_totals(*_views.read_totals(RECORDER, self.source), RECORDER.clock()))
 
     def _window(self, query: dict[str, list[str]]) -> Response:
-        values = query.get("window_minutes", ["60"])
-        limit = RETENTION_MINUTES
-        problem = f"window_minutes must be a whole number of minutes from 1 to {limit} (the minutes kept)"
-        if len(values) != 1 or not _DIGITS.fullmatch(values[0]):
-            return _error(400, problem)
-        minutes = int(values[0])
-        if not 1 <= minutes <= limit:
-            return _error(400, problem)
+        minutes = _minutes(query, RETENTION_MINUTES, "the minutes kept")
+        if isinstance(minutes, Response):
+            return minutes
         name, per_key, error = _views.read_window(RECORDER, minutes, self.source)
         return _json(200, _views.render_window(name, per_key, error, RECORDER.clock(), minutes))
+
+    def _series(self, query: dict[str, list[str]]) -> Response:
+        minutes = _minutes(query, _series.MAX_SERIES_MINUTES, "the most the page charts")
+        if isinstance(minutes, Response):
+            return minutes
+        return _json(200, _series.read_series(RECORDER, minutes, self.source))
+
+    def _asset(self, method: str, path: str) -> Response:
+        if method not in ("GET", "HEAD"):
+            return _error(405, "only GET and HEAD are served", (("Allow", "GET, HEAD"),))
+        body, content_type = _page.asset(path, self.prefix)
+        return Response(200, body, content_type, (("Content-Security-Policy", _page.CSP),))
 
     def _metrics(self, query: dict[str, list[str]]) -> Response:
         try:
