@@ -48,7 +48,7 @@ def build(job: dict[str, Any], post: Callable[[int], Awaitable[Any]], begin: lis
 
     strategy = job["strategy"]
     backend = job["redis_url"]
-    retry = glm_guard.retry_on_1302(max_tries=RETRY_TRIES, retry_budget=False)
+    retry = glm_guard.retry_on_1302(max_tries=RETRY_TRIES)  # with the default retry budget, as users get it
     if strategy in ("fixed_high", "fixed_low"):
         return retry(glm_guard.rate_limited(concurrency=job["fixed"], key=job["key"], backend=backend)(post))
     if strategy == "auto":

@@ -5,7 +5,8 @@ timeline ``[(concurrency, seconds)]``, a heavy-tailed call latency, backlogged c
 process, and 1 or 8 processes.  The provider is ``glm_guard.testing``'s simulator on
 127.0.0.1 (a 1302 above its per-key concurrency), its capacity moved by ``sim.update`` at each
 phase boundary.  Every strategy runs on glm_guard's Redis backend under
-``retry_on_1302(max_tries=8, retry_budget=False)``, so failures reaching callers are counted:
+``retry_on_1302(max_tries=8)`` with its default retry budget (20 % of the key's calls over 10 s,
+or 10), as users get it, so failures reaching callers, the budget's included, are counted:
 
 - **fixed, too high** / **fixed, too low**: ``rate_limited(concurrency=N)``, as a user gets it:
   each 1302 that passes out pauses the key for the default cooldown (1 s);
