@@ -144,8 +144,8 @@ def check_figures(page: dict[str, str], block: dict[str, Any]) -> None:
     assert close_to(page["cache_hit_rate"], block["cache"]["hit_rate"], 100, 2), (page, block)
     assert close_to(page["wait_p50"], block["waits"]["p50"], 1, 3), (page, block)
     assert close_to(page["wait_p99"], block["waits"]["p99"], 1, 3), (page, block)
-    learned = block["learned_limit"]
-    assert page["limit"] == ("fixed" if learned is None else f"learned {learned}")
+    learned, limit = block["learned_limit"], block["concurrency_limit"]
+    assert page["limit"] == (f"fixed {limit}" if learned is None else f"learned {learned}")
 
 
 @needs_browser
@@ -173,6 +173,9 @@ def test_the_page_shows_what_stats_returns(
     ]
     in_flight = browser.find_element("css selector", 'section[data-key="glm-auto"] figure[data-chart="in_flight"]')
     assert f"learned limit {auto['learned_limit']}" in in_flight.text
+    assert glm["concurrency_limit"] == 2  # the decorator's own concurrency=2, drawn too
+    fixed = browser.find_element("css selector", 'section[data-key="glm-4"] figure[data-chart="in_flight"]')
+    assert "limit 2" in fixed.text
     alerts = [a.get_attribute("data-alert") for a in browser.find_elements("css selector", "#alerts li")]
     assert sorted(alerts) == sorted(a["alert"] for a in window["alerts"]) and "errors_1302" in alerts
     source = browser.page_source
@@ -237,7 +240,7 @@ def test_the_series_endpoint_charts_each_minute(traffic_backend: LocalBackend) -
     stats = json.loads(app.handle("GET", "/api/v1/monitoring/stats", "", bearer).body)["keys"]
     assert sum(glm["calls"]) == stats["glm-4"]["calls"] and sum(glm["fallbacks"]) == 1
     assert glm["errors_1302_last_hour"][-1] == stats["glm-4"]["errors_1302"] == sum(glm["errors_1302"])
-    assert glm["in_flight"][-1] > 0 and data["keys"]["glm-4"]["limit"] is None
+    assert glm["in_flight"][-1] > 0 and data["keys"]["glm-4"]["limit"] == {"value": 2, "kind": "fixed"}
     assert data["keys"]["glm-auto"]["limit"] == {
         "value": stats["glm-auto"]["learned_limit"], "kind": "learned", "cuts": stats["glm-auto"]["limit_cuts"]
     }

@@ -350,6 +350,11 @@ class LearnsLimits(ABC):
         """The learned limit of every key this process learns one for, and of those of ``keys``
         the backend holds one for, as the backend holds it now; never raises."""
 
+    @abstractmethod
+    def fixed_limits(self) -> dict[str, int]:
+        """The fixed concurrency limit (``concurrency=N``) each key was last admitted under in
+        this process, so monitoring can draw calls in flight against it."""
+
 
 class ReportsOutages(ABC):
     """A backend that can lose its shared store, and so serves some calls by its outage policy."""

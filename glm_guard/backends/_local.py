@@ -436,6 +436,11 @@ class LocalBackend(Backend, LearnsLimits):
             learned = [(limiter.key, limiter.state.learned) for limiter in self._limiters.values()]
         return {key: LearnedState(state.limit, state.epoch) for key, state in learned if state is not None}
 
+    def fixed_limits(self) -> dict[str, int]:
+        with self._lock:
+            fixed = [(limiter.key, limiter.state.fixed) for limiter in self._limiters.values()]
+        return {key: limit for key, limit in fixed if limit is not None}
+
     def close(self) -> None:
         leave(self)  # monitoring no longer lists its learned limits; its limits still work
 

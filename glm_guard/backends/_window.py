@@ -25,7 +25,7 @@ class WindowState:
     Kept free of threads and clocks so property tests can drive it with any arrival times.
     """
 
-    __slots__ = ("cooldown_until", "in_flight", "keep", "learned", "longest_period", "starts")
+    __slots__ = ("cooldown_until", "fixed", "in_flight", "keep", "learned", "longest_period", "starts")
 
     def __init__(self) -> None:
         self.starts: deque[float] = deque()
@@ -34,11 +34,14 @@ class WindowState:
         self.keep = 0
         self.longest_period = 0.0
         self.learned: LearnedLimit | None = None  # the first ``concurrency="auto"`` policy starts it
+        self.fixed: int | None = None  # the last fixed concurrency limit asked for (monitoring draws it)
 
     def concurrency(self, policy: LimitPolicy) -> int | None:
         """The policy's concurrency limit now: its number, or the one learned for the key."""
         limit = policy.concurrency
         if not isinstance(limit, AutoConcurrency):
+            if limit is not None:
+                self.fixed = limit
             return limit
         if self.learned is None:
             self.learned = LearnedLimit.starting(limit.min, limit.max, limit.start)

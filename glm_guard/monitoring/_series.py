@@ -19,7 +19,7 @@ from .. import _config
 from ..backends._base import Counters
 from . import _histogram
 from ._recorder import CounterSource, Recorder
-from ._views import learned_limits, thresholds
+from ._views import fixed_limits, learned_limits, thresholds
 
 __all__ = ["MAX_SERIES_MINUTES", "read_series"]
 
@@ -46,12 +46,14 @@ def _minute(fields: Mapping[str, int], seconds: float) -> dict[str, Any]:
     return row
 
 
-def _limit(key: str, learned: Mapping[str, Any], configured: object) -> dict[str, Any] | None:
-    """The limit the in-flight chart draws: the learned one, else the default a decorator
-    without ``concurrency=`` uses; a decorator's own number is not in the stats."""
+def _limit(key: str, learned: Mapping[str, Any], fixed: Mapping[str, int], configured: object) -> dict[str, Any] | None:
+    """The limit the in-flight chart draws: the learned one, else the decorator's own
+    ``concurrency=N``, else the default a decorator without one uses."""
     state = learned.get(key)
     if state is not None:
         return {"value": state.limit, "kind": "learned", "cuts": state.cuts}
+    if key in fixed:
+        return {"value": fixed[key], "kind": "fixed"}
     if isinstance(configured, int) and not isinstance(configured, bool):
         return {"value": configured, "kind": "GLM_API_MAX_CONCURRENCY"}
     return None
@@ -77,6 +79,7 @@ def read_series(recorder: Recorder, minutes: int, source: CounterSource | None =
     learned = learned_limits(keys)
     keys = sorted({*keys, *learned})
     configured = (_config._settings or _config.get_settings()).max_concurrency
+    fixed = fixed_limits()
     series: dict[str, Any] = {}
     for key in keys:
         columns: dict[str, list[Any]] = {}
@@ -87,7 +90,7 @@ def read_series(recorder: Recorder, minutes: int, source: CounterSource | None =
             row["errors_1302_last_hour"] = sum(hour_1302[index : index + _HOUR])
             for field, value in row.items():
                 columns.setdefault(field, []).append(value)
-        series[key] = {"limit": _limit(key, learned, configured), "minutes": columns}
+        series[key] = {"limit": _limit(key, learned, fixed, configured), "minutes": columns}
     result: dict[str, Any] = {
         "source": name,
         "window_minutes": minutes,

@@ -10,7 +10,7 @@ view from the live backends, which on Redis means from Redis, so they are the fl
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from .. import _config
@@ -20,7 +20,7 @@ from . import _histogram
 from ._counters import RETENTION_MINUTES, total
 from ._recorder import RECORDER, CounterSource, Recorder
 
-__all__ = ["learned_limits", "rate_limit_stats", "stats"]
+__all__ = ["fixed_limits", "learned_limits", "rate_limit_stats", "stats"]
 
 #: A success-rate alert needs at least this many calls in the hour, so one early failure is no alert.
 ALERT_MIN_CALLS: Final = 10
@@ -167,18 +167,40 @@ def learned_limits(keys: Iterable[str] = ()) -> dict[str, LearnedState]:
     return found
 
 
-def _with_learned(per_key: Counters) -> dict[str, tuple[Mapping[str, int], LearnedState | None]]:
-    """Each key's counters with its learned limit; a key with a limit but nothing recorded
-    (its stats key differs, or stats are off) still gets a row, so no limit goes unseen."""
+def fixed_limits() -> dict[str, int]:
+    """The fixed concurrency limit (``concurrency=N``) each key of this process was last admitted under."""
+    from ..backends import live_backends
+
+    found: dict[str, int] = {}
+    for backend in live_backends():
+        if isinstance(backend, LearnsLimits):
+            found.update(backend.fixed_limits())
+    return found
+
+
+Limits = tuple[Mapping[str, int], LearnedState | None, int | None]
+
+
+def _with_limits(per_key: Counters) -> dict[str, Limits]:
+    """Each key's counters with its learned limit and its fixed one; a key with a learned limit
+    but nothing recorded (its stats key differs, or stats are off) still gets a row, so no
+    limit goes unseen."""
     learned = learned_limits(per_key)
+    fixed = fixed_limits()
     keys = sorted({*per_key, *learned})
-    return {key: (per_key.get(key, {}), learned.get(key)) for key in keys}
+    return {key: (per_key.get(key, {}), learned.get(key), fixed.get(key)) for key in keys}
 
 
-def _learned_fields(data: dict[str, Any], state: LearnedState | None) -> dict[str, Any]:
-    data["learned_limit"] = None if state is None else state.limit
-    data["limit_cuts"] = None if state is None else state.cuts
-    return data
+def _key_blocks(per_key: Counters, view: Callable[[Mapping[str, int]], dict[str, Any]]) -> dict[str, Any]:
+    """Each key's ``view`` of its counters, with its limits."""
+    blocks = {}
+    for key, (fields, learned, fixed) in _with_limits(per_key).items():
+        data = view(fields)
+        data["learned_limit"] = None if learned is None else learned.limit
+        data["limit_cuts"] = None if learned is None else learned.cuts
+        data["concurrency_limit"] = fixed if learned is None else learned.limit  # what calls in flight are held to
+        blocks[key] = data
+    return blocks
 
 
 def render_totals(name: str, per_key: Counters, error: str | None, now: float) -> dict[str, Any]:
@@ -187,7 +209,7 @@ def render_totals(name: str, per_key: Counters, error: str | None, now: float) -
         "enabled": RECORDER.recording,
         "generated_at": _iso(now),
         "total": block(total(per_key)),
-        "keys": {key: _learned_fields(block(fields), state) for key, (fields, state) in _with_learned(per_key).items()},
+        "keys": _key_blocks(per_key, block),
         "backends": _backend_reports(),
     }
     if error is not None:
@@ -204,7 +226,7 @@ def render_window(name: str, per_key: Counters, error: str | None, now: float, m
         data["calls_per_minute"] = round(data["calls"] / minutes, 6)
         return data
 
-    keys = {key: _learned_fields(windowed(fields), state) for key, (fields, state) in _with_learned(per_key).items()}
+    keys = _key_blocks(per_key, windowed)
     limits = thresholds()
     result: dict[str, Any] = {
         "source": name,

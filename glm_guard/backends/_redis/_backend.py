@@ -194,6 +194,11 @@ class RedisBackend(Backend, SharesStats, ReportsOutages, LearnsLimits):
     def shared_stats(self) -> SharedStats:
         return self._stats
 
+    def fixed_limits(self) -> dict[str, int]:
+        with self._lock:
+            limiters = list(self._limiters.values())
+        return {limiter.key: limiter.fixed_limit for limiter in limiters if limiter.fixed_limit is not None}
+
     def learned_limits(self, keys: Iterable[str] = ()) -> dict[str, LearnedState]:
         """Read from Redis (one pipeline of ``HMGET`` commands), so the numbers are the fleet's, for this
         process's learned keys and ``keys``; while Redis is away, what it last told this process."""

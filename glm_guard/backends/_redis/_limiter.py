@@ -69,6 +69,7 @@ class RedisLimiter(Limiter):
         self._pause_key = self._redis_admission.pause_key
         self._learned_limit: int | None = None  # as Redis last told this process (stats; the share in an outage)
         self._learned_epoch = 0
+        self.fixed_limit: int | None = None  # the last ``concurrency=N`` admitted under (monitoring)
 
     def __repr__(self) -> str:
         return f"<RedisLimiter {self.key!r}>"
@@ -81,14 +82,20 @@ class RedisLimiter(Limiter):
     # -- the Limiter interface: one decision, two drivers, a permit per flavour ---------------
 
     def acquire(self, policy: LimitPolicy, max_wait: float | None) -> Permit:
+        self._note_fixed(policy)
         admitted, grant = self._redis_admission.run(self._admission(policy, max_wait))
         permit = self._permit(admitted, grant, policy)
         return permit if grant.probe is None else Probing(permit, self, grant.probe)
 
     async def acquire_async(self, policy: LimitPolicy, max_wait: float | None) -> AsyncPermit:
+        self._note_fixed(policy)
         admitted, grant = await self._redis_admission.run_async(self._admission(policy, max_wait))
         permit = self._async_permit(admitted, grant, policy)
         return permit if grant.probe is None else AsyncProbing(permit, self, grant.probe)
+
+    def _note_fixed(self, policy: LimitPolicy) -> None:
+        if isinstance(policy.concurrency, int):
+            self.fixed_limit = policy.concurrency
 
     def _permit(self, admitted: _Admitted, grant: Grant, policy: LimitPolicy) -> Permit:
         token = grant.token

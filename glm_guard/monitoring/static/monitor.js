@@ -142,7 +142,7 @@
       ["wait_p50", secs(b.waits.p50)],
       ["wait_p99", secs(b.waits.p99)],
       ["cache_hit_rate", pct(b.cache.hit_rate)],
-      ["limit", b.learned_limit === null ? "fixed" : "learned " + b.learned_limit],
+      ["limit", b.learned_limit !== null ? "learned " + b.learned_limit : b.concurrency_limit !== null ? "fixed " + b.concurrency_limit : "none"],
     ];
   }
 
@@ -177,7 +177,7 @@
         ], { id: "wait", unit: "s", format: axisSecs }),
         chart("Calls in flight (mean per minute)", first, n, [{ name: "in flight", values: m.in_flight, color: COLORS.blue }], {
           id: "in_flight", limit: limit ? limit.value : null,
-          limitLabel: limit ? (limit.kind === "learned" ? "learned limit " : "default limit ") + limit.value : "",
+          limitLabel: limit ? ({ learned: "learned limit ", fixed: "limit " }[limit.kind] || "default limit ") + limit.value : "",
         }),
         chart("Cache hit rate", first, n, [{ name: "hit rate", values: m.cache_hits.map((h, i) => hitRate(h, m.cache_misses[i])), color: COLORS.violet }],
           { id: "cache", max: 1, format: axisPct }),
