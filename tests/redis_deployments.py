@@ -26,6 +26,9 @@ from .conftest import REDIS_PASSWORD, REQUIRE_REDIS, RedisServer, free_port
 HOST = "127.0.0.1"
 #: Sentinel calls the primary by this name.
 SERVICE = "glmguard"
+#: INFO every 100 ms (not 10 s), hello every 200 ms (not 2 s): Sentinel turns a demoted
+#: primary into a replica after 4 hello periods, so 0.8 s, not 8 s.
+_FAST_SENTINEL = ("SENTINEL", "DEBUG", "INFO-PERIOD", 100, "PUBLISH-PERIOD", 200)
 #: How long one deployment may take to become ready (or to fail over) before the test fails.
 READY_WITHIN = 20.0
 
@@ -84,7 +87,8 @@ def make_certificates(directory: Path) -> Certificates:
             "-subj", f"/CN=glm-guard test {name}")  # fmt: skip
         run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
             "-out", f"{name}.crt", "-days", "1", "-extfile", "san.ext")  # fmt: skip
-    return Certificates(*(directory / name for name in ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")))
+    names = ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")
+    return Certificates(*(directory / name for name in names))
 
 
 @contextlib.contextmanager
@@ -142,7 +146,7 @@ class SentinelProcess:
                     f"requirepass {REDIS_PASSWORD}",
                     f"sentinel monitor {SERVICE} {HOST} {primary_port} 1",
                     f"sentinel auth-pass {SERVICE} {REDIS_PASSWORD}",
-                    f"sentinel down-after-milliseconds {SERVICE} 1000",
+                    f"sentinel down-after-milliseconds {SERVICE} 10000",  # only the forced failover, no other
                     f"sentinel failover-timeout {SERVICE} 5000",
                     "",
                 ]
@@ -175,7 +179,9 @@ class SentinelGroup(NamedTuple):
     def failover(self) -> int:
         """``SENTINEL FAILOVER``; returns the new primary's port once it takes writes."""
         old = self.primary_port()
-        self.sentinels[0].client.execute_command("SENTINEL", "FAILOVER", SERVICE)
+        sentinel = self.sentinels[0].client
+        # NOGOODSLAVE until the sentinel has heard from the replica lately: asked again until it starts.
+        until(lambda: sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE), "the sentinel to start a failover")
         until(lambda: self.primary_port() != old, "the sentinels to name a new primary")
         new = self.primary_port()
         server = next(each for each in self.servers if each.port == new)
@@ -185,25 +191,26 @@ class SentinelGroup(NamedTuple):
 
 
 @contextlib.contextmanager
-def sentinel_group(scheme: str = "redis+sentinel", sentinels: int = 2) -> Iterator[SentinelGroup]:
-    """One primary, one replica, ``sentinels`` sentinels; yields the ``redis+sentinel://`` URL of all."""
+def sentinel_group(scheme: str = "redis+sentinel") -> Iterator[SentinelGroup]:
+    """One primary, one replica, one sentinel; yields a ``redis+sentinel://`` URL naming two sentinels.
+
+    The first sentinel the URL names is a port nobody listens on, so redis-py must move on to
+    the next.  One live sentinel only: with the periods shortened, a second one could turn the
+    new primary back into a replica before it heard of the failover.
+    """
     with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(prefix="glm-guard-sentinel-") as name:
-        auth = f"masterauth {REDIS_PASSWORD}"
-        primary = stack.enter_context(started(auth))
-        replica = stack.enter_context(
-            started(auth, f"replicaof {HOST} {primary.port}")
-        )
-        with replica.client() as client:  # sentinels learn the replica from the primary's INFO at once
+        # A replica syncs at once, and a stopped primary does not wait for its replica's lag.
+        common = (f"masterauth {REDIS_PASSWORD}", "repl-diskless-sync-delay 0", "shutdown-timeout 0")
+        primary = stack.enter_context(started(*common))
+        replica = stack.enter_context(started(*common, f"replicaof {HOST} {primary.port}"))
+        with replica.client() as client:  # a sentinel learns the replica from the primary's INFO at once
             until(lambda: client.info("replication")["master_link_status"] == "up", "the replica to sync")
-        watchers = []
-        for _ in range(sentinels):
-            watcher = SentinelProcess(Path(name), primary.port)
-            stack.callback(watcher.stop)
-            watchers.append(watcher)
-        for watcher in watchers:
-            until(lambda w=watcher: len(w.client.sentinel_slaves(SERVICE)) == 1, "a sentinel to see the replica")
-        nodes = ",".join(f"{HOST}:{watcher.port}" for watcher in watchers)
-        yield SentinelGroup(f"{scheme}://:{REDIS_PASSWORD}@{nodes}/{SERVICE}", (primary, replica), tuple(watchers))
+        watcher = SentinelProcess(Path(name), primary.port)
+        stack.callback(watcher.stop)
+        until(lambda: watcher.client.execute_command(*_FAST_SENTINEL), "the sentinel to answer")
+        until(lambda: len(watcher.client.sentinel_slaves(SERVICE)) == 1, "the sentinel to see the replica")
+        nodes = f"{HOST}:{free_port()},{HOST}:{watcher.port}"
+        yield SentinelGroup(f"{scheme}://:{REDIS_PASSWORD}@{nodes}/{SERVICE}", (primary, replica), (watcher,))
 
 
 # -- Cluster -----------------------------------------------------------------------------------
@@ -215,7 +222,8 @@ def cluster(scheme: str = "redis+cluster", primaries: int = 3) -> Iterator[str]:
     cli = need("redis-cli")
     config = ["cluster-enabled yes", "cluster-config-file nodes.conf", "cluster-node-timeout 2000"]
     with contextlib.ExitStack() as stack:
-        nodes = [stack.enter_context(started(*config)) for _ in range(primaries)]
+        # A bus port of its own: port + 10000 (the default) may be taken, or past 65535.
+        nodes = [stack.enter_context(started(*config, f"cluster-port {free_port()}")) for _ in range(primaries)]
         addresses = [f"{HOST}:{node.port}" for node in nodes]
         subprocess.run(
             [cli, "--no-auth-warning", "-a", REDIS_PASSWORD, "--cluster", "create", *addresses, "--cluster-yes"],
@@ -225,7 +233,7 @@ def cluster(scheme: str = "redis+cluster", primaries: int = 3) -> Iterator[str]:
         )
         for node in nodes:
             with node.client() as client:
-                until(lambda c=client: c.cluster_info()["cluster_state"] == "ok", "every node to see the cluster")
+                until(lambda c=client: c.cluster("info")["cluster_state"] == "ok", "every node to see the cluster")
         yield f"{scheme}://:{REDIS_PASSWORD}@{','.join(addresses[:2])}"
 
 

@@ -247,7 +247,8 @@ def test_a_unix_socket_runs_everything_redis(scheme: str) -> None:
 
 
 def test_an_acl_user_with_only_the_documented_commands_runs_everything_redis() -> None:
-    rules = "resetkeys ~glm_guard:* resetchannels &glm_guard:*:released -@all " + " ".join(f"+{c}" for c in LIBRARY_COMMANDS)
+    allowed = " ".join(f"+{command}" for command in LIBRARY_COMMANDS)
+    rules = f"resetkeys ~glm_guard:* resetchannels &glm_guard:*:released -@all {allowed}"
     with deploy.acl_server("app", "app-pw", rules) as server:
         exercise(f"redis://app:app-pw@127.0.0.1:{server.port}/0")
         with server.client() as admin:
@@ -275,6 +276,7 @@ def test_a_sentinel_primary_runs_everything_and_survives_a_failover_redis() -> N
         exercise(group.url.replace("redis+sentinel://", "valkey+sentinel://", 1), "glm_guard:v:")
         backend = RedisBackend(group.url, socket_timeout=0.5)
         served: list[str] = []
+        errors: list[BaseException] = []
 
         @rate_limited(1000, 60, key="ha", backend=backend, on_backend_error="local")
         def call() -> None:
@@ -284,24 +286,33 @@ def test_a_sentinel_primary_runs_everything_and_survives_a_failover_redis() -> N
 
         def traffic() -> None:
             while not stop.is_set():
-                call()  # never raises: Redis, or the local policy during the switch
+                try:
+                    call()  # Redis, or the local policy during the switch
+                except BaseException as error:
+                    errors.append(error)
                 time.sleep(0.01)
 
         runner = threading.Thread(target=traffic)
         runner.start()
         try:
             time.sleep(0.3)
-            old = group.primary_port()
-            new = group.failover()
+            old, new = group.primary_port(), group.failover()
             assert new != old
+            # Until Sentinel turns the old primary into a replica, connections opened before the
+            # switch may still write there (Redis replicates asynchronously): those starts are lost.
+            demoted = next(server for server in group.servers if server.port == old)
+            with demoted.client() as client:
+                deploy.until(lambda: client.info("replication")["role"] == "slave", "the old primary to follow")
             deploy.until(lambda: served[-1] == "redis" and backend.health.available(), "admission back on Redis")
         finally:
             stop.set()
             runner.join(10)
-        starts = backend.connections.call(lambda client: client.zcard(backend.key("ha", "starts")))
-        with next(s for s in group.servers if s.port == new).client() as client:
-            assert client.info("replication")["role"] == "master"
-            assert client.zcard(backend.key("ha", "starts")) == starts > 0  # admission writes went to the primary
+        assert errors == [] and served.count("redis") > 10
+        with next(server for server in group.servers if server.port == new).client() as client:
+            before = client.zcard(backend.key("ha", "starts"))
+            for _ in range(5):
+                call()
+            assert client.zcard(backend.key("ha", "starts")) == before + 5  # admission is on the new primary
         backend.close()
 
 
