@@ -24,6 +24,9 @@ import redis
 from .conftest import REDIS_PASSWORD, REQUIRE_REDIS, RedisServer, free_port
 
 HOST = "127.0.0.1"
+#: An ACL user the Sentinel and Cluster URLs name (the default user keeps the tests' password).
+APP_USER = "app:app-pw"
+_APP_ON_DATA_NODES = "user app on >app-pw ~* &* +@all"
 #: Sentinel calls the primary by this name.
 SERVICE = "glmguard"
 #: INFO every 100 ms (not 10 s), hello every 200 ms (not 2 s): Sentinel turns a demoted
@@ -144,6 +147,7 @@ class SentinelProcess:
                     f"dir {directory}",
                     f"logfile {directory / f'sentinel-{self.port}.log'}",
                     f"requirepass {REDIS_PASSWORD}",
+                    "user app on >app-pw +@all",
                     f"sentinel monitor {SERVICE} {HOST} {primary_port} 1",
                     f"sentinel auth-pass {SERVICE} {REDIS_PASSWORD}",
                     f"sentinel down-after-milliseconds {SERVICE} 10000",  # only the forced failover, no other
@@ -200,7 +204,12 @@ def sentinel_group(scheme: str = "redis+sentinel") -> Iterator[SentinelGroup]:
     """
     with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(prefix="glm-guard-sentinel-") as name:
         # A replica syncs at once, and a stopped primary does not wait for its replica's lag.
-        common = (f"masterauth {REDIS_PASSWORD}", "repl-diskless-sync-delay 0", "shutdown-timeout 0")
+        common = (
+            f"masterauth {REDIS_PASSWORD}",
+            "repl-diskless-sync-delay 0",
+            "shutdown-timeout 0",
+            _APP_ON_DATA_NODES,
+        )
         primary = stack.enter_context(started(*common))
         replica = stack.enter_context(started(*common, f"replicaof {HOST} {primary.port}"))
         with replica.client() as client:  # a sentinel learns the replica from the primary's INFO at once
@@ -210,7 +219,7 @@ def sentinel_group(scheme: str = "redis+sentinel") -> Iterator[SentinelGroup]:
         until(lambda: watcher.client.execute_command(*_FAST_SENTINEL), "the sentinel to answer")
         until(lambda: len(watcher.client.sentinel_slaves(SERVICE)) == 1, "the sentinel to see the replica")
         nodes = f"{HOST}:{free_port()},{HOST}:{watcher.port}"
-        yield SentinelGroup(f"{scheme}://:{REDIS_PASSWORD}@{nodes}/{SERVICE}", (primary, replica), (watcher,))
+        yield SentinelGroup(f"{scheme}://{APP_USER}@{nodes}/{SERVICE}", (primary, replica), (watcher,))
 
 
 # -- Cluster -----------------------------------------------------------------------------------
@@ -220,7 +229,7 @@ def sentinel_group(scheme: str = "redis+sentinel") -> Iterator[SentinelGroup]:
 def cluster(scheme: str = "redis+cluster", primaries: int = 3) -> Iterator[str]:
     """A Cluster of ``primaries`` primaries (no replicas), made by ``redis-cli --cluster create``."""
     cli = need("redis-cli")
-    config = ["cluster-enabled yes", "cluster-config-file nodes.conf", "cluster-node-timeout 2000"]
+    config = ["cluster-enabled yes", "cluster-config-file nodes.conf", "cluster-node-timeout 2000", _APP_ON_DATA_NODES]
     with contextlib.ExitStack() as stack:
         # A bus port of its own: port + 10000 (the default) may be taken, or past 65535.
         nodes = [stack.enter_context(started(*config, f"cluster-port {free_port()}")) for _ in range(primaries)]
@@ -234,7 +243,7 @@ def cluster(scheme: str = "redis+cluster", primaries: int = 3) -> Iterator[str]:
         for node in nodes:
             with node.client() as client:
                 until(lambda c=client: c.cluster("info")["cluster_state"] == "ok", "every node to see the cluster")
-        yield f"{scheme}://:{REDIS_PASSWORD}@{','.join(addresses[:2])}"
+        yield f"{scheme}://{APP_USER}@{','.join(addresses[:2])}"
 
 
 def info_commands(servers: list[Any]) -> set[str]:
