@@ -39,8 +39,9 @@ from ._health import Health
 
 T = TypeVar("T")
 
-#: What redis-py raises: its own errors, and socket errors it let through (TimeoutError too).
-_FAILURES = (redis.RedisError, OSError)
+#: What redis-py raises: its own errors, and socket errors it let through (TimeoutError too);
+#: its Cluster client's errors (no node answers, say) are not ``RedisError``s.
+_FAILURES = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
 #: Error replies that say Redis is up but will not do this now; the first word of the reply.
 _REFUSALS = frozenset({"OOM", "READONLY", "MISCONF", "BUSY", "MASTERDOWN", "NOREPLICAS", "TRYAGAIN", "CLUSTERDOWN"})
 _REFUSAL_CLASSES = (
@@ -124,25 +125,25 @@ class Connections:
 
     def run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run the packaged script ``name`` and return its reply."""
-        scripts = (self._sync or self._open())[1]
-        with _Outcome(self):
+        with _Outcome(self):  # opening may fail too: a Cluster client asks for the nodes at once
+            scripts = (self._sync or self._open())[1]
             return scripts[name](keys, args)
 
     async def run_async(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        entry = await self._loop_client()
         with _Outcome(self):
+            entry = await self._loop_client()
             async with asyncio.timeout(self._timeout):  # a cancelled read disconnects its connection
                 return await entry.scripts[name](keys, args)
 
     def call(self, command: Callable[[Client], T]) -> T:
         """``command(client)``: plain commands (``GET``, ``SET``) on the same pool as the scripts."""
-        client = (self._sync or self._open())[0]
         with _Outcome(self):
+            client = (self._sync or self._open())[0]
             return command(client)
 
     async def call_async(self, command: Callable[[AsyncClient], Awaitable[T]]) -> T:
-        entry = await self._loop_client()
         with _Outcome(self):
+            entry = await self._loop_client()
             async with asyncio.timeout(self._timeout):
                 return await command(entry.client)
 
