@@ -193,8 +193,8 @@ def _target(url: str, parts: UrlParts, entry: _Scheme) -> RedisTarget:
     nodes = []
     listed = parts.host if parts.port is None else f"{parts.host}:{parts.port}"
     for node in listed.split(","):
-        has_port = node.rpartition("]")[2].count(":") == 1 if node.startswith("[") else ":" in node
-        address = node if has_port else f"{node}:{entry.default_port}"
+        host, colon, port = node.rpartition(":") if ":" in node.rpartition("]")[2] else (node, "", "")
+        address = f"{host}:{port}" if colon and port else f"{host}:{entry.default_port}"  # "h:" too
         nodes.append(f"{entry.node_scheme}://{auth}{address}{tail}")
     return RedisTarget(entry.kind, tuple(nodes), parts.path.lstrip("/"))
 

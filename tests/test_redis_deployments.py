@@ -171,6 +171,7 @@ def test_redis_url_schemes_name_what_redis_py_connects_to() -> None:
     assert target.kind == "sentinel" and target.service == "mymaster"
     assert target.urls == ("redis://u:pw@127.0.0.1:26379?db=2", "redis://u:pw@[::1]:26379?db=2")
     assert redis_target("redis+cluster://h1:7000,h2").urls == ("redis://h1:7000", "redis://h2:6379")
+    assert redis_target("redis+sentinel://h:,[::1]:7/m").urls == ("redis://h:26379", "redis://[::1]:7")
     assert redis_target("valkeys://h:6380/0?ssl_cert_reqs=none").urls == ("rediss://h:6380/0?ssl_cert_reqs=none",)
     assert redis_target("redis+unix:///run/r.sock").urls == ("unix:///run/r.sock",)
     assert redis_target("valkey+unix:///run/r.sock").urls == ("unix:///run/r.sock",)
