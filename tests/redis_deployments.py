@@ -198,11 +198,13 @@ class SentinelGroup(NamedTuple):
 def sentinel_group(scheme: str = "redis+sentinel") -> Iterator[SentinelGroup]:
     """One primary, one replica, one sentinel; yields a ``redis+sentinel://`` URL naming two sentinels.
 
+    Every process stops before its directory is removed (the stack closes first).
+
     The first sentinel the URL names is a port nobody listens on, so redis-py must move on to
     the next.  One live sentinel only: with the periods shortened, a second one could turn the
     new primary back into a replica before it heard of the failover.
     """
-    with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(prefix="glm-guard-sentinel-") as name:
+    with tempfile.TemporaryDirectory(prefix="glm-guard-sentinel-") as name, contextlib.ExitStack() as stack:
         # A replica syncs at once, and a stopped primary does not wait for its replica's lag.
         common = (
             f"masterauth {REDIS_PASSWORD}",
