@@ -74,7 +74,7 @@ class UrlParts:
 
     scheme: str  # lower case
     userinfo: str | None  # everything before the last "@", or None without one
-    host: str  # "" when there is none; an IPv6 address keeps its brackets
+    host: str  # "" when there is none; an IPv6 address keeps its brackets; "h:p,h:p" for several nodes
     port: str | None  # the text after the host's ":", or None without one
     path: str
     query: tuple[tuple[str, str], ...]
@@ -89,15 +89,29 @@ class UrlParts:
                 text += f"{MASK}@"
             else:
                 text += f"{user if not user or _NAME.fullmatch(user) else MASK}:{MASK}@"
-        text += self.host if not self.host or HOST.fullmatch(self.host) else MASK
+        text += ",".join(_safe_host(node) for node in self.host.split(","))
         if self.port is not None:
-            text += ":" + (self.port if not self.port or _PORT.fullmatch(self.port) else MASK)
+            text += ":" + _safe_port(self.port)
         text += self.path if not self.path or _PATH.fullmatch(self.path) else "/" + MASK
         if self.query:
             text += "?" + "&".join(_safe_parameters(self.query))
         if self.fragment is not None:
             text += "#" + MASK
         return text
+
+
+def _safe_name(host: str) -> str:
+    return host if not host or HOST.fullmatch(host) else MASK
+
+
+def _safe_port(port: str) -> str:
+    return port if not port or _PORT.fullmatch(port) else MASK
+
+
+def _safe_host(node: str) -> str:
+    """The host, or one ``host[:port]`` of a Sentinel or Cluster URL's list of nodes."""
+    host, colon, port = node.rpartition(":") if node.rpartition("]")[2].count(":") == 1 else (node, "", "")
+    return _safe_name(host) + (colon and ":" + _safe_port(port))
 
 
 def _safe_parameters(query: tuple[tuple[str, str], ...]) -> list[str]:
@@ -131,12 +145,15 @@ def split_url(url: str) -> UrlParts | None:
     rest, hashmark, fragment = rest.partition("#")
     rest, _, query = rest.partition("?")
     authority, slash, path = rest.partition("/")
-    if authority.startswith("["):
+    port: str | None
+    if "," in authority:  # Sentinel's or Cluster's nodes, "host:port,host:port": each is read on its own
+        host, port = authority, None
+    elif authority.startswith("["):
         host, bracket, after = authority.partition("]")
         host += bracket
         if after and not after.startswith(":"):
             return None
-        port: str | None = after[1:] if after else None
+        port = after[1:] if after else None
     else:
         host, colon, port_text = authority.partition(":")
         port = port_text if colon else None

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Installs what the tests need (redis-server, a venv with the test dependencies) and runs
+# Installs what the tests need (Debian packages, a venv with the test dependencies) and runs
 # the whole suite.  Extra arguments go to pytest.  The Redis tests start their own
 # redis-server on a free loopback port; with GLM_GUARD_REQUIRE_REDIS=1 (set here) a missing
 # server fails them instead of skipping them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests use, installed only when missing: redis-server; chromium and its
-# driver for the monitor page's browser test; prometheus for promtool (checks the alert rules).
+# Debian packages the tests use, installed only when missing: redis-server, and redis-cli
+# (redis-tools) to build the test Cluster; openssl for the TLS tests' certificates; chromium
+# and its driver for the monitor page's browser test; prometheus for promtool (the alert rules).
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)

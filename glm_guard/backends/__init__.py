@@ -46,7 +46,10 @@ def __getattr__(name: str) -> object:
     return _lazy.load(__name__, globals(), _LAZY, name)
 
 
-_VALID = "'local', 'redis' (uses REDIS_URL), a redis://, rediss:// or unix:// URL, or a Backend instance"
+_VALID = (
+    f"'local', 'redis' (uses REDIS_URL), a {', '.join(f'{scheme}://' for scheme in REDIS_SCHEMES)} URL, "
+    "or a Backend instance"
+)
 
 _lock = threading.Lock()
 _shared: dict[str, Backend] = {}

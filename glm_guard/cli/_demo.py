@@ -87,14 +87,21 @@ def _redis_url_or_error() -> str | None:
     except ImportError:
         print("glm-guard demo: --backend redis needs redis-py: pip install 'glm-guard[redis]'", file=sys.stderr)
         return None
-    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    from .._redis_url import redis_target
+    from ..backends._redis._clients import open_sync
+
+    try:
+        client, close = open_sync(redis_target(url), 2.0)  # the backend's own client: Sentinel, Cluster too
+    except redis.RedisError as error:  # a Cluster is asked for its nodes at once
+        print(f"glm-guard demo: cannot reach REDIS_URL {mask_url(url)}: {error}", file=sys.stderr)
+        return None
     try:
         client.ping()
     except redis.RedisError as error:
         print(f"glm-guard demo: cannot reach REDIS_URL {mask_url(url)}: {error}", file=sys.stderr)
         return None
     finally:
-        client.close()
+        close()
     return url
 
 

@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -44,7 +45,9 @@ class RedisServer:
             backend = RedisBackend(server.url)
 
     ``start()`` after ``kill()`` brings it back on the same port, which is how a test plays a
-    crash and a restart; ``pause()``/``resume()`` play a server that hangs.  Needs the
+    crash and a restart; ``pause()``/``resume()`` play a server that hangs.  ``config`` holds
+    more ``redis.conf`` lines (TLS, a Unix socket, ACL users, cluster mode, ``replicaof``),
+    sent on stdin like the password; the server still answers on its TCP port.  Needs the
     ``redis-server`` binary and the ``redis`` package (``pip install glm-guard[redis]``).
     """
 
@@ -55,6 +58,7 @@ class RedisServer:
         port: int | None = None,
         binary: str | None = None,
         startup_timeout: float = 10.0,
+        config: Sequence[str] = (),
     ) -> None:
         if password is not None and not password:
             raise ValueError("password must be a non-empty string or None")
@@ -67,6 +71,7 @@ class RedisServer:
         self.password = password
         self.port = free_port() if port is None else port
         self.startup_timeout = startup_timeout
+        self.config = tuple(config)
         self._dir: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._owner = os.getpid()
@@ -101,6 +106,7 @@ class RedisServer:
         assert self._process.stdin is not None
         with self._process.stdin as config:
             config.write(f"requirepass {self.password}\n".encode() if self.password else b"")
+            config.write("".join(f"{line}\n" for line in self.config).encode())
         self._owner = os.getpid()
         atexit.register(self.stop)
         self._wait_until_it_answers()

@@ -1,8 +1,9 @@
 """This process's clients for one Redis URL: one sync client (with its pool), one async client per loop.
 
-Everything goes through redis-py's public client API, so TLS, Unix sockets and (later)
-Sentinel and Cluster are redis-py's business.  Redis failures become the library's own errors
-here and nowhere else, sorted by what they say about Redis:
+Everything goes through redis-py's public client API, so TLS, Unix sockets, Sentinel and
+Cluster are redis-py's business (``_clients`` opens the right client for the URL).  Redis
+failures become the library's own errors here and nowhere else, sorted by what they say about
+Redis:
 
 - it cannot be reached (connection refused or lost, timeout, wrong password, loading):
   :class:`~glm_guard.BackendError`, and the backend counts as unreachable;
@@ -27,21 +28,20 @@ from typing import Any, NamedTuple, TypeVar
 
 import redis
 import redis.asyncio
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript, Script
-from redis.retry import Retry
 
 from ..._config import mask_url
 from ..._errors import BackendError, BackendRefused, BackendRequestError
+from ..._redis_url import redis_target
 from . import _scripts
+from ._clients import AsyncClient, Client, open_async, open_sync
 from ._health import Health
 
 T = TypeVar("T")
 
-#: What redis-py raises: its own errors, and socket errors it let through (TimeoutError too).
-_FAILURES = (redis.RedisError, OSError)
-_RETRIED = (redis.ConnectionError,)
+#: What redis-py raises: its own errors, and socket errors it let through (TimeoutError too);
+#: its Cluster client's errors (no node answers, say) are not ``RedisError``s.
+_FAILURES = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
 #: Error replies that say Redis is up but will not do this now; the first word of the reply.
 _REFUSALS = frozenset({"OOM", "READONLY", "MISCONF", "BUSY", "MASTERDOWN", "NOREPLICAS", "TRYAGAIN", "CLUSTERDOWN"})
 _REFUSAL_CLASSES = (
@@ -55,7 +55,7 @@ _QUOTED = 200
 
 
 class _LoopClient(NamedTuple):
-    client: redis.asyncio.Redis
+    client: AsyncClient
     scripts: dict[str, AsyncScript]
     closer: AsyncIterator[None]  # closes the client when the loop shuts its async generators down
 
@@ -74,6 +74,7 @@ class Connections:
 
     def __init__(self, url: str, socket_timeout: float, health: Health) -> None:
         self._url = url
+        self._target = redis_target(url)
         self._timeout = socket_timeout
         self._health = health
         self.after_fork()
@@ -84,22 +85,17 @@ class Connections:
         Takes no lock, since a lock another thread held at the fork would never open in the child.
         """
         self._lock = threading.Lock()
-        self._sync: tuple[redis.Redis, dict[str, Script]] | None = None
+        self._sync: tuple[Client, dict[str, Script], Callable[[], None]] | None = None
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient] = weakref.WeakKeyDictionary()
 
-    def _open(self) -> tuple[redis.Redis, dict[str, Script]]:
+    def _open(self) -> tuple[Client, dict[str, Script], Callable[[], None]]:
         with self._lock:
             if self._sync is None:
-                client = redis.Redis.from_url(
-                    self._url,
-                    retry=Retry(NoBackoff(), 1, _RETRIED),
-                    socket_timeout=self._timeout,
-                    socket_connect_timeout=self._timeout,
-                )
-                self._sync = (client, _scripts.register(client))
+                client, close = open_sync(self._target, self._timeout)
+                self._sync = (client, _scripts.register(client), close)
             return self._sync
 
-    def client(self) -> redis.Redis:
+    def client(self) -> Client:
         """The sync client: its pool serves every thread of this process."""
         return (self._sync or self._open())[0]
 
@@ -108,12 +104,8 @@ class Connections:
         entry = self._loops.get(loop)
         if entry is None:
             self._forget_closed_loops()
-            # No socket_timeout here: redis-py would bound every send with asyncio.wait_for, a task
-            # (an extra turn of the loop) per request.  Each request is bounded as a whole instead.
-            client = redis.asyncio.Redis.from_url(
-                self._url, retry=AsyncRetry(NoBackoff(), 1, _RETRIED), socket_connect_timeout=self._timeout
-            )
-            closer = _close_with_loop(client)
+            client, aclose = open_async(self._target, self._timeout)  # each request is bounded below
+            closer = _close_with_loop(aclose)
             await anext(closer)  # the loop now tracks it and closes the client at shutdown_asyncgens
             entry = self._loops[loop] = _LoopClient(client, _scripts.register_async(client), closer)
         return entry
@@ -133,25 +125,25 @@ class Connections:
 
     def run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run the packaged script ``name`` and return its reply."""
-        scripts = (self._sync or self._open())[1]
-        with _Outcome(self):
+        with _Outcome(self):  # opening may fail too: a Cluster client asks for the nodes at once
+            scripts = (self._sync or self._open())[1]
             return scripts[name](keys, args)
 
     async def run_async(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        entry = await self._loop_client()
         with _Outcome(self):
+            entry = await self._loop_client()
             async with asyncio.timeout(self._timeout):  # a cancelled read disconnects its connection
                 return await entry.scripts[name](keys, args)
 
-    def call(self, command: Callable[[redis.Redis], T]) -> T:
+    def call(self, command: Callable[[Client], T]) -> T:
         """``command(client)``: plain commands (``GET``, ``SET``) on the same pool as the scripts."""
-        client = (self._sync or self._open())[0]
         with _Outcome(self):
+            client = (self._sync or self._open())[0]
             return command(client)
 
-    async def call_async(self, command: Callable[[redis.asyncio.Redis], Awaitable[T]]) -> T:
-        entry = await self._loop_client()
+    async def call_async(self, command: Callable[[AsyncClient], Awaitable[T]]) -> T:
         with _Outcome(self):
+            entry = await self._loop_client()
             async with asyncio.timeout(self._timeout):
                 return await command(entry.client)
 
@@ -179,7 +171,7 @@ class Connections:
         with self._lock:
             sync, self._sync = self._sync, None
         if sync is not None:
-            sync[0].close()
+            sync[2]()
 
 
 class _Outcome:
@@ -219,9 +211,9 @@ def _reply(error: BaseException) -> str:
     return f"{type(error).__name__}: {str(error)[:_QUOTED]}"
 
 
-async def _close_with_loop(client: redis.asyncio.Redis) -> AsyncIterator[None]:
+async def _close_with_loop(aclose: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
     """An async generator whose ``finally`` runs when ``asyncio.run`` shuts the loop down."""
     try:
         yield
     finally:
-        await client.aclose()
+        await aclose()

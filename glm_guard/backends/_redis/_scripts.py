@@ -2,7 +2,9 @@
 
 Work that must be atomic is one script.  redis-py's ``Script`` objects send ``EVALSHA``
 and, after a NOSCRIPT reply (a restart, ``SCRIPT FLUSH``, a failover), load the source and
-send it once more, so nothing here encodes a request by hand.
+send it once more, so nothing here encodes a request by hand.  On a Cluster, ``EVALSHA`` goes
+to the node that holds its keys' slot (every key of one script shares the limit's ``{K}``
+hash tag).
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import importlib.resources
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    import redis
-    import redis.asyncio
     from redis.commands.core import AsyncScript, Script
+
+    from ._clients import AsyncClient, Client
 
 NAMES = (
     "acquire",
@@ -39,10 +41,10 @@ def sources() -> dict[str, str]:
     return {name: files.joinpath(f"{name}.lua").read_text("utf-8") for name in NAMES}
 
 
-def register(client: redis.Redis) -> dict[str, Script]:
+def register(client: Client) -> dict[str, Script]:
     """The scripts bound to ``client``; registering only hashes them, it sends nothing."""
     return {name: client.register_script(source) for name, source in sources().items()}
 
 
-def register_async(client: redis.asyncio.Redis) -> dict[str, AsyncScript]:
+def register_async(client: AsyncClient) -> dict[str, AsyncScript]:
     return {name: client.register_script(source) for name, source in sources().items()}

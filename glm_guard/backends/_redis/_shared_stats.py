@@ -2,15 +2,17 @@
 
 Key layout, for prefix ``P``::
 
-    Pstats:m:{minute}   HASH  "{key}|{field}" -> count, one hash per UTC minute (unix time // 60),
-                              expires 24 h + 10 min after the minute ends
-    Pstats:total        HASH  the same fields summed since first use (expires 30 days idle)
-    Pstats:alerts       HASH  alert name -> "1" while firing (expires 2 h after the last check)
+    P{stats}:m:{minute}   HASH  "{key}|{field}" -> count, one hash per UTC minute (unix time // 60),
+                                expires 24 h + 10 min after the minute ends
+    P{stats}:total        HASH  the same fields summed since first use (expires 30 days idle)
+    P{stats}:alerts       HASH  alert name -> "1" while firing (expires 2 h after the last check)
 
-The keys carry no hash tag yet, so they are the keys every release so far wrote: a fleet
-upgrading process by process keeps adding to the same hashes.  Redis Cluster will need them
-in one slot (one ``{...}`` tag in :meth:`RedisSharedStats._key`), since :meth:`add` is one
-MULTI/EXEC over several of them.
+:meth:`~RedisSharedStats.add` is one MULTI/EXEC over several of these keys (all of a flush or
+none, so a retry never counts twice), which Redis Cluster runs only when every key is in one
+slot: hence the one ``{stats}`` hash tag.  Whatever the prefix holds, every stats key starts
+with the same text up to the end of that tag, so they all share it.  Releases before the tag
+wrote ``Pstats:m:{minute}`` and ``Pstats:total``; those are still read (never written), so a
+fleet upgrading process by process loses no counts from the views until they expire.
 """
 
 from __future__ import annotations
@@ -37,7 +39,11 @@ class RedisSharedStats(SharedStats):
         self._prefix = prefix
 
     def _key(self, suffix: str) -> str:
-        return f"{self._prefix}stats:{suffix}"
+        return f"{self._prefix}{{stats}}:{suffix}"
+
+    def _keys_read(self, suffix: str) -> tuple[str, str]:
+        """The key and the one releases before the hash tag wrote (read until it expires)."""
+        return self._key(suffix), f"{self._prefix}stats:{suffix}"
 
     def add(self, minutes: Mapping[int, Counters]) -> None:
         totals: Counters = {}
@@ -58,14 +64,17 @@ class RedisSharedStats(SharedStats):
         self._connections.call(write)
 
     def totals(self) -> Counters:
-        raw = self._connections.call(lambda client: client.hgetall(self._key("total")))
-        return _parse([raw])
+        return self._read(["total"])
 
     def window(self, first_minute: int, last_minute: int) -> Counters:
+        return self._read([f"m:{minute}" for minute in range(first_minute, last_minute + 1)])
+
+    def _read(self, suffixes: list[str]) -> Counters:
         def read(client: Any) -> list[Any]:
-            pipe = client.pipeline(transaction=False)
-            for minute in range(first_minute, last_minute + 1):
-                pipe.hgetall(self._key(f"m:{minute}"))
+            pipe = client.pipeline(transaction=False)  # on a Cluster, one batch per node
+            for suffix in suffixes:
+                for name in self._keys_read(suffix):
+                    pipe.hgetall(name)
             return list(pipe.execute())
 
         return _parse(self._connections.call(read))
