@@ -29,6 +29,7 @@ NAMES = (
     "confirm",
     "unclaim",
     "retry_budget",
+    "settle",
 )
 
 
