@@ -22,6 +22,7 @@ from ._errors import (
     QuotaExhausted,
     RateLimitTimeout,
 )
+from ._provider_limits import headers_of, provider_wait
 from ._stack import Stack, entry, join
 from ._token_budget import Estimate, Tokenizer, count_tokens, reservation, tokens_used
 from ._wrapping import default_key, kind_of, unwrap_descriptor
@@ -274,7 +275,7 @@ class _Held:
     """A permit held for one call: admitted on entry, given back on exit, and the key paused
     when a rate-limit error passes out."""
 
-    __slots__ = ("guard", "limiter", "permit", "policy", "stack", "used")
+    __slots__ = ("guard", "limiter", "permit", "policy", "stack", "told_wait", "used")
 
     def __init__(self, guard: _Guard, limiter: Limiter, stack: Stack, policy: LimitPolicy) -> None:
         self.guard = guard
@@ -282,13 +283,19 @@ class _Held:
         self.stack = stack
         self.policy = policy
         self.used: int | None = None  # the tokens the answer reported, once it has
+        self.told_wait = 0.0  # how long the provider's rate-limit headers say the key must wait
 
     def answered(self, answer: object) -> None:
-        """The call returned (or a stream yielded) ``answer``: read the tokens it reports."""
+        """The call returned (or a stream yielded) ``answer``: read the tokens it reports, and what
+        the provider's rate-limit headers say is left."""
         if self.policy.tokens is not None:
             used = tokens_used(answer)
             if used is not None:
                 self.used = used
+        headers = headers_of(answer)
+        if headers is not None:
+            unknown_reset = self.guard.cooldown or 1.0
+            self.told_wait = provider_wait(headers, self.policy.reserve, unknown_reset)
 
     def _settle(self, error: BaseException | None) -> None:
         """Tell a token reservation what to become: the usage reported, or nothing after a failure."""
@@ -349,8 +356,8 @@ class _Held:
     def _after(self, error: BaseException | None) -> tuple[Outcome | None, float, tuple[str, float, float] | None]:
         """What the call's end teaches a learned limit, how long the key's callers should wait,
         and the pause (reason, seconds, probe interval) it starts."""
-        if error is None:
-            return Outcome.SUCCEEDED, 0.0, None
+        if error is None:  # the provider's headers may say its count ran out: wait for its reset
+            return Outcome.SUCCEEDED, min(self.told_wait, MAX_COOLDOWN_SECONDS), None
         if not isinstance(error, Exception):
             return None, 0.0, None  # cancelled, or the process exits: nothing learned about the limit
         info = self.stack.verdict(error)
