@@ -60,6 +60,7 @@ def rate_limited(
     tokens: int | None = None,
     estimate: Estimate | None = None,
     tokenizer: Tokenizer | None = None,
+    burst: tuple[int, float] | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -78,6 +79,7 @@ def rate_limited(
     tokens: int | None = None,
     estimate: Estimate | None = None,
     tokenizer: Tokenizer | None = None,
+    burst: tuple[int, float] | None = None,
 ) -> Any:
     """Admit at most ``calls`` starts in any ``period`` seconds and ``concurrency`` in flight.
 
@@ -111,6 +113,10 @@ def rate_limited(
     ``max_tokens`` (``max_completion_tokens``); :func:`token_estimate` overrides it for the calls
     made inside it.  An estimate above the whole budget fails at once (``ConfigurationError``).
 
+    ``burst=(n, seconds)`` caps starts at ``n`` in any ``seconds`` as well, for providers that
+    check sub-windows (Azure: 600 per minute is 10 per second); ``(1, period / calls)`` paces
+    starts evenly.  It is checked in the same step as the other limits.
+
     Functions decorated with the same ``key`` share one budget; the default key is the
     function's ``module.qualname``, so the same function shares one limit across processes
     on a shared backend.  When a rate-limit error passes out of the call, the whole key
@@ -129,7 +135,7 @@ def rate_limited(
         raise ConfigurationError("estimate", f"must be a function of the call's arguments, got {estimate!r}")
     if tokenizer is not None and not callable(tokenizer):
         raise ConfigurationError("tokenizer", f"must be a function of a string, got {tokenizer!r}")
-    if calls is None and concurrency is None and tokens is None:
+    if calls is None and concurrency is None and tokens is None and burst is None:
         policy = LimitPolicy(settings.max_calls_per_minute, 60.0, settings.max_concurrency, failure_policy)
     else:
         policy = LimitPolicy(
@@ -138,6 +144,7 @@ def rate_limited(
             _concurrency(concurrency),
             failure_policy,
             _validate.positive_int("tokens", tokens, optional=True),
+            burst=_burst(burst),
         )
     wait_limit = _validate.seconds("max_wait", max_wait, optional=True)
     pause = _validate.seconds("cooldown", cooldown, optional=True)
@@ -196,6 +203,17 @@ def _refusal(paused: KeyPaused) -> KeyPausedError:
     if kind == "arrears":
         return AccountInArrears(paused.key, code or None, retry_at)
     return ModelOverloaded(paused.key, code or None, retry_at)
+
+
+def _burst(value: object) -> tuple[int, float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, tuple) or len(value) != 2:
+        raise ConfigurationError("burst", f"must be (starts, seconds), such as (10, 1.0); got {value!r}")
+    starts = _validate.positive_int("burst", value[0])
+    seconds = _validate.seconds("burst", value[1], allow_zero=False)
+    assert starts is not None and seconds is not None
+    return starts, float(seconds)
 
 
 def _concurrency(value: object) -> int | AutoConcurrency | None:

@@ -24,7 +24,9 @@ def main() -> None:
     if mode == "rate":
         starts: list[float] = []
 
-        @glm_guard.rate_limited(options["calls"], options["period"], key=options["key"], backend=url)
+        burst = tuple(options["burst"]) if options.get("burst") else None
+
+        @glm_guard.rate_limited(options["calls"], options["period"], key=options["key"], backend=url, burst=burst)
         async def call() -> None:
             starts.append(time.monotonic())
 

@@ -69,6 +69,8 @@ class LimitPolicy:
     """Tokens that may start in any ``period``, counted by each call's reservation (``None``: no budget)."""
     reserve: int = 0
     """What this call reserves from ``tokens`` (its estimate): the one field that differs per call."""
+    burst: tuple[int, float] | None = None
+    """``(starts, seconds)``: at most that many starts in any sub-window (``None``: no cap)."""
 
     def __post_init__(self) -> None:
         if self.on_backend_error not in BACKEND_ERROR_POLICIES:
@@ -80,6 +82,11 @@ class LimitPolicy:
         if self.concurrency is not None and not isinstance(self.concurrency, AutoConcurrency):
             _check_positive_int("concurrency", self.concurrency)
         _check_positive_number("period", self.period)
+        if self.burst is not None:
+            if not isinstance(self.burst, tuple) or len(self.burst) != 2:
+                raise ConfigurationError("burst", f"must be (starts, seconds), got {self.burst!r}")
+            _check_positive_int("burst", self.burst[0])
+            _check_positive_number("burst", self.burst[1])
         if self.tokens is not None:
             _check_positive_int("tokens", self.tokens)
             if not 0 <= self.reserve <= self.tokens:

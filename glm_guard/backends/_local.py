@@ -267,7 +267,7 @@ class LocalLimiter(Limiter):
         state.longest_period = self.state.longest_period
         state.in_flight = self.state.in_flight
         state.cooldown_until = self.state.cooldown_until
-        state.copy_tokens(self.state)
+        state.copy_logs(self.state)
         if self.state.learned is not None:
             state.learned = dataclasses.replace(self.state.learned)
         at = now

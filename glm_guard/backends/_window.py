@@ -26,6 +26,7 @@ class WindowState:
     """
 
     __slots__ = (
+        "bursts",
         "cooldown_until",
         "in_flight",
         "keep",
@@ -51,14 +52,16 @@ class WindowState:
         self.spent_total = 0
         self.spent_since = -_INF
         self.token_period = 0.0
+        self.bursts: deque[float] = deque()  # the starts that count against a burst cap, oldest first
 
-    def copy_tokens(self, other: WindowState) -> None:
-        """Take ``other``'s token reservations (for a what-if run; the entries themselves are shared
+    def copy_logs(self, other: WindowState) -> None:
+        """Take ``other``'s token reservations and burst starts (for a what-if run; the entries themselves are shared
         and only a settle, never a what-if, changes them)."""
         self.spent = deque(other.spent)
         self.spent_total = other.spent_total
         self.spent_since = other.spent_since
         self.token_period = other.token_period
+        self.bursts = deque(other.bursts)
 
     def concurrency(self, policy: LimitPolicy) -> int | None:
         """The policy's concurrency limit now: its number, or the one learned for the key."""
@@ -80,6 +83,10 @@ class WindowState:
         at = self.cooldown_until if self.cooldown_until > now else now
         if policy.tokens is not None:
             at = max(at, self._tokens_free_at(policy, now))
+        if policy.burst is not None:
+            most, seconds = policy.burst
+            if len(self.bursts) >= most and self.bursts[-most] + seconds > at:
+                at = self.bursts[-most] + seconds
         calls = policy.calls
         if calls is not None and len(self.starts) >= calls:
             # The calls-th most recent start must have left the window (t - period, t].
@@ -120,6 +127,10 @@ class WindowState:
         if policy.tokens is not None:
             self.spent.append([now, policy.reserve])
             self.spent_total += policy.reserve
+        if policy.burst is not None:
+            self.bursts.append(now)
+            while len(self.bursts) > policy.burst[0]:  # only the last `most` starts can matter
+                self.bursts.popleft()
         return Admission(epoch, self.in_flight)
 
     def settle(self, entry: list[float], used: int) -> None:

@@ -118,6 +118,7 @@ class SharedAdmission:
             self.pause_key,
             self.spent_key,
             self.sizes_key,
+            backend.key(key, "burst"),
         ]
         self.channel = backend.key(key, "released")
         self._askers = Gate(ASKERS_PER_KEY)  # this process's callers talking to Redis about the key
@@ -141,9 +142,12 @@ class SharedAdmission:
             limits = f"{policy.calls or 0} {window} 0 {self._lease_ms} {left_ms}{learning}"
         else:
             limits = f"{policy.calls or 0} {window} {concurrency or 0} {self._lease_ms} {left_ms}"
-        if policy.tokens is not None:  # the same step checks the token budget
-            return [limits, new_token(), "", f"{policy.tokens} {policy.reserve} {window_ms(policy.period)}"]
-        return [limits, new_token()]
+        if policy.tokens is None and policy.burst is None:
+            return [limits, new_token()]
+        # The same step checks the token budget and the burst cap (ARGV[3] is the tests' clock).
+        tokens = "" if policy.tokens is None else f"{policy.tokens} {policy.reserve} {window_ms(policy.period)}"
+        burst = "" if policy.burst is None else f"{policy.burst[0]} {window_ms(policy.burst[1])}"
+        return [limits, new_token(), "", tokens, burst]
 
     def _paused(self) -> bool:
         """A pause this process set is in force (checked without a round trip): a cooldown, or
@@ -161,7 +165,7 @@ class SharedAdmission:
         Redis chose it at some moment after ``sent``; only the part of the round trip beyond
         the usual one counts, so a distant Redis does not make every start late.
         """
-        if policy.calls is None and policy.tokens is None:
+        if policy.calls is None and policy.tokens is None and policy.burst is None:
             return False  # no window to share
         trip = answered - sent
         usual = self._round_trip
@@ -224,7 +228,7 @@ class SharedAdmission:
                     try:
                         reply = yield Ask("acquire", self.keys, args)
                     except BaseException:  # the script may have run: a start and a lease nobody holds
-                        if policy.calls is not None or policy.tokens is not None:
+                        if policy.calls is not None or policy.tokens is not None or policy.burst is not None:
                             self._unreserve(token)
                         elif policy.concurrency is not None:
                             self.abandon(token)

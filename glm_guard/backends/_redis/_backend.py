@@ -181,6 +181,7 @@ class RedisBackend(Backend, SharesStats, ReportsOutages, LearnsLimits):
                 None if concurrency is None else max(1, concurrency // processes),
                 policy.on_backend_error,
                 None if policy.tokens is None else max(1, policy.tokens // processes),
+                burst=None if policy.burst is None else (max(1, policy.burst[0] // processes), policy.burst[1]),
             )
             self._shares[(policy, processes, concurrency)] = cached
         if cached.tokens is None:

@@ -3,7 +3,8 @@
 -- KEYS[3] cooldown (string: deadline ms)   KEYS[4] learned limit (HASH, see learn.lua)
 -- KEYS[5] pause (string: "reason until_ms probe_every_ms since_ms", see pause.lua)
 -- KEYS[6] token reservations (ZSET: token -> start ms)   KEYS[7] their sizes (HASH: token ->
--- tokens, and 'total': their sum); read only with ARGV[4].
+-- tokens, and 'total': their sum); read only with ARGV[4].   KEYS[8] burst starts (ZSET:
+-- token -> start ms); read only with ARGV[5].
 -- ARGV[3] (tests only): a virtual "now" in ms, so the same vectors can check this script and
 -- the local algorithm against one oracle.
 -- ARGV[1]: "calls period_ms concurrency lease_ms max_wait_ms [min max start]" (calls or
@@ -13,6 +14,7 @@
 --          ARGV[2]: a token unique to this attempt.
 -- ARGV[4] (optional): "tokens reserve window_ms", a token budget: this call reserves `reserve`
 --          of the `tokens` that may start in any window (see the token budget part below).
+-- ARGV[5] (optional): "starts window_ms", a burst cap: at most `starts` in any sub-window.
 -- Returns {1} when admitted now (the usual reply, kept short); {2, wait_ms} when admitted
 -- with a start reserved wait_ms from now (the caller sleeps, then starts without asking
 -- again: one round trip per admission even under contention).  Under a learned limit, or
@@ -93,6 +95,23 @@ if calls > 0 then
   end
 end
 
+-- A burst cap keeps a log of its own.  Its reservations may lie in the future while the rate
+-- window is not full, so a start goes after the last one in it (FIFO across processes), then
+-- waits until the starts-th most recent has left the sub-window.  A later start never breaks
+-- the rate window checked above: every start there is at or before it.
+local burst, bwindow = nil, 0
+if ARGV[5] and ARGV[5] ~= '' then
+  local bn, bw = string.match(ARGV[5], '^(%d+) (%d+)$')
+  burst, bwindow = tonumber(bn), tonumber(bw)
+  local last = redis.call('ZREVRANGE', KEYS[8], 0, 0, 'WITHSCORES')
+  if last[2] and tonumber(last[2]) > start then start = tonumber(last[2]) end
+  local nth = redis.call('ZREVRANGE', KEYS[8], burst - 1, burst - 1, 'WITHSCORES')
+  if nth[2] and tonumber(nth[2]) + bwindow > start then start = tonumber(nth[2]) + bwindow end
+  if max_wait >= 0 and start - now > max_wait then
+    return {0, start - now, 2}
+  end
+end
+
 -- Expired leases (of holders that died) only ever make the count larger, so they are swept
 -- only when the count reaches the limit: the set never holds more than `concurrency` + 1.
 local held = -2
@@ -155,6 +174,11 @@ if budget then
     redis.call('PEXPIRE', KEYS[6], keep)
     redis.call('PEXPIRE', KEYS[7], keep)
   end
+end
+if burst then
+  redis.call('ZADD', KEYS[8], start, token)
+  redis.call('ZREMRANGEBYRANK', KEYS[8], 0, -(burst + 1))
+  redis.call('PEXPIRE', KEYS[8], start - now + bwindow + 1000)
 end
 if calls > 0 then
   redis.call('ZADD', KEYS[1], start, token)
