@@ -61,6 +61,7 @@ def rate_limited(
     estimate: Estimate | None = None,
     tokenizer: Tokenizer | None = None,
     burst: tuple[int, float] | None = None,
+    refund_unused: bool = True,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -80,6 +81,7 @@ def rate_limited(
     estimate: Estimate | None = None,
     tokenizer: Tokenizer | None = None,
     burst: tuple[int, float] | None = None,
+    refund_unused: bool = True,
 ) -> Any:
     """Admit at most ``calls`` starts in any ``period`` seconds and ``concurrency`` in flight.
 
@@ -112,6 +114,8 @@ def rate_limited(
     ``input``, ``system`` keywords, counted by ``tokenizer``, default :func:`count_tokens`) plus
     ``max_tokens`` (``max_completion_tokens``); :func:`token_estimate` overrides it for the calls
     made inside it.  An estimate above the whole budget fails at once (``ConfigurationError``).
+    ``refund_unused=False`` keeps a call's whole estimate counted when it used less, for a
+    provider that counts ``max_tokens`` when the request arrives (OpenAI does).
 
     ``burst=(n, seconds)`` caps starts at ``n`` in any ``seconds`` as well, for providers that
     check sub-windows (Azure: 600 per minute is 10 per second); ``(1, period / calls)`` paces
@@ -133,6 +137,8 @@ def rate_limited(
         raise ConfigurationError("period", f"needs calls or tokens (how many per {period!r} s); got neither")
     if estimate is not None and not callable(estimate):
         raise ConfigurationError("estimate", f"must be a function of the call's arguments, got {estimate!r}")
+    if not isinstance(refund_unused, bool):
+        raise ConfigurationError("refund_unused", f"must be True or False, got {refund_unused!r}")
     if tokenizer is not None and not callable(tokenizer):
         raise ConfigurationError("tokenizer", f"must be a function of a string, got {tokenizer!r}")
     if calls is None and concurrency is None and tokens is None and burst is None:
@@ -158,7 +164,7 @@ def rate_limited(
             "arrears": settings.arrears_pause if arrears is None else arrears,
             "overload": settings.overload_pause if overload is None else overload,
         },
-        None if policy.tokens is None else _Budget(estimate, tokenizer or count_tokens),
+        None if policy.tokens is None else _Budget(estimate, tokenizer or count_tokens, refund_unused),
     )
     explicit_key = _validate.key_name("key", key)
     store = get_backend(backend)
@@ -229,11 +235,12 @@ def _concurrency(value: object) -> int | AutoConcurrency | None:
 class _Budget:
     """How a decorator with ``tokens`` estimates each call."""
 
-    __slots__ = ("estimate", "tokenizer")
+    __slots__ = ("estimate", "refund_unused", "tokenizer")
 
-    def __init__(self, estimate: Estimate | None, tokenizer: Tokenizer) -> None:
+    def __init__(self, estimate: Estimate | None, tokenizer: Tokenizer, refund_unused: bool) -> None:
         self.estimate = estimate
         self.tokenizer = tokenizer
+        self.refund_unused = refund_unused
 
 
 class _Guard:
@@ -318,7 +325,11 @@ class _Held:
     def _settle(self, error: BaseException | None) -> None:
         """Tell a token reservation what to become: the usage reported, or nothing after a failure."""
         if isinstance(self.permit, Spending):
-            self.permit.used = 0 if error is not None else self.used
+            used = self.used
+            budget = self.guard.budget
+            if used is not None and budget is not None and not budget.refund_unused:
+                used = max(used, self.policy.reserve)  # the provider counted the whole request
+            self.permit.used = 0 if error is not None else used
 
     def _timed(self, started: float, timed_out: bool) -> None:
         self.stack.waited(time.perf_counter() - started, timed_out)

@@ -83,6 +83,19 @@ def test_usage_below_the_estimate_gives_the_rest_back_at_once(backend: Backend) 
     call()  # 10 counted, not 60: 60 more fit without waiting for the window
 
 
+def test_refund_unused_false_keeps_the_estimate_but_counts_more(backend: Backend) -> None:
+    used = iter([10, 90])
+
+    @rate_limited(tokens=100, period=30, backend=backend, max_wait=0, estimate=lambda: 30, refund_unused=False)
+    def call() -> dict[str, Any]:
+        return answer(next(used))
+
+    call()  # used 10: 30 stay counted
+    call()  # used 90: 90 counted, 120 in all
+    with pytest.raises(RateLimitTimeout), token_estimate(1):
+        call()
+
+
 def test_usage_above_the_estimate_is_counted(backend: Backend) -> None:
     @rate_limited(tokens=100, period=30, backend=backend, max_wait=0, estimate=lambda: 30)
     def call() -> dict[str, Any]:
