@@ -251,3 +251,58 @@ def test_usage_equal_to_the_estimate_settles_without_an_error(
     assert not [record for record in caplog.records if record.levelname == "ERROR"]
     with pytest.raises(RateLimitTimeout):
         call()  # 80 counted: 40 more would pass the budget
+
+
+def test_a_rate_limited_call_gives_its_reservation_back(backend: Backend) -> None:
+    from .helpers import SEED_1302
+
+    failing = iter([True, False])
+
+    @rate_limited(tokens=100, period=30, backend=backend, max_wait=0, cooldown=0, estimate=lambda: 70)
+    def call() -> dict[str, Any]:
+        if next(failing):
+            raise RuntimeError(SEED_1302)
+        return answer(70)
+
+    with pytest.raises(RuntimeError):
+        call()
+    call()  # the refused call's 70 came back
+
+
+@pytest.mark.redis
+def test_one_script_call_admits_and_one_settles_redis(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tokens, calls, concurrency and cooldown in one admission step; lease and tokens in one settle."""
+    from glm_guard.backends._redis import RedisBackend
+
+    backend = RedisBackend(redis_url)
+    ran: list[str] = []
+    run = backend.connections.run
+
+    def counted(name: str, keys: Any, args: Any) -> Any:
+        if name != "heartbeat":
+            ran.append(name)
+        return run(name, keys, args)
+
+    monkeypatch.setattr(backend.connections, "run", counted)
+
+    @rate_limited(10, 60, concurrency=2, tokens=1000, backend=backend, estimate=lambda: 50)
+    def call() -> dict[str, Any]:
+        return answer(20)
+
+    try:
+        call()
+        call()
+        assert ran == ["acquire", "settle", "acquire", "settle"]
+    finally:
+        backend.close()
+
+
+def test_a_learned_concurrency_limit_and_a_token_budget_work_together(backend: Backend) -> None:
+    @rate_limited(concurrency="auto", tokens=100, period=30, backend=backend, max_wait=0, estimate=lambda: 60)
+    def call() -> dict[str, Any]:
+        return answer(10)
+
+    for _ in range(5):  # each settles to 10: 50 in all, never the 300 its estimates add up to
+        call()
+    with pytest.raises(RateLimitTimeout), token_estimate(60):
+        call()
