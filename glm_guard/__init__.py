@@ -36,6 +36,7 @@ from ._errors import (
 from ._fallback import fallback
 from ._rate_limit import rate_limited
 from ._retry import retry_on_1302
+from ._token_budget import count_tokens, token_estimate
 from .backends._base import RetryBudgetPolicy
 from .monitoring import configure_stats, on_alert, rate_limit_stats, stats, subscribe
 from .monitoring._events import (
@@ -101,6 +102,7 @@ __all__ = [
     "__version__",
     "cached_response",
     "configure_stats",
+    "count_tokens",
     "fallback",
     "get_llm_client",
     "get_settings",
@@ -115,6 +117,7 @@ __all__ = [
     "set_testing",
     "stats",
     "subscribe",
+    "token_estimate",
 ]
 
 

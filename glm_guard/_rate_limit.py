@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import re
 import time
@@ -21,10 +22,12 @@ from ._errors import (
     QuotaExhausted,
     RateLimitTimeout,
 )
+from ._provider_limits import headers_of, provider_wait
 from ._stack import Stack, entry, join
+from ._token_budget import Estimate, Tokenizer, count_tokens, reservation, tokens_used
 from ._wrapping import default_key, kind_of, unwrap_descriptor
 from .backends import Limiter, LimitPolicy, get_backend
-from .backends._base import AsyncPermit, Backend, Outcome, Permit
+from .backends._base import AsyncPermit, Backend, Outcome, Permit, Spending
 from .backends._pauses import LONGEST_PAUSE_SECONDS, KeyPaused
 
 __all__ = ["rate_limited"]
@@ -54,6 +57,11 @@ def rate_limited(
     on_backend_error: str | None = None,
     arrears_pause: float | None = None,
     overload_pause: float | None = None,
+    tokens: int | None = None,
+    estimate: Estimate | None = None,
+    tokenizer: Tokenizer | None = None,
+    burst: tuple[int, float] | None = None,
+    refund_unused: bool = True,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -69,6 +77,11 @@ def rate_limited(
     on_backend_error: str | None = None,
     arrears_pause: float | None = None,
     overload_pause: float | None = None,
+    tokens: int | None = None,
+    estimate: Estimate | None = None,
+    tokenizer: Tokenizer | None = None,
+    burst: tuple[int, float] | None = None,
+    refund_unused: bool = True,
 ) -> Any:
     """Admit at most ``calls`` starts in any ``period`` seconds and ``concurrency`` in flight.
 
@@ -94,6 +107,20 @@ def rate_limited(
     ``GLM_GUARD_OVERLOAD_PAUSE``, 30), :class:`~glm_guard.ModelOverloaded`.  When a pause
     ends one call probes, and the others keep failing until it has answered.
 
+    ``tokens`` budgets tokens per ``period`` (alone it limits nothing else): each call reserves
+    an estimate before it starts and the answer's ``usage`` settles it afterwards, in both
+    directions; a call that fails or is cancelled gives its reservation back.  The estimate is
+    ``estimate(*args, **kwargs)`` when given, else the prompt's tokens (``messages``, ``prompt``,
+    ``input``, ``system`` keywords, counted by ``tokenizer``, default :func:`count_tokens`) plus
+    ``max_tokens`` (``max_completion_tokens``); :func:`token_estimate` overrides it for the calls
+    made inside it.  An estimate above the whole budget fails at once (``ConfigurationError``).
+    ``refund_unused=False`` keeps a call's whole estimate counted when it used less, for a
+    provider that counts ``max_tokens`` when the request arrives (OpenAI does).
+
+    ``burst=(n, seconds)`` caps starts at ``n`` in any ``seconds`` as well, for providers that
+    check sub-windows (Azure: 600 per minute is 10 per second); ``(1, period / calls)`` paces
+    starts evenly.  It is checked in the same step as the other limits.
+
     Functions decorated with the same ``key`` share one budget; the default key is the
     function's ``module.qualname``, so the same function shares one limit across processes
     on a shared backend.  When a rate-limit error passes out of the call, the whole key
@@ -106,9 +133,15 @@ def rate_limited(
     failure_policy = settings.on_backend_error if on_backend_error is None else on_backend_error
     if period is not None:
         _validate.seconds("period", period, allow_zero=False)
-    if period is not None and calls is None:
-        raise ConfigurationError("period", f"needs calls (how many starts per {period!r} s); got no calls")
-    if calls is None and concurrency is None:
+    if period is not None and calls is None and tokens is None:
+        raise ConfigurationError("period", f"needs calls or tokens (how many per {period!r} s); got neither")
+    if estimate is not None and not callable(estimate):
+        raise ConfigurationError("estimate", f"must be a function of the call's arguments, got {estimate!r}")
+    if not isinstance(refund_unused, bool):
+        raise ConfigurationError("refund_unused", f"must be True or False, got {refund_unused!r}")
+    if tokenizer is not None and not callable(tokenizer):
+        raise ConfigurationError("tokenizer", f"must be a function of a string, got {tokenizer!r}")
+    if calls is None and concurrency is None and tokens is None and burst is None:
         policy = LimitPolicy(settings.max_calls_per_minute, 60.0, settings.max_concurrency, failure_policy)
     else:
         policy = LimitPolicy(
@@ -116,6 +149,8 @@ def rate_limited(
             cast(float, _validate.seconds("period", 60.0 if period is None else period, allow_zero=False)),
             _concurrency(concurrency),
             failure_policy,
+            _validate.positive_int("tokens", tokens, optional=True),
+            burst=_burst(burst),
         )
     wait_limit = _validate.seconds("max_wait", max_wait, optional=True)
     pause = _validate.seconds("cooldown", cooldown, optional=True)
@@ -129,6 +164,7 @@ def rate_limited(
             "arrears": settings.arrears_pause if arrears is None else arrears,
             "overload": settings.overload_pause if overload is None else overload,
         },
+        None if policy.tokens is None else _Budget(estimate, tokenizer or count_tokens, refund_unused),
     )
     explicit_key = _validate.key_name("key", key)
     store = get_backend(backend)
@@ -175,6 +211,17 @@ def _refusal(paused: KeyPaused) -> KeyPausedError:
     return ModelOverloaded(paused.key, code or None, retry_at)
 
 
+def _burst(value: object) -> tuple[int, float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, tuple) or len(value) != 2:
+        raise ConfigurationError("burst", f"must be (starts, seconds), such as (10, 1.0); got {value!r}")
+    starts = _validate.positive_int("burst", value[0])
+    seconds = _validate.seconds("burst", value[1], allow_zero=False)
+    assert starts is not None and seconds is not None
+    return starts, float(seconds)
+
+
 def _concurrency(value: object) -> int | AutoConcurrency | None:
     if isinstance(value, AutoConcurrency):
         return value
@@ -185,16 +232,50 @@ def _concurrency(value: object) -> int | AutoConcurrency | None:
     return _validate.positive_int("concurrency", value, optional=True)
 
 
+class _Budget:
+    """How a decorator with ``tokens`` estimates each call."""
+
+    __slots__ = ("estimate", "refund_unused", "tokenizer")
+
+    def __init__(self, estimate: Estimate | None, tokenizer: Tokenizer, refund_unused: bool) -> None:
+        self.estimate = estimate
+        self.tokenizer = tokenizer
+        self.refund_unused = refund_unused
+
+
 class _Guard:
     """One decorator's frozen policy, and the decisions it makes around each call."""
 
-    __slots__ = ("cooldown", "max_wait", "pauses", "policy")
+    __slots__ = ("budget", "cooldown", "max_wait", "pauses", "policy")
 
-    def __init__(self, policy: LimitPolicy, max_wait: float | None, cooldown: float, pauses: dict[str, float]) -> None:
+    def __init__(
+        self,
+        policy: LimitPolicy,
+        max_wait: float | None,
+        cooldown: float,
+        pauses: dict[str, float],
+        budget: _Budget | None = None,
+    ) -> None:
         self.policy = policy
         self.max_wait = max_wait
         self.cooldown = cooldown
         self.pauses = pauses
+        self.budget = budget
+
+    def policy_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LimitPolicy:
+        """The policy of one call: the decorator's, with the call's reservation under a token budget."""
+        budget, policy = self.budget, self.policy
+        if budget is None or policy.tokens is None:
+            return policy
+        tokens = reservation(budget.estimate, budget.tokenizer, args, kwargs)
+        if tokens > policy.tokens:
+            raise ConfigurationError(
+                "tokens",
+                f"this call's estimate of {tokens} tokens exceeds the whole budget of {policy.tokens} per "
+                f"{policy.period:g} s, so it could never start; lower its max_tokens, raise tokens, or "
+                "give a smaller estimate (token_estimate, estimate=)",
+            )
+        return dataclasses.replace(policy, reserve=tokens)
 
     def pause_after(self, info: ErrorInfo) -> float:
         """Seconds every caller of the key should wait after an error (0: not a rate limit).
@@ -210,38 +291,64 @@ class _Guard:
             return 0.0
         return min(self.cooldown, MAX_COOLDOWN_SECONDS)
 
-    def held(self, limiter: Limiter, stack: Stack) -> _Held | _Unguarded:
+    def held(self, limiter: Limiter, stack: Stack, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Held | _Unguarded:
         """A permit for one call, as a context manager (sync or async); none in testing mode."""
-        return _Held(self, limiter, stack) if stack.limits_on else _UNGUARDED
+        return _Held(self, limiter, stack, self.policy_of(args, kwargs)) if stack.limits_on else _UNGUARDED
 
 
 class _Held:
     """A permit held for one call: admitted on entry, given back on exit, and the key paused
     when a rate-limit error passes out."""
 
-    __slots__ = ("guard", "limiter", "permit", "stack")
+    __slots__ = ("guard", "limiter", "permit", "policy", "stack", "told_wait", "used")
 
-    def __init__(self, guard: _Guard, limiter: Limiter, stack: Stack) -> None:
+    def __init__(self, guard: _Guard, limiter: Limiter, stack: Stack, policy: LimitPolicy) -> None:
         self.guard = guard
         self.limiter = limiter
         self.stack = stack
+        self.policy = policy
+        self.used: int | None = None  # the tokens the answer reported, once it has
+        self.told_wait = 0.0  # how long the provider's rate-limit headers say the key must wait
+
+    def answered(self, answer: object) -> None:
+        """The call returned (or a stream yielded) ``answer``: read the tokens it reports, and what
+        the provider's rate-limit headers say is left."""
+        if self.policy.tokens is not None:
+            used = tokens_used(answer)
+            if used is not None:
+                self.used = used
+        headers = headers_of(answer)
+        if headers is not None:
+            unknown_reset = self.guard.cooldown or 1.0
+            self.told_wait = provider_wait(headers, self.policy.reserve, unknown_reset)
+
+    def _settle(self, error: BaseException | None) -> None:
+        """Tell a token reservation what to become: the usage reported, or nothing after a failure."""
+        if isinstance(self.permit, Spending):
+            used = self.used
+            budget = self.guard.budget
+            if used is not None and budget is not None and not budget.refund_unused:
+                used = max(used, self.policy.reserve)  # the provider counted the whole request
+            self.permit.used = 0 if error is not None else used
 
     def _timed(self, started: float, timed_out: bool) -> None:
         self.stack.waited(time.perf_counter() - started, timed_out)
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> _Held:
         started = time.perf_counter()
         try:
-            self.permit: Permit | AsyncPermit = self.limiter.acquire(self.guard.policy, self.guard.max_wait)
+            self.permit: Permit | AsyncPermit = self.limiter.acquire(self.policy, self.guard.max_wait)
         except RateLimitTimeout:
             self._timed(started, True)
             raise
         except KeyPaused as paused:
             raise _refusal(paused) from None
         self._timed(started, False)
+        return self
 
     def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
         outcome = None
+        self._settle(error)
         try:
             outcome, seconds, pause = self._after(error)
             if pause is not None:
@@ -251,19 +358,21 @@ class _Held:
         finally:
             cast(Permit, self.permit).release(outcome)
 
-    async def __aenter__(self) -> None:
+    async def __aenter__(self) -> _Held:
         started = time.perf_counter()
         try:
-            self.permit = await self.limiter.acquire_async(self.guard.policy, self.guard.max_wait)
+            self.permit = await self.limiter.acquire_async(self.policy, self.guard.max_wait)
         except RateLimitTimeout:
             self._timed(started, True)
             raise
         except KeyPaused as paused:
             raise _refusal(paused) from None
         self._timed(started, False)
+        return self
 
     async def __aexit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
         outcome = None
+        self._settle(error)
         try:
             outcome, seconds, pause = self._after(error)
             if pause is not None:
@@ -276,8 +385,8 @@ class _Held:
     def _after(self, error: BaseException | None) -> tuple[Outcome | None, float, tuple[str, float, float] | None]:
         """What the call's end teaches a learned limit, how long the key's callers should wait,
         and the pause (reason, seconds, probe interval) it starts."""
-        if error is None:
-            return Outcome.SUCCEEDED, 0.0, None
+        if error is None:  # the provider's headers may say its count ran out: wait for its reset
+            return Outcome.SUCCEEDED, min(self.told_wait, MAX_COOLDOWN_SECONDS), None
         if not isinstance(error, Exception):
             return None, 0.0, None  # cancelled, or the process exits: nothing learned about the limit
         info = self.stack.verdict(error)
@@ -291,14 +400,17 @@ class _Unguarded:
 
     __slots__ = ()
 
-    def __enter__(self) -> None:
+    def answered(self, answer: object) -> None:
         return None
+
+    def __enter__(self) -> _Unguarded:
+        return self
 
     def __exit__(self, *exc: object) -> None:
         return None
 
-    async def __aenter__(self) -> None:
-        return None
+    async def __aenter__(self) -> _Unguarded:
+        return self
 
     async def __aexit__(self, *exc: object) -> None:
         return None
@@ -313,8 +425,10 @@ def _wrap(fn: Callable[..., Any], limiter: Limiter, guard: _Guard, stack: Stack)
 
         @functools.wraps(fn)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            async with guard.held(limiter, stack):
-                return await fn(*args, **kwargs)
+            async with guard.held(limiter, stack, args, kwargs) as held:
+                answer = await fn(*args, **kwargs)
+                held.answered(answer)
+                return answer
 
         return async_wrapper
 
@@ -322,8 +436,10 @@ def _wrap(fn: Callable[..., Any], limiter: Limiter, guard: _Guard, stack: Stack)
 
         @functools.wraps(fn)
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-            with guard.held(limiter, stack):
-                return fn(*args, **kwargs)
+            with guard.held(limiter, stack, args, kwargs) as held:
+                answer = fn(*args, **kwargs)
+                held.answered(answer)
+                return answer
 
         return sync_wrapper
 
@@ -331,16 +447,23 @@ def _wrap(fn: Callable[..., Any], limiter: Limiter, guard: _Guard, stack: Stack)
 
         @functools.wraps(fn)
         def generator_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-            with guard.held(limiter, stack):  # a stream holds its permit until it ends or is closed
-                return (yield from fn(*args, **kwargs))
+            with guard.held(limiter, stack, args, kwargs) as held:  # a stream holds its permit until it ends
+                if guard.budget is None:
+                    return (yield from fn(*args, **kwargs))
+                with contextlib.closing(fn(*args, **kwargs)) as stream:
+                    for chunk in stream:
+                        held.answered(chunk)  # a stream reports its usage in its last chunk
+                        yield chunk
+                return None
 
         return generator_wrapper
 
     @functools.wraps(fn)
     async def async_generator_wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         # The permit ends with the stream, which is closed at once, not by the garbage collector.
-        async with guard.held(limiter, stack), contextlib.aclosing(fn(*args, **kwargs)) as stream:
+        async with guard.held(limiter, stack, args, kwargs) as held, contextlib.aclosing(fn(*args, **kwargs)) as stream:
             async for item in stream:
+                held.answered(item)
                 yield item
 
     return async_generator_wrapper

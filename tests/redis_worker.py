@@ -24,7 +24,9 @@ def main() -> None:
     if mode == "rate":
         starts: list[float] = []
 
-        @glm_guard.rate_limited(options["calls"], options["period"], key=options["key"], backend=url)
+        burst = tuple(options["burst"]) if options.get("burst") else None
+
+        @glm_guard.rate_limited(options["calls"], options["period"], key=options["key"], backend=url, burst=burst)
         async def call() -> None:
             starts.append(time.monotonic())
 
@@ -39,6 +41,30 @@ def main() -> None:
 
         asyncio.run(run())
         print(json.dumps({"starts": starts}))
+    elif mode == "tokens":
+        import random
+
+        spent: list[tuple[float, int]] = []
+
+        @glm_guard.rate_limited(
+            tokens=options["tokens"], period=options["period"], key=options["key"], backend=url, estimate=lambda n: n
+        )
+        async def spend(size: int) -> dict[str, Any]:
+            spent.append((time.monotonic(), size))
+            await asyncio.sleep(random.uniform(0.005, 0.05))
+            return {"usage": {"total_tokens": size}}  # as much as it reserved: the guarantee's edge
+
+        async def run_tokens() -> None:
+            stop = time.monotonic() + options["seconds"]
+
+            async def task() -> None:
+                while time.monotonic() < stop:
+                    await spend(random.randint(10, options["largest"]))
+
+            await asyncio.gather(*(task() for _ in range(options["tasks"])))
+
+        asyncio.run(run_tokens())
+        print(json.dumps({"spent": spent}))
     elif mode == "concurrency":
         spans: list[tuple[float, float]] = []
 

@@ -36,6 +36,7 @@ __all__ = [
     "RetryBudgetPolicy",
     "SharedStats",
     "SharesStats",
+    "Spending",
 ]
 
 #: ``local``: limit in this process with its share of the limit; ``open``: call without
@@ -64,6 +65,12 @@ class LimitPolicy:
     concurrency: int | AutoConcurrency | None
     on_backend_error: str = "local"
     """What to do while a shared store is unreachable: ``local``, ``open`` or ``closed``."""
+    tokens: int | None = None
+    """Tokens that may start in any ``period``, counted by each call's reservation (``None``: no budget)."""
+    reserve: int = 0
+    """What this call reserves from ``tokens`` (its estimate): the one field that differs per call."""
+    burst: tuple[int, float] | None = None
+    """``(starts, seconds)``: at most that many starts in any sub-window (``None``: no cap)."""
 
     def __post_init__(self) -> None:
         if self.on_backend_error not in BACKEND_ERROR_POLICIES:
@@ -75,6 +82,15 @@ class LimitPolicy:
         if self.concurrency is not None and not isinstance(self.concurrency, AutoConcurrency):
             _check_positive_int("concurrency", self.concurrency)
         _check_positive_number("period", self.period)
+        if self.burst is not None:
+            if not isinstance(self.burst, tuple) or len(self.burst) != 2:
+                raise ConfigurationError("burst", f"must be (starts, seconds), got {self.burst!r}")
+            _check_positive_int("burst", self.burst[0])
+            _check_positive_number("burst", self.burst[1])
+        if self.tokens is not None:
+            _check_positive_int("tokens", self.tokens)
+            if not 0 <= self.reserve <= self.tokens:
+                raise ConfigurationError("reserve", f"must be from 0 to tokens ({self.tokens}), got {self.reserve!r}")
 
 
 def _check_positive_int(name: str, value: object) -> None:
@@ -149,6 +165,20 @@ class Permit(Protocol):
     """
 
     def release(self, outcome: Outcome | None = None) -> None: ...
+
+
+class Spending:
+    """A permit that holds a token reservation (a policy with ``tokens``).
+
+    Its holder sets ``used`` before releasing it: the tokens the answer reports, ``0`` when the
+    call failed or was cancelled (the reservation is given back); left ``None``, the estimate
+    stays counted.  Every such permit is a fresh object, so the attribute is the call's own.
+    """
+
+    __slots__ = ("used",)
+
+    def __init__(self) -> None:
+        self.used: int | None = None
 
 
 class AsyncPermit(Protocol):

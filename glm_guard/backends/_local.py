@@ -41,7 +41,7 @@ from ._base import (
 )
 from ._learned import Admission, report_limit
 from ._live import join, leave
-from ._local_permits import AsyncLearning, AsyncProbe, AsyncRelease, Learning, Probe
+from ._local_permits import AsyncLearning, AsyncProbe, AsyncRelease, AsyncSpend, Learning, Probe, Spend
 from ._local_retry_budget import LocalRetryBudget, RetryCounts
 from ._pauses import KeyPaused, Pause
 from ._window import WindowState
@@ -54,7 +54,7 @@ _NOT_YET = Admission(0, 0)
 
 
 class _Waiter:
-    __slots__ = ("admission", "event", "future", "granted", "is_head", "loop", "policy", "probe")
+    __slots__ = ("admission", "event", "future", "granted", "is_head", "loop", "policy", "probe", "spent")
 
     def __init__(self, policy: LimitPolicy, loop: asyncio.AbstractEventLoop | None) -> None:
         self.policy = policy
@@ -65,6 +65,7 @@ class _Waiter:
         self.is_head = False
         self.admission = _NOT_YET  # where it entered the learned limit, once granted
         self.probe = False  # the one call let through at the end of a pause
+        self.spent: list[float] | None = None  # its token reservation, once granted
 
     def arm(self) -> None:
         """Get ready to be woken: a fresh event state, or a fresh future on the waiter's loop."""
@@ -114,9 +115,10 @@ class LocalLimiter(Limiter):
 
     # -- admission -------------------------------------------------------------------------
 
-    def _try_now(self, policy: LimitPolicy) -> Admission | None:
+    def _try_now(self, policy: LimitPolicy) -> tuple[Admission, list[float] | None] | None:
         """Admit at once if nobody is queued and the policy allows it (caller holds the lock):
-        where the call entered the learned limit, or ``None`` when the caller must queue."""
+        where the call entered the learned limit and its token reservation, or ``None`` when
+        the caller must queue."""
         if self._waiters:
             if self.state.learned is not None:
                 self.state.learned.refused()
@@ -124,33 +126,50 @@ class LocalLimiter(Limiter):
         now = self._clock()
         state = self.state
         if state.next_admission(policy, now) <= now:
-            return state.admit(policy, now)
+            return self._admit(policy, now)
         return None
+
+    def _admit(self, policy: LimitPolicy, now: float) -> tuple[Admission, list[float] | None]:
+        admission = self.state.admit(policy, now)
+        return admission, self.state.spent[-1] if policy.tokens is not None else None
 
     def acquire(self, policy: LimitPolicy, max_wait: float | None) -> Permit:
         with self._lock:
             probing = self._probing()
-            admission = self._try_now(policy)
-            if admission is None:
+            admitted = self._try_now(policy)
+            if admitted is None:
                 waiter = self._enqueue(policy, max_wait, None, probing)
-        if admission is None:
+        if admitted is None:
             self._wait_sync(waiter, max_wait)
-            admission = waiter.admission
+            admitted = waiter.admission, waiter.spent
+        admission, spent = admitted
         permit: Permit = Learning(self, admission) if isinstance(policy.concurrency, AutoConcurrency) else self
-        return permit if probing is None else Probe(self, permit, probing)
+        if probing is not None:
+            permit = Probe(self, permit, probing)
+        return permit if spent is None else Spend(self, permit, spent)  # outermost: the caller sets ``used``
 
     async def acquire_async(self, policy: LimitPolicy, max_wait: float | None) -> AsyncPermit:
         with self._lock:
             probing = self._probing()
-            admission = self._try_now(policy)
-            if admission is None:
+            admitted = self._try_now(policy)
+            if admitted is None:
                 waiter = self._enqueue(policy, max_wait, asyncio.get_running_loop(), probing)
-        if admission is None:
+        if admitted is None:
             await self._wait_async(waiter, max_wait)
-            admission = waiter.admission
+            admitted = waiter.admission, waiter.spent
+        admission, spent = admitted
         learning = isinstance(policy.concurrency, AutoConcurrency)
         permit: AsyncPermit = AsyncLearning(self, admission) if learning else self._async_permit
-        return permit if probing is None else AsyncProbe(self, permit, probing)
+        if probing is not None:
+            permit = AsyncProbe(self, permit, probing)
+        return permit if spent is None else AsyncSpend(self, permit, spent)
+
+    def settle(self, spent: list[float], used: int) -> None:
+        """A call's token reservation becomes what it used; callers it now fits are let in."""
+        with self._lock:
+            self.state.settle(spent, used)
+            if self._waiters:
+                self._dispatch(self._clock())
 
     # -- pauses that refuse at once (a quota window, arrears, an overloaded model) ----------
 
@@ -248,6 +267,7 @@ class LocalLimiter(Limiter):
         state.longest_period = self.state.longest_period
         state.in_flight = self.state.in_flight
         state.cooldown_until = self.state.cooldown_until
+        state.copy_logs(self.state)
         if self.state.learned is not None:
             state.learned = dataclasses.replace(self.state.learned)
         at = now
@@ -273,10 +293,16 @@ class LocalLimiter(Limiter):
                 waiters.popleft()  # its loop is closed: it would block everyone behind it
                 continue
             waiters.popleft()
-            head.admission = self.state.admit(head.policy, now)
+            head.admission, head.spent = self._admit(head.policy, now)
             head.granted = True
             if not head.wake():
-                self.state.release()  # granted to a task whose loop is gone: give it back
+                self._give_back(head)  # granted to a task whose loop is gone
+
+    def _give_back(self, waiter: _Waiter) -> None:
+        """Undo a grant nobody will use: its slot, and its token reservation (caller holds the lock)."""
+        self.state.release()
+        if waiter.spent is not None:
+            self.state.settle(waiter.spent, 0)
 
     def _head_timeout(self, waiter: _Waiter, now: float) -> float | None:
         if not waiter.is_head:
@@ -287,7 +313,7 @@ class LocalLimiter(Limiter):
     def _abandon(self, waiter: _Waiter) -> None:
         """Undo a wait that ended by cancellation, timeout or interrupt (caller holds the lock)."""
         if waiter.granted:
-            self.state.release()
+            self._give_back(waiter)
         else:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)

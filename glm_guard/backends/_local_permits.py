@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._base import AsyncPermit, Outcome, Permit
+from ._base import AsyncPermit, Outcome, Permit, Spending
 
 if TYPE_CHECKING:
     from ._learned import Admission
     from ._local import LocalLimiter
 
-__all__ = ["AsyncLearning", "AsyncProbe", "AsyncRelease", "Learning", "Probe"]
+__all__ = ["AsyncLearning", "AsyncProbe", "AsyncRelease", "AsyncSpend", "Learning", "Probe", "Spend"]
 
 
 class AsyncRelease:
@@ -81,3 +81,38 @@ class AsyncProbe:
         await self._permit.release(outcome)
         if outcome is Outcome.SUCCEEDED:
             self._limiter.end_pause(self._since)
+
+
+class Spend(Spending):
+    """The permit of a call that reserved tokens: on release its reservation is settled first
+    (so a waiter it frees sees the tokens), then the permit it wraps is released."""
+
+    __slots__ = ("_limiter", "_permit", "_spent")
+
+    def __init__(self, limiter: LocalLimiter, permit: Permit, spent: list[float]) -> None:
+        super().__init__()
+        self._limiter = limiter
+        self._permit = permit
+        self._spent: list[float] | None = spent
+
+    def release(self, outcome: Outcome | None = None) -> None:
+        spent, self._spent = self._spent, None
+        if spent is not None and self.used is not None:
+            self._limiter.settle(spent, self.used)
+        self._permit.release(outcome)
+
+
+class AsyncSpend(Spending):
+    __slots__ = ("_limiter", "_permit", "_spent")
+
+    def __init__(self, limiter: LocalLimiter, permit: AsyncPermit, spent: list[float]) -> None:
+        super().__init__()
+        self._limiter = limiter
+        self._permit = permit
+        self._spent: list[float] | None = spent
+
+    async def release(self, outcome: Outcome | None = None) -> None:
+        spent, self._spent = self._spent, None
+        if spent is not None and self.used is not None:
+            self._limiter.settle(spent, self.used)
+        await self._permit.release(outcome)

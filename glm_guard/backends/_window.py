@@ -25,7 +25,20 @@ class WindowState:
     Kept free of threads and clocks so property tests can drive it with any arrival times.
     """
 
-    __slots__ = ("cooldown_until", "fixed", "in_flight", "keep", "learned", "longest_period", "starts")
+    __slots__ = (
+        "bursts",
+        "cooldown_until",
+        "fixed",
+        "in_flight",
+        "keep",
+        "learned",
+        "longest_period",
+        "spent",
+        "spent_since",
+        "spent_total",
+        "starts",
+        "token_period",
+    )
 
     def __init__(self) -> None:
         self.starts: deque[float] = deque()
@@ -35,6 +48,22 @@ class WindowState:
         self.longest_period = 0.0
         self.learned: LearnedLimit | None = None  # the first ``concurrency="auto"`` policy starts it
         self.fixed: int | None = None  # the last fixed concurrency limit asked for (monitoring draws it)
+        # Token reservations, oldest first: [start, tokens], the amount settled in place when the
+        # call ends.  ``spent_total`` sums those started after ``spent_since`` (all still listed).
+        self.spent: deque[list[float]] = deque()
+        self.spent_total = 0
+        self.spent_since = -_INF
+        self.token_period = 0.0
+        self.bursts: deque[float] = deque()  # the starts that count against a burst cap, oldest first
+
+    def copy_logs(self, other: WindowState) -> None:
+        """Take ``other``'s token reservations and burst starts (for a what-if run; the entries themselves are shared
+        and only a settle, never a what-if, changes them)."""
+        self.spent = deque(other.spent)
+        self.spent_total = other.spent_total
+        self.spent_since = other.spent_since
+        self.token_period = other.token_period
+        self.bursts = deque(other.bursts)
 
     def concurrency(self, policy: LimitPolicy) -> int | None:
         """The policy's concurrency limit now: its number, or the one learned for the key."""
@@ -56,6 +85,12 @@ class WindowState:
                 self.learned.refused()
             return _INF
         at = self.cooldown_until if self.cooldown_until > now else now
+        if policy.tokens is not None:
+            at = max(at, self._tokens_free_at(policy, now))
+        if policy.burst is not None:
+            most, seconds = policy.burst
+            if len(self.bursts) >= most and self.bursts[-most] + seconds > at:
+                at = self.bursts[-most] + seconds
         calls = policy.calls
         if calls is not None and len(self.starts) >= calls:
             # The calls-th most recent start must have left the window (t - period, t].
@@ -64,6 +99,28 @@ class WindowState:
                 at = free_at
         return at
 
+    def _tokens_free_at(self, policy: LimitPolicy, now: float) -> float:
+        """When ``policy.reserve`` more tokens fit: every reservation started after ``now - period``
+        counts, so a start admitted here keeps every window it lies in within the budget."""
+        assert policy.tokens is not None
+        self.token_period = max(self.token_period, policy.period)
+        self._forget_spent(now - self.token_period)
+        excess = self.spent_total + policy.reserve - policy.tokens
+        if excess <= 0:
+            return now
+        for start, amount in self.spent:  # the oldest leave the window first
+            excess -= int(amount)
+            if excess <= 0:
+                return start + self.token_period
+        return now + self.token_period  # not reached while reserve <= tokens
+
+    def _forget_spent(self, horizon: float) -> None:
+        spent = self.spent
+        while spent and spent[0][0] <= horizon:
+            self.spent_total -= int(spent.popleft()[1])
+        if horizon > self.spent_since:
+            self.spent_since = horizon
+
     def admit(self, policy: LimitPolicy, now: float) -> Admission:
         """Record a start now; returns where it entered the learned limit (epoch 0 without one)."""
         self.in_flight += 1
@@ -71,7 +128,20 @@ class WindowState:
         if isinstance(policy.concurrency, AutoConcurrency) and self.learned is not None:
             epoch = self.learned.admitted(self.in_flight)
         self._record_start(policy, now)
+        if policy.tokens is not None:
+            self.spent.append([now, policy.reserve])
+            self.spent_total += policy.reserve
+        if policy.burst is not None:
+            self.bursts.append(now)
+            while len(self.bursts) > policy.burst[0]:  # only the last `most` starts can matter
+                self.bursts.popleft()
         return Admission(epoch, self.in_flight)
+
+    def settle(self, entry: list[float], used: int) -> None:
+        """A call's reservation becomes what it ``used`` (0: given back), if it still counts."""
+        if entry[0] > self.spent_since:
+            self.spent_total += used - int(entry[1])
+        entry[1] = used
 
     def _record_start(self, policy: LimitPolicy, now: float) -> None:
         calls = policy.calls

@@ -29,6 +29,7 @@ from ._config import (
     mask_key,
 )
 from ._latency import LogNormalLatency
+from ._provider import ProviderSimulator, run_provider_simulator
 from ._records import RequestRecord, SimulatorStats, count_codes, in_flight_at
 from ._redis_server import RedisServer
 from ._simulator import GLMSimulator, run_simulator
@@ -40,6 +41,7 @@ __all__ = [
     "GLMSimulator",
     "Latency",
     "LogNormalLatency",
+    "ProviderSimulator",
     "RedisServer",
     "RequestRecord",
     "Responder",
@@ -51,5 +53,6 @@ __all__ = [
     "default_responder",
     "in_flight_at",
     "mask_key",
+    "run_provider_simulator",
     "run_simulator",
 ]

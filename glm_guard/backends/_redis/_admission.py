@@ -49,6 +49,8 @@ WINDOW_MARGIN_SECONDS: Final = 0.02
 _ADMITTED, _RESERVED = 1, 2  # the acquire script's reply codes; 0 refuses
 _CONCURRENCY_BOUND = 3  # a refusal's reason: every slot is held
 _PAUSED = 4  # a refusal's reason: a pause refuses every call
+_TOKENS_BOUND = 5  # a refusal's reason: the token budget is spent (a settle may free some)
+_FREED_BY_RELEASE = (_CONCURRENCY_BOUND, _TOKENS_BOUND)  # a release or a settle may end these waits
 
 
 class Grant(NamedTuple):
@@ -60,6 +62,7 @@ class Grant(NamedTuple):
     limit: int | None = None  # the learned limit the admission was made under
     probe: int | None = None  # the start of the pause this call probes (see ``_pauses``)
     running: int = 0  # under a learned limit: the calls running when it was admitted, itself included
+    spent: bytes | None = None  # under a token budget: the token its reservation is kept under
 
 
 def _granted(token: bytes | None, reply: list[Any]) -> Grant:
@@ -105,7 +108,18 @@ class SharedAdmission:
         self.learned_key = backend.key(key, "learned")
         self.pause_key = backend.key(key, "paused")
         cooldown_key = backend.key(key, "cooldown")
-        self.keys = [self.starts_key, self.leases_key, cooldown_key, self.learned_key, self.pause_key]  # acquire.lua's
+        self.spent_key = backend.key(key, "spent")
+        self.sizes_key = backend.key(key, "spent_sizes")
+        self.keys = [  # acquire.lua's
+            self.starts_key,
+            self.leases_key,
+            cooldown_key,
+            self.learned_key,
+            self.pause_key,
+            self.spent_key,
+            self.sizes_key,
+            backend.key(key, "burst"),
+        ]
         self.channel = backend.key(key, "released")
         self._askers = Gate(ASKERS_PER_KEY)  # this process's callers talking to Redis about the key
         self._slot_queue = Gate(1)  # its callers refused for want of a slot: only the first asks again
@@ -128,7 +142,12 @@ class SharedAdmission:
             limits = f"{policy.calls or 0} {window} 0 {self._lease_ms} {left_ms}{learning}"
         else:
             limits = f"{policy.calls or 0} {window} {concurrency or 0} {self._lease_ms} {left_ms}"
-        return [limits, new_token()]
+        if policy.tokens is None and policy.burst is None:
+            return [limits, new_token()]
+        # The same step checks the token budget and the burst cap (ARGV[3] is the tests' clock).
+        tokens = "" if policy.tokens is None else f"{policy.tokens} {policy.reserve} {window_ms(policy.period)}"
+        burst = "" if policy.burst is None else f"{policy.burst[0]} {window_ms(policy.burst[1])}"
+        return [limits, new_token(), "", tokens, burst]
 
     def _paused(self) -> bool:
         """A pause this process set is in force (checked without a round trip): a cooldown, or
@@ -146,7 +165,7 @@ class SharedAdmission:
         Redis chose it at some moment after ``sent``; only the part of the round trip beyond
         the usual one counts, so a distant Redis does not make every start late.
         """
-        if policy.calls is None:
+        if policy.calls is None and policy.tokens is None and policy.burst is None:
             return False  # no window to share
         trip = answered - sent
         usual = self._round_trip
@@ -171,7 +190,7 @@ class SharedAdmission:
     def _refused_wait(self, reply: list[Any], deadline: float | None, max_wait: float | None) -> float:
         """How long a refused caller sleeps before asking again; raises when past ``deadline``."""
         wait = max(int(reply[1]), 1) / 1000.0
-        concurrency_bound = int(reply[2]) == _CONCURRENCY_BOUND
+        concurrency_bound = int(reply[2]) in _FREED_BY_RELEASE
         if concurrency_bound:
             wait = min(wait, CONCURRENCY_POLL_SECONDS)
         if deadline is not None and max_wait is not None:
@@ -199,7 +218,7 @@ class SharedAdmission:
         deadline = None if max_wait is None else time.monotonic() + max_wait
         leave_queue: Callable[[], None] | None = None
         try:
-            if policy.concurrency is not None:  # behind this process's callers already waiting for a slot
+            if policy.concurrency is not None or policy.tokens is not None:  # behind this process's waiting callers
                 leave_queue, _ = yield from self._queue_for_slot(deadline, max_wait, if_busy=True)
             while True:
                 while True:
@@ -209,7 +228,7 @@ class SharedAdmission:
                     try:
                         reply = yield Ask("acquire", self.keys, args)
                     except BaseException:  # the script may have run: a start and a lease nobody holds
-                        if policy.calls is not None:
+                        if policy.calls is not None or policy.tokens is not None or policy.burst is not None:
                             self._unreserve(token)
                         elif policy.concurrency is not None:
                             self.abandon(token)
@@ -222,7 +241,7 @@ class SharedAdmission:
                     if int(reply[2]) == _PAUSED:
                         raise KeyPaused(self.key, _text(reply[3]), int(reply[1]) / 1000.0)
                     wait = self._refused_wait(reply, deadline, max_wait)
-                    if int(reply[2]) != _CONCURRENCY_BOUND:
+                    if int(reply[2]) not in _FREED_BY_RELEASE:
                         yield Sleep(wait)
                         continue
                     if leave_queue is None:
@@ -234,7 +253,7 @@ class SharedAdmission:
                 if leave_queue is not None:
                     leave_queue()  # the next in line may ask now
                     leave_queue = None
-                grant = _granted(held, reply)
+                grant = _granted(held, reply)._replace(spent=None if policy.tokens is None else token)
                 if code == _ADMITTED and (patience <= 0 or not self._late(policy, sent, answered, 0.0)):
                     return grant
                 wait = int(reply[1]) / 1000.0 if code == _RESERVED else 0.0

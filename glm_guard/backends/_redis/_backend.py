@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import hashlib
 import os
 import threading
@@ -171,6 +172,7 @@ class RedisBackend(Backend, SharesStats, ReportsOutages, LearnsLimits):
         concurrency = policy.concurrency
         if isinstance(concurrency, AutoConcurrency):
             concurrency = concurrency.start if learned is None else learned
+        reserve, policy = policy.reserve, dataclasses.replace(policy, reserve=0)  # cached per policy, not per call
         cached = self._shares.get((policy, processes, concurrency))
         if cached is None:
             cached = LimitPolicy(
@@ -178,9 +180,13 @@ class RedisBackend(Backend, SharesStats, ReportsOutages, LearnsLimits):
                 policy.period,
                 None if concurrency is None else max(1, concurrency // processes),
                 policy.on_backend_error,
+                None if policy.tokens is None else max(1, policy.tokens // processes),
+                burst=None if policy.burst is None else (max(1, policy.burst[0] // processes), policy.burst[1]),
             )
             self._shares[(policy, processes, concurrency)] = cached
-        return cached
+        if cached.tokens is None:
+            return cached
+        return dataclasses.replace(cached, reserve=min(reserve, cached.tokens))  # a large call still fits a share
 
     def close(self) -> None:
         self.leases.stop()

@@ -28,11 +28,13 @@ from ._permits import (
     AsyncLease,
     AsyncLocalOnly,
     AsyncProbing,
+    AsyncSpend,
     AsyncUnshared,
     InGrace,
     Learning,
     Lease,
     Probing,
+    Spend,
     Unshared,
 )
 from ._steps import Ask, Step, TakeShare
@@ -84,14 +86,20 @@ class RedisLimiter(Limiter):
     def acquire(self, policy: LimitPolicy, max_wait: float | None) -> Permit:
         self._note_fixed(policy)
         admitted, grant = self._redis_admission.run(self._admission(policy, max_wait))
-        permit = self._permit(admitted, grant, policy)
-        return permit if grant.probe is None else Probing(permit, self, grant.probe)
+        spent, settles_lease = _spending(admitted, grant, policy)
+        permit = self._permit(admitted, grant._replace(token=None) if settles_lease else grant, policy)
+        if grant.probe is not None:
+            permit = Probing(permit, self, grant.probe)
+        return permit if spent is None else Spend(self, spent, settles_lease, permit)  # outermost: given ``used``
 
     async def acquire_async(self, policy: LimitPolicy, max_wait: float | None) -> AsyncPermit:
         self._note_fixed(policy)
         admitted, grant = await self._redis_admission.run_async(self._admission(policy, max_wait))
-        permit = self._async_permit(admitted, grant, policy)
-        return permit if grant.probe is None else AsyncProbing(permit, self, grant.probe)
+        spent, settles_lease = _spending(admitted, grant, policy)
+        permit = self._async_permit(admitted, grant._replace(token=None) if settles_lease else grant, policy)
+        if grant.probe is not None:
+            permit = AsyncProbing(permit, self, grant.probe)
+        return permit if spent is None else AsyncSpend(self, spent, settles_lease, permit)
 
     def _note_fixed(self, policy: LimitPolicy) -> None:
         if isinstance(policy.concurrency, int):
@@ -277,6 +285,56 @@ class RedisLimiter(Limiter):
                 raise
         self._redis_admission.abandon(token)
 
+    # Settling a token reservation: one script gives the lease back too, when the permit holds it.
+
+    def _settle_request(self, token: bytes, lease: bool, used: int | None) -> tuple[list[str], list[object]] | None:
+        if lease and self._local_share.counted_lease_ended(token):
+            self._local_share.limiter.release()
+        if used is None and not lease:
+            return None  # the answer named no usage: the estimate stays, and there is no lease
+        if lease:
+            self._backend.leases.discard(self._leases_key, token)
+        keys = [self._leases_key, self._redis_admission.spent_key, self._redis_admission.sizes_key]
+        return keys, [token, self._channel, -1 if used is None else used]
+
+    def settle(self, token: bytes, lease: bool, used: int | None) -> None:
+        """Settle ``token``'s reservation to ``used`` (``None``: keep the estimate), and give its lease
+        back when ``lease``; Redis away: the lease goes back later, the estimate stays counted."""
+        request = self._settle_request(token, lease, used)
+        if request is None:
+            return
+        if self._backend.health.available():
+            try:
+                self._backend.connections.run("settle", *request)
+                return
+            except BackendError as error:
+                self._backend.health.failed(error)
+            except BackendRequestError as error:
+                _rejected(error)
+                return
+        if lease:
+            self._redis_admission.abandon(token)
+
+    async def settle_async(self, token: bytes, lease: bool, used: int | None) -> None:
+        request = self._settle_request(token, lease, used)
+        if request is None:
+            return
+        if self._backend.health.available():
+            try:
+                await self._backend.connections.run_async("settle", *request)
+                return
+            except BackendError as error:
+                self._backend.health.failed(error)
+            except BackendRequestError as error:
+                _rejected(error)
+                return
+            except BaseException:  # cancelled mid-settle: the lease goes back in the background
+                if lease:
+                    self._redis_admission.abandon(token)
+                raise
+        if lease:
+            self._redis_admission.abandon(token)
+
     def _learned(self, reply: list[Any]) -> None:
         """``learn.lua``'s answer: the limit now, and whether this process's lesson changed it."""
         self._learned_limit = int(reply[1])
@@ -334,6 +392,14 @@ def _learning(policy: LimitPolicy, grant: Grant) -> Learning | None:
     if isinstance(concurrency, AutoConcurrency) and grant.epoch is not None:
         return Learning(concurrency, grant.epoch, grant.running)
     return None
+
+
+def _spending(admitted: _Admitted, grant: Grant, policy: LimitPolicy) -> tuple[bytes | None, bool]:
+    """The token a call's reservation is kept under in Redis (``None``: none to settle there), and
+    whether its settle gives the lease back too (a fixed limit's; a learned one's teaches as it goes)."""
+    if grant.spent is None or admitted is not _Admitted.BY_REDIS:
+        return None, False  # a share's reservation, or one made in the grace time, keeps its estimate
+    return grant.spent, grant.token is not None and _learning(policy, grant) is None
 
 
 def _rejected(error: BackendRequestError) -> None:

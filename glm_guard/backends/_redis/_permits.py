@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..._auto_concurrency import AutoConcurrency
-from .._base import AsyncPermit, Outcome, Permit
+from .._base import AsyncPermit, Outcome, Permit, Spending
 from .._local import LocalLimiter
 
 if TYPE_CHECKING:
@@ -144,6 +144,43 @@ class AsyncProbing:
         await self._permit.release(outcome)
         if outcome is Outcome.SUCCEEDED:
             await self._limiter.end_pause_async(self._since)
+
+
+class Spend(Spending):
+    """A call's token reservation in Redis, settled when the call ends, with its lease (``lease``:
+    held by this permit, not by ``inner``) given back in the same step; ``inner`` is released after."""
+
+    __slots__ = ("_inner", "_lease", "_limiter", "_token")
+
+    def __init__(self, limiter: RedisLimiter, token: bytes, lease: bool, inner: Permit) -> None:
+        super().__init__()
+        self._limiter = limiter
+        self._token: bytes | None = token
+        self._lease = lease
+        self._inner = inner
+
+    def release(self, outcome: Outcome | None = None) -> None:
+        if self._token is not None:
+            token, self._token = self._token, None
+            self._limiter.settle(token, self._lease, self.used)
+        self._inner.release(outcome)
+
+
+class AsyncSpend(Spending):
+    __slots__ = ("_inner", "_lease", "_limiter", "_token")
+
+    def __init__(self, limiter: RedisLimiter, token: bytes, lease: bool, inner: AsyncPermit) -> None:
+        super().__init__()
+        self._limiter = limiter
+        self._token: bytes | None = token
+        self._lease = lease
+        self._inner = inner
+
+    async def release(self, outcome: Outcome | None = None) -> None:
+        if self._token is not None:
+            token, self._token = self._token, None
+            await self._limiter.settle_async(token, self._lease, self.used)
+        await self._inner.release(outcome)
 
 
 class _NoLease:

@@ -31,6 +31,7 @@ NAMES = (
     "confirm",
     "unclaim",
     "retry_budget",
+    "settle",
 )
 
 

@@ -11,6 +11,15 @@ if until_ms <= now and ARGV[2] ~= '1' then
 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
+if KEYS[8] then redis.call('ZREM', KEYS[8], ARGV[1]) end  -- its place in a burst cap's log
+if KEYS[7] then  -- its token reservation too (KEYS[6], KEYS[7]: acquire.lua's)
+  local size = tonumber(redis.call('HGET', KEYS[7], ARGV[1]) or '')
+  if size then
+    redis.call('HDEL', KEYS[7], ARGV[1])
+    redis.call('ZREM', KEYS[6], ARGV[1])
+    if size > 0 then redis.call('HINCRBY', KEYS[7], 'total', 0 - size) end
+  end
+end
 if until_ms > now then
   return until_ms - now
 end
