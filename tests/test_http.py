@@ -28,7 +28,7 @@ API_KEY = "sk-http-test-0000"
 MODEL = "glm-4"
 KEY = f"127.0.0.1:{MODEL}"
 LIMIT = 2
-FAST: dict[str, Any] = {"base_delay": 0.02, "max_delay": 0.1}
+FAST: dict[str, Any] = {"base_delay": 0.02, "max_delay": 0.1, "cooldown": 0.02}
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -73,9 +73,8 @@ def test_an_unknown_keyword_is_refused_by_name() -> None:
 
 
 def test_concurrency_is_held_at_the_server(sim: GLMSimulator, backend: Backend) -> None:
-    with glm_guard.http.client(concurrency=LIMIT, backend=backend, **FAST) as http:
-        with ThreadPoolExecutor(8) as pool:
-            statuses = list(pool.map(lambda _: post(http, sim).status_code, range(8)))
+    with glm_guard.http.client(concurrency=LIMIT, backend=backend, **FAST) as http, ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda _: post(http, sim).status_code, range(8)))
     assert statuses == [200] * 8
     assert sim.stats.rejected_total == 0
     assert sim.stats.peak_in_flight == LIMIT
@@ -84,9 +83,12 @@ def test_concurrency_is_held_at_the_server(sim: GLMSimulator, backend: Backend) 
 def test_the_key_is_host_and_model_by_default_or_what_the_caller_says(
     sim: GLMSimulator, backend: Backend, limiter_state: LimiterState
 ) -> None:
-    with glm_guard.http.client(concurrency=LIMIT, backend=backend) as http:
-        with http.stream("POST", sim.chat_url, json=BODY, headers={"Authorization": f"Bearer {API_KEY}"}):
-            assert limiter_state.in_flight(KEY) == 1
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    with (
+        glm_guard.http.client(concurrency=LIMIT, backend=backend) as http,
+        http.stream("POST", sim.chat_url, json=BODY, headers=auth),
+    ):
+        assert limiter_state.in_flight(KEY) == 1
     with glm_guard.http.client(concurrency=LIMIT, backend=backend, key=lambda request: "mine") as http:
         with http.stream("POST", sim.chat_url, json=BODY, headers={"Authorization": f"Bearer {API_KEY}"}):
             assert limiter_state.in_flight("mine") == 1
@@ -180,9 +182,11 @@ def test_when_the_transport_gives_up_the_sdk_does_not_retry(sim: GLMSimulator, b
 
 
 def test_a_learned_limit_is_taught_by_the_1302s(sim: GLMSimulator, backend: Backend) -> None:
-    with glm_guard.http.client(concurrency="auto", backend=backend, max_tries=8, **FAST) as http:
-        with ThreadPoolExecutor(6) as pool:
-            statuses = list(pool.map(lambda _: post(http, sim).status_code, range(18)))
+    with (
+        glm_guard.http.client(concurrency="auto", backend=backend, max_tries=8, **FAST) as http,
+        ThreadPoolExecutor(6) as pool,
+    ):
+        statuses = list(pool.map(lambda _: post(http, sim).status_code, range(18)))
     assert statuses == [200] * 18
     learned = backend.limiter(KEY).learned_limit()
     assert learned is not None and learned >= 1
@@ -219,7 +223,7 @@ def test_inside_retry_on_1302_the_transport_makes_one_attempt(sim: GLMSimulator,
         api_key=API_KEY, base_url=sim.base_url, http_client=glm_guard.http.client(backend=backend, **FAST)
     )
 
-    @retry_on_1302(max_tries=3, **FAST)
+    @retry_on_1302(max_tries=3, base_delay=0.02, max_delay=0.1)
     def ask() -> str:
         return client.chat.completions.create(model=MODEL, messages=BODY["messages"]).choices[0].message.content or ""
 
@@ -235,3 +239,13 @@ def test_set_testing_turns_the_transport_guard_off(sim: GLMSimulator) -> None:
     with glm_guard.http.client(concurrency=1) as http, ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda _: post(http, sim), range(4)))
     assert sim.stats.peak_in_flight > 1
+
+
+def test_an_answer_read_in_full_below_the_guard_gives_its_permit_back_at_once(
+    backend: Backend, limiter_state: LimiterState
+) -> None:
+    answered = httpx.MockTransport(lambda request: httpx.Response(200, json={"choices": []}))
+    with httpx.Client(transport=glm_guard.http.GuardedTransport(answered, key="mock", backend=backend)) as http:
+        response = http.send(http.build_request("POST", "http://mock.invalid/", json=BODY), stream=True)
+        assert limiter_state.in_flight("mock") == 0
+        assert response.json() == {"choices": []}

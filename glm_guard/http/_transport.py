@@ -49,17 +49,20 @@ class GuardedTransport(httpx.BaseTransport):
                 try:
                     response = self._transport.handle_request(request)
                     if response.status_code < 400:
-                        response.stream = _Stream(response.stream, hold)
+                        if response.is_closed:  # answered in full already (a mock, a cache): done
+                            hold.end(None, last=True)
+                        else:
+                            response.stream = _Stream(response.stream, hold)
                         return response
                     response.read()
-                except BaseException as error:
-                    hold.end(error, last=True)
+                except BaseException as failure:
+                    hold.end(failure, last=True)
                     raise
-                error = exchange.error_of(response)
-                hold.end(error)
-                delay = exchange.delay_after(error)
+                answer = exchange.error_of(response)
+                hold.end(answer)
+                delay = exchange.delay_after(answer)
                 if delay is None or not exchange.retry(exchange.run.budget_allows()):
-                    return exchange.final(response, error)
+                    return exchange.final(response, answer)
                 if delay > 0:
                     time.sleep(delay)
 
@@ -91,17 +94,20 @@ class AsyncGuardedTransport(httpx.AsyncBaseTransport):
                 try:
                     response = await self._transport.handle_async_request(request)
                     if response.status_code < 400:
-                        response.stream = _AsyncStream(response.stream, hold)
+                        if response.is_closed:  # answered in full already (a mock, a cache): done
+                            await hold.aend(None, last=True)
+                        else:
+                            response.stream = _AsyncStream(response.stream, hold)
                         return response
                     await response.aread()
-                except BaseException as error:
-                    await hold.aend(error, last=True)
+                except BaseException as failure:
+                    await hold.aend(failure, last=True)
                     raise
-                error = exchange.error_of(response)
-                await hold.aend(error)
-                delay = exchange.delay_after(error)
+                answer = exchange.error_of(response)
+                await hold.aend(answer)
+                delay = exchange.delay_after(answer)
                 if delay is None or not exchange.retry(await exchange.run.budget_allows_async()):
-                    return exchange.final(response, error)
+                    return exchange.final(response, answer)
                 if delay > 0:
                     await asyncio.sleep(delay)
 
