@@ -19,6 +19,7 @@ import httpx
 import openai
 import pytest
 
+import glm_guard
 import glm_guard.http
 from glm_guard.backends._base import Backend
 from glm_guard.testing import GLMSimulator, run_simulator
@@ -313,3 +314,47 @@ def test_a_permanent_error_is_sent_once_and_raised_as_the_sdks_own(sdk: Sdk, fai
     assert not type(answer).__module__.startswith("glm_guard")
     assert any(cls.__module__.startswith(sdk.package) for cls in type(answer).__mro__), type(answer)
     assert sim.stats.total_requests == 1
+
+
+# -- sdk_retries_off on the clients that are not openai-style ------------------------------------
+
+
+def test_sdk_retries_off_quiets_chat_openai(sim: GLMSimulator) -> None:
+    from langchain_openai import ChatOpenAI
+
+    chat = ChatOpenAI(model=MODEL, api_key=API_KEY, base_url=sim.base_url)  # type: ignore[arg-type]
+    assert glm_guard.sdk_retries_off(chat) is chat
+    sim.set_arrears(True)
+    with pytest.raises(openai.RateLimitError):
+        chat.invoke("hello")
+    assert sim.stats.total_requests == 1  # no retry of langchain's openai client
+    chat.root_client.close()
+
+
+def test_sdk_retries_off_quiets_a_pydantic_ai_agent(sim: GLMSimulator) -> None:
+    from pydantic_ai import Agent
+    from pydantic_ai.exceptions import ModelHTTPError
+    from pydantic_ai.models.openai import OpenAIChatModel
+    from pydantic_ai.providers.zai import ZaiProvider
+
+    provider = ZaiProvider(api_key=API_KEY, base_url=sim.base_url, http_client=httpx.AsyncClient())
+    agent = Agent(OpenAIChatModel(MODEL, provider=provider))
+    assert glm_guard.sdk_retries_off(agent) is agent
+    sim.set_arrears(True)
+
+    async def ask() -> None:
+        try:
+            await agent.run("hello")
+        finally:
+            await provider.client.close()
+
+    with pytest.raises(ModelHTTPError):
+        asyncio.run(ask())
+    assert sim.stats.total_requests == 1
+
+
+def test_sdk_retries_off_says_what_to_do_with_what_it_cannot_change() -> None:
+    from pydantic_ai.providers.zai import ZaiProvider
+
+    with pytest.raises(TypeError, match=r"openai_client=sdk_retries_off\(\.\.\.\).*glm_guard\.http"):
+        glm_guard.sdk_retries_off(ZaiProvider(api_key=API_KEY))
