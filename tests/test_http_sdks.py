@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -177,6 +178,41 @@ def _litellm_async(base_url: str, key: str, policy: dict[str, Any]) -> Ask:
     return ask
 
 
+def _litellm_zai(base_url: str, key: str, policy: dict[str, Any]) -> Ask:
+    """litellm's own ``zai/`` provider sends through its client session (reset after each test)."""
+    import litellm
+
+    litellm.client_session = _sync(policy)
+    litellm.aclient_session = _async(policy)
+
+    def ask(text: str, stream: bool) -> str:
+        reply = litellm.completion(
+            model=f"zai/{MODEL}", messages=_messages(text), stream=stream, api_key=key, api_base=base_url
+        )
+        if stream:
+            return "".join(chunk.choices[0].delta.content or "" for chunk in reply)
+        return str(reply.choices[0].message.content)
+
+    return ask
+
+
+def _litellm_zai_async(base_url: str, key: str, policy: dict[str, Any]) -> Ask:
+    import litellm
+
+    litellm.client_session = _sync(policy)
+    litellm.aclient_session = _async(policy)
+
+    async def ask(text: str, stream: bool) -> str:
+        reply = await litellm.acompletion(
+            model=f"zai/{MODEL}", messages=_messages(text), stream=stream, api_key=key, api_base=base_url
+        )
+        if stream:
+            return "".join([chunk.choices[0].delta.content or "" async for chunk in reply])
+        return str(reply.choices[0].message.content)
+
+    return ask
+
+
 class _ObjectField(httpx.AsyncBaseTransport):
     """Adds the ``object`` field pydantic-ai insists on, which GLM's documented schema (and so the
     simulator) leaves out; below the guard, so the guard sees the server's answer unchanged."""
@@ -236,6 +272,8 @@ SDKS = [
     Sdk("langchain-async", "openai", True, _langchain_async),
     Sdk("litellm", "litellm", False, _litellm),
     Sdk("litellm-async", "litellm", True, _litellm_async),
+    Sdk("litellm-zai", "litellm", False, _litellm_zai),
+    Sdk("litellm-zai-async", "litellm", True, _litellm_zai_async),
     Sdk("pydantic-ai", "pydantic_ai", True, _pydantic_ai),
 ]
 
@@ -250,6 +288,8 @@ def _closed_at_the_end(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no fetch from the internet
     OPENED.clear()
     yield
+    if "litellm" in sys.modules:
+        sys.modules["litellm"].client_session = sys.modules["litellm"].aclient_session = None
     for http in OPENED:
         if isinstance(http, httpx.Client):
             http.close()
