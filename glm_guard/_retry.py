@@ -337,6 +337,8 @@ class _Run:
         """The sleep before the next attempt; ``None`` when ``error`` must propagate as is."""
         info = self.stack.verdict(error)
         if not info.is_rate_limit:
+            if info.kind == "permanent":  # a 1113 the SDK's own retries have already resent
+                sdk_retry_warning(self.args, self.kwargs, self.policy.name)
             return None
         delay = self._next(info, error)
         sdk_retry_warning(self.args, self.kwargs, self.policy.name)

@@ -398,3 +398,21 @@ def test_sdk_retries_off_says_what_to_do_with_what_it_cannot_change() -> None:
 
     with pytest.raises(TypeError, match=r"openai_client=sdk_retries_off\(\.\.\.\).*glm_guard\.http"):
         glm_guard.sdk_retries_off(ZaiProvider(api_key=API_KEY))
+
+
+def test_sdk_retry_warning_also_follows_a_permanent_error_the_sdk_resent(sim: GLMSimulator) -> None:
+    from glm_guard import _sdk
+
+    _sdk._warned.clear()
+    client = openai.OpenAI(api_key=API_KEY, base_url=sim.base_url, max_retries=1)
+
+    @glm_guard.retry_on_1302(max_tries=2)
+    def ask(sdk: openai.OpenAI) -> object:
+        return sdk.chat.completions.create(model=MODEL, messages=_messages("hello"))
+
+    sim.set_arrears(True)
+    with pytest.warns(glm_guard.SDKRetryWarning), pytest.raises(openai.RateLimitError):
+        ask(client)
+    assert sim.stats.total_requests == 2  # the SDK's own retry: what the warning is about
+    client.close()
+    _sdk._warned.clear()
