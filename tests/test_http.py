@@ -8,6 +8,7 @@ construction by the decorators' own code.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -249,3 +250,43 @@ def test_an_answer_read_in_full_below_the_guard_gives_its_permit_back_at_once(
         response = http.send(http.build_request("POST", "http://mock.invalid/", json=BODY), stream=True)
         assert limiter_state.in_flight("mock") == 0
         assert response.json() == {"choices": []}
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "sent"),
+    [
+        (429, {"error": {"code": "rate_limit_exceeded", "type": "requests"}}, 3),  # OpenAI: retried
+        (429, {"error": {"code": "insufficient_quota", "type": "insufficient_quota"}}, 1),  # OpenAI: never
+        (529, {"type": "error", "error": {"type": "overloaded_error"}}, 1),  # Anthropic: the model's breaker opens
+        (429, {"error": {"code": "1113", "message": "arrears"}}, 1),  # the body's code wins over 429
+        (200, {"choices": []}, 1),
+    ],
+)
+def test_openai_and_anthropic_bodies_are_read_like_glm_s(status: int, body: dict[str, Any], sent: int) -> None:
+    requests: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(status, json=body)
+
+    policy: dict[str, Any] = {**FAST, "max_tries": 3, "key": "mock", "overload_pause": 5.0}
+    with httpx.Client(transport=glm_guard.http.GuardedTransport(httpx.MockTransport(answer), **policy)) as http:
+        response = http.post("http://mock.invalid/", json=BODY)
+    assert len(requests) == sent
+    assert response.status_code == status
+    assert response.headers.get("x-should-retry") == (None if status == 200 else "false")
+
+
+def test_retry_after_ms_is_honoured() -> None:
+    sent: list[float] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(time.monotonic())
+        if len(sent) == 1:
+            return httpx.Response(429, json={"error": {"code": "1302"}}, headers={"retry-after-ms": "300"})
+        return httpx.Response(200, json={"choices": []})
+
+    transport = glm_guard.http.GuardedTransport(httpx.MockTransport(answer), key="mock", base_delay=0.0, cooldown=0)
+    with httpx.Client(transport=transport) as http:
+        assert http.post("http://mock.invalid/", json=BODY).status_code == 200
+    assert sent[1] - sent[0] >= 0.25

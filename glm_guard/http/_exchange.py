@@ -75,9 +75,14 @@ class Exchange:
         self.call.report(error)
         return response
 
-    def refused(self, refusal: GLMRateLimitException) -> httpx.Response:
-        """The guard's own refusal (the key is paused, ``max_wait`` ran out) as a 429 answer in
-        GLM's shape, so the SDK raises its own rate-limit error and does not retry it."""
+    def refused(
+        self, refusal: GLMRateLimitException, previous: tuple[httpx.Response, httpx.HTTPStatusError] | None
+    ) -> httpx.Response:
+        """The guard's own refusal (the key is paused, ``max_wait`` ran out).  After an attempt
+        the server's last answer goes back as it was; before any, a 429 in GLM's shape, so the
+        SDK raises its own rate-limit error, and does not retry it."""
+        if previous is not None:
+            return self.final(*previous)
         body: dict[str, Any] = {
             "error": {"code": refusal.code or "glm_guard", "message": str(refusal), "type": type(refusal).__name__}
         }

@@ -38,6 +38,7 @@ class GuardedTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         exchange = Exchange(self._policy, request)
+        previous: tuple[httpx.Response, httpx.HTTPStatusError] | None = None  # the server's last answer
         with exchange.run:
             while True:
                 hold = exchange.hold()
@@ -45,7 +46,7 @@ class GuardedTransport(httpx.BaseTransport):
                     hold.held.__enter__()
                 except _REFUSALS as refusal:
                     hold.done = True
-                    return exchange.refused(refusal)
+                    return exchange.refused(refusal, previous)
                 try:
                     response = self._transport.handle_request(request)
                     if response.status_code < 400:
@@ -63,6 +64,7 @@ class GuardedTransport(httpx.BaseTransport):
                 delay = exchange.delay_after(answer)
                 if delay is None or not exchange.retry(exchange.run.budget_allows()):
                     return exchange.final(response, answer)
+                previous = response, answer
                 if delay > 0:
                     time.sleep(delay)
 
@@ -83,6 +85,7 @@ class AsyncGuardedTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         exchange = Exchange(self._policy, request)
+        previous: tuple[httpx.Response, httpx.HTTPStatusError] | None = None  # the server's last answer
         with exchange.run:
             while True:
                 hold = exchange.hold()
@@ -90,7 +93,7 @@ class AsyncGuardedTransport(httpx.AsyncBaseTransport):
                     await hold.held.__aenter__()
                 except _REFUSALS as refusal:
                     hold.done = True
-                    return exchange.refused(refusal)
+                    return exchange.refused(refusal, previous)
                 try:
                     response = await self._transport.handle_async_request(request)
                     if response.status_code < 400:
@@ -108,6 +111,7 @@ class AsyncGuardedTransport(httpx.AsyncBaseTransport):
                 delay = exchange.delay_after(answer)
                 if delay is None or not exchange.retry(await exchange.run.budget_allows_async()):
                     return exchange.final(response, answer)
+                previous = response, answer
                 if delay > 0:
                     await asyncio.sleep(delay)
 
