@@ -416,3 +416,20 @@ def test_sdk_retry_warning_also_follows_a_permanent_error_the_sdk_resent(sim: GL
     assert sim.stats.total_requests == 2  # the SDK's own retry: what the warning is about
     client.close()
     _sdk._warned.clear()
+
+
+def test_under_the_decorators_alone_the_sdk_resends_a_1113(sim: GLMSimulator) -> None:
+    """The same call as the table's, guarded by the decorators instead: the SDK's default retries
+    resend what the transport sends once (docs/http.md, which layer to guard)."""
+    client = openai.OpenAI(api_key=API_KEY, base_url=sim.base_url)  # max_retries left at 2
+
+    @glm_guard.retry_on_1302(max_tries=3, base_delay=0.02, max_delay=0.1)
+    @glm_guard.rate_limited(concurrency=LIMIT, key=f"glm:{MODEL}")
+    def ask() -> object:
+        return client.chat.completions.create(model=MODEL, messages=_messages("hello"))
+
+    sim.set_arrears(True)
+    with pytest.raises(openai.RateLimitError):
+        ask()
+    assert sim.stats.total_requests == 3
+    client.close()
