@@ -129,6 +129,55 @@ def rate_limited(
     """
     if callable(calls):
         return rate_limited()(calls)
+    guard = limit_guard(
+        calls,
+        period,
+        concurrency,
+        max_wait,
+        cooldown,
+        on_backend_error,
+        arrears_pause,
+        overload_pause,
+        tokens=tokens,
+        estimate=estimate,
+        tokenizer=tokenizer,
+        burst=burst,
+        refund_unused=refund_unused,
+    )
+    explicit_key = _validate.key_name("key", key)
+    store = get_backend(backend)
+
+    def decorate(target: Callable[P, R]) -> Callable[P, R]:
+        fn, rewrap = unwrap_descriptor(target)
+        limiter = store.limiter(explicit_key or default_key(fn))
+        inner, stack = join(
+            fn, key=explicit_key, backend=store, backend_from_environment=backend is None, limit_backend=store
+        )
+        return cast(Callable[P, R], rewrap(entry(_wrap(inner, limiter, guard, stack), stack)))
+
+    return decorate
+
+
+def limit_guard(
+    calls: int | None,
+    period: float | None,
+    concurrency: int | AutoConcurrency | str | None,
+    max_wait: float | None,
+    cooldown: float | None,
+    on_backend_error: str | None,
+    arrears_pause: float | None,
+    overload_pause: float | None,
+    *,
+    tokens: int | None = None,
+    estimate: Estimate | None = None,
+    tokenizer: Tokenizer | None = None,
+    burst: tuple[int, float] | None = None,
+    refund_unused: bool = True,
+) -> _Guard:
+    """``rate_limited``'s policy, validated (a bad value names its parameter) and frozen.
+
+    Shared with ``glm_guard.http``'s transports, which admit each request the same way.
+    """
     settings = get_settings()
     failure_policy = settings.on_backend_error if on_backend_error is None else on_backend_error
     if period is not None:
@@ -156,7 +205,7 @@ def rate_limited(
     pause = _validate.seconds("cooldown", cooldown, optional=True)
     arrears = _validate.seconds("arrears_pause", arrears_pause, optional=True, allow_zero=False)
     overload = _validate.seconds("overload_pause", overload_pause, optional=True, allow_zero=False)
-    guard = _Guard(
+    return _Guard(
         policy,
         wait_limit,
         settings.default_cooldown if pause is None else pause,
@@ -166,18 +215,6 @@ def rate_limited(
         },
         None if policy.tokens is None else _Budget(estimate, tokenizer or count_tokens, refund_unused),
     )
-    explicit_key = _validate.key_name("key", key)
-    store = get_backend(backend)
-
-    def decorate(target: Callable[P, R]) -> Callable[P, R]:
-        fn, rewrap = unwrap_descriptor(target)
-        limiter = store.limiter(explicit_key or default_key(fn))
-        inner, stack = join(
-            fn, key=explicit_key, backend=store, backend_from_environment=backend is None, limit_backend=store
-        )
-        return cast(Callable[P, R], rewrap(entry(_wrap(inner, limiter, guard, stack), stack)))
-
-    return decorate
 
 
 #: A quota error that names no reset time pauses the key this long, then a probe asks again.

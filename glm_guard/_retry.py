@@ -184,6 +184,36 @@ def retry_on_1302(
     """
     if callable(max_tries):
         return retry_on_1302()(max_tries)
+    make_policy, classifier = retry_policy(
+        max_tries, max_time, base_delay, max_delay, jitter, retry_codes, permanent_codes, retry_on_result, retry_budget
+    )
+
+    def decorate(target: Callable[P, R]) -> Callable[P, R]:
+        fn, rewrap = unwrap_descriptor(target)
+        policy = make_policy(default_key(fn))
+        inner, stack = join(fn, classifier=classifier)
+        stack.check_budget_backend(policy.budget)
+        return cast(Callable[P, R], rewrap(entry(_wrap(inner, policy, stack), stack)))
+
+    return decorate
+
+
+def retry_policy(
+    max_tries: object,
+    max_time: float | None,
+    base_delay: float,
+    max_delay: float,
+    jitter: object,
+    retry_codes: Iterable[str | int] | None,
+    permanent_codes: Iterable[str | int] | None,
+    retry_on_result: object,
+    retry_budget: object,
+) -> tuple[Callable[[str], _RetryPolicy], Classifier | None]:
+    """``retry_on_1302``'s policy, validated (a bad value names its parameter): a maker of the
+    frozen policy for a name, and the classifier (``None``: the default one).
+
+    Shared with ``glm_guard.http``'s transports, which retry each request the same way.
+    """
     if not isinstance(jitter, bool):
         raise ConfigurationError("jitter", f"must be True or False, got {jitter!r}")
     if not isinstance(retry_on_result, bool):
@@ -201,15 +231,16 @@ def retry_on_1302(
             _codes("retry_codes", retry_codes, DEFAULT_RETRYABLE_CODES),
             _codes("permanent_codes", permanent_codes, DEFAULT_PERMANENT_CODES),
         )
-
-    def decorate(target: Callable[P, R]) -> Callable[P, R]:
-        fn, rewrap = unwrap_descriptor(target)
-        policy = _RetryPolicy(default_key(fn), tries, deadline, base, cap, jitter, retry_on_result, budget)
-        inner, stack = join(fn, classifier=classifier)
-        stack.check_budget_backend(budget)
-        return cast(Callable[P, R], rewrap(entry(_wrap(inner, policy, stack), stack)))
-
-    return decorate
+    return functools.partial(
+        _RetryPolicy,
+        max_tries=tries,
+        max_time=deadline,
+        base_delay=base,
+        max_delay=cap,
+        jitter=jitter,
+        retry_on_result=retry_on_result,
+        budget=budget,
+    ), classifier
 
 
 def _budget_policy(value: object) -> RetryBudgetPolicy | None:
@@ -306,6 +337,8 @@ class _Run:
         """The sleep before the next attempt; ``None`` when ``error`` must propagate as is."""
         info = self.stack.verdict(error)
         if not info.is_rate_limit:
+            if info.kind == "permanent":  # a 1113 the SDK's own retries have already resent
+                sdk_retry_warning(self.args, self.kwargs, self.policy.name)
             return None
         delay = self._next(info, error)
         sdk_retry_warning(self.args, self.kwargs, self.policy.name)

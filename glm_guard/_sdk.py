@@ -32,7 +32,10 @@ def sdk_retries_off(client: T) -> T:
 
     openai-style clients (``with_options``) are copied with ``max_retries=0``, sharing the
     original's connection pool; clients with only a ``max_retries`` attribute (zhipuai)
-    are changed in place and returned.
+    are changed in place and returned, and so are langchain-openai's ``ChatOpenAI`` (its
+    openai clients replaced by such copies) and pydantic-ai's ``Agent`` (``max_retries=0`` in
+    its ``model_settings``).  For what it cannot change, the ``TypeError`` says what to do;
+    ``glm_guard.http`` guards any of them instead (docs/http.md).
     """
     with_options = getattr(client, "with_options", None)
     if callable(with_options):
@@ -41,7 +44,38 @@ def sdk_retries_off(client: T) -> T:
     if isinstance(_own_retries(client, require_api=False), int):
         client.max_retries = 0  # type: ignore[attr-defined]
         return client
-    raise TypeError(f"sdk_retries_off: {type(client).__name__} has neither with_options() nor max_retries")
+    if callable(getattr(getattr(client, "root_client", None), "with_options", None)):
+        return _chat_model_retries_off(client)
+    if hasattr(client, "model_settings") and callable(getattr(client, "run", None)):
+        return _agent_retries_off(client)
+    raise TypeError(
+        f"sdk_retries_off: {type(client).__name__} has neither with_options() nor max_retries; build it on an "
+        "SDK client passed through sdk_retries_off() (pydantic-ai: an Agent, or a provider given "
+        "openai_client=sdk_retries_off(...)), or guard its httpx client with glm_guard.http"
+    )
+
+
+def _chat_model_retries_off(chat: T) -> T:
+    """langchain-openai: the openai clients it built, swapped for copies without retries."""
+    for root, resource in (("root_client", "client"), ("root_async_client", "async_client")):
+        original = getattr(chat, root, None)
+        if original is not None:
+            quiet = original.with_options(max_retries=0)
+            setattr(chat, root, quiet)
+            setattr(chat, resource, quiet.chat.completions)
+    chat.max_retries = 0  # type: ignore[attr-defined]
+    return chat
+
+
+def _agent_retries_off(agent: T) -> T:
+    """pydantic-ai: ``max_retries`` is a model setting the provider's client obeys per request."""
+    settings = agent.model_settings  # type: ignore[attr-defined]
+    if settings is not None and not isinstance(settings, Mapping):
+        raise TypeError(
+            f"sdk_retries_off: {type(agent).__name__}.model_settings is computed; add max_retries=0 to what it returns"
+        )
+    agent.model_settings = {**(settings or {}), "max_retries": 0}  # type: ignore[attr-defined]
+    return agent
 
 
 def sdk_retry_warning(args: tuple[Any, ...], kwargs: Mapping[str, Any], name: str | None = None) -> None:

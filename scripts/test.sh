@@ -28,6 +28,9 @@ PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade "pip>=25.1"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e . --group test
+# zai-sdk (Zhipu's current SDK) pins a pyjwt that zhipuai's pin excludes, so pip refuses the pair;
+# its other requirements are zhipuai's, already installed, so it goes in on its own.
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "zai-sdk>=0.2.3"
 
 export GLM_GUARD_REQUIRE_REDIS=1
 exec .venv/bin/python -m pytest "$@"
