@@ -114,6 +114,7 @@ async def main(job: dict[str, Any]) -> dict[str, Any]:
     attempts: list[tuple[float, float, int]] = []
     calls: list[tuple[float, float, bool]] = []
     limits: list[tuple[float, int]] = []
+    failures: dict[str, int] = {}  # exception name -> calls that failed with it
     begin = [0.0]
     headers = {"Authorization": f"Bearer {job['api_key']}"}
     pool = httpx.Limits(max_connections=callers + 4, max_keepalive_connections=callers + 4)
@@ -146,8 +147,9 @@ async def main(job: dict[str, Any]) -> dict[str, Any]:
                     ok = True
                 except asyncio.CancelledError:
                     raise
-                except Exception:
+                except Exception as error:
                     ok = False
+                    failures[type(error).__name__] = failures.get(type(error).__name__, 0) + 1
                 calls.append((began, time.monotonic(), ok))
                 i += callers
 
@@ -166,7 +168,7 @@ async def main(job: dict[str, Any]) -> dict[str, Any]:
             t.cancel()
         # A caller that ignores its cancellation is counted, not waited for.
         _, stuck = await asyncio.wait(tasks, timeout=5.0)
-    return {"attempts": attempts, "calls": calls, "limits": limits, "stuck": len(stuck)}
+    return {"attempts": attempts, "calls": calls, "limits": limits, "stuck": len(stuck), "failures": failures}
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ or 10), as users get it, so failures reaching callers, the budget's included, ar
 from __future__ import annotations
 
 import bisect
+import collections
 import itertools
 import json
 import os
@@ -32,6 +33,7 @@ import threading
 import time
 import tomllib
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -323,6 +325,7 @@ def analyse(
         "calls": len(calls),
         "failed": sum(1 for c in calls if not c[2]),
         "stuck_callers": sum(r.get("stuck", 0) for r in results),
+        "failure_kinds": dict(_counted(r.get("failures", {}) for r in results)),
         "goodput": len(ok_attempts) / (end - begin),
         "median_latency_s": latency,
         "settle": settle_times(grid, steps, begin, timeline, latency),
@@ -354,7 +357,9 @@ def targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     failed = sum(r["failed"] for r in auto)
-    rows.append({"target": "auto: 0 failures reaching callers", "shown": f"{failed} failed", "met": failed == 0})
+    kinds = _counted(r.get("failure_kinds", {}) for r in auto)
+    shown = f"{failed} failed" + (" (" + ", ".join(f"{n} {k}" for k, n in kinds.most_common()) + ")" if kinds else "")
+    rows.append({"target": "auto: 0 failures reaching callers", "shown": shown, "met": failed == 0})
     # After a drop: the first moment in flight is at or under the new capacity and stays there for
     # two call latencies.  Later one-slot probes above it are the rule's design, priced in 1302s
     # (the "for good" time is on the page beside it).
@@ -401,6 +406,14 @@ def targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         }
     )
     return rows
+
+
+def _counted(counts: Iterable[dict[str, int]]) -> collections.Counter[str]:
+    """Failures by exception name, summed over workers or runs."""
+    total: collections.Counter[str] = collections.Counter()
+    for one in counts:
+        total.update(one)
+    return total
 
 
 def measure(args: Any) -> dict[str, Any]:

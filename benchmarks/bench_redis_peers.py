@@ -125,7 +125,8 @@ async def build(url: str) -> list[Case]:
     # glm_guard's own admission script, sent bare: the gap from the floor to it is the script's
     # work on the server, the gap from it to glm_guard's admission is glm_guard's Python.
     bare_acquire = client.register_script(sources()["acquire"])
-    bare_keys = [backend.key("bench-seq-bare", suffix) for suffix in ("starts", "leases", "cooldown", "learned", "paused")]
+    suffixes = ("starts", "leases", "cooldown", "learned", "paused", "spent", "spent_sizes", "burst")  # acquire.lua's
+    bare_keys = [backend.key("bench-seq-bare", suffix) for suffix in suffixes]
     bare_limits = f"{BIG} {window_ms(1.0)} {BIG} {int(backend.lease * 1000)} -1"
     bare_release = client.register_script(sources()["release"])
 
