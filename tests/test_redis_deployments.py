@@ -36,10 +36,10 @@ from .helpers import SEED_1302, ErrorWithText
 #: reach (PING, SELECT, an alert's end, the scripts' rarer branches); the ACL test then runs
 #: it under a user allowed only these.
 LIBRARY_COMMANDS = (
-    "del", "evalsha", "exec", "expire", "expireat", "get", "hdel", "hello", "hgetall", "hincrby",
-    "hkeys", "hmget", "hset", "hsetnx", "multi", "pexpire", "ping", "psubscribe", "publish", "punsubscribe",
-    "script|load", "select", "set", "time", "type", "zadd", "zcard", "zrange", "zrem", "zremrangebyrank",
-    "zremrangebyscore", "zrevrange", "zscore",
+    "del", "evalsha", "exec", "expire", "expireat", "get", "hdel", "hello", "hget", "hgetall", "hincrby",
+    "hkeys", "hmget", "hset", "hsetnx", "multi", "pexpire", "ping", "psubscribe", "pttl", "publish",
+    "punsubscribe", "script|load", "select", "set", "time", "type", "zadd", "zcard", "zrange",
+    "zrangebyscore", "zrem", "zremrangebyrank", "zremrangebyscore", "zrevrange", "zscore",
 )  # fmt: skip
 
 
@@ -113,6 +113,24 @@ def _admission(first: RedisBackend, second: RedisBackend) -> None:
     with pytest.raises(ErrorWithText):
         learning(True)
     assert second.learned_limits(["auto"])["auto"].limit == 1
+
+    # a token budget: 100 a minute between both, reserved before a call and settled from its usage
+    def spender(backend: RedisBackend, used: int) -> Any:
+        return rate_limited(tokens=100, period=60, key="tokens", backend=backend, max_wait=0)(
+            lambda: {"usage": {"total_tokens": used}}
+        )
+
+    with glm_guard.token_estimate(40):
+        spender(first, 40)()
+        spender(second, 10)()  # settled down to 10: 50 spent
+        spender(first, 40)()  # 90
+        with pytest.raises(RateLimitTimeout):
+            spender(second, 40)()  # 130 would pass the budget
+
+    # burst control: at most one start per 60 s between both, beside a larger rate
+    rate_limited(10, 60, burst=(1, 60), key="burst", backend=first)(lambda: None)()
+    with pytest.raises(RateLimitTimeout):
+        rate_limited(10, 60, burst=(1, 60), key="burst", backend=second, max_wait=0)(lambda: None)()
 
 
 def _cache(first: RedisBackend, second: RedisBackend) -> None:
@@ -339,7 +357,8 @@ def test_a_three_primary_cluster_runs_everything_in_one_slot_per_limit_redis() -
         stats_slot = {backend.connections.call(lambda c, k=k: c.keyslot(k)) for k in ("glm_guard:{stats}:total",
                       "glm_guard:{stats}:m:1", "glm_guard:{stats}:alerts")}  # fmt: skip
         limit_slot = {backend.connections.call(lambda c, k=k: c.keyslot(backend.key("rate", k))) for k in
-                      ("starts", "leases", "cooldown", "learned", "paused", "retry_budget")}  # fmt: skip
+                      ("starts", "leases", "cooldown", "learned", "paused", "retry_budget", "spent",
+                       "spent_sizes", "burst")}  # fmt: skip
         assert len(stats_slot) == 1 and len(limit_slot) == 1
         backend.close()
 
