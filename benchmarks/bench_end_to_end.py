@@ -13,6 +13,8 @@ The same callers (32 in all, split across processes) then run each way for the s
   simulator, so a shortfall of glm_guard can be told apart from the harness's own;
 - **glm_guard**: ``@retry_on_1302(max_tries=5)`` over ``@rate_limited(concurrency=4)``, on the
   local backend (one process) and on Redis (1, 4 and 8 processes);
+- **openai SDK + asyncio.Semaphore** in one process: what the SDK's own per-request work leaves
+  of the capacity, the ceiling of the row below;
 - **glm_guard at the transport**: the openai SDK (``AsyncOpenAI``) and zai-sdk (``ZhipuAiClient``,
   sync, so each caller is a thread) given ``glm_guard.http``'s client with ``concurrency=4``
   on Redis, their own retry settings left at their defaults (1 and 4 processes).
@@ -46,12 +48,13 @@ MODES = {
     "gg_redis_1": ("glm_guard, Redis, 1 process", 1),
     "gg_redis_4": ("glm_guard, Redis, 4 processes", 4),
     "gg_redis_8": ("glm_guard, Redis, 8 processes", 8),
+    "openai_semaphore": ("openai SDK + asyncio.Semaphore, 1 process: the SDK's ceiling", 1),
     "gg_openai_1": ("glm_guard.http + openai SDK, Redis, 1 process", 1),
     "gg_openai_4": ("glm_guard.http + openai SDK, Redis, 4 processes", 4),
     "gg_zai_1": ("glm_guard.http + zai-sdk (threads), Redis, 1 process", 1),
     "gg_zai_4": ("glm_guard.http + zai-sdk (threads), Redis, 4 processes", 4),
 }
-SDK_MODES = ("gg_openai", "gg_zai")
+SDK_MODES = ("gg_openai", "gg_zai", "openai_semaphore")
 PRELOAD = [
     "__main__",
     "asyncio",
@@ -84,6 +87,18 @@ def make_sdk_call(mode: str, job: dict[str, Any], threads: Any) -> Callable[[int
     import glm_guard.http
 
     policy: dict[str, Any] = {"concurrency": job["concurrency"], "key": job["key"], "backend": job["redis_url"]}
+    if mode == "openai_semaphore":  # the same SDK with no guard: what its own cost leaves of the capacity
+        import httpx
+        import openai
+
+        bare = openai.AsyncOpenAI(api_key=API_KEY, base_url=job["base_url"], http_client=httpx.AsyncClient())
+        semaphore = asyncio.Semaphore(job["concurrency"])
+
+        async def ask_bare(i: int) -> Any:
+            async with semaphore:
+                return await bare.chat.completions.create(model=MODEL, messages=_question(i), max_tokens=16)  # type: ignore[arg-type]
+
+        return ask_bare
     if mode.startswith("gg_openai"):
         import openai
 
