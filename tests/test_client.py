@@ -202,6 +202,19 @@ def test_the_client_sends_through_the_guarded_transport(env: GLMSimulator) -> No
     client.close()
 
 
+async def test_a_paused_key_is_refused_with_the_guards_own_error(env: GLMSimulator) -> None:
+    """After a 1113 the key pauses; the transport refuses the next call without a request, and
+    the client raises the refusal as the decorators did (``AccountInArrears``), not a 429."""
+    client = get_llm_client()
+    env.force_next("1113")
+    with pytest.raises(GLMAPIError):
+        await client.call_api(MSGS)
+    with pytest.raises(glm_guard.AccountInArrears) as refused:
+        await client.call_api(MSGS)
+    assert isinstance(refused.value.__cause__, GLMAPIError)
+    assert len(env.history()) == 1  # the refusal asked nobody
+
+
 def test_sync_client_from_threads(env: GLMSimulator) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
