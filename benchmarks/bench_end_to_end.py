@@ -12,7 +12,12 @@ The same callers (32 in all, split across processes) then run each way for the s
 - **asyncio.Semaphore** in one process: the most this machine's HTTP stack gets out of the
   simulator, so a shortfall of glm_guard can be told apart from the harness's own;
 - **glm_guard**: ``@retry_on_1302(max_tries=5)`` over ``@rate_limited(concurrency=4)``, on the
-  local backend (one process) and on Redis (1, 4 and 8 processes).
+  local backend (one process) and on Redis (1, 4 and 8 processes);
+- **openai SDK + asyncio.Semaphore** in one process: what the SDK's own per-request work leaves
+  of the capacity, the ceiling of the row below;
+- **glm_guard at the transport**: the openai SDK (``AsyncOpenAI``) and zai-sdk (``ZhipuAiClient``,
+  sync, so each caller is a thread) given ``glm_guard.http``'s client with ``concurrency=4``
+  on Redis, their own retry settings left at their defaults (1 and 4 processes).
 
 ``python benchmarks/bench_end_to_end.py --out end_to_end.json`` (starts its own redis-server).
 """
@@ -25,6 +30,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +48,13 @@ MODES = {
     "gg_redis_1": ("glm_guard, Redis, 1 process", 1),
     "gg_redis_4": ("glm_guard, Redis, 4 processes", 4),
     "gg_redis_8": ("glm_guard, Redis, 8 processes", 8),
+    "openai_semaphore": ("openai SDK + asyncio.Semaphore, 1 process: the SDK's ceiling", 1),
+    "gg_openai_1": ("glm_guard.http + openai SDK, Redis, 1 process", 1),
+    "gg_openai_4": ("glm_guard.http + openai SDK, Redis, 4 processes", 4),
+    "gg_zai_1": ("glm_guard.http + zai-sdk (threads), Redis, 1 process", 1),
+    "gg_zai_4": ("glm_guard.http + zai-sdk (threads), Redis, 4 processes", 4),
 }
+SDK_MODES = ("gg_openai", "gg_zai", "openai_semaphore")
 PRELOAD = [
     "__main__",
     "asyncio",
@@ -52,6 +64,9 @@ PRELOAD = [
     "glm_guard",
     "glm_guard.backends._redis",
     "aiolimiter",
+    "glm_guard.http",
+    "openai",
+    "zai",
 ]
 
 
@@ -61,6 +76,51 @@ class GLMHTTPError(Exception):
     def __init__(self, status: int, body: str) -> None:
         super().__init__(f"{status} {body}")
         self.status_code = status
+
+
+def _question(i: int) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"推理问题 {i}"}]
+
+
+def make_sdk_call(mode: str, job: dict[str, Any], threads: Any) -> Callable[[int], Any]:
+    """An SDK with its defaults, given glm_guard.http's client: the one line a user adds."""
+    import glm_guard.http
+
+    policy: dict[str, Any] = {"concurrency": job["concurrency"], "key": job["key"], "backend": job["redis_url"]}
+    if mode == "openai_semaphore":  # the same SDK with no guard: what its own cost leaves of the capacity
+        import httpx
+        import openai
+
+        bare = openai.AsyncOpenAI(api_key=API_KEY, base_url=job["base_url"], http_client=httpx.AsyncClient())
+        semaphore = asyncio.Semaphore(job["concurrency"])
+
+        async def ask_bare(i: int) -> Any:
+            async with semaphore:
+                return await bare.chat.completions.create(model=MODEL, messages=_question(i), max_tokens=16)  # type: ignore[arg-type]
+
+        return ask_bare
+    if mode.startswith("gg_openai"):
+        import openai
+
+        client = openai.AsyncOpenAI(
+            api_key=API_KEY, base_url=job["base_url"], http_client=glm_guard.http.async_client(**policy)
+        )
+
+        async def ask_openai(i: int) -> Any:
+            return await client.chat.completions.create(model=MODEL, messages=_question(i), max_tokens=16)  # type: ignore[arg-type]
+
+        return ask_openai
+    from zai import ZhipuAiClient
+
+    zai = ZhipuAiClient(api_key=API_KEY, base_url=job["base_url"], http_client=glm_guard.http.client(**policy))
+
+    def create(i: int) -> Any:
+        return zai.chat.completions.create(model=MODEL, messages=_question(i), max_tokens=16)
+
+    async def ask_zai(i: int) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(threads, create, i)
+
+    return ask_zai
 
 
 def make_call(mode: str, job: dict[str, Any], http: Any) -> Callable[[int], Any]:
@@ -120,10 +180,14 @@ def worker(mode: str, job: dict[str, Any], callers: int, ready: Any, go: Any, st
 
         limits = httpx.Limits(max_connections=callers + 4, max_keepalive_connections=callers + 4)
         headers = {"Authorization": f"Bearer {API_KEY}"}
+        threads = ThreadPoolExecutor(callers)
         async with httpx.AsyncClient(timeout=30.0, limits=limits, headers=headers) as http:
-            call = make_call(mode, job, http)
-            with contextlib.suppress(httpx.HTTPError):  # open a connection before the clock starts
-                await http.post(job["chat_url"], json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+            call = make_sdk_call(mode, job, threads) if mode.startswith(SDK_MODES) else make_call(mode, job, http)
+            with contextlib.suppress(Exception):  # open a connection before the clock starts
+                if mode.startswith(SDK_MODES):
+                    await call(-1)
+                else:
+                    await http.post(job["chat_url"], json={"model": MODEL, "messages": _question(-1)})
             ready.put(os.getpid())
             while not go.is_set():  # noqa: ASYNC110 - a multiprocessing.Event has no async wait
                 await asyncio.sleep(0.002)
@@ -149,6 +213,7 @@ def worker(mode: str, job: dict[str, Any], callers: int, ready: Any, go: Any, st
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        threads.shutdown(wait=True)
         return outcomes
 
     results.put(asyncio.run(main()))
@@ -235,6 +300,7 @@ def measure(args: Any) -> dict[str, Any]:
                 client.flushall()
                 job = {
                     "chat_url": sim.chat_url,
+                    "base_url": sim.base_url,
                     "redis_url": url,
                     "concurrency": concurrency,
                     "capacity": concurrency / latency,

@@ -46,6 +46,8 @@ PEERS = [
     "matplotlib>=3.8",
     "redis>=5",
     "httpx>=0.27",
+    "openai>=1.40",
+    "zai-sdk>=0.2.3",
 ]
 VERSIONS = [
     "glm-guard",
@@ -57,6 +59,8 @@ VERSIONS = [
     "pyrate-limiter",
     "redis",
     "httpx",
+    "openai",
+    "zai-sdk",
 ]
 #: (name in results.json, module, page written from it, title)
 PARTS = [
@@ -64,6 +68,7 @@ PARTS = [
     ("redis", "bench_redis_peers", "redis_peers.md", "Redis: one admission, one connection"),
     ("accuracy", "bench_accuracy", "accuracy.md", "Accuracy across processes"),
     ("end_to_end", "bench_end_to_end", "end_to_end.md", "End to end against the GLM simulator"),
+    ("http", "bench_http", "http.md", "The guarded transport beside a bare httpx client"),
     ("scaling", "bench_scaling", "scaling.md", "How the cost grows"),
     ("monitoring", "bench_monitoring", "monitoring.md", "Monitoring: unguarded, then guarded"),
     ("adaptive", "bench_adaptive", "adaptive.md", "Adaptive concurrency while the capacity moves"),

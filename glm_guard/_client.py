@@ -1,4 +1,4 @@
-"""``get_llm_client()``: the seed's guarded GLM client, built from the decorators.
+"""``get_llm_client()``: the seed's guarded GLM client, built on ``glm_guard.http``'s transport.
 
 The seed's services already call ``await get_llm_client().call_api(messages=...)`` and catch
 ``GLMRateLimitException``; this module makes that code work as written.  The two flavours
@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, overload
 
-from ._api_errors import GLMAPIError
-from ._client_base import ClientBase, Message
+from ._api_errors import GLMAPIError, GLMStreamError
+from ._client_base import ClientBase, Message, raise_for, stream_retry_delay
 from ._config import Settings, get_settings
 from ._sse import Chunk, StreamReader
 
@@ -36,7 +37,7 @@ _ABANDONED: list[object] = []
 def _parse(response: httpx.Response) -> dict[str, Any]:
     """The completion in a non-streaming response; an error body raises even with HTTP 200."""
     if response.status_code >= 400:
-        raise GLMAPIError.from_response(response)
+        raise_for(response)
     try:
         data = response.json()
     except ValueError:
@@ -60,32 +61,29 @@ class LLMClient(ClientBase):
                 if self._http is None or self._pid != os.getpid():
                     if self._http is not None:  # forked: the parent's sockets are not ours
                         _ABANDONED.append(self._http)
-                    self._http = self._httpx.Client(timeout=self.timeout, headers=self._headers())
+                    from .http._transport import GuardedTransport
+
+                    transport = GuardedTransport._sharing(self._policy, self._httpx.HTTPTransport())
+                    self._http = self._httpx.Client(transport=transport, timeout=self.timeout, headers=self._headers())
                     self._pid = os.getpid()
         return self._http
 
-    def _raw(self) -> tuple[Callable[..., Any], Callable[..., Any]]:
-        def call(body: dict[str, Any]) -> dict[str, Any]:
-            return _parse(self._client().post(self._url, json=body))
-
-        def stream(body: dict[str, Any]) -> Generator[Chunk, None, None]:
-            with self._client().stream("POST", self._url, json=body) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise GLMAPIError.from_response(response)
-                reader = StreamReader(response)
-                try:
-                    for line in response.iter_lines():
-                        chunk = reader.feed(line)
-                        if chunk is not None:
-                            yield chunk
-                        if reader.done:
-                            return
-                except self._httpx.TransportError as error:
-                    raise reader.lost(error) from error
-                reader.check_complete()
-
-        return call, stream
+    def _stream(self, body: dict[str, Any]) -> Generator[Chunk, None, None]:
+        with self._client().stream("POST", self._url, json=body) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise_for(response)
+            reader = StreamReader(response)
+            try:
+                for line in response.iter_lines():
+                    chunk = reader.feed(line)
+                    if chunk is not None:
+                        yield chunk
+                    if reader.done:
+                        return
+            except self._httpx.TransportError as error:
+                raise reader.lost(error) from error
+            reader.check_complete()
 
     @overload
     def call_api(
@@ -128,16 +126,22 @@ class LLMClient(ClientBase):
         iterate the stream to the end or ``close()`` it to give its permit back.
         """
         body = self._body(messages, model, temperature, max_tokens, stream, params)
-        call, streamer = self._guard(body["model"])
         if not stream:
-            result: dict[str, Any] = call(body)
-            return result
-        chunks: Generator[Chunk, None, None] = streamer(body)
-        try:
-            first = next(chunks)
-        except StopIteration:
-            return iter(())
-        return _chain(first, chunks)
+            return _parse(self._client().post(self._url, json=body))
+        attempt = 1
+        while True:
+            chunks = self._stream(body)
+            try:
+                first = next(chunks)
+            except StopIteration:
+                return iter(())
+            except GLMStreamError:
+                if attempt >= self.max_tries:
+                    raise
+                time.sleep(stream_retry_delay(attempt))
+                attempt += 1
+                continue
+            return _chain(first, chunks)
 
     def close(self) -> None:
         """Close this process's connections; the client reconnects if used again."""
@@ -182,36 +186,34 @@ class AsyncLLMClient(ClientBase):
         if entry is None or entry[0] != os.getpid():
             if entry is not None:
                 _ABANDONED.append(entry)
-            http: httpx.AsyncClient = self._httpx.AsyncClient(timeout=self.timeout, headers=self._headers())
+            from .http._transport import AsyncGuardedTransport
+
+            transport = AsyncGuardedTransport._sharing(self._policy, self._httpx.AsyncHTTPTransport())
+            http: httpx.AsyncClient = self._httpx.AsyncClient(
+                transport=transport, timeout=self.timeout, headers=self._headers()
+            )
             closer = _close_with_loop(http, os.getpid())
             await closer.__anext__()  # the loop now owns it and closes it at shutdown_asyncgens
             entry = self._loops[loop] = (os.getpid(), http, closer)
         return entry[1]
 
-    def _raw(self) -> tuple[Callable[..., Any], Callable[..., Any]]:
-        async def call(body: dict[str, Any]) -> dict[str, Any]:
-            http = await self._client()
-            return _parse(await http.post(self._url, json=body))
-
-        async def stream(body: dict[str, Any]) -> AsyncGenerator[Chunk, None]:
-            http = await self._client()
-            async with http.stream("POST", self._url, json=body) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    raise GLMAPIError.from_response(response)
-                reader = StreamReader(response)
-                try:
-                    async for line in response.aiter_lines():
-                        chunk = reader.feed(line)
-                        if chunk is not None:
-                            yield chunk
-                        if reader.done:
-                            return
-                except self._httpx.TransportError as error:
-                    raise reader.lost(error) from error
-                reader.check_complete()
-
-        return call, stream
+    async def _stream(self, body: dict[str, Any]) -> AsyncGenerator[Chunk, None]:
+        http = await self._client()
+        async with http.stream("POST", self._url, json=body) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                raise_for(response)
+            reader = StreamReader(response)
+            try:
+                async for line in response.aiter_lines():
+                    chunk = reader.feed(line)
+                    if chunk is not None:
+                        yield chunk
+                    if reader.done:
+                        return
+            except self._httpx.TransportError as error:
+                raise reader.lost(error) from error
+            reader.check_complete()
 
     @overload
     async def call_api(
@@ -253,17 +255,26 @@ class AsyncLLMClient(ClientBase):
         opened (and retried if need be) before the ``await`` returns, so that error surfaces
         there too; iterate the stream to the end or ``aclose()`` it to give its permit back.
         """
+        import asyncio
+
         body = self._body(messages, model, temperature, max_tokens, stream, params)
-        call, streamer = self._guard(body["model"])
         if not stream:
-            result: dict[str, Any] = await call(body)
-            return result
-        chunks: AsyncGenerator[Chunk, None] = streamer(body)
-        try:
-            first = await chunks.__anext__()
-        except StopAsyncIteration:
-            return _empty()
-        return _achain(first, chunks)
+            http = await self._client()
+            return _parse(await http.post(self._url, json=body))
+        attempt = 1
+        while True:
+            chunks = self._stream(body)
+            try:
+                first = await chunks.__anext__()
+            except StopAsyncIteration:
+                return _empty()
+            except GLMStreamError:
+                if attempt >= self.max_tries:
+                    raise
+                await asyncio.sleep(stream_retry_delay(attempt))
+                attempt += 1
+                continue
+            return _achain(first, chunks)
 
     async def aclose(self) -> None:
         """Close the current event loop's connections; the client reconnects if used again."""

@@ -1,38 +1,72 @@
-"""What both flavours of the guarded client share: settings, the request body, the guards.
+"""What both flavours of the guarded client share: settings, the request body, the guard.
 
-Each client posts to ``{base_url}/chat/completions`` through ``retry_on_1302`` outside
-``rate_limited``, keyed ``glm:{model}`` because GLM limits calls in flight per account and
-model; the decorated callables are built once per model and reused.  With no concurrency
-configured the limit is learned from GLM's answers (``concurrency="auto"``): GLM publishes
-none, and no fixed number fits both quiet and peak hours.  Without ``backend=``
-the guard takes ``GLM_GUARD_BACKEND`` as a guard given no backend does, so with Redis
-there the client's calls are counted in the fleet's shared stats.
+Each client posts to ``{base_url}/chat/completions`` through ``glm_guard.http``'s guarded
+transport, so there is one guarded HTTP path in the library: admission, cooldown and retries
+on 1302 happen there, keyed ``glm:{model}`` (the model read from the body) because GLM limits
+calls in flight per account and model.  With no concurrency configured the limit is learned
+from GLM's answers (``concurrency="auto"``): GLM publishes none, and no fixed number fits both
+quiet and peak hours.  Without ``backend=`` the guard takes ``GLM_GUARD_BACKEND`` as a guard
+given no backend does, so with Redis there the client's calls are counted in the fleet's
+shared stats.  What the transport cannot see, a stream that broke off before its first chunk,
+the client retries itself (``_stream_retry_delay``), each attempt admitted by the transport.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
 
+from ._api_errors import GLMAPIError
 from ._auto_concurrency import AutoConcurrency
-from ._classify import DEFAULT_RETRYABLE_CODES
-from ._config import get_settings, mask_url
+from ._config import get_settings, is_testing, mask_url
 from ._errors import ConfigurationError
-from ._rate_limit import rate_limited
-from ._retry import retry_on_1302
 
 if TYPE_CHECKING:
+    import httpx
+
     from .backends._base import Backend
+    from .http._policy import Policy
 
 __all__ = ["ClientBase", "Message"]
 
 Message = Mapping[str, Any]
 
-#: Before its first chunk a stream that broke off can be retried without repeating any text.
-_STREAM_RETRY_CODES: Final = DEFAULT_RETRYABLE_CODES | {"network_error", "connection_lost"}
 _USER_AGENT: Final = "glm-guard"
+#: The longest pause before reopening a stream that broke off before its first chunk.
+_STREAM_RETRY_MAX_DELAY: Final = 4.0
+
+
+def _glm_key(request: httpx.Request) -> str:
+    """``glm:{model}``: the key the seed's client has always used, so its stats and learned
+    limits carry over."""
+    from .http._policy import _model_of
+
+    return f"glm:{_model_of(request) or 'unknown'}"
+
+
+def raise_for(response: httpx.Response) -> None:
+    """An error answer (body read) as the client's error: the guard's own verdict when it gave
+    up or refused (a :class:`~glm_guard.GLMRateLimitException`, caused by GLM's last answer),
+    else GLM's answer as a :class:`GLMAPIError`, passed on unretried."""
+    from .http._exchange import GAVE_UP
+
+    error = GLMAPIError.from_response(response)
+    gave_up = response.extensions.get(GAVE_UP)
+    if isinstance(gave_up, BaseException):
+        raise gave_up from error
+    raise error
+
+
+def stream_retry_delay(attempt: int) -> float:
+    """The pause before reopening a stream that broke off before its first chunk."""
+    return 0.0 if is_testing() else min(_STREAM_RETRY_MAX_DELAY, 0.5 * 2 ** (attempt - 1))
+
+
+def _policy_module() -> ModuleType:
+    from .http import _policy
+
+    return _policy
 
 
 def _httpx() -> ModuleType:
@@ -44,7 +78,7 @@ def _httpx() -> ModuleType:
 
 
 class ClientBase:
-    """What both flavours share: settings, the request body, and one guard per model."""
+    """What both flavours share: settings, the request body, and the transport's policy."""
 
     def __init__(
         self,
@@ -74,14 +108,20 @@ class ClientBase:
         configured = settings.max_concurrency if concurrency is None else concurrency
         self.concurrency = AutoConcurrency() if configured is None else configured
         self.backend = settings.backend if backend is None else backend
-        # None lets rate_limited take GLM_GUARD_BACKEND itself, so the guard counts as chosen by
-        # the environment: its stats go where the environment's do, and follow reload_settings.
-        self._backend_argument = backend
+        # backend=None lets the transport take GLM_GUARD_BACKEND itself, so the guard counts as
+        # chosen by the environment: its stats go where the environment's do.
         self._url = f"{self.base_url}/chat/completions"
-        self._guards: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {}
-        self._guards_lock = threading.Lock()
+        # Built now, so a bad limit or backend fails here, not on the first call; every
+        # connection pool (per process, per event loop) shares its keys and limiters.
+        self._policy: Policy = _policy_module().Policy(
+            calls=self.calls_per_minute,
+            period=60,
+            concurrency=self.concurrency,
+            key=_glm_key,
+            backend=backend,
+            max_tries=self.max_tries,
+        )
         self._setup()
-        self._guard(self.model)  # a bad limit or backend fails here, not on the first call
 
     def __repr__(self) -> str:
         backend = mask_url(self.backend) if isinstance(self.backend, str) else repr(self.backend)
@@ -113,30 +153,5 @@ class ClientBase:
         body.update(params)
         return body
 
-    def _guard(self, model: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
-        """``(call, stream)`` for ``model``, decorated once and reused."""
-        guard = self._guards.get(model)
-        if guard is None:
-            with self._guards_lock:
-                guard = self._guards.get(model)
-                if guard is None:
-                    limit = rate_limited(
-                        calls=self.calls_per_minute,
-                        period=60,
-                        concurrency=self.concurrency,
-                        key=f"glm:{model}",
-                        backend=self._backend_argument,
-                    )
-                    call, stream = self._raw()
-                    call.__qualname__ = stream.__qualname__ = f"{type(self).__name__}.call_api[{model}]"
-                    guard = self._guards[model] = (
-                        retry_on_1302(max_tries=self.max_tries)(limit(call)),
-                        retry_on_1302(max_tries=self.max_tries, retry_codes=_STREAM_RETRY_CODES)(limit(stream)),
-                    )
-        return guard
-
     def _setup(self) -> None:
         """Per-flavour connection state."""
-
-    def _raw(self) -> tuple[Callable[..., Any], Callable[..., Any]]:
-        raise NotImplementedError

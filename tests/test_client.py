@@ -184,6 +184,37 @@ async def test_permanent_errors_are_raised_once_unretried(env: GLMSimulator) -> 
     assert len(env.history()) == 1
 
 
+def test_the_client_sends_through_the_guarded_transport(env: GLMSimulator) -> None:
+    """One guarded HTTP path: the client's answers are the transport's, which marks a final
+    error answer as not to be retried, and a give-up carries the server's last answer."""
+    client = get_llm_client(sync=True)
+    env.force_next("1113")
+    with pytest.raises(GLMAPIError) as permanent:
+        client.call_api(MSGS)
+    assert permanent.value.headers["x-should-retry"] == "false"
+    with glm_guard.set_testing(True):
+        env.force_next("1302", 3)
+        with pytest.raises(GLMRateLimitException) as gave_up:
+            client.call_api(MSGS)
+    cause = gave_up.value.__cause__
+    assert isinstance(cause, GLMAPIError) and cause.headers["x-should-retry"] == "false"
+    assert gave_up.value.attempts == 3
+    client.close()
+
+
+async def test_a_paused_key_is_refused_with_the_guards_own_error(env: GLMSimulator) -> None:
+    """After a 1113 the key pauses; the transport refuses the next call without a request, and
+    the client raises the refusal as the decorators did (``AccountInArrears``), not a 429."""
+    client = get_llm_client()
+    env.force_next("1113")
+    with pytest.raises(GLMAPIError):
+        await client.call_api(MSGS)
+    with pytest.raises(glm_guard.AccountInArrears) as refused:
+        await client.call_api(MSGS)
+    assert isinstance(refused.value.__cause__, GLMAPIError)
+    assert len(env.history()) == 1  # the refusal asked nobody
+
+
 def test_sync_client_from_threads(env: GLMSimulator) -> None:
     from concurrent.futures import ThreadPoolExecutor
 

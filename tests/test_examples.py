@@ -40,6 +40,27 @@ def test_sdk_examples_unguarded_fail_guarded_do_not(name: str) -> None:
     assert simulator_line(out) == (0, 2)
 
 
+HTTP_EXAMPLES = {
+    "http_zai.py": ("zai", "zai-sdk: 12 calls, 0 failed, 0 fallbacks"),
+    "http_openai.py": ("openai", "openai: 13 calls, 0 failed"),
+    "http_langchain.py": ("langchain_openai", "langchain: 13 calls, 0 failed"),
+    "http_litellm.py": ("litellm", "litellm: 12 calls, 0 failed"),
+    "http_pydantic_ai.py": ("pydantic_ai", "pydantic-ai: 12 calls, 0 failed"),
+}
+
+
+@pytest.mark.parametrize("name", list(HTTP_EXAMPLES))
+def test_sdk_family_examples_guarded_at_the_transport(name: str) -> None:
+    """Each docs/sdks page includes its example verbatim; the example holds the limit."""
+    module, line = HTTP_EXAMPLES[name]
+    pytest.importorskip(module)  # zai-sdk is installed on its own (its pyjwt pin conflicts with zhipuai's)
+    out = run_example(name)
+    assert line in out
+    assert simulator_line(out) == (0, 2)
+    page = EXAMPLES.parent / "docs" / "sdks" / f"{name.removeprefix('http_').removesuffix('.py')}.md"
+    assert f'--8<-- "examples/{name}"' in page.read_text()
+
+
 def test_llm_client_example_runs_the_seed_reasoner() -> None:
     out = run_example("llm_client.py")
     assert "reasoner: 12 questions, 0 failed, 0 degraded answers" in out

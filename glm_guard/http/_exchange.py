@@ -27,12 +27,16 @@ __all__ = ["Exchange", "Hold"]
 SHOULD_RETRY: Final = "x-should-retry"
 #: Marks an answer the guard made itself, without asking the server.
 REFUSED_BY: Final = "x-glm-guard"
+#: The response extension carrying the guard's own verdict when it gave up or refused
+#: (a :class:`~glm_guard.GLMRateLimitException`), for callers that raise the guard's errors
+#: rather than an SDK's, as ``get_llm_client()`` does.
+GAVE_UP: Final = "glm_guard.gave_up"
 
 
 class Exchange:
     """A logical call: its key's route, its retry run, and what each answer leads to."""
 
-    __slots__ = ("call", "policy", "request", "route", "run")
+    __slots__ = ("call", "gave_up", "policy", "request", "route", "run")
 
     def __init__(self, policy: Policy, request: httpx.Request) -> None:
         self.policy = policy
@@ -40,6 +44,7 @@ class Exchange:
         self.route = policy.route(request)
         self.run = _Run(self.route.retry, self.route.stack, (), {})
         self.call: _Report = self.route.stack.call()
+        self.gave_up: GLMRateLimitException | None = None
 
     def hold(self) -> Hold:
         """A permit for the next attempt (not yet acquired)."""
@@ -56,14 +61,18 @@ class Exchange:
         ``retry_on_1302`` owns the retries)."""
         try:
             return self.run.delay_after(None, error)
-        except (httpx.HTTPStatusError, GLMRateLimitException):
+        except httpx.HTTPStatusError:
+            return None
+        except GLMRateLimitException as gave_up:
+            self.gave_up = gave_up
             return None
 
     def retry(self, allowed: bool) -> bool:
         """The planned retry goes, unless the key's retry budget refused it."""
         try:
             self.run.retry(allowed)
-        except RetryBudgetExhausted:
+        except RetryBudgetExhausted as spent:
+            self.gave_up = spent
             return False
         return True
 
@@ -72,6 +81,8 @@ class Exchange:
         when a retry is the guard's business (a rate limit, or a permanent error)."""
         if self.route.stack.verdict(error).kind in ("rate_limit", "permanent"):
             response.headers[SHOULD_RETRY] = "false"
+        if self.gave_up is not None:
+            response.extensions[GAVE_UP] = self.gave_up
         self.call.report(error)
         return response
 
@@ -82,13 +93,14 @@ class Exchange:
         the server's last answer goes back as it was; before any, a 429 in GLM's shape, so the
         SDK raises its own rate-limit error, and does not retry it."""
         if previous is not None:
+            self.gave_up = refusal
             return self.final(*previous)
         body: dict[str, Any] = {
             "error": {"code": refusal.code or "glm_guard", "message": str(refusal), "type": type(refusal).__name__}
         }
         self.call.report(refusal)
         headers = {SHOULD_RETRY: "false", REFUSED_BY: "refused"}
-        return httpx.Response(429, json=body, headers=headers, request=self.request)
+        return httpx.Response(429, json=body, headers=headers, request=self.request, extensions={GAVE_UP: refusal})
 
 
 class Hold:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import Unpack
+from typing import Self, Unpack
 
 import httpx
 
@@ -35,6 +35,13 @@ class GuardedTransport(httpx.BaseTransport):
     def __init__(self, transport: httpx.BaseTransport | None = None, **policy: Unpack[PolicyOptions]) -> None:
         self._policy = Policy(**policy)
         self._transport = httpx.HTTPTransport() if transport is None else transport
+
+    @classmethod
+    def _sharing(cls, policy: Policy, transport: httpx.BaseTransport) -> Self:
+        """A transport on a policy already built, so several share its keys and limiters."""
+        self = cls.__new__(cls)
+        self._policy, self._transport = policy, transport
+        return self
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         exchange = Exchange(self._policy, request)
@@ -83,6 +90,13 @@ class AsyncGuardedTransport(httpx.AsyncBaseTransport):
     def __init__(self, transport: httpx.AsyncBaseTransport | None = None, **policy: Unpack[PolicyOptions]) -> None:
         self._policy = Policy(**policy)
         self._transport = httpx.AsyncHTTPTransport() if transport is None else transport
+
+    @classmethod
+    def _sharing(cls, policy: Policy, transport: httpx.AsyncBaseTransport) -> Self:
+        """A transport on a policy already built (one per event loop, sharing the limits)."""
+        self = cls.__new__(cls)
+        self._policy, self._transport = policy, transport
+        return self
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         exchange = Exchange(self._policy, request)
