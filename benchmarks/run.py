@@ -46,6 +46,7 @@ PEERS = [
     "matplotlib>=3.8",
     "redis>=5",
     "httpx>=0.27",
+    "litellm>=1.60",
 ]
 VERSIONS = [
     "glm-guard",
@@ -57,6 +58,7 @@ VERSIONS = [
     "pyrate-limiter",
     "redis",
     "httpx",
+    "litellm",
 ]
 #: (name in results.json, module, page written from it, title)
 PARTS = [
@@ -67,6 +69,7 @@ PARTS = [
     ("scaling", "bench_scaling", "scaling.md", "How the cost grows"),
     ("monitoring", "bench_monitoring", "monitoring.md", "Monitoring: unguarded, then guarded"),
     ("adaptive", "bench_adaptive", "adaptive.md", "Adaptive concurrency while the capacity moves"),
+    ("tokens", "bench_tokens", "tokens.md", "Token budgets across processes"),
 ]
 
 
@@ -215,6 +218,8 @@ def _targets(results: dict[str, Any]) -> list[list[str]]:
         )
     for t in parts.get("adaptive", {}).get("targets", []):
         rows.append(["[adaptive concurrency](adaptive.md)", t["target"], t["shown"], common.verdict(t["met"])])
+    for t in parts.get("tokens", {}).get("targets", []):
+        rows.append(["[token budgets, 8 processes](tokens.md)", t["target"], t["shown"], common.verdict(t["met"])])
     return rows
 
 
