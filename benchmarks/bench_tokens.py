@@ -25,8 +25,9 @@ Figures (tokens are the answer's ``usage``, counted at the call's start):
 
 A second scenario counts the **429s at the provider** when it enforces the same TPM and sends
 its ``x-ratelimit-*`` headers: glm_guard only, with the whole estimate kept (OpenAI counts
-``max_tokens`` on arrival: ``refund_unused=False``), and with refunds, where the headers alone
-keep it from the provider's limit.
+``max_tokens`` on arrival: ``refund_unused=False``), and with refunds, where only the headers
+can hold it back (they wait for the reset once too little is left, but the calls already
+admitted still arrive: that configuration draws 429s).
 
 ``python benchmarks/bench_tokens.py --out tokens.json`` (starts its own redis-server).
 """
@@ -56,7 +57,7 @@ PEERS = {
 }
 HEADER_RUNS = {
     "kept": "glm_guard, refund_unused=False (OpenAI counts max_tokens)",
-    "refunded": "glm_guard, refunds (the headers keep it in line)",
+    "refunded": "glm_guard, refunds (its headers alone hold back the excess)",
 }
 PROCESSES = 8
 CALLERS = 100
