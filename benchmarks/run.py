@@ -48,6 +48,7 @@ PEERS = [
     "httpx>=0.27",
     "openai>=1.40",
     "zai-sdk>=0.2.3",
+    "litellm>=1.60",
 ]
 VERSIONS = [
     "glm-guard",
@@ -61,6 +62,7 @@ VERSIONS = [
     "httpx",
     "openai",
     "zai-sdk",
+    "litellm",
 ]
 #: (name in results.json, module, page written from it, title)
 PARTS = [
@@ -72,6 +74,7 @@ PARTS = [
     ("scaling", "bench_scaling", "scaling.md", "How the cost grows"),
     ("monitoring", "bench_monitoring", "monitoring.md", "Monitoring: unguarded, then guarded"),
     ("adaptive", "bench_adaptive", "adaptive.md", "Adaptive concurrency while the capacity moves"),
+    ("tokens", "bench_tokens", "tokens.md", "Token budgets across processes"),
 ]
 
 
@@ -220,6 +223,8 @@ def _targets(results: dict[str, Any]) -> list[list[str]]:
         )
     for t in parts.get("adaptive", {}).get("targets", []):
         rows.append(["[adaptive concurrency](adaptive.md)", t["target"], t["shown"], common.verdict(t["met"])])
+    for t in parts.get("tokens", {}).get("targets", []):
+        rows.append(["[token budgets, 8 processes](tokens.md)", t["target"], t["shown"], common.verdict(t["met"])])
     return rows
 
 

@@ -25,7 +25,7 @@ from ._errors import (
 from ._provider_limits import headers_of, provider_wait
 from ._stack import Stack, entry, join
 from ._token_budget import Estimate, Tokenizer, count_tokens, reservation, tokens_used
-from ._wrapping import default_key, kind_of, unwrap_descriptor
+from ._wrapping import default_key, kind_of, unwrap_descriptor, watched
 from .backends import Limiter, LimitPolicy, get_backend
 from .backends._base import AsyncPermit, Backend, Outcome, Permit, Spending
 from .backends._pauses import LONGEST_PAUSE_SECONDS, KeyPaused
@@ -487,11 +487,8 @@ def _wrap(fn: Callable[..., Any], limiter: Limiter, guard: _Guard, stack: Stack)
             with guard.held(limiter, stack, args, kwargs) as held:  # a stream holds its permit until it ends
                 if guard.budget is None:
                     return (yield from fn(*args, **kwargs))
-                with contextlib.closing(fn(*args, **kwargs)) as stream:
-                    for chunk in stream:
-                        held.answered(chunk)  # a stream reports its usage in its last chunk
-                        yield chunk
-                return None
+                with contextlib.closing(fn(*args, **kwargs)) as stream:  # its usage comes in its last chunk
+                    return (yield from watched(stream, held.answered))
 
         return generator_wrapper
 

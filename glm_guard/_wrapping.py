@@ -8,7 +8,7 @@ stack still sees an ``async def`` as async.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any, Literal
 
 Kind = Literal["sync", "async", "generator", "async_generator"]
@@ -49,3 +49,28 @@ def default_key(fn: Callable[..., Any]) -> str:
     module = getattr(fn, "__module__", None) or "<unknown>"
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__qualname__
     return f"{module}.{name}"
+
+
+def watched(stream: Generator[Any, Any, Any], seen: Callable[[Any], None]) -> Generator[Any, Any, Any]:
+    """``stream``'s items, each shown to ``seen`` first, with what the caller sends or throws
+    passed on to ``stream`` (as ``yield from`` would), so watching a generator changes nothing."""
+    try:
+        chunk = next(stream)
+    except StopIteration as done:
+        return done.value
+    while True:
+        seen(chunk)
+        try:
+            sent = yield chunk
+        except GeneratorExit:
+            raise  # the caller closes: whoever opened ``stream`` closes it
+        except BaseException as error:
+            try:
+                chunk = stream.throw(error)
+            except StopIteration as done:
+                return done.value
+        else:
+            try:
+                chunk = next(stream) if sent is None else stream.send(sent)
+            except StopIteration as done:
+                return done.value

@@ -166,3 +166,13 @@ def test_the_anthropic_example_reads_headers_from_an_httpx_response(backend: Bac
             for _ in range(6):
                 ask(model="claude-sonnet-4-5", max_tokens=16, messages=HELLO)
         assert sim.limited == 0  # the third answer said none was left: the fourth waited for the reset
+
+
+def test_answers_are_as_long_as_answer_tokens_says_or_max_tokens_when_less() -> None:
+    with run_provider_simulator("openai", answer_tokens=50, period=5.0) as sim:
+        client = openai.OpenAI(api_key="sk-test", base_url=sim.base_url, max_retries=0)
+        long = client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, max_tokens=300)
+        short = client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, max_tokens=10)
+        assert long.usage is not None and long.usage.completion_tokens == 50
+        assert short.usage is not None and short.usage.completion_tokens == 10
+        assert [tokens for _, tokens in sim.requests] == [10 + 300, 10 + 10]  # max_tokens counted on arrival

@@ -180,6 +180,31 @@ def test_a_stream_is_settled_from_its_last_chunk(backend: Backend) -> None:
     assert len(list(stream())) == 2  # 5 counted, not 60
 
 
+def test_a_token_budgeted_generator_passes_send_and_throw_through(backend: Backend) -> None:
+    seen: list[object] = []
+
+    @rate_limited(tokens=100, period=30, backend=backend, max_wait=0, estimate=lambda: 10)
+    def stream() -> Any:
+        try:
+            seen.append((yield {"choices": []}))
+        except KeyError as error:
+            seen.append(error)
+            yield {"usage": {"total_tokens": 3}}
+        return "done"
+
+    chunks = stream()
+    next(chunks)
+    assert chunks.throw(KeyError("stop")) == {"usage": {"total_tokens": 3}}  # the generator saw it
+    with pytest.raises(StopIteration) as ended:
+        next(chunks)
+    assert ended.value.value == "done" and isinstance(seen[0], KeyError)
+    chunks = stream()
+    next(chunks)
+    with pytest.raises(StopIteration):
+        chunks.send("hello")
+    assert seen[-1] == "hello"
+
+
 def test_options_are_checked_when_decorating() -> None:
     with pytest.raises(ConfigurationError, match="tokens"):
         rate_limited(tokens=0)

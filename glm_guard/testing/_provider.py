@@ -83,7 +83,8 @@ class ProviderSimulator:
     ``base_url`` is what the client takes: ``openai.OpenAI(base_url=...)``,
     ``openai.AzureOpenAI(azure_endpoint=...)``, ``anthropic.Anthropic(base_url=...)``.
     ``requests`` keeps every admitted request as ``(monotonic time, tokens counted)``, and
-    ``limited`` counts the 429s it answered.
+    ``limited`` counts the 429s it answered.  Every answer is ``answer_tokens`` long, or
+    ``max_tokens`` when that is less.
     """
 
     def __init__(
@@ -94,11 +95,13 @@ class ProviderSimulator:
         tpm: int | None = None,
         period: float = 60.0,
         latency: float = 0.0,
+        answer_tokens: int = ANSWER_TOKENS,
     ) -> None:
         if style not in STYLES:
             raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
         self.style: Style = style
         self.rpm, self.tpm, self.period, self.latency = rpm, tpm, period, latency
+        self.answer_tokens = answer_tokens
         self.requests: list[tuple[float, int]] = []
         self.limited = 0
         self._windows: dict[str, _Window] = {}
@@ -229,8 +232,9 @@ class ProviderSimulator:
             return
         prompt = prompt_tokens(body)
         limit = body.get("max_tokens", body.get("max_completion_tokens"))
-        answer_tokens = min(limit, ANSWER_TOKENS) if isinstance(limit, int) and limit > 0 else ANSWER_TOKENS
-        requested = prompt + (limit if isinstance(limit, int) and limit > 0 else ANSWER_TOKENS)
+        written = self.answer_tokens
+        answer_tokens = min(limit, written) if isinstance(limit, int) and limit > 0 else written
+        requested = prompt + (limit if isinstance(limit, int) and limit > 0 else written)
         refusal, headers, wait = self._admit(key, requested)
         extra = list(headers.items())
         if refusal is not None:
