@@ -29,8 +29,7 @@ from where the anchors fail:
   is remembered as the ceiling.  Climbing back to it is a probe, allowed after
   ``limit * 2**misses`` successes (``misses``: probes at it that failed in a row), at most
   :data:`LONGEST_PROBE_GAP` successes; below a peak the capacity fell from, the first
-  :data:`RECOVERY_PROBES` are spaced by ``1.1**misses`` instead (two limits' worth at the
-  least, so a drop stays settled for two call latencies), since peak hours end.  So
+  :data:`RECOVERY_PROBES` are spaced by ``1.1**misses`` instead, since peak hours end.  So
   a steady capacity costs a probe every hundred-odd calls at worst, while a capacity that came
   back is found after at most that many successes;
   a probe that succeeds (a limit's worth of successes at the ceiling) forgets the ceiling,
@@ -60,10 +59,6 @@ BACKOFF: Final = 0.9
 #: found within a few call latencies, at the price of at most 24 extra 1302s per drop.
 RECOVERY_SPACING: Final = 1.1
 RECOVERY_PROBES: Final = 24
-
-#: Below that peak a probe waits at least this many limits' worth of successes (call
-#: latencies): a drop settles, and stays settled that long, before the first look back up.
-RECOVERY_HOLD: Final = 2
 
 #: The most successes a probe of the ceiling waits for: a steady capacity costs at most about
 #: one 1302 per this many calls, and a capacity that came back is found within as many.
@@ -158,8 +153,7 @@ class LearnedLimit:
         longest = max(self.limit, LONGEST_PROBE_GAP)
         if self.limit < self.peak and self.misses <= RECOVERY_PROBES:
             # Below a level that held before the capacity fell: peak hours end, so look often at first.
-            spacing = max(RECOVERY_HOLD * self.limit, math.floor(self.limit * RECOVERY_SPACING**self.misses))
-            return min(spacing, longest)
+            return min(math.floor(self.limit * RECOVERY_SPACING**self.misses), longest)
         return min(self.limit << min(self.misses, 16), longest)
 
 

@@ -71,8 +71,7 @@ else
   elseif ceiling == 0 or limit + 1 < ceiling then
     need = limit
   elseif limit < peak and misses <= 24 then
-    -- peak hours end: look often, but hold a drop for two latencies first
-    need = math.min(math.max(2 * limit, math.floor(limit * 1.1 ^ misses)), math.max(limit, 128))
+    need = math.min(math.floor(limit * 1.1 ^ misses), math.max(limit, 128))  -- peak hours end: look often
   else
     need = math.min(limit * 2 ^ math.min(misses, 16), math.max(limit, 128))
   end
