@@ -152,3 +152,24 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     if REQUIRE_REDIS and report.skipped and "redis" in item.name and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"Redis test {item.name} was skipped, but GLM_GUARD_REQUIRE_REDIS=1"
+
+
+@pytest.fixture
+def fresh_stats(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Empty stats, recorded in this thread only (the monitor page's and the dashboards' tests)."""
+    RECORDER.stop(join=True)
+    monkeypatch.setattr(RECORDER, "start", lambda: None)
+    RECORDER.set_sink(None)
+    RECORDER.reset()
+    RECORDER.set_recording(True)
+    yield
+    RECORDER.set_sink(None)
+    RECORDER.reset()
+
+
+@pytest.fixture
+def traffic_backend() -> Iterator[LocalBackend]:
+    """The traffic's backend, closed after the test: its learned limit must not reach another test's views."""
+    backend = LocalBackend()
+    yield backend
+    backend.close()

@@ -11,7 +11,6 @@ import json
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,10 @@ import pytest
 
 from glm_guard.backends._local import LocalBackend
 from glm_guard.monitoring import create_app
-from glm_guard.monitoring._recorder import RECORDER
 
 from .monitor_traffic import real_traffic
+
+pytestmark = pytest.mark.usefixtures("fresh_stats")
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy" / "grafana" / "glm_guard.json"
@@ -29,25 +29,6 @@ RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
 RULE_TESTS = ROOT / "deploy" / "prometheus" / "alerts_test.yml"
 PROMTOOL = shutil.which("promtool")
 SELECTOR = re.compile(r"\b(glm_guard_[a-z0-9_]+)(?:\{([^}]*)\})?")
-
-
-@pytest.fixture(autouse=True)
-def fresh_stats(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    RECORDER.stop(join=True)
-    monkeypatch.setattr(RECORDER, "start", lambda: None)
-    RECORDER.set_sink(None)
-    RECORDER.reset()
-    RECORDER.set_recording(True)
-    yield
-    RECORDER.set_sink(None)
-    RECORDER.reset()
-
-@pytest.fixture
-def traffic_backend() -> Iterator[LocalBackend]:
-    """The traffic's backend, closed after the test: its learned limit must not reach another test's views."""
-    backend = LocalBackend()
-    yield backend
-    backend.close()
 
 
 def dashboard_exprs() -> list[str]:

@@ -30,6 +30,8 @@ from glm_guard.monitoring._server import MonitorServer
 
 from .monitor_traffic import API_KEY, PROMPT, real_traffic
 
+pytestmark = pytest.mark.usefixtures("fresh_stats")
+
 ROOT = Path(__file__).resolve().parent.parent
 STATIC = ROOT / "glm_guard" / "monitoring" / "static"
 TOKEN = "page-t0ken-XYZ"
@@ -40,25 +42,6 @@ UPDATE_SCREENSHOT = os.environ.get("UPDATE_SCREENSHOT") == "1"  # read before co
 needs_browser = pytest.mark.skipif(
     not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver (scripts/test.sh installs them)"
 )
-
-
-@pytest.fixture(autouse=True)
-def fresh_stats(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    RECORDER.stop(join=True)
-    monkeypatch.setattr(RECORDER, "start", lambda: None)
-    RECORDER.set_sink(None)
-    RECORDER.reset()
-    RECORDER.set_recording(True)
-    yield
-    RECORDER.set_sink(None)
-    RECORDER.reset()
-
-@pytest.fixture
-def traffic_backend() -> Iterator[LocalBackend]:
-    """The traffic's backend, closed after the test: its learned limit must not reach another test's views."""
-    backend = LocalBackend()
-    yield backend
-    backend.close()
 
 
 @pytest.fixture(scope="module")
