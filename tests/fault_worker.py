@@ -11,6 +11,7 @@ error); the probe's (moment, seconds).
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import json
 import sys
 import time
@@ -21,6 +22,8 @@ POLICIES = ("local", "closed", "open")
 
 def main() -> None:
     options: dict[str, Any] = json.loads(sys.argv[1])
+    # A worker still running well past its end prints every thread's stack, so a hang names itself.
+    faulthandler.dump_traceback_later(options["end"] - time.monotonic() + 20, exit=True)
     import glm_guard
     from glm_guard.backends import RedisBackend
 

@@ -114,6 +114,7 @@ def run_with_fault(url: str, inject: Callable[[], None], repair: Callable[[], No
         for worker in workers:
             if worker.poll() is None:
                 worker.kill()
+            worker.communicate()  # reaped, its pipe closed: nothing left for a later test to find
     return Run(begin, results)
 
 
