@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any, Final, ParamSpec, TypeVar, cast, overload
@@ -14,21 +13,15 @@ from . import _validate
 from ._auto_concurrency import AutoConcurrency
 from ._classify import ErrorInfo
 from ._config import get_settings
-from ._errors import (
-    AccountInArrears,
-    ConfigurationError,
-    KeyPausedError,
-    ModelOverloaded,
-    QuotaExhausted,
-    RateLimitTimeout,
-)
+from ._errors import ConfigurationError, RateLimitTimeout
+from ._key_pauses import pause_of, refusal
 from ._provider_limits import headers_of, provider_wait
 from ._stack import Stack, entry, join
 from ._token_budget import Estimate, Tokenizer, count_tokens, reservation, tokens_used
 from ._wrapping import default_key, kind_of, unwrap_descriptor, watched
 from .backends import Limiter, LimitPolicy, get_backend
 from .backends._base import AsyncPermit, Backend, Outcome, Permit, Spending
-from .backends._pauses import LONGEST_PAUSE_SECONDS, KeyPaused
+from .backends._pauses import KeyPaused
 
 __all__ = ["rate_limited"]
 
@@ -217,37 +210,6 @@ def limit_guard(
     )
 
 
-#: A quota error that names no reset time pauses the key this long, then a probe asks again.
-QUOTA_PAUSE_WITHOUT_RESET_SECONDS: Final = 900.0
-#: After a quota window's reset, a probe every this many seconds until one is answered.
-QUOTA_PROBE_SECONDS: Final = 60.0
-_CODE_IN_REASON: Final = re.compile(r"^[A-Za-z0-9_]{1,40}$")
-
-
-def _pause_of(info: ErrorInfo, pauses: dict[str, float]) -> tuple[str, float, float] | None:
-    """``(reason, seconds, probe_every)`` for an error that pauses the whole key, else ``None``."""
-    if info.pause is None:
-        return None
-    reason = info.pause if info.code is None or not _CODE_IN_REASON.match(info.code) else f"{info.pause}:{info.code}"
-    if info.pause != "quota":
-        return reason, pauses[info.pause], pauses[info.pause]
-    if info.resets_at is None:
-        return reason, QUOTA_PAUSE_WITHOUT_RESET_SECONDS, QUOTA_PROBE_SECONDS
-    seconds = min(max(info.resets_at - time.time(), 1.0), LONGEST_PAUSE_SECONDS)
-    return reason, seconds, QUOTA_PROBE_SECONDS
-
-
-def _refusal(paused: KeyPaused) -> KeyPausedError:
-    """The public error for a call refused by a pause: which one depends on what paused the key."""
-    kind, _, code = paused.reason.partition(":")
-    retry_at = time.time() + paused.seconds_left
-    if kind == "quota":
-        return QuotaExhausted(paused.key, code or None, None, retry_at)
-    if kind == "arrears":
-        return AccountInArrears(paused.key, code or None, retry_at)
-    return ModelOverloaded(paused.key, code or None, retry_at)
-
-
 def _burst(value: object) -> tuple[int, float] | None:
     if value is None:
         return None
@@ -379,7 +341,7 @@ class _Held:
             self._timed(started, True)
             raise
         except KeyPaused as paused:
-            raise _refusal(paused) from None
+            raise refusal(paused) from None
         self._timed(started, False)
         return self
 
@@ -403,7 +365,7 @@ class _Held:
             self._timed(started, True)
             raise
         except KeyPaused as paused:
-            raise _refusal(paused) from None
+            raise refusal(paused) from None
         self._timed(started, False)
         return self
 
@@ -429,7 +391,7 @@ class _Held:
         info = self.stack.verdict(error)
         limited = info.kind == "rate_limit" and info.pause is None  # the account's limit, not the model's load
         outcome = Outcome.LIMITED if limited else None
-        return outcome, self.guard.pause_after(info), _pause_of(info, self.guard.pauses)
+        return outcome, self.guard.pause_after(info), pause_of(info, self.guard.pauses)
 
 
 class _Unguarded:
