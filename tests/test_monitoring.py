@@ -36,16 +36,7 @@ TOKEN = "monitor-t0ken-XYZ"
 BAD_WINDOWS = ["-1", "abc", "0", "1441", "1.5", "", "60&window_minutes=5", "%2B5"]
 
 
-@pytest.fixture(autouse=True)
-def fresh_stats(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    RECORDER.stop(join=True)
-    monkeypatch.setattr(RECORDER, "start", lambda: None)
-    RECORDER.set_sink(None)
-    RECORDER.reset()
-    RECORDER.set_recording(True)
-    yield
-    RECORDER.set_sink(None)
-    RECORDER.reset()
+pytestmark = pytest.mark.usefixtures("fresh_stats")  # conftest: empty stats for each test
 
 
 @pytest.fixture
