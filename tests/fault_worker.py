@@ -73,11 +73,27 @@ def main() -> None:
             probes.append((asked, time.monotonic() - asked))
             await asyncio.sleep(0.05)
 
+    async def name_the_hang() -> None:
+        """Well past the end, print where each task still running waits (faulthandler shows threads only)."""
+        await asyncio.sleep(options["end"] - time.monotonic() + 10)
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                print(f"task {task.get_name()} waits in:", file=sys.stderr)
+                awaited: Any = task.get_coro()
+                while awaited is not None and hasattr(awaited, "cr_frame"):
+                    frame = awaited.cr_frame
+                    if frame is not None:
+                        print(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}", file=sys.stderr)
+                    awaited = awaited.cr_await
+                print(f"  on {awaited!r}", file=sys.stderr)
+
     async def run() -> None:
         await asyncio.sleep(max(options["begin"] - time.monotonic(), 0.0))
         calls = {policy: guarded(policy) for policy in POLICIES}
         callers = [caller(policy, calls[policy]) for policy in POLICIES for _ in range(options["tasks"])]
+        watchdog = asyncio.create_task(name_the_hang())
         await asyncio.gather(prober(), *callers)
+        watchdog.cancel()
 
     asyncio.run(run())
     backend.close()

@@ -247,3 +247,39 @@ def test_a_call_run_across_two_outages_holds_one_slot_of_the_share_redis(server:
     during.release_all()
     more.release_all()
     backend.close()
+
+
+def test_a_lease_dropped_by_an_admission_cut_off_by_the_outage_frees_its_slot_in_the_share_redis(
+    server: RedisServer,
+) -> None:
+    backend = RedisBackend(server.url, socket_timeout=0.3)
+
+    @rate_limited(1, 2.0, concurrency=1, key="dropped-lease", backend=backend, max_wait=8.0)
+    def call() -> str:
+        return "ok"
+
+    assert call() == "ok"  # the window's one start: the next caller is given a start 2 s on
+    answers: list[str | BaseException] = []
+
+    def keep(target: Callable[[], str]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                answers.append(target())
+            except BaseException as error:  # recorded, so a timeout fails the test below
+                answers.append(error)
+
+        return run
+
+    reserved = threading.Thread(target=keep(call), daemon=True)
+    reserved.start()  # holds a lease while it sleeps until its start
+    assert eventually(lambda: leases(server, "dropped-lease") == 1, 2.0)
+    time.sleep(0.3)  # its reply has reached it: the lease is this process's now, 1.7 s before its start
+    server.kill()
+    in_outage = threading.Thread(target=keep(call), daemon=True)
+    in_outage.start()  # switches to the share, which counts the reserved caller's lease as running
+    # The reserved caller wakes in the share's pause, cannot confirm its start with Redis gone,
+    # and drops its lease: its slot in the share must come free, or both wait until max_wait.
+    reserved.join(12)
+    in_outage.join(12)
+    assert answers == ["ok", "ok"]
+    backend.close()

@@ -152,7 +152,13 @@ def test_the_page_shows_what_stats_returns(
         assert close_to(per_hour, window["keys"][key]["errors_1302_per_hour"], 1, 1)
     charts = browser.find_elements("css selector", 'section[data-key="glm-auto"] figure[data-chart]')
     assert [c.get_attribute("data-chart") for c in charts] == [
-        "calls", "errors_1302", "success_rate", "wait", "in_flight", "cache", "fallbacks"
+        "calls",
+        "errors_1302",
+        "success_rate",
+        "wait",
+        "in_flight",
+        "cache",
+        "fallbacks",
     ]
     in_flight = browser.find_element("css selector", 'section[data-key="glm-auto"] figure[data-chart="in_flight"]')
     assert f"learned limit {auto['learned_limit']}" in in_flight.text
@@ -203,9 +209,12 @@ def test_the_page_loads_nothing_from_elsewhere() -> None:
     page = create_app(token=TOKEN).handle("GET", "/")
     assert page.status == 200 and page.content_type.startswith("text/html")
     assert b'data-api="api/v1/monitoring"' in page.body
-    assert ("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; "
-            "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
-            "frame-ancestors 'none'") in page.headers
+    assert (
+        "Content-Security-Policy",
+        "default-src 'none'; script-src 'self'; style-src 'self'; "
+        "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'",
+    ) in page.headers
 
 
 def test_the_series_endpoint_charts_each_minute(traffic_backend: LocalBackend) -> None:
@@ -225,7 +234,9 @@ def test_the_series_endpoint_charts_each_minute(traffic_backend: LocalBackend) -
     assert glm["errors_1302_last_hour"][-1] == stats["glm-4"]["errors_1302"] == sum(glm["errors_1302"])
     assert glm["in_flight"][-1] > 0 and data["keys"]["glm-4"]["limit"] == {"value": 2, "kind": "fixed"}
     assert data["keys"]["glm-auto"]["limit"] == {
-        "value": stats["glm-auto"]["learned_limit"], "kind": "learned", "cuts": stats["glm-auto"]["limit_cuts"]
+        "value": stats["glm-auto"]["learned_limit"],
+        "kind": "learned",
+        "cuts": stats["glm-auto"]["limit_cuts"],
     }
     assert data["thresholds"] == {"errors_1302_per_hour": 1, "min_success_rate": 0.995}
     assert PROMPT not in answer.body.decode() and API_KEY not in answer.body.decode()

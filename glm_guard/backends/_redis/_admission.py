@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar
 from ..._auto_concurrency import AutoConcurrency
 from ..._errors import BackendError, RateLimitTimeout
 from .._base import LimitPolicy
-from .._local import LocalLimiter, _resolve
+from .._local import _resolve
 from .._pauses import KeyPaused
 from ._gates import ASKERS_PER_KEY, Gate
 from ._steps import Ask, AwaitRelease, QueueForSlot, Sleep, Step, Steps, TakeShare
@@ -30,6 +30,7 @@ from ._tokens import new_token
 
 if TYPE_CHECKING:
     from ._backend import RedisBackend
+    from ._local_share import LocalShare
 
 T = TypeVar("T")
 
@@ -95,14 +96,15 @@ def remaining(deadline: float | None) -> float | None:
 class SharedAdmission:
     """Admits calls of one key through Redis, for every thread and event loop of this process.
 
-    ``local`` is the key's local limiter, whose cooldown this process set last (read, not
-    asked, when a reserved start wakes).
+    ``local_share`` is the key's share for outages: its limiter holds the cooldown this process
+    set last (read, not asked, when a reserved start wakes), and it counts some leases as its
+    own calls, so every lease this admission drops is reported to it.
     """
 
-    def __init__(self, backend: RedisBackend, key: str, local: LocalLimiter) -> None:
+    def __init__(self, backend: RedisBackend, key: str, local_share: LocalShare) -> None:
         self.key = key
         self._backend = backend
-        self._local = local
+        self._local_share = local_share
         self.starts_key = backend.key(key, "starts")
         self.leases_key = backend.key(key, "leases")
         self.learned_key = backend.key(key, "learned")
@@ -157,7 +159,7 @@ class SharedAdmission:
         a round trip that, under a crowd, delays starts into the next window.  A cooldown set
         by another process after the reservation was made is not seen by it (known gap).
         """
-        return self._local.state.cooldown_until > time.monotonic()
+        return self._local_share.limiter.state.cooldown_until > time.monotonic()
 
     def _late(self, policy: LimitPolicy, sent: float, answered: float, wait: float) -> bool:
         """Whether a start given by a request sent at ``sent`` may now be too late to take.
@@ -181,10 +183,12 @@ class SharedAdmission:
 
     def abandon(self, token: bytes) -> None:
         """Give ``token``'s lease back from the background: its caller is gone, or Redis did not answer."""
+        self._local_share.lease_ended(token)
         self._backend.leases.abandon(self.leases_key, self.channel, token)
 
     def _unreserve(self, token: bytes) -> None:
         """Give back, from the background, the start (and lease) reserved for a caller that went away."""
+        self._local_share.lease_ended(token)
         self._backend.leases.unreserve(self.keys, token)
 
     def _refused_wait(self, reply: list[Any], deadline: float | None, max_wait: float | None) -> float:
@@ -271,6 +275,7 @@ class SharedAdmission:
                     raise
                 if paused_ms < 0:
                     return grant._replace(token=self._hold(policy, token))  # still ours
+                self._local_share.lease_ended(token)
                 yield Sleep(paused_ms / 1000.0)  # it gave its start back: any cooldown, then ask again
                 patience -= int(late)
         finally:
@@ -322,7 +327,7 @@ class SharedAdmission:
                         self._failed(error)
                         raise
             case TakeShare(policy, max_wait):
-                self._local.acquire(policy, max_wait)
+                self._local_share.limiter.acquire(policy, max_wait)
             case Sleep(seconds):
                 time.sleep(seconds)
             case AwaitRelease(seconds):
@@ -363,7 +368,7 @@ class SharedAdmission:
                         self._failed(error)
                         raise
             case TakeShare(policy, max_wait):
-                await self._local.acquire_async(policy, max_wait)
+                await self._local_share.limiter.acquire_async(policy, max_wait)
             case Sleep(seconds):
                 await asyncio.sleep(seconds)
             case AwaitRelease(seconds):

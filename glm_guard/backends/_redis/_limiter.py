@@ -62,7 +62,7 @@ class RedisLimiter(Limiter):
         self.key = key
         self._backend = backend
         self._local_share = LocalShare(key)  # serves the "local" policy while Redis is away, and just after
-        self._redis_admission = SharedAdmission(backend, key, self._local_share.limiter)
+        self._redis_admission = SharedAdmission(backend, key, self._local_share)
         self._leases_key = self._redis_admission.leases_key
         self._channel = self._redis_admission.channel
         self._cooldown_key = self._redis_admission.keys[2]
@@ -244,8 +244,7 @@ class RedisLimiter(Limiter):
 
     def give_back(self, token: bytes, lesson: list[object] | None = None) -> None:
         """Give the lease back, and with ``lesson`` (``Learning.lesson``) teach the learned limit in the same step."""
-        if self._local_share.counted_lease_ended(token):
-            self._local_share.limiter.release()
+        self._local_share.lease_ended(token)
         if self._backend.health.available():
             self._backend.leases.discard(self._leases_key, token)
             try:
@@ -263,8 +262,7 @@ class RedisLimiter(Limiter):
         self._redis_admission.abandon(token)  # Redis away: released as soon as it answers, not after the lease
 
     async def give_back_async(self, token: bytes, lesson: list[object] | None = None) -> None:
-        if self._local_share.counted_lease_ended(token):
-            self._local_share.limiter.release()
+        self._local_share.lease_ended(token)
         if self._backend.health.available():
             self._backend.leases.discard(self._leases_key, token)
             try:
@@ -288,8 +286,8 @@ class RedisLimiter(Limiter):
     # Settling a token reservation: one script gives the lease back too, when the permit holds it.
 
     def _settle_request(self, token: bytes, lease: bool, used: int | None) -> tuple[list[str], list[object]] | None:
-        if lease and self._local_share.counted_lease_ended(token):
-            self._local_share.limiter.release()
+        if lease:
+            self._local_share.lease_ended(token)
         if used is None and not lease:
             return None  # the answer named no usage: the estimate stays, and there is no lease
         if lease:

@@ -76,15 +76,17 @@ class LocalShare:
                 self._counted.update(fresh)
                 self.limiter.count_in_flight(len(fresh))
 
-    def counted_lease_ended(self, token: bytes) -> bool:
-        """A Redis lease ended; returns whether this share counted it (and must release it too)."""
+    def lease_ended(self, token: bytes) -> None:
+        """A Redis lease of this process ended, by whatever path: given back, settled, or dropped
+        by an admission that failed or gave its start back.  If this share counted it, its slot
+        in the share is free again (a count never ended would keep the slot taken for good)."""
         if token not in self._counted:
-            return False
+            return
         with self._lock:
-            if token in self._counted:
-                self._counted.discard(token)
-                return True
-            return False
+            if token not in self._counted:
+                return
+            self._counted.discard(token)
+        self.limiter.release()
 
     def both_admitted(self, token: bytes | None) -> None:
         """A call admitted by Redis and by this share (grace time) runs with the lease ``token``."""
