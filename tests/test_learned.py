@@ -91,8 +91,14 @@ def test_a_drop_is_followed_within_a_few_epochs_and_a_recovery_is_found_again() 
     provider.run(300)
     provider.capacity = 2
     failures_before = len(provider.limited_at)
-    provider.run(30)
-    assert provider.rule.limit <= 2
+    limits, stop = [], provider.attempts + 30
+    while provider.attempts < stop:
+        provider.step()  # one call answers per step
+        limits.append(provider.rule.limit)
+    settled = next(step for step, limit in enumerate(limits) if limit <= 2)
+    assert settled < 10, limits  # a few epochs
+    # The cut holds for two limits' worth of answers (two call latencies) before it probes above.
+    assert all(limit <= 2 for limit in limits[settled : settled + 2 * 2]), limits
     assert len(provider.limited_at) - failures_before <= 8  # at most the calls in flight at the drop
     provider.run(2_000)  # a long low phase: probes are far apart by now
     provider.capacity = 8

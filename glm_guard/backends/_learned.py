@@ -60,6 +60,11 @@ BACKOFF: Final = 0.9
 RECOVERY_SPACING: Final = 1.1
 RECOVERY_PROBES: Final = 24
 
+#: A fresh cut below the peak holds for this many limits' worth of successes (call latencies at
+#: full use) before the first probe above it: the callers see the new capacity held, not a probe
+#: straight back into the 1302s of a drop that just happened.
+FIRST_LOOK_AFTER_CUT: Final = 2
+
 #: The most successes a probe of the ceiling waits for: a steady capacity costs at most about
 #: one 1302 per this many calls, and a capacity that came back is found within as many.
 LONGEST_PROBE_GAP: Final = 128
@@ -152,8 +157,12 @@ class LearnedLimit:
             return self.limit
         longest = max(self.limit, LONGEST_PROBE_GAP)
         if self.limit < self.peak and self.misses <= RECOVERY_PROBES:
-            # Below a level that held before the capacity fell: peak hours end, so look often at first.
-            return min(math.floor(self.limit * RECOVERY_SPACING**self.misses), longest)
+            # Below a level that held before the capacity fell: peak hours end, so look often at first,
+            # but not before a fresh cut has held for FIRST_LOOK_AFTER_CUT call latencies.
+            spacing = math.floor(self.limit * RECOVERY_SPACING**self.misses)
+            if self.misses == 1:
+                spacing = max(spacing, FIRST_LOOK_AFTER_CUT * self.limit)
+            return min(spacing, longest)
         return min(self.limit << min(self.misses, 16), longest)
 
 

@@ -71,7 +71,9 @@ else
   elseif ceiling == 0 or limit + 1 < ceiling then
     need = limit
   elseif limit < peak and misses <= 24 then
-    need = math.min(math.floor(limit * 1.1 ^ misses), math.max(limit, 128))  -- peak hours end: look often
+    need = math.floor(limit * 1.1 ^ misses)  -- peak hours end: look often
+    if misses == 1 then need = math.max(need, 2 * limit) end  -- but a fresh cut holds two latencies first
+    need = math.min(need, math.max(limit, 128))
   else
     need = math.min(limit * 2 ^ math.min(misses, 16), math.max(limit, 128))
   end
