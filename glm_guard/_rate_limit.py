@@ -17,7 +17,7 @@ from ._errors import ConfigurationError, RateLimitTimeout
 from ._key_pauses import pause_of, refusal
 from ._provider_limits import headers_of, provider_wait
 from ._stack import Stack, entry, join
-from ._token_budget import Estimate, Tokenizer, count_tokens, reservation, tokens_used
+from ._token_budget import TOKEN_SIDES, Estimate, Tokenizer, TokenSide, count_tokens, reservation, tokens_used
 from ._wrapping import default_key, kind_of, unwrap_descriptor, watched
 from .backends import Limiter, LimitPolicy, get_backend
 from .backends._base import AsyncPermit, Backend, Outcome, Permit, Spending
@@ -55,6 +55,7 @@ def rate_limited(
     tokenizer: Tokenizer | None = None,
     burst: tuple[int, float] | None = None,
     refund_unused: bool = True,
+    tokens_of: str = "all",
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -75,6 +76,7 @@ def rate_limited(
     tokenizer: Tokenizer | None = None,
     burst: tuple[int, float] | None = None,
     refund_unused: bool = True,
+    tokens_of: str = "all",
 ) -> Any:
     """Admit at most ``calls`` starts in any ``period`` seconds and ``concurrency`` in flight.
 
@@ -109,6 +111,9 @@ def rate_limited(
     made inside it.  An estimate above the whole budget fails at once (``ConfigurationError``).
     ``refund_unused=False`` keeps a call's whole estimate counted when it used less, for a
     provider that counts ``max_tokens`` when the request arrives (OpenAI does).
+    ``tokens_of="input"`` (or ``"output"``) counts only the prompt's (or the answer's) tokens,
+    in the estimate and the settlement, for a provider that limits them apart: Anthropic's
+    input and output tokens per minute are two decorators with a key each.
 
     ``burst=(n, seconds)`` caps starts at ``n`` in any ``seconds`` as well, for providers that
     check sub-windows (Azure: 600 per minute is 10 per second); ``(1, period / calls)`` paces
@@ -136,6 +141,7 @@ def rate_limited(
         tokenizer=tokenizer,
         burst=burst,
         refund_unused=refund_unused,
+        tokens_of=tokens_of,
     )
     explicit_key = _validate.key_name("key", key)
     store = get_backend(backend)
@@ -166,6 +172,7 @@ def limit_guard(
     tokenizer: Tokenizer | None = None,
     burst: tuple[int, float] | None = None,
     refund_unused: bool = True,
+    tokens_of: str = "all",
 ) -> _Guard:
     """``rate_limited``'s policy, validated (a bad value names its parameter) and frozen.
 
@@ -183,6 +190,10 @@ def limit_guard(
         raise ConfigurationError("refund_unused", f"must be True or False, got {refund_unused!r}")
     if tokenizer is not None and not callable(tokenizer):
         raise ConfigurationError("tokenizer", f"must be a function of a string, got {tokenizer!r}")
+    if tokens_of not in TOKEN_SIDES:
+        raise ConfigurationError("tokens_of", f"must be one of {', '.join(map(repr, TOKEN_SIDES))}, got {tokens_of!r}")
+    if tokens_of != "all" and tokens is None:
+        raise ConfigurationError("tokens_of", f"says what a token budget counts: give tokens= with {tokens_of!r}")
     if calls is None and concurrency is None and tokens is None and burst is None:
         policy = LimitPolicy(settings.max_calls_per_minute, 60.0, settings.max_concurrency, failure_policy)
     else:
@@ -206,7 +217,7 @@ def limit_guard(
             "arrears": settings.arrears_pause if arrears is None else arrears,
             "overload": settings.overload_pause if overload is None else overload,
         },
-        None if policy.tokens is None else _Budget(estimate, tokenizer or count_tokens, refund_unused),
+        None if policy.tokens is None else _Budget(estimate, tokenizer or count_tokens, refund_unused, tokens_of),
     )
 
 
@@ -234,12 +245,13 @@ def _concurrency(value: object) -> int | AutoConcurrency | None:
 class _Budget:
     """How a decorator with ``tokens`` estimates each call."""
 
-    __slots__ = ("estimate", "refund_unused", "tokenizer")
+    __slots__ = ("estimate", "refund_unused", "side", "tokenizer")
 
-    def __init__(self, estimate: Estimate | None, tokenizer: Tokenizer, refund_unused: bool) -> None:
+    def __init__(self, estimate: Estimate | None, tokenizer: Tokenizer, refund_unused: bool, side: str) -> None:
         self.estimate = estimate
         self.tokenizer = tokenizer
         self.refund_unused = refund_unused
+        self.side = cast(TokenSide, side)
 
 
 class _Guard:
@@ -266,7 +278,7 @@ class _Guard:
         budget, policy = self.budget, self.policy
         if budget is None or policy.tokens is None:
             return policy
-        tokens = reservation(budget.estimate, budget.tokenizer, args, kwargs)
+        tokens = reservation(budget.estimate, budget.tokenizer, args, kwargs, budget.side)
         if tokens > policy.tokens:
             raise ConfigurationError(
                 "tokens",
@@ -312,8 +324,9 @@ class _Held:
     def answered(self, answer: object) -> None:
         """The call returned (or a stream yielded) ``answer``: read the tokens it reports, and what
         the provider's rate-limit headers say is left."""
-        if self.policy.tokens is not None:
-            used = tokens_used(answer)
+        budget = self.guard.budget
+        if budget is not None:
+            used = tokens_used(answer, budget.side)
             if used is not None:
                 self.used = used
         headers = headers_of(answer)

@@ -12,11 +12,11 @@ import contextvars
 import functools
 import math
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from ._errors import ConfigurationError
 
-__all__ = ["count_tokens", "estimate_call", "token_estimate", "tokens_used"]
+__all__ = ["TOKEN_SIDES", "TokenSide", "count_tokens", "estimate_call", "token_estimate", "tokens_used"]
 
 #: Tokens the answer may write when the call names no ``max_tokens``: the allowance litellm's
 #: proxy also reserves.  Give ``max_tokens`` (or an estimate) for a tighter reservation.
@@ -29,6 +29,17 @@ _PROMPT_PARTS: Final = ("prompt", "input", "system", "instructions")
 
 Tokenizer = Callable[[str], int]
 Estimate = Callable[..., int]
+#: Which tokens a budget counts: all of them, or only the prompt's or the answer's, for a
+#: provider that limits input and output tokens apart (Anthropic's ITPM and OTPM).
+TokenSide = Literal["all", "input", "output"]
+TOKEN_SIDES: Final = ("all", "input", "output")
+#: The usage fields of each side: OpenAI and GLM (prompt/completion), Anthropic and the
+#: Responses API (input/output; a cache write counts as input, a cache read does not count
+#: towards Anthropic's input limit).
+_USAGE_FIELDS: Final = {
+    "input": ("prompt_tokens", "input_tokens", "cache_creation_input_tokens"),
+    "output": ("completion_tokens", "output_tokens"),
+}
 
 _override: contextvars.ContextVar[int | None] = contextvars.ContextVar("glm_guard_token_estimate", default=None)
 
@@ -92,13 +103,22 @@ def _text_of(value: object, tokenizer: Tokenizer) -> int:
     return 0
 
 
-def estimate_call(kwargs: Mapping[str, Any], tokenizer: Tokenizer) -> int:
+def estimate_call(kwargs: Mapping[str, Any], tokenizer: Tokenizer, side: TokenSide = "all") -> int:
     """The default estimate of a call from its keyword arguments, as OpenAI/Anthropic SDKs take them.
 
     ``messages`` (each message's content, plus its overhead), ``prompt``, ``input``, ``system``
     and ``instructions`` make the prompt; ``max_tokens`` (or ``max_completion_tokens``,
     ``max_output_tokens``; else ``DEFAULT_OUTPUT_TOKENS``) the answer, times ``n`` answers.
+    ``side`` keeps only the prompt (``"input"``) or only the answer (``"output"``).
     """
+    if side == "input":
+        return _prompt_tokens(kwargs, tokenizer)
+    if side == "output":
+        return _answer_tokens(kwargs)
+    return _prompt_tokens(kwargs, tokenizer) + _answer_tokens(kwargs)
+
+
+def _prompt_tokens(kwargs: Mapping[str, Any], tokenizer: Tokenizer) -> int:
     prompt = PER_REQUEST_TOKENS
     messages = kwargs.get("messages")
     if isinstance(messages, (list, tuple)):
@@ -106,14 +126,25 @@ def estimate_call(kwargs: Mapping[str, Any], tokenizer: Tokenizer) -> int:
     for part in _PROMPT_PARTS:
         if kwargs.get(part) is not None:
             prompt += _text_of(kwargs[part], tokenizer)
+    return prompt
+
+
+def _answer_tokens(kwargs: Mapping[str, Any]) -> int:
     output = next((kwargs[name] for name in _OUTPUT_LIMITS if isinstance(kwargs.get(name), int)), None)
     answers = kwargs.get("n")
     answers = answers if isinstance(answers, int) and answers > 0 else 1
-    return prompt + answers * (DEFAULT_OUTPUT_TOKENS if output is None else max(output, 0))
+    return answers * (DEFAULT_OUTPUT_TOKENS if output is None else max(output, 0))
 
 
-def reservation(estimate: Estimate | None, tokenizer: Tokenizer, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
-    """What one call reserves: the override in force, else the decorator's estimate, else the default."""
+def reservation(
+    estimate: Estimate | None,
+    tokenizer: Tokenizer,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    side: TokenSide = "all",
+) -> int:
+    """What one call reserves: the override in force, else the decorator's estimate (of its
+    ``side``), else the default."""
     forced = _override.get()
     if forced is not None:
         return forced
@@ -122,7 +153,7 @@ def reservation(estimate: Estimate | None, tokenizer: Tokenizer, args: tuple[Any
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigurationError("estimate", f"must return a positive integer, returned {value!r}")
         return value
-    return max(estimate_call(kwargs, tokenizer), 1)
+    return max(estimate_call(kwargs, tokenizer, side), 1)
 
 
 def _field(source: object, name: str) -> object:
@@ -135,8 +166,9 @@ def _count(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
-def tokens_used(answer: object) -> int | None:
-    """The tokens an answer reports in its ``usage`` (a dict or an SDK object); ``None``: it says not.
+def tokens_used(answer: object, side: TokenSide = "all") -> int | None:
+    """The tokens an answer reports in its ``usage`` (a dict or an SDK object) on ``side``;
+    ``None``: it says not.
 
     OpenAI and GLM: ``total_tokens``, else ``prompt_tokens + completion_tokens``; Anthropic and
     the Responses API: ``input_tokens + output_tokens`` (with cache writes, which count as input).
@@ -145,9 +177,9 @@ def tokens_used(answer: object) -> int | None:
     if usage is None:
         return None
     total = _field(usage, "total_tokens")
-    if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
+    if side == "all" and isinstance(total, int) and not isinstance(total, bool) and total >= 0:
         return total
-    parts = ("prompt_tokens", "completion_tokens", "input_tokens", "output_tokens", "cache_creation_input_tokens")
+    parts = _USAGE_FIELDS["input"] + _USAGE_FIELDS["output"] if side == "all" else _USAGE_FIELDS[side]
     found = [_field(usage, name) for name in parts]
     if all(value is None for value in found):
         return None

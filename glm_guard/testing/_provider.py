@@ -84,7 +84,9 @@ class ProviderSimulator:
     ``openai.AzureOpenAI(azure_endpoint=...)``, ``anthropic.Anthropic(base_url=...)``.
     ``requests`` keeps every admitted request as ``(monotonic time, tokens counted)``, and
     ``limited`` counts the 429s it answered.  Every answer is ``answer_tokens`` long, or
-    ``max_tokens`` when that is less.
+    ``max_tokens`` when that is less.  ``itpm`` and ``otpm`` (Anthropic) limit input tokens (the
+    prompt) and output tokens (``max_tokens``, counted at admission) per ``period`` apart;
+    ``sides`` keeps each admitted request's ``(time, input, output)``.
     """
 
     def __init__(
@@ -93,6 +95,8 @@ class ProviderSimulator:
         *,
         rpm: int | None = None,
         tpm: int | None = None,
+        itpm: int | None = None,
+        otpm: int | None = None,
         period: float = 60.0,
         latency: float = 0.0,
         answer_tokens: int = ANSWER_TOKENS,
@@ -101,6 +105,11 @@ class ProviderSimulator:
             raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
         self.style: Style = style
         self.rpm, self.tpm, self.period, self.latency = rpm, tpm, period, latency
+        if (itpm is not None or otpm is not None) and style != "anthropic":
+            raise ValueError("itpm and otpm are Anthropic's limits: give them with style='anthropic'")
+        self.itpm, self.otpm = itpm, otpm
+        self.sides: list[tuple[float, int, int]] = []
+        self._side_windows: dict[tuple[str, str], _Window] = {}
         self.answer_tokens = answer_tokens
         self.requests: list[tuple[float, int]] = []
         self.limited = 0
@@ -150,8 +159,9 @@ class ProviderSimulator:
 
     # -- the decision ----------------------------------------------------------------------
 
-    def _admit(self, key: str, requested: int) -> tuple[str | None, dict[str, str], float]:
+    def _admit(self, key: str, prompt: int, output: int) -> tuple[str | None, dict[str, str], float]:
         """``(refusal kind or None, rate-limit headers, seconds until it would fit)``."""
+        requested = prompt + output
         now = time.monotonic()
         with self._lock:
             if self._overload_next > 0:
@@ -161,43 +171,62 @@ class ProviderSimulator:
                 return "insufficient_quota", {}, 0.0
             window = self._windows.setdefault(key, _Window(self.period))
             window.trim(now)
+            sides = {
+                side: self._side_windows.setdefault((key, side), _Window(self.period)) for side in ("input", "output")
+            }
+            for side_window in sides.values():
+                side_window.trim(now)
             refusal, wait = None, 0.0
             if self.rpm is not None and len(window.entries) + 1 > self.rpm:
                 refusal, wait = "requests", window.reset_in(now)
             elif self.tpm is not None and window.tokens + requested > self.tpm:
-                refusal, wait = "tokens", self._tokens_free_in(window, requested, now)
+                refusal, wait = "tokens", self._tokens_free_in(window, self.tpm, requested, now)
+            elif self.itpm is not None and sides["input"].tokens + prompt > self.itpm:
+                refusal, wait = "input tokens", self._tokens_free_in(sides["input"], self.itpm, prompt, now)
+            elif self.otpm is not None and sides["output"].tokens + output > self.otpm:
+                refusal, wait = "output tokens", self._tokens_free_in(sides["output"], self.otpm, output, now)
             if refusal is None:
                 window.entries.append((now, requested))
                 window.tokens += requested
+                for side, tokens in (("input", prompt), ("output", output)):
+                    sides[side].entries.append((now, tokens))
+                    sides[side].tokens += tokens
                 self.requests.append((now, requested))
+                self.sides.append((now, prompt, output))
                 if self._quota_left is not None:
                     self._quota_left -= 1
             else:
                 self.limited += 1
-            return refusal, self._headers(window, now), wait
+            return refusal, self._headers(window, sides, now), wait
 
-    def _tokens_free_in(self, window: _Window, requested: int, now: float) -> float:
-        assert self.tpm is not None
-        excess = window.tokens + requested - self.tpm
+    def _tokens_free_in(self, window: _Window, limit: int, requested: int, now: float) -> float:
+        excess = window.tokens + requested - limit
         for at, tokens in window.entries:
             excess -= tokens
             if excess <= 0:
                 return at + self.period - now
         return self.period
 
-    def _headers(self, window: _Window, now: float) -> dict[str, str]:
+    def _headers(self, window: _Window, sides: dict[str, _Window], now: float) -> dict[str, str]:
         left_requests = None if self.rpm is None else max(self.rpm - len(window.entries), 0)
         left_tokens = None if self.tpm is None else max(self.tpm - window.tokens, 0)
         reset = window.reset_in(now)
         headers: dict[str, str] = {}
         if self.style == "anthropic":
-            for kind, limit, left in (("requests", self.rpm, left_requests), ("tokens", self.tpm, left_tokens)):
+            # Without itpm/otpm, the one token limit stands for both sides, as before they were split.
+            counts = [("requests", self.rpm, left_requests, reset), ("tokens", self.tpm, left_tokens, reset)]
+            for side, limit in (("input", self.itpm), ("output", self.otpm)):
+                if limit is not None:
+                    counts.append(
+                        (f"{side}-tokens", limit, max(limit - sides[side].tokens, 0), sides[side].reset_in(now))
+                    )
+                elif self.tpm is not None:
+                    counts.append((f"{side}-tokens", self.tpm, left_tokens, reset))
+            for name, limit, left, resets_in in counts:
                 if limit is not None and left is not None:
-                    kinds = (kind,) if kind == "requests" else ("tokens", "input-tokens", "output-tokens")
-                    for name in kinds:
-                        headers[f"anthropic-ratelimit-{name}-limit"] = str(limit)
-                        headers[f"anthropic-ratelimit-{name}-remaining"] = str(left)
-                        headers[f"anthropic-ratelimit-{name}-reset"] = _rfc3339(reset)
+                    headers[f"anthropic-ratelimit-{name}-limit"] = str(limit)
+                    headers[f"anthropic-ratelimit-{name}-remaining"] = str(left)
+                    headers[f"anthropic-ratelimit-{name}-reset"] = _rfc3339(resets_in)
             return headers
         for kind, limit, left in (("requests", self.rpm, left_requests), ("tokens", self.tpm, left_tokens)):
             if limit is not None and left is not None:
@@ -235,7 +264,7 @@ class ProviderSimulator:
         written = self.answer_tokens
         answer_tokens = min(limit, written) if isinstance(limit, int) and limit > 0 else written
         requested = prompt + (limit if isinstance(limit, int) and limit > 0 else written)
-        refusal, headers, wait = self._admit(key, requested)
+        refusal, headers, wait = self._admit(key, prompt, requested - prompt)
         extra = list(headers.items())
         if refusal is not None:
             await self._refuse(writer, refusal, requested, wait, extra, req.keep_alive)
@@ -261,7 +290,7 @@ class ProviderSimulator:
             message = "You exceeded your current quota, please check your plan and billing details."
             await send_json(writer, 429, self._error("insufficient_quota", message), keep=keep)
             return
-        limit = self.rpm if refusal == "requests" else self.tpm
+        limit = {"requests": self.rpm, "input tokens": self.itpm, "output tokens": self.otpm}.get(refusal, self.tpm)
         if self.style == "anthropic":
             body = self._error("rate_limit_error", f"This request would exceed the rate limit of {limit} {refusal}.")
         elif self.style == "azure":
