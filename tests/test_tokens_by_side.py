@@ -97,3 +97,23 @@ def test_input_and_output_budgets_keep_both_anthropic_limits(
         # both sides against it would leave half of it unused.
         used, budget, size = (inputs, itpm, 19) if binding == "input" else (outputs, otpm, 20)
         assert most_tokens_in_window(used, GUARD_PERIOD) > budget - size
+
+
+def test_the_anthropic_sdk_keeps_both_limits_with_two_budgets(backend: Backend) -> None:
+    anthropic = pytest.importorskip("anthropic")  # in the test group: a skip fails CI
+    with run_provider_simulator("anthropic", itpm=2_000, otpm=100, period=PERIOD) as sim:
+        client = anthropic.Anthropic(api_key="sk-ant-test", base_url=sim.base_url, max_retries=0)
+        name = f"sdk-sides-{id(backend)}"
+
+        @rate_limited(tokens=2_000, period=GUARD_PERIOD, tokens_of="input", key=f"{name}-in", backend=backend,
+                      tokenizer=by_characters)  # fmt: skip
+        @rate_limited(tokens=100, period=GUARD_PERIOD, tokens_of="output", key=f"{name}-out", backend=backend)
+        def ask(**request: Any) -> Any:
+            return client.messages.create(**request)  # a Message: its usage settles both budgets
+
+        request = {"model": "claude-sonnet-4-5", "max_tokens": 20, "messages": [{"role": "user", "content": "x" * 48}]}
+        _run_callers(lambda: ask(**request), callers=6, seconds=3 * PERIOD)
+        client.close()
+        assert sim.limited == 0  # max_retries=0: any 429 would have failed a call
+        outputs = [(at, output) for at, _, output in sim.sides]
+        assert 100 - 20 < most_tokens_in_window(outputs, GUARD_PERIOD) <= 100

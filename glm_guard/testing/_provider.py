@@ -243,8 +243,8 @@ class ProviderSimulator:
             return req.headers.get("authorization", "").removeprefix("Bearer ").strip() or None
         if self.style == "azure" and path.startswith("/openai/deployments/") and path.endswith("/chat/completions"):
             return req.headers.get("api-key") or req.headers.get("authorization", "").removeprefix("Bearer ") or None
-        if self.style == "anthropic" and path == "/v1/messages":
-            return req.headers.get("x-api-key") or None
+        if self.style == "anthropic" and path == "/v1/messages":  # the SDK's 2.x sends a bearer token
+            return req.headers.get("x-api-key") or req.headers.get("authorization", "").removeprefix("Bearer ") or None
         return None
 
     async def _handle(self, req: HTTPRequest, writer: asyncio.StreamWriter) -> None:
