@@ -22,8 +22,9 @@ import pytest
 
 from glm_guard import RateLimitTimeout, rate_limited
 from glm_guard._provider_limits import tokens_left
-from glm_guard.backends._base import Backend
+from glm_guard.backends._base import Backend, LimitPolicy
 from glm_guard.backends._redis import RedisBackend
+from glm_guard.backends._window import WindowState
 from glm_guard.testing import run_provider_simulator
 from glm_guard.testing._provider import ProviderSimulator
 
@@ -69,6 +70,24 @@ def test_tokens_left_is_read_from_openai_and_anthropic_headers() -> None:
 )
 def test_planted_or_partial_token_headers_are_ignored(headers: dict[str, str]) -> None:
     assert tokens_left(headers, NOW) is None
+
+
+def test_the_budget_is_lowered_once_until_the_reset() -> None:
+    """The local algorithm on its own clock: two reports of 100 left lower a budget of 1000 to 100
+    (not to 100 less each time), until the reset, and a reset beyond the window holds one window."""
+    policy = LimitPolicy(None, 10.0, None, tokens=1000, reserve=60)
+    state = WindowState()
+    state.admit(policy, 0.0)
+    state.lower_budget(100, 4.0, 1000, 10.0, 1.0)
+    state.lower_budget(100, 4.0, 1000, 10.0, 1.5)
+    assert state.spent_total == 900  # 60 reserved, 840 the provider's word
+    assert state.next_admission(policy, 2.0) == 2.0  # 100 left: 60 fit
+    state.admit(policy, 2.0)
+    assert state.next_admission(policy, 2.5) == 5.0  # 40 left until the reset at 1.0 + 4.0
+    assert state.next_admission(policy, 5.0) == 5.0
+    later = WindowState()
+    later.lower_budget(0, 50.0, 1000, 10.0, 0.0)
+    assert later.next_admission(policy, 0.0) == 10.0  # held one window; the next answer says again
 
 
 def _post(client: httpx.Client, style: str, max_tokens: int) -> httpx.Response:

@@ -152,7 +152,9 @@ class WindowState:
         excess = budget - self.spent_total - left
         if excess <= 0 or not reset > 0:
             return
-        start = now + reset - self.token_period  # later than ``spent_since``: it counts
+        # At most one window ahead (a later reset is heard again on a later answer): never after
+        # ``now``, so the log stays in start order; later than ``spent_since``, so it counts.
+        start = now + min(reset, self.token_period) - self.token_period
         spent = self.spent
         at = len(spent)
         while at > 0 and spent[at - 1][0] > start:  # kept oldest first; the newest are at the end

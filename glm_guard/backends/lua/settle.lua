@@ -3,7 +3,7 @@
 -- KEYS[1] leases   KEYS[2] token reservations   KEYS[3] their sizes (see acquire.lua)
 -- ARGV[1] token   ARGV[2] channel   ARGV[3] tokens used (0: the call failed, all back; -1: its
 -- answer said nothing, the estimate stays).  Returns the tokens freed (negative: added).
--- ARGV[4..8] (optional): "budget window_ms", the provider's tokens left, ms to their reset, and
+-- ARGV[4..7] (optional): "budget window_ms", the provider's tokens left, ms to their reset, and
 -- a member name: what the provider said is left lowers the budget until the reset (below).
 local removed = redis.call('ZREM', KEYS[1], ARGV[1])
 local used = tonumber(ARGV[3])
@@ -45,6 +45,7 @@ if budget and left and reset and ARGV[7] and left >= 0 and reset > 0 then
   end
   local total = tonumber(redis.call('HGET', KEYS[3], 'total') or '0') or 0
   local excess = math.floor(budget - total - left)
+  reset = math.min(reset, window)  -- at most one window, as locally; a later reset is heard again
   if excess > 0 then
     redis.call('ZADD', KEYS[2], now + reset - window, ARGV[7])
     redis.call('HSET', KEYS[3], ARGV[7], excess)
