@@ -5,7 +5,8 @@ OpenAI and Azure OpenAI send ``x-ratelimit-remaining-requests`` / ``-tokens`` wi
 Anthropic sends ``anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-remaining``
 with ``-reset`` (an RFC 3339 time).  When what is left cannot take another call like this one,
 the key cools down until the reset, in every process, so the next call waits instead of
-drawing a 429.
+drawing a 429.  Under a token budget, what the provider says is left of its tokens also lowers
+the budget until the reset (``tokens_left``): tokens spent outside the guard count too.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Final
 
-__all__ = ["headers_of", "provider_wait"]
+__all__ = ["MAX_RESET_SECONDS", "headers_of", "provider_wait", "tokens_left"]
 
 _DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_SECONDS: Final = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
@@ -26,6 +27,8 @@ _OPENAI: Final = (
     ("requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
     ("tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
 )
+#: A reset further off than this is not believed (a provider's token count refills within minutes).
+MAX_RESET_SECONDS: Final = 600.0
 _ANTHROPIC: Final = tuple(
     (kind, f"anthropic-ratelimit-{kind}-remaining", f"anthropic-ratelimit-{kind}-reset")
     for kind in ("requests", "tokens", "input-tokens", "output-tokens")
@@ -94,3 +97,24 @@ def provider_wait(
         reset = _seconds_until(headers.get(reset_name), now)
         wait = max(wait, unknown_reset if reset is None else reset)
     return wait if math.isfinite(wait) else 0.0
+
+
+def tokens_left(headers: Mapping[str, str], now: float | None = None) -> tuple[int, float] | None:
+    """``(tokens left, seconds until the reset)`` by the provider's count, the smallest that applies
+    (Anthropic counts input and output tokens apart); ``None`` when no token count names both.
+
+    Values that are not whole counts, negative, or a reset not within ``MAX_RESET_SECONDS``
+    are ignored: a header is a hint from the network, never trusted to hold a key for long.
+    """
+    now = time.time() if now is None else now
+    found: tuple[int, float] | None = None
+    for kind, remaining_name, reset_name in (*_OPENAI, *_ANTHROPIC):
+        if kind == "requests":
+            continue
+        remaining = _whole(headers.get(remaining_name))
+        reset = _seconds_until(headers.get(reset_name), now)
+        if remaining is None or remaining < 0 or reset is None or not 0 < reset <= MAX_RESET_SECONDS:
+            continue
+        if found is None or (remaining, -reset) < (found[0], -found[1]):
+            found = remaining, reset
+    return found

@@ -15,12 +15,12 @@ from ._classify import ErrorInfo
 from ._config import get_settings
 from ._errors import ConfigurationError, RateLimitTimeout
 from ._key_pauses import pause_of, refusal
-from ._provider_limits import headers_of, provider_wait
+from ._provider_limits import headers_of, provider_wait, tokens_left
 from ._stack import Stack, entry, join
 from ._token_budget import TOKEN_SIDES, Estimate, Tokenizer, TokenSide, count_tokens, reservation, tokens_used
 from ._wrapping import default_key, kind_of, unwrap_descriptor, watched
 from .backends import Limiter, LimitPolicy, get_backend
-from .backends._base import AsyncPermit, Backend, Outcome, Permit, Spending
+from .backends._base import AsyncPermit, Backend, Outcome, Permit, ProviderLeft, Spending
 from .backends._pauses import KeyPaused
 
 __all__ = ["rate_limited"]
@@ -311,7 +311,7 @@ class _Held:
     """A permit held for one call: admitted on entry, given back on exit, and the key paused
     when a rate-limit error passes out."""
 
-    __slots__ = ("guard", "limiter", "permit", "policy", "stack", "told_wait", "used")
+    __slots__ = ("guard", "limiter", "permit", "policy", "stack", "told_left", "told_wait", "used")
 
     def __init__(self, guard: _Guard, limiter: Limiter, stack: Stack, policy: LimitPolicy) -> None:
         self.guard = guard
@@ -320,6 +320,7 @@ class _Held:
         self.policy = policy
         self.used: int | None = None  # the tokens the answer reported, once it has
         self.told_wait = 0.0  # how long the provider's rate-limit headers say the key must wait
+        self.told_left: tuple[int, float] | None = None  # the provider's tokens left and seconds to their reset
 
     def answered(self, answer: object) -> None:
         """The call returned (or a stream yielded) ``answer``: read the tokens it reports, and what
@@ -333,15 +334,20 @@ class _Held:
         if headers is not None:
             unknown_reset = self.guard.cooldown or 1.0
             self.told_wait = provider_wait(headers, self.policy.reserve, unknown_reset)
+            if self.policy.tokens is not None:
+                self.told_left = tokens_left(headers) or self.told_left
 
     def _settle(self, error: BaseException | None) -> None:
-        """Tell a token reservation what to become: the usage reported, or nothing after a failure."""
+        """Tell a token reservation what to become: the usage reported, or nothing after a failure;
+        and the budget what the provider said is left of its own count (whatever spent it)."""
         if isinstance(self.permit, Spending):
             used = self.used
             budget = self.guard.budget
             if used is not None and budget is not None and not budget.refund_unused:
                 used = max(used, self.policy.reserve)  # the provider counted the whole request
             self.permit.used = 0 if error is not None else used
+            if self.told_left is not None and self.policy.tokens is not None:
+                self.permit.provider_left = ProviderLeft(*self.told_left, self.policy.tokens, self.policy.period)
 
     def _timed(self, started: float, timed_out: bool) -> None:
         self.stack.waited(time.perf_counter() - started, timed_out)

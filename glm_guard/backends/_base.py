@@ -31,6 +31,7 @@ __all__ = [
     "Limiter",
     "Outcome",
     "Permit",
+    "ProviderLeft",
     "ReportsOutages",
     "RetryBudget",
     "RetryBudgetPolicy",
@@ -172,13 +173,30 @@ class Spending:
 
     Its holder sets ``used`` before releasing it: the tokens the answer reports, ``0`` when the
     call failed or was cancelled (the reservation is given back); left ``None``, the estimate
-    stays counted.  Every such permit is a fresh object, so the attribute is the call's own.
+    stays counted.  ``provider_left``, when set, lowers the budget in the same step.  Every such
+    permit is a fresh object, so the attributes are the call's own.
     """
 
-    __slots__ = ("used",)
+    __slots__ = ("provider_left", "used")
 
     def __init__(self) -> None:
         self.used: int | None = None
+        self.provider_left: ProviderLeft | None = None  # set with ``used`` when the answer's headers say
+
+
+class ProviderLeft(NamedTuple):
+    """What the provider said is left of its token count, with the budget it lowers.
+
+    The settle that carries it lowers ``budget`` (per ``period``) to ``tokens`` until ``reset``
+    seconds from now, if less than that is left of it: tokens spent outside the guard (another
+    program on the same account) then hold the guard back too.  The budget travels with it
+    because a permit does not know its policy.
+    """
+
+    tokens: int
+    reset: float
+    budget: int
+    period: float
 
 
 class AsyncPermit(Protocol):

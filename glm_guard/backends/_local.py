@@ -37,6 +37,7 @@ from ._base import (
     LimitPolicy,
     Outcome,
     Permit,
+    ProviderLeft,
     RetryBudgetPolicy,
 )
 from ._learned import Admission, report_limit
@@ -164,10 +165,13 @@ class LocalLimiter(Limiter):
             permit = AsyncProbe(self, permit, probing)
         return permit if spent is None else AsyncSpend(self, permit, spent)
 
-    def settle(self, spent: list[float], used: int) -> None:
-        """A call's token reservation becomes what it used; callers it now fits are let in."""
+    def settle(self, spent: list[float], used: int | None, told: ProviderLeft | None = None) -> None:
+        """A reservation becomes what it ``used`` (``None``: stays), the budget what the provider ``told``."""
         with self._lock:
-            self.state.settle(spent, used)
+            if used is not None:
+                self.state.settle(spent, used)
+            if told is not None:
+                self.state.lower_budget(*told, self._clock())
             if self._waiters:
                 self._dispatch(self._clock())
 
@@ -233,11 +237,12 @@ class LocalLimiter(Limiter):
         with self._lock:
             self.state.in_flight += calls
 
-    def recent_starts(self, period: float) -> list[float]:
-        """How long ago (seconds) each start this limiter admitted within the last ``period`` was."""
+    def recent(self, period: float, since: float) -> tuple[float, list[float], list[tuple[float, int]]]:
+        """This limiter's clock now, and the ages (seconds) of its starts of the last ``period`` and
+        of its token reservations in it made after ``since``, with their tokens."""
         with self._lock:
             now = self._clock()
-            return [now - start for start in self.state.starts if start > now - period]
+            return now, *self.state.recent(now, period, since)
 
     async def cooldown_async(self, seconds: float) -> None:
         self.cooldown(seconds)

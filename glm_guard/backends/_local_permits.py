@@ -97,8 +97,8 @@ class Spend(Spending):
 
     def release(self, outcome: Outcome | None = None) -> None:
         spent, self._spent = self._spent, None
-        if spent is not None and self.used is not None:
-            self._limiter.settle(spent, self.used)
+        if spent is not None and (self.used is not None or self.provider_left is not None):
+            self._limiter.settle(spent, self.used, self.provider_left)
         self._permit.release(outcome)
 
 
@@ -113,6 +113,6 @@ class AsyncSpend(Spending):
 
     async def release(self, outcome: Outcome | None = None) -> None:
         spent, self._spent = self._spent, None
-        if spent is not None and self.used is not None:
-            self._limiter.settle(spent, self.used)
+        if spent is not None and (self.used is not None or self.provider_left is not None):
+            self._limiter.settle(spent, self.used, self.provider_left)
         await self._permit.release(outcome)

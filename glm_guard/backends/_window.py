@@ -143,6 +143,32 @@ class WindowState:
             self.spent_total += used - int(entry[1])
         entry[1] = used
 
+    def lower_budget(self, left: int, reset: float, budget: int, period: float, now: float) -> None:
+        """The provider says only ``left`` tokens are left until ``reset`` seconds from ``now``: if
+        ``budget`` has more left in the window, a reservation of the difference is added that leaves
+        the window at the reset.  It counts in the next report's comparison, so reports never stack."""
+        self.token_period = max(self.token_period, period)
+        self._forget_spent(now - self.token_period)
+        excess = budget - self.spent_total - left
+        if excess <= 0 or not reset > 0:
+            return
+        # At most one window ahead (a later reset is heard again on a later answer): never after
+        # ``now``, so the log stays in start order; later than ``spent_since``, so it counts.
+        start = now + min(reset, self.token_period) - self.token_period
+        spent = self.spent
+        at = len(spent)
+        while at > 0 and spent[at - 1][0] > start:  # kept oldest first; the newest are at the end
+            at -= 1
+        spent.insert(at, [start, excess])
+        self.spent_total += excess
+
+    def recent(self, now: float, period: float, since: float) -> tuple[list[float], list[tuple[float, int]]]:
+        """The ages of the starts of the last ``period``, and ``(age, tokens)`` of the token
+        reservations in it made after ``since`` (what an adoption writes back to Redis)."""
+        horizon = max(now - period, since)
+        starts = [now - start for start in self.starts if start > now - period]
+        return starts, [(now - start, int(amount)) for start, amount in self.spent if start > horizon and amount > 0]
+
     def _record_start(self, policy: LimitPolicy, now: float) -> None:
         calls = policy.calls
         if calls is None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..._auto_concurrency import AutoConcurrency
 from ..._errors import BackendError, BackendRequestError
-from .._base import AsyncPermit, LearnedState, Limiter, LimitPolicy, Permit
+from .._base import AsyncPermit, LearnedState, Limiter, LimitPolicy, Permit, ProviderLeft
 from .._learned import report_limit
 from ._admission import Grant, SharedAdmission, remaining, window_ms
 from ._local_share import LocalShare
@@ -204,18 +204,22 @@ class RedisLimiter(Limiter):
 
     def _adopt(self, policy: LimitPolicy) -> Generator[Step, Any, None]:
         """Before the first shared admission after serving without Redis: Redis takes over what
-        this share did meanwhile (its running calls, its recent starts) and the leases this
-        process held across the outage, which a restarted Redis lost."""
+        this share did meanwhile (its running calls, its recent starts and token reservations)
+        and the leases this process held across the outage, which a restarted Redis lost."""
         due = self._local_share.take_adoption(policy.period)
         if due is None:
             return
-        running, ages = due
+        running = due.running
         held = self._backend.leases.held(self._leases_key)
-        starts = [item for age in ages for item in (new_token(), int(age * 1000))]
+        starts = [item for age in due.starts for item in (new_token(), int(age * 1000))]
         window = window_ms(policy.period) if policy.calls else 0
-        args = [self._lease_ms, policy.calls or 0, window, len(running) + len(held), *running, *held, *starts]
+        token_window = window_ms(policy.period) if policy.tokens is not None else 0
+        reserved = [item for age, tokens in due.reserved for item in (new_token(), int(age * 1000), tokens)]
+        counts = [len(running) + len(held), len(due.starts), token_window]
+        args = [self._lease_ms, policy.calls or 0, window, *counts, *running, *held, *starts, *reserved]
+        keys = [*self._redis_admission.keys[:2], self._redis_admission.spent_key, self._redis_admission.sizes_key]
         try:
-            yield Ask("adopt", self._redis_admission.keys[:2], args)
+            yield Ask("adopt", keys, args)
         except BaseException:
             self._local_share.adoption_failed(running)
             raise
@@ -285,20 +289,28 @@ class RedisLimiter(Limiter):
 
     # Settling a token reservation: one script gives the lease back too, when the permit holds it.
 
-    def _settle_request(self, token: bytes, lease: bool, used: int | None) -> tuple[list[str], list[object]] | None:
+    def _settle_request(
+        self, token: bytes, lease: bool, used: int | None, told: ProviderLeft | None
+    ) -> tuple[list[str], list[object]] | None:
         if lease:
             self._local_share.lease_ended(token)
-        if used is None and not lease:
+        if used is None and not lease and told is None:
             return None  # the answer named no usage: the estimate stays, and there is no lease
         if lease:
             self._backend.leases.discard(self._leases_key, token)
         keys = [self._leases_key, self._redis_admission.spent_key, self._redis_admission.sizes_key]
-        return keys, [token, self._channel, -1 if used is None else used]
+        args: list[object] = [token, self._channel, -1 if used is None else used]
+        if told is not None:  # the budget follows the provider's count (see settle.lua)
+            window = window_ms(told.period)
+            reset = max(int(told.reset * 1000), 1)
+            args += [f"{told.budget} {window}", told.tokens, reset, b"told:" + new_token()]
+        return keys, args
 
-    def settle(self, token: bytes, lease: bool, used: int | None) -> None:
-        """Settle ``token``'s reservation to ``used`` (``None``: keep the estimate), and give its lease
-        back when ``lease``; Redis away: the lease goes back later, the estimate stays counted."""
-        request = self._settle_request(token, lease, used)
+    def settle(self, token: bytes, lease: bool, used: int | None, told: ProviderLeft | None = None) -> None:
+        """Settle ``token``'s reservation to ``used`` (``None``: keep the estimate), lower the budget to
+        what the provider ``told`` is left, and give its lease back when ``lease``; Redis away: the
+        lease goes back later, the estimate stays counted (and the provider's word is dropped)."""
+        request = self._settle_request(token, lease, used, told)
         if request is None:
             return
         if self._backend.health.available():
@@ -313,8 +325,8 @@ class RedisLimiter(Limiter):
         if lease:
             self._redis_admission.abandon(token)
 
-    async def settle_async(self, token: bytes, lease: bool, used: int | None) -> None:
-        request = self._settle_request(token, lease, used)
+    async def settle_async(self, token: bytes, lease: bool, used: int | None, told: ProviderLeft | None = None) -> None:
+        request = self._settle_request(token, lease, used, told)
         if request is None:
             return
         if self._backend.health.available():

@@ -11,7 +11,7 @@ their own shares until their next probe (one health backoff at most).  So, for `
 - what it did meanwhile is *adopted* before its next shared admission: the calls still
   running are written to Redis as leases (renewed and given back like any other), the leases
   this process held from before are written again (a restarted Redis lost them), and its
-  starts of the last period join the shared window;
+  starts and token reservations of the last period join the shared window and budget;
 - for one period plus the longest backoff after this process saw Redis again, an admission
   must pass both its local share and Redis.
 
@@ -24,10 +24,20 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 from .._base import LimitPolicy
 from .._local import LocalLimiter
 from ._health import LONGEST_BACKOFF_SECONDS  # others may serve from their shares this long after
+
+
+class Adoption(NamedTuple):
+    """What Redis takes over from a share: its running calls' tokens, the ages (seconds) of its
+    starts of the last period, and ``(age, tokens)`` of its token reservations not yet written back."""
+
+    running: list[bytes]
+    starts: list[float]
+    reserved: list[tuple[float, int]]
 
 
 class LocalShare:
@@ -48,6 +58,8 @@ class LocalShare:
         self._served_without_redis = False
         self.must_adopt = False  # admitted calls since Redis last took them over (read without the lock)
         self._back_at = float("-inf")  # when Redis answered again after this share served calls
+        self._tokens_until = float("-inf")  # token reservations up to here (the share's clock) were adopted
+        self._tokens_before = self._tokens_until  # as it was before the adoption under way
 
     # -- into an outage ------------------------------------------------------------------------
 
@@ -118,9 +130,10 @@ class LocalShare:
 
     # -- out of an outage ----------------------------------------------------------------------
 
-    def take_adoption(self, period: float) -> tuple[list[bytes], list[float]] | None:
+    def take_adoption(self, period: float) -> Adoption | None:
         """What Redis must take over before the next shared admission, once: the running calls,
-        and how long ago each start of the last ``period`` was; ``None`` when nothing is due.
+        how long ago each start of the last ``period`` was, and the token reservations made in
+        it since the last adoption (their ages and sizes); ``None`` when nothing is due.
 
         The calls count as sent from now on, so a call that ends gives its lease back whatever
         becomes of the request; if it fails, ``adoption_failed`` makes them due again.
@@ -132,11 +145,15 @@ class LocalShare:
             running = list(self._running)
             self._running.clear()
             self._sent.update(running)
-        return running, self.limiter.recent_starts(period)
+            self._tokens_before = self._tokens_until
+            now, starts, reserved = self.limiter.recent(period, self._tokens_until)
+            self._tokens_until = now  # a reservation is written back once, by the adoption that saw it
+        return Adoption(running, starts, reserved)
 
     def adoption_failed(self, tokens: list[bytes]) -> None:
         with self._lock:
             self._running.update(token for token in tokens if token in self._sent)
+            self._tokens_until = self._tokens_before
             self.must_adopt = True
 
     def adopted(self, tokens: list[bytes], renew: Callable[[bytes], None]) -> None:

@@ -162,7 +162,7 @@ class Spend(Spending):
     def release(self, outcome: Outcome | None = None) -> None:
         if self._token is not None:
             token, self._token = self._token, None
-            self._limiter.settle(token, self._lease, self.used)
+            self._limiter.settle(token, self._lease, self.used, self.provider_left)
         self._inner.release(outcome)
 
 
@@ -179,7 +179,7 @@ class AsyncSpend(Spending):
     async def release(self, outcome: Outcome | None = None) -> None:
         if self._token is not None:
             token, self._token = self._token, None
-            await self._limiter.settle_async(token, self._lease, self.used)
+            await self._limiter.settle_async(token, self._lease, self.used, self.provider_left)
         await self._inner.release(outcome)
 
 
