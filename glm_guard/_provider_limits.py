@@ -99,9 +99,10 @@ def provider_wait(
     return wait if math.isfinite(wait) else 0.0
 
 
-def tokens_left(headers: Mapping[str, str], now: float | None = None) -> tuple[int, float] | None:
+def tokens_left(headers: Mapping[str, str], now: float | None = None, side: str = "all") -> tuple[int, float] | None:
     """``(tokens left, seconds until the reset)`` by the provider's count, the smallest that applies
-    (Anthropic counts input and output tokens apart); ``None`` when no token count names both.
+    (Anthropic counts input and output tokens apart; a budget of one ``side`` follows that side's
+    count and the overall one); ``None`` when no token count names both.
 
     Values that are not whole counts, negative, or a reset not within ``MAX_RESET_SECONDS``
     are ignored: a header is a hint from the network, never trusted to hold a key for long.
@@ -109,7 +110,7 @@ def tokens_left(headers: Mapping[str, str], now: float | None = None) -> tuple[i
     now = time.time() if now is None else now
     found: tuple[int, float] | None = None
     for kind, remaining_name, reset_name in (*_OPENAI, *_ANTHROPIC):
-        if kind == "requests":
+        if kind == "requests" or (side != "all" and kind not in ("tokens", f"{side}-tokens")):
             continue
         remaining = _whole(headers.get(remaining_name))
         reset = _seconds_until(headers.get(reset_name), now)

@@ -31,6 +31,10 @@ R = TypeVar("R")
 #: A provider's Retry-After is honoured up to this long; beyond it is more likely a bug
 #: than a wish to silence every caller of the key for hours.
 MAX_COOLDOWN_SECONDS: Final = 600.0
+#: A reset the provider's headers name is waited out this much longer: it is written to the
+#: millisecond (truncated) on the provider's clock and the next request takes its own way
+#: there, so a wait of exactly the reset can reach the provider a little before it.
+RESET_MARGIN_SECONDS: Final = 0.02
 
 
 @overload
@@ -334,8 +338,8 @@ class _Held:
         if headers is not None:
             unknown_reset = self.guard.cooldown or 1.0
             self.told_wait = provider_wait(headers, self.policy.reserve, unknown_reset)
-            if self.policy.tokens is not None:
-                self.told_left = tokens_left(headers) or self.told_left
+            if budget is not None:
+                self.told_left = tokens_left(headers, side=budget.side) or self.told_left
 
     def _settle(self, error: BaseException | None) -> None:
         """Tell a token reservation what to become: the usage reported, or nothing after a failure;
@@ -404,7 +408,8 @@ class _Held:
         """What the call's end teaches a learned limit, how long the key's callers should wait,
         and the pause (reason, seconds, probe interval) it starts."""
         if error is None:  # the provider's headers may say its count ran out: wait for its reset
-            return Outcome.SUCCEEDED, min(self.told_wait, MAX_COOLDOWN_SECONDS), None
+            wait = self.told_wait + RESET_MARGIN_SECONDS if self.told_wait else 0.0
+            return Outcome.SUCCEEDED, min(wait, MAX_COOLDOWN_SECONDS), None
         if not isinstance(error, Exception):
             return None, 0.0, None  # cancelled, or the process exits: nothing learned about the limit
         info = self.stack.verdict(error)

@@ -7,6 +7,7 @@ answers 429 to the first request over either.
 
 from __future__ import annotations
 
+import datetime
 import threading
 import time
 from types import SimpleNamespace
@@ -16,6 +17,7 @@ import httpx
 import pytest
 
 from glm_guard import ConfigurationError, count_tokens, rate_limited
+from glm_guard._provider_limits import tokens_left
 from glm_guard._token_budget import by_characters, estimate_call, tokens_used
 from glm_guard.backends._base import Backend
 from glm_guard.testing import run_provider_simulator
@@ -117,3 +119,17 @@ def test_the_anthropic_sdk_keeps_both_limits_with_two_budgets(backend: Backend) 
         assert sim.limited == 0  # max_retries=0: any 429 would have failed a call
         outputs = [(at, output) for at, _, output in sim.sides]
         assert 100 - 20 < most_tokens_in_window(outputs, GUARD_PERIOD) <= 100
+
+
+def test_a_side_budget_follows_its_own_side_of_the_anthropic_headers() -> None:
+    reset = "2026-12-05T00:00:30Z"
+    now = datetime.datetime(2026, 12, 5, tzinfo=datetime.UTC).timestamp()
+    headers = {
+        "anthropic-ratelimit-input-tokens-remaining": "10",
+        "anthropic-ratelimit-input-tokens-reset": reset,
+        "anthropic-ratelimit-output-tokens-remaining": "900",
+        "anthropic-ratelimit-output-tokens-reset": reset,
+    }
+    assert tokens_left(headers, now, "input") == (10, 30.0)
+    assert tokens_left(headers, now, "output") == (900, 30.0)  # the input side's shortage is not its own
+    assert tokens_left(headers, now) == (10, 30.0)  # a budget of both sides heeds the smaller
