@@ -29,7 +29,8 @@ from where the anchors fail:
   is remembered as the ceiling.  Climbing back to it is a probe, allowed after
   ``limit * 2**misses`` successes (``misses``: probes at it that failed in a row), at most
   :data:`LONGEST_PROBE_GAP` successes; below a peak the capacity fell from, the first
-  :data:`RECOVERY_PROBES` are spaced by ``1.1**misses`` instead, since peak hours end.  So
+  :data:`RECOVERY_PROBES` come every :data:`RECOVERY_GAP` limits' worth instead, since peak
+  hours end.  So
   a steady capacity costs a probe every hundred-odd calls at worst, while a capacity that came
   back is found after at most that many successes;
   a probe that succeeds (a limit's worth of successes at the ceiling) forgets the ceiling,
@@ -54,16 +55,12 @@ __all__ = ["BACKOFF", "LONGEST_PROBE_GAP", "Admission", "LearnedLimit", "report_
 #: A cut keeps this share of the limit (floored, so at least one slot goes).
 BACKOFF: Final = 0.9
 
-#: Below the peak the capacity fell from, probes are spaced 1.1 times further apart per
-#: failure (not twice), for the first 24: a capacity that comes back within a peak hour is
-#: found within a few call latencies, at the price of at most 24 extra 1302s per drop.
-RECOVERY_SPACING: Final = 1.1
+#: Below the peak the capacity fell from, the first 24 probes come every two limits' worth of
+#: successes (two call latencies at full use), not further apart per failure: a capacity that
+#: comes back within a peak hour is found within a few call latencies, at the price of at most
+#: 24 extra 1302s per drop; and a fresh cut is seen to hold for two latencies before the first.
+RECOVERY_GAP: Final = 2
 RECOVERY_PROBES: Final = 24
-
-#: A fresh cut below the peak holds for this many limits' worth of successes (call latencies at
-#: full use) before the first probe above it: the callers see the new capacity held, not a probe
-#: straight back into the 1302s of a drop that just happened.
-FIRST_LOOK_AFTER_CUT: Final = 2
 
 #: The most successes a probe of the ceiling waits for: a steady capacity costs at most about
 #: one 1302 per this many calls, and a capacity that came back is found within as many.
@@ -157,12 +154,7 @@ class LearnedLimit:
             return self.limit
         longest = max(self.limit, LONGEST_PROBE_GAP)
         if self.limit < self.peak and self.misses <= RECOVERY_PROBES:
-            # Below a level that held before the capacity fell: peak hours end, so look often at first,
-            # but not before a fresh cut has held for FIRST_LOOK_AFTER_CUT call latencies.
-            spacing = math.floor(self.limit * RECOVERY_SPACING**self.misses)
-            if self.misses == 1:
-                spacing = max(spacing, FIRST_LOOK_AFTER_CUT * self.limit)
-            return min(spacing, longest)
+            return min(RECOVERY_GAP * self.limit, longest)  # below a level that held: peak hours end
         return min(self.limit << min(self.misses, 16), longest)
 
 

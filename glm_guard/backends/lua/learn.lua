@@ -71,9 +71,7 @@ else
   elseif ceiling == 0 or limit + 1 < ceiling then
     need = limit
   elseif limit < peak and misses <= 24 then
-    need = math.floor(limit * 1.1 ^ misses)  -- peak hours end: look often
-    if misses == 1 then need = math.max(need, 2 * limit) end  -- but a fresh cut holds two latencies first
-    need = math.min(need, math.max(limit, 128))
+    need = math.min(2 * limit, math.max(limit, 128))  -- peak hours end: look every two latencies
   else
     need = math.min(limit * 2 ^ math.min(misses, 16), math.max(limit, 128))
   end
