@@ -35,11 +35,19 @@ NAMES = (
 )
 
 
+#: Lua shared by several scripts (a script is sent whole, so it goes before each that uses it).
+SHARED = {"acquire": ("_reservations",), "settle": ("_reservations",)}
+
+
 @functools.cache
 def sources() -> dict[str, str]:
-    """Every script's source, read once per process."""
+    """Every script's source, with the shared Lua it uses before it, read once per process."""
     files = importlib.resources.files("glm_guard.backends").joinpath("lua")
-    return {name: files.joinpath(f"{name}.lua").read_text("utf-8") for name in NAMES}
+
+    def text(name: str) -> str:
+        return files.joinpath(f"{name}.lua").read_text("utf-8")
+
+    return {name: "".join(text(part) + "\n" for part in SHARED.get(name, ())) + text(name) for name in NAMES}
 
 
 def register(client: Client) -> dict[str, Script]:

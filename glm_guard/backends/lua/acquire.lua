@@ -136,16 +136,7 @@ local budget, reserve, twindow = nil, 0, 0
 if ARGV[4] and ARGV[4] ~= '' then
   local b, r, tw = string.match(ARGV[4], '^(%d+) (%d+) (%d+)$')
   budget, reserve, twindow = tonumber(b), tonumber(r), tonumber(tw)
-  while true do
-    local gone = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now - twindow, 'LIMIT', 0, 500)
-    if #gone == 0 then break end
-    local sizes = redis.call('HMGET', KEYS[7], unpack(gone))
-    local freed = 0
-    for i = 1, #gone do freed = freed + (tonumber(sizes[i]) or 0) end
-    redis.call('HDEL', KEYS[7], unpack(gone))
-    redis.call('ZREM', KEYS[6], unpack(gone))
-    if freed > 0 then redis.call('HINCRBY', KEYS[7], 'total', 0 - freed) end
-  end
+  forget_reservations_before(KEYS[6], KEYS[7], now - twindow)  -- see _reservations.lua
   local excess = tonumber(redis.call('HGET', KEYS[7], 'total') or '0') + reserve - budget
   if excess > 0 then  -- wait until the oldest reservations, leaving first, free enough
     local wait, seen = twindow, 0

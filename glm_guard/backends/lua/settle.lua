@@ -33,16 +33,7 @@ if budget and left and reset and ARGV[7] and left >= 0 and reset > 0 then
   budget, window = tonumber(budget), tonumber(window)
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  while true do  -- those that left the window no longer count (as in acquire.lua)
-    local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - window, 'LIMIT', 0, 500)
-    if #gone == 0 then break end
-    local sizes = redis.call('HMGET', KEYS[3], unpack(gone))
-    local dropped = 0
-    for i = 1, #gone do dropped = dropped + (tonumber(sizes[i]) or 0) end
-    redis.call('HDEL', KEYS[3], unpack(gone))
-    redis.call('ZREM', KEYS[2], unpack(gone))
-    if dropped > 0 then redis.call('HINCRBY', KEYS[3], 'total', 0 - dropped) end
-  end
+  forget_reservations_before(KEYS[2], KEYS[3], now - window)  -- those that left no longer count
   local total = tonumber(redis.call('HGET', KEYS[3], 'total') or '0') or 0
   local excess = math.floor(budget - total - left)
   reset = math.min(reset, window)  -- at most one window, as locally; a later reset is heard again
