@@ -48,3 +48,16 @@ def eventually(condition: Callable[[], bool], within: float) -> bool:
             return True
         time.sleep(0.02)
     return condition()
+
+
+def admitted_at_once(call: Callable[[], object], most: int) -> int:
+    """How many calls of ``call()`` (guarded with ``max_wait=0``) are admitted in a row before one
+    is refused with ``RateLimitTimeout``, ``most`` at most."""
+    from glm_guard import RateLimitTimeout
+
+    for admitted in range(most):
+        try:
+            call()
+        except RateLimitTimeout:
+            return admitted
+    return most

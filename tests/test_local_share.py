@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -43,12 +43,6 @@ class Holders:
             thread.join(10)
 
 
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    with RedisServer() as running:
-        yield running
-
-
 def leases(server: RedisServer, key: str) -> int:
     client = server.client(socket_timeout=5)
     try:
@@ -62,18 +56,18 @@ def back_from_outage(backend: RedisBackend) -> None:
     assert eventually(backend.health.available, 6.0)
 
 
-def test_calls_run_without_redis_are_adopted_once_by_concurrent_callers_redis(server: RedisServer) -> None:
-    backend = RedisBackend(server.url, socket_timeout=0.3)
+def test_calls_run_without_redis_are_adopted_once_by_concurrent_callers_redis(own_redis: RedisServer) -> None:
+    backend = RedisBackend(own_redis.url, socket_timeout=0.3)
 
     @rate_limited(concurrency=8, key="adopt-once", backend=backend)
     def hold(entered: threading.Event, leave: threading.Event) -> None:
         entered.set()
         leave.wait(10)
 
-    server.kill()
+    own_redis.kill()
     outage = Holders(hold)
     outage.start(2)  # admitted by the local share (Redis down at start: no pause)
-    server.start()
+    own_redis.start()
     back_from_outage(backend)
     after = Holders(hold)
     threads = [threading.Thread(target=after.start, args=(1,)) for _ in range(3)]  # three adopt at once
@@ -81,41 +75,41 @@ def test_calls_run_without_redis_are_adopted_once_by_concurrent_callers_redis(se
         thread.start()
     for thread in threads:
         thread.join(10)
-    assert leases(server, "adopt-once") == 5  # the two from the outage, adopted once each, and three
+    assert leases(own_redis, "adopt-once") == 5  # the two from the outage, adopted once each, and three
     outage.release_all()
     after.release_all()
-    assert eventually(lambda: leases(server, "adopt-once") == 0, 2.0)
+    assert eventually(lambda: leases(own_redis, "adopt-once") == 0, 2.0)
     backend.close()
 
 
-def test_an_adoption_cut_off_by_a_pause_still_gives_its_leases_back_redis(server: RedisServer) -> None:
-    backend = RedisBackend(server.url, socket_timeout=0.3, lease=10.0)
+def test_an_adoption_cut_off_by_a_pause_still_gives_its_leases_back_redis(own_redis: RedisServer) -> None:
+    backend = RedisBackend(own_redis.url, socket_timeout=0.3, lease=10.0)
 
     @rate_limited(concurrency=8, key="adopt-paused", backend=backend)
     def hold(entered: threading.Event, leave: threading.Event) -> None:
         entered.set()
         leave.wait(10)
 
-    server.kill()
+    own_redis.kill()
     outage = Holders(hold)
     outage.start(2)
-    server.start()
+    own_redis.start()
     back_from_outage(backend)
-    server.pause()
+    own_redis.pause()
     try:
         during = Holders(hold)
         during.start(1)  # its adoption times out (the script runs when Redis wakes): served locally
     finally:
-        server.resume()
+        own_redis.resume()
     outage.release_all()
     during.release_all()
     # The adopted leases' calls ended: given back at once, not after the 10 s lease.
-    assert eventually(lambda: leases(server, "adopt-paused") == 0, 3.0)
+    assert eventually(lambda: leases(own_redis, "adopt-paused") == 0, 3.0)
     backend.close()
 
 
-def test_the_local_share_counts_the_calls_still_running_on_redis_leases_redis(server: RedisServer) -> None:
-    backend = RedisBackend(server.url, socket_timeout=0.3)
+def test_the_local_share_counts_the_calls_still_running_on_redis_leases_redis(own_redis: RedisServer) -> None:
+    backend = RedisBackend(own_redis.url, socket_timeout=0.3)
 
     @rate_limited(concurrency=2, key="share-counts", backend=backend, max_wait=2.0)
     def hold(entered: threading.Event, leave: threading.Event) -> None:
@@ -124,7 +118,7 @@ def test_the_local_share_counts_the_calls_still_running_on_redis_leases_redis(se
 
     running = Holders(hold)
     running.start(2)  # both slots, through Redis
-    server.kill()
+    own_redis.kill()
     with pytest.raises(RateLimitTimeout):
         hold(threading.Event(), threading.Event())  # the share (2 of 2, one process) sees both still running
     running.release_all()
@@ -134,20 +128,20 @@ def test_the_local_share_counts_the_calls_still_running_on_redis_leases_redis(se
     backend.close()
 
 
-def test_starts_made_without_redis_join_the_shared_window_redis(server: RedisServer) -> None:
-    first = RedisBackend(server.url, socket_timeout=0.3, expected_processes=2)
+def test_starts_made_without_redis_join_the_shared_window_redis(own_redis: RedisServer) -> None:
+    first = RedisBackend(own_redis.url, socket_timeout=0.3, expected_processes=2)
 
     @rate_limited(20, 2.0, key="starts-adopted", backend=first, max_wait=0)
     def call_first() -> str:
         return "ok"
 
-    server.kill()
+    own_redis.kill()
     assert [call_first() for _ in range(10)] == ["ok"] * 10  # its share: 20 // 2
-    server.start()
+    own_redis.start()
     back_from_outage(first)
     with pytest.raises(RateLimitTimeout):  # its share is spent for this window (the grace time)...
         call_first()  # ...but first what it did meanwhile went to Redis
-    second = RedisBackend(server.url)  # a process that never saw the outage
+    second = RedisBackend(own_redis.url)  # a process that never saw the outage
 
     @rate_limited(20, 2.0, key="starts-adopted", backend=second, max_wait=0)
     def call_second() -> str:
@@ -166,11 +160,11 @@ def test_starts_made_without_redis_join_the_shared_window_redis(server: RedisSer
 
 
 async def test_callers_cancelled_while_their_start_is_reserved_give_the_start_back_redis(
-    server: RedisServer,
+    own_redis: RedisServer,
 ) -> None:
     import asyncio
 
-    backend = RedisBackend(server.url)
+    backend = RedisBackend(own_redis.url)
 
     @rate_limited(2, 1.0, key="unreserve", backend=backend)
     async def call() -> str:
@@ -192,8 +186,8 @@ async def test_callers_cancelled_while_their_start_is_reserved_give_the_start_ba
     backend.close()
 
 
-def test_max_wait_zero_takes_a_free_slot_though_a_waiter_is_queued_redis(server: RedisServer) -> None:
-    backend = RedisBackend(server.url)
+def test_max_wait_zero_takes_a_free_slot_though_a_waiter_is_queued_redis(own_redis: RedisServer) -> None:
+    backend = RedisBackend(own_redis.url)
 
     @rate_limited(concurrency=3, key="free-slot", backend=backend)
     def hold(entered: threading.Event, leave: threading.Event) -> None:
@@ -219,24 +213,24 @@ def test_max_wait_zero_takes_a_free_slot_though_a_waiter_is_queued_redis(server:
     backend.close()
 
 
-def test_a_call_run_across_two_outages_holds_one_slot_of_the_share_redis(server: RedisServer) -> None:
-    backend = RedisBackend(server.url, socket_timeout=0.3)
+def test_a_call_run_across_two_outages_holds_one_slot_of_the_share_redis(own_redis: RedisServer) -> None:
+    backend = RedisBackend(own_redis.url, socket_timeout=0.3)
 
     @rate_limited(1_000, 0.2, concurrency=2, key="two-outages", backend=backend, max_wait=0.5)
     def hold(entered: threading.Event, leave: threading.Event) -> None:
         entered.set()
         leave.wait(20)
 
-    server.kill()
+    own_redis.kill()
     long_call = Holders(hold)
     long_call.start(1)  # admitted by the share, Redis down at start
-    server.start()
+    own_redis.start()
     back_from_outage(backend)
     back = Holders(hold)
     back.start(1)  # back: the long call is written to Redis (adopted) before this one
     back.release_all()
     time.sleep(5.5)  # past the grace time (one period plus the longest backoff)
-    server.kill()
+    own_redis.kill()
     during = Holders(hold)
     during.start(1)  # the share holds the long call and this one: 2 of 2
     long_call.release_all()  # its slot is free once, not twice
@@ -250,9 +244,9 @@ def test_a_call_run_across_two_outages_holds_one_slot_of_the_share_redis(server:
 
 
 def test_a_lease_dropped_by_an_admission_cut_off_by_the_outage_frees_its_slot_in_the_share_redis(
-    server: RedisServer,
+    own_redis: RedisServer,
 ) -> None:
-    backend = RedisBackend(server.url, socket_timeout=0.3)
+    backend = RedisBackend(own_redis.url, socket_timeout=0.3)
 
     @rate_limited(1, 2.0, concurrency=1, key="dropped-lease", backend=backend, max_wait=8.0)
     def call() -> str:
@@ -272,9 +266,9 @@ def test_a_lease_dropped_by_an_admission_cut_off_by_the_outage_frees_its_slot_in
 
     reserved = threading.Thread(target=keep(call), daemon=True)
     reserved.start()  # holds a lease while it sleeps until its start
-    assert eventually(lambda: leases(server, "dropped-lease") == 1, 2.0)
+    assert eventually(lambda: leases(own_redis, "dropped-lease") == 1, 2.0)
     time.sleep(0.3)  # its reply has reached it: the lease is this process's now, 1.7 s before its start
-    server.kill()
+    own_redis.kill()
     in_outage = threading.Thread(target=keep(call), daemon=True)
     in_outage.start()  # switches to the share, which counts the reserved caller's lease as running
     # The reserved caller wakes in the share's pause, cannot confirm its start with Redis gone,

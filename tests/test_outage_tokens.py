@@ -4,24 +4,17 @@ restarted)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from glm_guard import RateLimitTimeout, rate_limited
+from glm_guard import rate_limited
 from glm_guard.backends import RedisBackend
 
 from .conftest import RedisServer
-from .helpers import eventually
+from .helpers import admitted_at_once, eventually
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    with RedisServer() as running:
-        yield running
 
 
 def counted(server: RedisServer, key: str) -> int:
@@ -33,63 +26,56 @@ def counted(server: RedisServer, key: str) -> int:
         client.close()
 
 
-def test_tokens_reserved_without_redis_join_the_shared_budget_redis(server: RedisServer) -> None:
+def test_tokens_reserved_without_redis_join_the_shared_budget_redis(own_redis: RedisServer) -> None:
     key = "tokens-adopted"
-    first = RedisBackend(server.url, socket_timeout=0.3, expected_processes=1)  # its share: the whole budget
+    first = RedisBackend(own_redis.url, socket_timeout=0.3, expected_processes=1)  # its share: the whole budget
 
     @rate_limited(tokens=1000, period=5.0, key=key, backend=first, max_wait=0, estimate=lambda: 100)
     def call_first() -> dict[str, Any]:
         return {"usage": {"total_tokens": 100}}
 
-    server.kill()
+    own_redis.kill()
     for _ in range(7):
         call_first()  # 700 reserved from the share, unknown to Redis
-    server.start()
+    own_redis.start()
     assert eventually(first.health.available, 6.0)
     call_first()  # what the share reserved goes to Redis first, then this call's 100
-    assert counted(server, key) == 800
-    second = RedisBackend(server.url)  # a process that never saw the outage
+    assert counted(own_redis, key) == 800
+    second = RedisBackend(own_redis.url)  # a process that never saw the outage
 
     @rate_limited(tokens=1000, period=5.0, key=key, backend=second, max_wait=0, estimate=lambda: 100)
     def call_second() -> dict[str, Any]:
         return {"usage": {"total_tokens": 100}}
 
-    admitted = 0
-    for _ in range(10):
-        try:
-            call_second()
-            admitted += 1
-        except RateLimitTimeout:
-            break
-    assert admitted == 2  # 1000 - 800: not 9, as when Redis knew only the last call
+    assert admitted_at_once(call_second, 10) == 2  # 1000 - 800: not 9, as when Redis knew only the last call
     first.close()
     second.close()
 
 
-def test_each_reservation_is_written_back_once_across_outages_redis(server: RedisServer) -> None:
+def test_each_reservation_is_written_back_once_across_outages_redis(own_redis: RedisServer) -> None:
     key = "tokens-adopted-once"
-    first = RedisBackend(server.url, socket_timeout=0.3, expected_processes=1)
+    first = RedisBackend(own_redis.url, socket_timeout=0.3, expected_processes=1)
 
     @rate_limited(tokens=1000, period=8.0, key=key, backend=first, max_wait=0, estimate=lambda: 100)
     def call() -> dict[str, Any]:
         return {"usage": {"total_tokens": 100}}
 
-    server.kill()
+    own_redis.kill()
     for _ in range(3):
         call()
-    server.start()
+    own_redis.start()
     assert eventually(first.health.available, 6.0)
     call()
-    assert counted(server, key) == 400
-    server.pause()  # away again, its state kept: the next adoption brings only what is new
+    assert counted(own_redis, key) == 400
+    own_redis.pause()  # away again, its state kept: the next adoption brings only what is new
     try:
         call()  # times out on Redis: the share serves it
     finally:
-        server.resume()
+        own_redis.resume()
     assert eventually(first.health.available, 6.0)
     call()
     # 400, the share's new 100 and this call's: the 400 adopted before are not written again
     # (which would make 1000 and refuse this call).  The admission cut off by the pause may
     # still have run when Redis woke, and holds its 100 until the window passes.
-    assert 600 <= counted(server, key) <= 700
+    assert 600 <= counted(own_redis, key) <= 700
     first.close()

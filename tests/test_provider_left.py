@@ -28,6 +28,8 @@ from glm_guard.backends._window import WindowState
 from glm_guard.testing import run_provider_simulator
 from glm_guard.testing._provider import ProviderSimulator
 
+from .helpers import admitted_at_once
+
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = [{"role": "user", "content": "Say hello."}]  # 10 prompt tokens, as the simulator counts
 NOW = 1_000.0
@@ -198,13 +200,6 @@ def test_what_one_process_hears_of_tokens_left_holds_back_another_redis(redis_ur
         def call() -> dict[str, Any]:
             return {"usage": {"total_tokens": 40}}
 
-        admitted = 0
-        for _ in range(30):
-            try:
-                call()
-                admitted += 1
-            except RateLimitTimeout:
-                break
-        assert admitted == 1  # 60 + 840 after the first report; 60 more and no more after the second
+        assert admitted_at_once(call, 30) == 1  # 60 + 840 after the first report; 60 more and no more after the second
     finally:
         other.close()
