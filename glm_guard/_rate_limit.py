@@ -7,7 +7,7 @@ import dataclasses
 import functools
 import time
 from collections.abc import AsyncIterator, Callable, Generator
-from typing import Any, Final, ParamSpec, TypeVar, cast, overload
+from typing import Any, Final, ParamSpec, TypedDict, TypeVar, Unpack, cast, overload
 
 from . import _validate
 from ._auto_concurrency import AutoConcurrency
@@ -23,7 +23,7 @@ from .backends import Limiter, LimitPolicy, get_backend
 from .backends._base import AsyncPermit, Backend, Outcome, Permit, ProviderLeft, Spending
 from .backends._pauses import KeyPaused
 
-__all__ = ["rate_limited"]
+__all__ = ["LimitOptions", "RateOptions", "rate_limited"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -37,6 +37,29 @@ MAX_COOLDOWN_SECONDS: Final = 600.0
 RESET_MARGIN_SECONDS: Final = 0.02
 
 
+class RateOptions(TypedDict, total=False):
+    """How ``rate_limited`` admits calls; ``glm_guard.http``'s transports take these too."""
+
+    concurrency: int | AutoConcurrency | str | None
+    max_wait: float | None
+    cooldown: float | None
+    on_backend_error: str | None
+    arrears_pause: float | None
+    overload_pause: float | None
+    burst: tuple[int, float] | None
+
+
+class LimitOptions(RateOptions, total=False):
+    """``rate_limited``'s keywords: how it admits calls, and the token budget it estimates from
+    the decorated call's arguments (a transport sees no arguments, so it has no budget)."""
+
+    tokens: int | None
+    estimate: Estimate | None
+    tokenizer: Tokenizer | None
+    refund_unused: bool
+    tokens_of: str
+
+
 @overload
 def rate_limited(calls: Callable[P, R], /) -> Callable[P, R]: ...
 
@@ -46,20 +69,9 @@ def rate_limited(
     calls: int | None = None,
     period: float | None = None,
     *,
-    concurrency: int | AutoConcurrency | str | None = None,
     key: str | None = None,
     backend: str | Backend | None = None,
-    max_wait: float | None = None,
-    cooldown: float | None = None,
-    on_backend_error: str | None = None,
-    arrears_pause: float | None = None,
-    overload_pause: float | None = None,
-    tokens: int | None = None,
-    estimate: Estimate | None = None,
-    tokenizer: Tokenizer | None = None,
-    burst: tuple[int, float] | None = None,
-    refund_unused: bool = True,
-    tokens_of: str = "all",
+    **options: Unpack[LimitOptions],
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -67,20 +79,9 @@ def rate_limited(
     calls: Any = None,
     period: float | None = None,
     *,
-    concurrency: int | AutoConcurrency | str | None = None,
     key: str | None = None,
     backend: str | Backend | None = None,
-    max_wait: float | None = None,
-    cooldown: float | None = None,
-    on_backend_error: str | None = None,
-    arrears_pause: float | None = None,
-    overload_pause: float | None = None,
-    tokens: int | None = None,
-    estimate: Estimate | None = None,
-    tokenizer: Tokenizer | None = None,
-    burst: tuple[int, float] | None = None,
-    refund_unused: bool = True,
-    tokens_of: str = "all",
+    **options: Unpack[LimitOptions],
 ) -> Any:
     """Admit at most ``calls`` starts in any ``period`` seconds and ``concurrency`` in flight.
 
@@ -131,22 +132,8 @@ def rate_limited(
     """
     if callable(calls):
         return rate_limited()(calls)
-    guard = limit_guard(
-        calls,
-        period,
-        concurrency,
-        max_wait,
-        cooldown,
-        on_backend_error,
-        arrears_pause,
-        overload_pause,
-        tokens=tokens,
-        estimate=estimate,
-        tokenizer=tokenizer,
-        burst=burst,
-        refund_unused=refund_unused,
-        tokens_of=tokens_of,
-    )
+    _validate.known_keywords("rate_limited", options, LimitOptions.__optional_keys__)
+    guard = limit_guard(calls, period, **options)
     explicit_key = _validate.key_name("key", key)
     store = get_backend(backend)
 
@@ -162,19 +149,19 @@ def rate_limited(
 
 
 def limit_guard(
-    calls: int | None,
-    period: float | None,
-    concurrency: int | AutoConcurrency | str | None,
-    max_wait: float | None,
-    cooldown: float | None,
-    on_backend_error: str | None,
-    arrears_pause: float | None,
-    overload_pause: float | None,
+    calls: int | None = None,
+    period: float | None = None,
     *,
+    concurrency: int | AutoConcurrency | str | None = None,
+    max_wait: float | None = None,
+    cooldown: float | None = None,
+    on_backend_error: str | None = None,
+    arrears_pause: float | None = None,
+    overload_pause: float | None = None,
+    burst: tuple[int, float] | None = None,
     tokens: int | None = None,
     estimate: Estimate | None = None,
     tokenizer: Tokenizer | None = None,
-    burst: tuple[int, float] | None = None,
     refund_unused: bool = True,
     tokens_of: str = "all",
 ) -> _Guard:

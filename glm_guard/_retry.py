@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterable
 from contextvars import Token
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar, cast, overload
+from typing import Any, ParamSpec, TypedDict, TypeVar, Unpack, cast, overload
 
 from . import _validate
 from ._call_context import RETRYING, Retrying
@@ -26,7 +26,7 @@ from ._stack import Stack, entry, join
 from ._wrapping import default_key, kind_of, unwrap_descriptor
 from .backends._base import RetryBudget, RetryBudgetPolicy
 
-__all__ = ["retry_on_1302"]
+__all__ = ["BackoffOptions", "RetryOptions", "retry_on_1302"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -131,41 +131,42 @@ def _codes(name: str, codes: Iterable[str | int] | None, default: frozenset[str]
     return result
 
 
+class BackoffOptions(TypedDict, total=False):
+    """How ``retry_on_1302`` retries; ``glm_guard.http``'s transports take these too."""
+
+    max_time: float | None
+    base_delay: float
+    max_delay: float
+    jitter: bool
+    retry_codes: Iterable[str | int] | None
+    permanent_codes: Iterable[str | int] | None
+    retry_budget: RetryBudgetPolicy | bool | None
+
+
+class RetryOptions(BackoffOptions, total=False):
+    """``retry_on_1302``'s keywords after ``max_tries``: how it retries, and whether an error
+    returned as the decorated function's value counts (a transport reads the answer itself)."""
+
+    retry_on_result: bool
+
+
 @overload
 def retry_on_1302(max_tries: Callable[P, R], /) -> Callable[P, R]: ...
 
 
 @overload
 def retry_on_1302(
-    max_tries: int = 5,
-    *,
-    max_time: float | None = None,
-    base_delay: float = 1.0,
-    max_delay: float = 60.0,
-    jitter: bool = True,
-    retry_codes: Iterable[str | int] | None = None,
-    permanent_codes: Iterable[str | int] | None = None,
-    retry_on_result: bool = False,
-    retry_budget: RetryBudgetPolicy | bool | None = None,
+    max_tries: int = 5, **options: Unpack[RetryOptions]
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
-def retry_on_1302(
-    max_tries: Any = 5,
-    *,
-    max_time: float | None = None,
-    base_delay: float = 1.0,
-    max_delay: float = 60.0,
-    jitter: bool = True,
-    retry_codes: Iterable[str | int] | None = None,
-    permanent_codes: Iterable[str | int] | None = None,
-    retry_on_result: bool = False,
-    retry_budget: RetryBudgetPolicy | bool | None = None,
-) -> Any:
+def retry_on_1302(max_tries: Any = 5, **options: Unpack[RetryOptions]) -> Any:
     """Retry rate-limit errors (GLM 1302 and kin) with exponential backoff and full jitter.
 
-    At most ``max_tries`` attempts in all, never sleeping past ``max_time`` seconds from the
-    first.  A provider's Retry-After (capped by ``max_delay``) replaces the backoff delay.
+    At most ``max_tries`` attempts in all (default 5), never sleeping past ``max_time`` seconds
+    from the first (default: no limit).  The delay starts at ``base_delay`` (1 s) and doubles up
+    to ``max_delay`` (60 s), each drawn at random below that (``jitter=False``: exactly that).
+    A provider's Retry-After (capped by ``max_delay``) replaces the backoff delay.
     Permanent errors (1113 arrears, quota windows, auth, content filter) and errors that are
     not rate limits propagate unchanged after the first attempt.  When attempts run out,
     :class:`~glm_guard.GLMRateLimitException` is raised from the last error.
@@ -184,9 +185,8 @@ def retry_on_1302(
     """
     if callable(max_tries):
         return retry_on_1302()(max_tries)
-    make_policy, classifier = retry_policy(
-        max_tries, max_time, base_delay, max_delay, jitter, retry_codes, permanent_codes, retry_on_result, retry_budget
-    )
+    _validate.known_keywords("retry_on_1302", options, RetryOptions.__optional_keys__)
+    make_policy, classifier = retry_policy(max_tries, **options)
 
     def decorate(target: Callable[P, R]) -> Callable[P, R]:
         fn, rewrap = unwrap_descriptor(target)
@@ -199,15 +199,16 @@ def retry_on_1302(
 
 
 def retry_policy(
-    max_tries: object,
-    max_time: float | None,
-    base_delay: float,
-    max_delay: float,
-    jitter: object,
-    retry_codes: Iterable[str | int] | None,
-    permanent_codes: Iterable[str | int] | None,
-    retry_on_result: object,
-    retry_budget: object,
+    max_tries: object = 5,
+    *,
+    max_time: float | None = None,
+    base_delay: float = 1.0,
+    max_delay: float = 60.0,
+    jitter: object = True,
+    retry_codes: Iterable[str | int] | None = None,
+    permanent_codes: Iterable[str | int] | None = None,
+    retry_budget: object = None,
+    retry_on_result: object = False,
 ) -> tuple[Callable[[str], _RetryPolicy], Classifier | None]:
     """``retry_on_1302``'s policy, validated (a bad value names its parameter): a maker of the
     frozen policy for a name, and the classifier (``None``: the default one).

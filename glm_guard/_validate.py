@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Mapping
 from typing import Final
 
 from ._errors import ConfigurationError
@@ -58,6 +59,14 @@ def seconds(
     if value > MAX_SECONDS:
         raise ConfigurationError(name, f"must be at most {MAX_SECONDS:.0f} seconds (ten years), got {value!r}")
     return float(value)
+
+
+def known_keywords(function: str, given: Mapping[str, object], known: Collection[str]) -> None:
+    """Refuse a keyword the function does not take, as Python would had it spelled each one out
+    (functions that forward a group of keywords as ``**options`` take only the group's names)."""
+    for name in given:
+        if name not in known:
+            raise TypeError(f"{function}() got an unexpected keyword argument {name!r}")
 
 
 def key_name(name: str, value: object) -> str | None:

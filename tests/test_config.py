@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 import glm_guard
+import glm_guard.http
 from glm_guard import ConfigurationError, Settings
 
 
@@ -246,6 +249,20 @@ def test_durations_past_ten_years_fail_at_decoration() -> None:
     with pytest.raises(ConfigurationError, match=r"^max_time:"):
         glm_guard.retry_on_1302(max_time=1e300)
     assert glm_guard.cached_response(ttl=9 * 365 * 86400.0) is not None
+
+
+@pytest.mark.parametrize(
+    ("name", "decorate"),
+    [
+        ("rate_limited", lambda: glm_guard.rate_limited(5, colldown=1.0)),
+        ("retry_on_1302", lambda: glm_guard.retry_on_1302(max_tim=1.0)),
+        ("GuardedTransport", lambda: glm_guard.http.client(calls=5, retry_on_result=True)),
+    ],
+)
+def test_a_misspelt_keyword_fails_at_decoration_naming_it(name: str, decorate: Callable[[], object]) -> None:
+    """The decorators forward their keywords as a group, so a typo must not slip through."""
+    with pytest.raises(TypeError, match=rf"^{name}\(\) got an unexpected keyword argument '\w+'$"):
+        decorate()
 
 
 @pytest.mark.parametrize(

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Final, NamedTuple, TypedDict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final, NamedTuple, Unpack, cast
 
 from .. import _validate
-from .._auto_concurrency import AutoConcurrency
 from .._classify import DEFAULT_CLASSIFIER
 from .._errors import ConfigurationError
-from .._rate_limit import _Guard, limit_guard
-from .._retry import _RetryPolicy, retry_policy
+from .._rate_limit import RateOptions, _Guard, limit_guard
+from .._retry import BackoffOptions, _RetryPolicy, retry_policy
 from .._stack import Stack
 from ..backends import Limiter, get_backend
 from ..monitoring import _recorder
@@ -25,9 +24,9 @@ from ..monitoring import _recorder
 if TYPE_CHECKING:
     import httpx
 
-    from ..backends._base import Backend, RetryBudgetPolicy
+    from ..backends._base import Backend
 
-__all__ = ["KeyFunction", "Policy", "PolicyOptions", "default_key"]
+__all__ = ["KeyFunction", "Policy", "PolicyOptions", "SharedOptions", "default_key"]
 
 KeyFunction = Callable[["httpx.Request"], str]
 
@@ -35,28 +34,19 @@ KeyFunction = Callable[["httpx.Request"], str]
 _MAX_BODY_FOR_MODEL: Final = 4 * 1024 * 1024
 
 
-class PolicyOptions(TypedDict, total=False):
-    """The keywords of ``rate_limited`` and ``retry_on_1302``; ``key`` may also be a function."""
+class SharedOptions(RateOptions, BackoffOptions, total=False):
+    """The keywords a transport passes on unchanged to the decorators' own validation."""
+
+
+class PolicyOptions(SharedOptions, total=False):
+    """The keywords of ``rate_limited`` and ``retry_on_1302`` a transport takes; ``key`` may
+    also be a function of the request."""
 
     calls: int | None
     period: float | None
-    concurrency: int | AutoConcurrency | str | None
     key: str | KeyFunction | None
     backend: str | Backend | None
-    max_wait: float | None
-    cooldown: float | None
-    on_backend_error: str | None
-    arrears_pause: float | None
-    overload_pause: float | None
-    burst: tuple[int, float] | None
     max_tries: int
-    max_time: float | None
-    base_delay: float
-    max_delay: float
-    jitter: bool
-    retry_codes: Iterable[str | int] | None
-    permanent_codes: Iterable[str | int] | None
-    retry_budget: RetryBudgetPolicy | bool | None
 
 
 def default_key(request: httpx.Request) -> str:
@@ -102,30 +92,16 @@ class Policy:
         *,
         calls: int | None = None,
         period: float | None = None,
-        concurrency: int | AutoConcurrency | str | None = None,
         key: str | KeyFunction | None = None,
         backend: str | Backend | None = None,
-        max_wait: float | None = None,
-        cooldown: float | None = None,
-        on_backend_error: str | None = None,
-        arrears_pause: float | None = None,
-        overload_pause: float | None = None,
-        burst: tuple[int, float] | None = None,
         max_tries: int = 5,
-        max_time: float | None = None,
-        base_delay: float = 1.0,
-        max_delay: float = 60.0,
-        jitter: bool = True,
-        retry_codes: Iterable[str | int] | None = None,
-        permanent_codes: Iterable[str | int] | None = None,
-        retry_budget: RetryBudgetPolicy | bool | None = None,
+        **shared: Unpack[SharedOptions],
     ) -> None:
-        self.guard: _Guard = limit_guard(
-            calls, period, concurrency, max_wait, cooldown, on_backend_error, arrears_pause, overload_pause, burst=burst
-        )
-        self._make_retry, classifier = retry_policy(
-            max_tries, max_time, base_delay, max_delay, jitter, retry_codes, permanent_codes, False, retry_budget
-        )
+        _validate.known_keywords("GuardedTransport", shared, SharedOptions.__optional_keys__)
+        rate = {name: value for name, value in shared.items() if name in RateOptions.__optional_keys__}
+        retry = {name: value for name, value in shared.items() if name in BackoffOptions.__optional_keys__}
+        self.guard: _Guard = limit_guard(calls, period, **cast(RateOptions, rate))
+        self._make_retry, classifier = retry_policy(max_tries, **cast(BackoffOptions, retry))
         self.classifier = classifier or DEFAULT_CLASSIFIER
         if key is not None and not callable(key):
             _validate.key_name("key", key)
