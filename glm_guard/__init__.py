@@ -39,25 +39,28 @@ from ._retry import retry_on_1302
 from ._token_budget import count_tokens, token_estimate
 from .backends._base import RetryBudgetPolicy
 from .monitoring import configure_stats, on_alert, rate_limit_stats, stats, subscribe
-from .monitoring._events import (
-    Alert,
-    AttemptEvent,
-    CacheEvent,
-    CallEvent,
-    FallbackEvent,
-    GuardEvent,
-    LimitChanged,
-    RetryEvent,
-    WaitEvent,
-)
 
 if TYPE_CHECKING:
     from ._api_errors import GLMAPIError, GLMStreamError
     from ._client import AsyncLLMClient, LLMClient, get_llm_client
     from ._sdk import SDKRetryWarning, sdk_retries_off
 
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("glm-guard")
+
+
+#: The event classes live in glm_guard.monitoring; they stay reachable here for code that
+#: imported them from the top level before they moved.
+_MOVED_TO_MONITORING = (
+    "Alert AttemptEvent CacheEvent CallEvent FallbackEvent GuardEvent LimitChanged RetryEvent WaitEvent"
+)
+
 # The client pulls in more than the decorators need; it is imported on first use.
-_LAZY = {
+_LAZY: dict[str, _lazy.Source] = {
+    "__version__": _version,
     "AsyncLLMClient": "._client",
     "GLMAPIError": "._api_errors",
     "GLMStreamError": "._api_errors",
@@ -65,40 +68,32 @@ _LAZY = {
     "get_llm_client": "._client",
     "SDKRetryWarning": "._sdk",
     "sdk_retries_off": "._sdk",
+    **dict.fromkeys(_MOVED_TO_MONITORING.split(), ".monitoring"),
 }
 
 __all__ = [
     "AccountInArrears",
-    "Alert",
     "AsyncLLMClient",
-    "AttemptEvent",
     "AutoConcurrency",
     "BackendError",
     "BackendRefused",
     "BackendRequestError",
-    "CacheEvent",
-    "CallEvent",
     "Classifier",
     "ConfigurationError",
     "ErrorInfo",
-    "FallbackEvent",
     "GLMAPIError",
     "GLMGuardError",
     "GLMRateLimitException",
     "GLMStreamError",
-    "GuardEvent",
     "KeyPausedError",
     "LLMClient",
-    "LimitChanged",
     "ModelOverloaded",
     "QuotaExhausted",
     "RateLimitTimeout",
     "RetryBudgetExhausted",
     "RetryBudgetPolicy",
-    "RetryEvent",
     "SDKRetryWarning",
     "Settings",
-    "WaitEvent",
     "__version__",
     "cached_response",
     "configure_stats",
@@ -121,9 +116,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    if name == "__version__":
-        from importlib.metadata import version
-
-        return version("glm-guard")
-    return _lazy.load(__name__, globals(), _LAZY, name)
+__getattr__ = _lazy.module_getattr(__name__, globals(), _LAZY)

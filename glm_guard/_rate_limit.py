@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import functools
 import time
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import Any, Final, ParamSpec, TypedDict, TypeVar, Unpack, cast, overload
 
 from . import _validate
@@ -340,19 +340,23 @@ class _Held:
             if self.told_left is not None and self.policy.tokens is not None:
                 self.permit.provider_left = ProviderLeft(*self.told_left, self.policy.tokens, self.policy.period)
 
-    def _timed(self, started: float, timed_out: bool) -> None:
-        self.stack.waited(time.perf_counter() - started, timed_out)
-
-    def __enter__(self) -> _Held:
+    @contextlib.contextmanager
+    def _admitting(self) -> Iterator[None]:
+        """Around either flavour's wait for a permit: report the wait, and turn a paused key
+        into the caller's own refusal."""
         started = time.perf_counter()
         try:
-            self.permit: Permit | AsyncPermit = self.limiter.acquire(self.policy, self.guard.max_wait)
+            yield
         except RateLimitTimeout:
-            self._timed(started, True)
+            self.stack.waited(time.perf_counter() - started, True)
             raise
         except KeyPaused as paused:
             raise refusal(paused) from None
-        self._timed(started, False)
+        self.stack.waited(time.perf_counter() - started, False)
+
+    def __enter__(self) -> _Held:
+        with self._admitting():
+            self.permit: Permit | AsyncPermit = self.limiter.acquire(self.policy, self.guard.max_wait)
         return self
 
     def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
@@ -368,15 +372,8 @@ class _Held:
             cast(Permit, self.permit).release(outcome)
 
     async def __aenter__(self) -> _Held:
-        started = time.perf_counter()
-        try:
+        with self._admitting():
             self.permit = await self.limiter.acquire_async(self.policy, self.guard.max_wait)
-        except RateLimitTimeout:
-            self._timed(started, True)
-            raise
-        except KeyPaused as paused:
-            raise refusal(paused) from None
-        self._timed(started, False)
         return self
 
     async def __aexit__(self, kind: object, error: BaseException | None, traceback: object) -> None:

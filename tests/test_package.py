@@ -37,3 +37,12 @@ def test_py_typed_is_shipped() -> None:
     assert any(str(f).endswith("py.typed") for f in files) or (
         __import__("pathlib").Path(glm_guard.__file__).with_name("py.typed").exists()
     )
+
+
+def test_event_classes_live_in_monitoring_and_old_top_level_imports_still_work() -> None:
+    import glm_guard.monitoring
+
+    for name in ("Alert", "AttemptEvent", "CacheEvent", "CallEvent", "FallbackEvent", "GuardEvent", "LimitChanged"):
+        assert name in glm_guard.monitoring.__all__
+        assert name not in glm_guard.__all__
+        assert getattr(glm_guard, name) is getattr(glm_guard.monitoring, name)

@@ -287,7 +287,7 @@ def test_cooldown_follows_the_retry_codes_of_the_stack(local_backend: Any) -> No
     """One classifier per stack: codes retry_on_1302 names are what rate_limited pauses for, and what stats count."""
     from glm_guard import RateLimitTimeout, rate_limited
 
-    seen: list[glm_guard.GuardEvent] = []
+    seen: list[glm_guard.monitoring.GuardEvent] = []
     unsubscribe = glm_guard.subscribe(seen.append)
 
     @retry_on_1302(1, retry_codes=["9999"])
@@ -307,7 +307,7 @@ def test_cooldown_follows_the_retry_codes_of_the_stack(local_backend: Any) -> No
             call("9999")  # the cooldown holds every caller of the key
     finally:
         unsubscribe()
-    attempts = [e for e in seen if isinstance(e, glm_guard.AttemptEvent)]
+    attempts = [e for e in seen if isinstance(e, glm_guard.monitoring.AttemptEvent)]
     assert [e.error_kind for e in attempts] == ["other", "other", "rate_limit"]
     assert attempts[-1].code == "9999"
 

@@ -162,7 +162,7 @@ def test_policies_of_one_key_count_the_same_calls(timed_backend: LocalBackend) -
 
 
 def test_when_every_call_is_refused_attempts_stay_within_the_budget(backend: Backend) -> None:
-    events: list[glm_guard.GuardEvent] = []
+    events: list[glm_guard.monitoring.GuardEvent] = []
     unsubscribe = glm_guard.subscribe(events.append)
     attempts, call = always_1302(backend, "budget-bound")
     try:

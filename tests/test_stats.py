@@ -542,7 +542,7 @@ def test_an_unreachable_redis_falls_back_to_this_process_redis(redis_server: Any
 def test_1302_alert_fires_once_and_again_on_recovery(
     clock: Clock, local_backend: LocalBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
-    seen: list[glm_guard.Alert] = []
+    seen: list[glm_guard.monitoring.Alert] = []
     unregister = glm_guard.on_alert(seen.append)
     busy = [0]
 

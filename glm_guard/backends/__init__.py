@@ -39,11 +39,10 @@ __all__ = [
 
 
 # Imported on first use: the local one pulls in asyncio, the Redis one redis-py.
-_LAZY = {"LocalBackend": "._local", "RedisBackend": "._redis"}
+_LAZY: dict[str, _lazy.Source] = {"LocalBackend": "._local", "RedisBackend": "._redis"}
 
 
-def __getattr__(name: str) -> object:
-    return _lazy.load(__name__, globals(), _LAZY, name)
+__getattr__ = _lazy.module_getattr(__name__, globals(), _LAZY)
 
 
 _VALID = (

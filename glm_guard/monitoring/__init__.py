@@ -47,8 +47,16 @@ if TYPE_CHECKING:
 
     app: Monitor
 
+
+def _default_app() -> Monitor:
+    from ._app import create_app
+
+    return create_app()
+
+
 # Exporters and the HTTP app are imported on first use: the guards need none of them.
-_LAZY = {
+_LAZY: dict[str, _lazy.Source] = {
+    "app": _default_app,
     "DEFAULT_PREFIX": "._app",
     "Monitor": "._app",
     "Response": "._app",
@@ -83,10 +91,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    if name == "app":
-        from ._app import create_app
-
-        globals()["app"] = app = create_app()
-        return app
-    return _lazy.load(__name__, globals(), _LAZY, name)
+__getattr__ = _lazy.module_getattr(__name__, globals(), _LAZY)
