@@ -37,22 +37,56 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "Exit status: 0 when the demo ran and the guarded run had no failed call, 1 when it had "
         "(or a run crashed), 2 for bad options or a missing/unreachable REDIS_URL."
     )
-    numbers = (  # (option, value parser, default, metavar, help)
-        ("--requests", positive_int, 40, "N", "requests per run"),
-        ("--callers", positive_int, 10, "N", "concurrent callers sharing the requests, each one call after another"),
-        ("--concurrency", positive_int, 2, "N", "calls in flight the simulator allows; the guard uses the same limit"),
-        ("--latency", seconds, 0.2, "S", "simulated seconds per answer"),
-        ("--sleep", seconds, 1.2, "S", "the remedy's sleep after each successful call, as in the seed"),
-        ("--max-tries", positive_int, 5, "N", "the guard's attempts per call"),
-        ("--calls-per-minute", positive_int, 600, "N", "the guard's limit per sliding 60 s, beside the concurrency"),
-        ("--processes", positive_int, 1, "N", "worker processes sharing the callers (one limit with --backend redis)"),
-        ("--timeout", positive_seconds, 10.0, "S", "HTTP timeout per request"),
-        ("--high", positive_int, 4, "N", "peak-hour: the capacity before and after the peak"),
-        ("--low", positive_int, 2, "N", "peak-hour: the capacity during the peak"),
-        ("--phase", positive_seconds, 6.0, "S", "peak-hour: seconds per phase"),
-    )
-    for option, parse, default, metavar, text in numbers:
-        p.add_argument(option, type=parse, default=default, metavar=metavar, help=f"{text} (default: {default:g})")
+    groups = {  # title: (option, value parser, default, metavar, help) of each number
+        "the workload": (
+            ("--requests", positive_int, 40, "N", "requests per run"),
+            (
+                "--callers",
+                positive_int,
+                10,
+                "N",
+                "concurrent callers sharing the requests, each one call after another",
+            ),
+            (
+                "--concurrency",
+                positive_int,
+                2,
+                "N",
+                "calls in flight the simulator allows; the guard uses the same limit",
+            ),
+            ("--latency", seconds, 0.2, "S", "simulated seconds per answer"),
+            (
+                "--processes",
+                positive_int,
+                1,
+                "N",
+                "worker processes sharing the callers (one limit with --backend redis)",
+            ),
+        ),
+        "the seed's remedy and the guard": (
+            ("--sleep", seconds, 1.2, "S", "the remedy's sleep after each successful call, as in the seed"),
+            ("--max-tries", positive_int, 5, "N", "the guard's attempts per call"),
+            (
+                "--calls-per-minute",
+                positive_int,
+                600,
+                "N",
+                "the guard's limit per sliding 60 s, beside the concurrency",
+            ),
+            ("--timeout", positive_seconds, 10.0, "S", "HTTP timeout per request"),
+        ),
+        "the peak-hour scenario": (
+            ("--high", positive_int, 4, "N", "the capacity before and after the peak"),
+            ("--low", positive_int, 2, "N", "the capacity during the peak"),
+            ("--phase", positive_seconds, 6.0, "S", "seconds per phase"),
+        ),
+    }
+    for title, numbers in groups.items():
+        group = p.add_argument_group(title)
+        for option, parse, default, metavar, text in numbers:
+            group.add_argument(
+                option, type=parse, default=default, metavar=metavar, help=f"{text} (default: {default:g})"
+            )
     p.add_argument("--model", default="glm-4", help="model name sent, and the guard's key glm:MODEL (default: glm-4)")
     p.add_argument(
         "--backend",

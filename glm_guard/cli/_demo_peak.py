@@ -16,10 +16,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from .._errors import GLMRateLimitException
+from ._demo_workload import guarded_client
 
 __all__ = ["PeakConfig", "PeakResult", "peak_json", "render_peak", "run_peak"]
-
-_KEY = "glm-guard-peak-demo-key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,19 +58,10 @@ def _modes(cfg: PeakConfig) -> tuple[tuple[str, int | str], ...]:
 
 async def _backlogged(cfg: PeakConfig, base_url: str, concurrency: int | str, until: float) -> tuple[int, int]:
     """Callers asking one question after another until ``until``; ``(answered, failed)``."""
-    from .._client import AsyncLLMClient
     from ..backends._local import LocalBackend
 
-    client = AsyncLLMClient(
-        api_key=_KEY,
-        base_url=base_url,
-        model=cfg.model,
-        max_tries=cfg.max_tries,
-        timeout=cfg.timeout,
-        calls_per_minute=1_000_000,
-        concurrency=concurrency,
-        backend=LocalBackend(),  # each mode starts from nothing learned
-    )
+    # Each mode starts from nothing learned, in a backend of its own.
+    client = guarded_client(base_url, cfg, 1_000_000, concurrency, LocalBackend())
     answered = failed = 0
 
     async def caller(n: int) -> None:

@@ -15,12 +15,16 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._errors import GLMRateLimitException
 from ._demo_report import Progress
 
-__all__ = ["MODES", "DemoConfig", "RunResult", "label", "run_demo"]
+if TYPE_CHECKING:
+    from .._client import AsyncLLMClient
+    from ..backends import Backend
+
+__all__ = ["MODES", "DemoConfig", "RunResult", "guarded_client", "label", "run_demo"]
 
 DEMO_KEY = "glm-guard-demo-key"
 MODES = ("unguarded", "sleep", "guarded")
@@ -41,6 +45,35 @@ class DemoConfig:
     backend: str
     processes: int
     timeout: float
+
+
+class ClientOptions(Protocol):
+    """What every scenario of the demo sets on its guarded client the same way."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def max_tries(self) -> int: ...
+    @property
+    def timeout(self) -> float: ...
+
+
+def guarded_client(
+    base_url: str, options: ClientOptions, calls_per_minute: int, concurrency: int | str, backend: str | Backend
+) -> AsyncLLMClient:
+    """The seed's client on the simulator, with the scenario's limits."""
+    from .._client import AsyncLLMClient
+
+    return AsyncLLMClient(
+        api_key=DEMO_KEY,
+        base_url=base_url,
+        model=options.model,
+        max_tries=options.max_tries,
+        timeout=options.timeout,
+        calls_per_minute=calls_per_minute,
+        concurrency=concurrency,
+        backend=backend,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +118,7 @@ async def _run_share(
     """Each queue is one caller working through its requests one after another."""
     import httpx
 
-    from .._client import AsyncLLMClient, _parse
+    from .._client import _parse
 
     outcomes: list[Outcome] = []
     url = f"{base_url}/chat/completions"
@@ -93,16 +126,7 @@ async def _run_share(
     async with httpx.AsyncClient(timeout=cfg.timeout, headers=headers) as http:
         client = None
         if mode == "guarded":
-            client = AsyncLLMClient(
-                api_key=DEMO_KEY,
-                base_url=base_url,
-                model=cfg.model,
-                max_tries=cfg.max_tries,
-                timeout=cfg.timeout,
-                calls_per_minute=cfg.calls_per_minute,
-                concurrency=cfg.concurrency,
-                backend=cfg.backend,
-            )
+            client = guarded_client(base_url, cfg, cfg.calls_per_minute, cfg.concurrency, cfg.backend)
 
         async def call_glm_api(i: int) -> dict[str, Any]:
             """What the seed's services do today: one POST, no protection."""
