@@ -208,7 +208,9 @@ def limit_guard(
             "arrears": settings.arrears_pause if arrears is None else arrears,
             "overload": settings.overload_pause if overload is None else overload,
         },
-        None if policy.tokens is None else _Budget(estimate, tokenizer or count_tokens, refund_unused, tokens_of),
+        None
+        if policy.tokens is None
+        else _Budget(estimate, tokenizer or count_tokens, refund_unused, cast(TokenSide, tokens_of)),
     )
 
 
@@ -233,36 +235,25 @@ def _concurrency(value: object) -> int | AutoConcurrency | None:
     return _validate.positive_int("concurrency", value, optional=True)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
 class _Budget:
     """How a decorator with ``tokens`` estimates each call."""
 
-    __slots__ = ("estimate", "refund_unused", "side", "tokenizer")
-
-    def __init__(self, estimate: Estimate | None, tokenizer: Tokenizer, refund_unused: bool, side: str) -> None:
-        self.estimate = estimate
-        self.tokenizer = tokenizer
-        self.refund_unused = refund_unused
-        self.side = cast(TokenSide, side)
+    estimate: Estimate | None
+    tokenizer: Tokenizer
+    refund_unused: bool
+    side: TokenSide
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
 class _Guard:
     """One decorator's frozen policy, and the decisions it makes around each call."""
 
-    __slots__ = ("budget", "cooldown", "max_wait", "pauses", "policy")
-
-    def __init__(
-        self,
-        policy: LimitPolicy,
-        max_wait: float | None,
-        cooldown: float,
-        pauses: dict[str, float],
-        budget: _Budget | None = None,
-    ) -> None:
-        self.policy = policy
-        self.max_wait = max_wait
-        self.cooldown = cooldown
-        self.pauses = pauses
-        self.budget = budget
+    policy: LimitPolicy
+    max_wait: float | None
+    cooldown: float
+    pauses: dict[str, float]
+    budget: _Budget | None = None
 
     def policy_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LimitPolicy:
         """The policy of one call: the decorator's, with the call's reservation under a token budget."""

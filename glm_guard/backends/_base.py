@@ -286,8 +286,14 @@ class RetryBudget(ABC):
     counts it if so.  Neither raises: a backend that cannot reach its store decides alone.
     """
 
-    key: str
-    policy: RetryBudgetPolicy
+    __slots__ = ("key", "policy")
+
+    def __init__(self, key: str, policy: RetryBudgetPolicy) -> None:
+        self.key = key
+        self.policy = policy
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.key!r} {self.policy}>"
 
     @abstractmethod
     def deposit(self) -> None:

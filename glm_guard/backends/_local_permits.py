@@ -7,7 +7,7 @@ carries the pause it probes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ._base import AsyncPermit, Outcome, Permit, Spending
 
@@ -58,29 +58,26 @@ class Probe:
 
     __slots__ = ("_limiter", "_permit", "_since")
 
-    def __init__(self, limiter: LocalLimiter, permit: Permit, since: float) -> None:
+    def __init__(self, limiter: LocalLimiter, permit: Permit | AsyncPermit, since: float) -> None:
         self._limiter = limiter
         self._permit = permit
         self._since = since
+
+    def _probed(self, outcome: Outcome | None) -> None:
+        if outcome is Outcome.SUCCEEDED:
+            self._limiter.end_pause(self._since)
 
     def release(self, outcome: Outcome | None = None) -> None:
-        self._permit.release(outcome)
-        if outcome is Outcome.SUCCEEDED:
-            self._limiter.end_pause(self._since)
+        cast(Permit, self._permit).release(outcome)
+        self._probed(outcome)
 
 
-class AsyncProbe:
-    __slots__ = ("_limiter", "_permit", "_since")
+class AsyncProbe(Probe):
+    __slots__ = ()
 
-    def __init__(self, limiter: LocalLimiter, permit: AsyncPermit, since: float) -> None:
-        self._limiter = limiter
-        self._permit = permit
-        self._since = since
-
-    async def release(self, outcome: Outcome | None = None) -> None:
-        await self._permit.release(outcome)
-        if outcome is Outcome.SUCCEEDED:
-            self._limiter.end_pause(self._since)
+    async def release(self, outcome: Outcome | None = None) -> None:  # type: ignore[override]
+        await cast(AsyncPermit, self._permit).release(outcome)
+        self._probed(outcome)
 
 
 class Spend(Spending):
@@ -89,30 +86,25 @@ class Spend(Spending):
 
     __slots__ = ("_limiter", "_permit", "_spent")
 
-    def __init__(self, limiter: LocalLimiter, permit: Permit, spent: list[float]) -> None:
+    def __init__(self, limiter: LocalLimiter, permit: Permit | AsyncPermit, spent: list[float]) -> None:
         super().__init__()
         self._limiter = limiter
         self._permit = permit
         self._spent: list[float] | None = spent
+
+    def _settle(self) -> None:
+        spent, self._spent = self._spent, None
+        if spent is not None and (self.used is not None or self.provider_left is not None):
+            self._limiter.settle(spent, self.used, self.provider_left)
 
     def release(self, outcome: Outcome | None = None) -> None:
-        spent, self._spent = self._spent, None
-        if spent is not None and (self.used is not None or self.provider_left is not None):
-            self._limiter.settle(spent, self.used, self.provider_left)
-        self._permit.release(outcome)
+        self._settle()
+        cast(Permit, self._permit).release(outcome)
 
 
-class AsyncSpend(Spending):
-    __slots__ = ("_limiter", "_permit", "_spent")
+class AsyncSpend(Spend):
+    __slots__ = ()
 
-    def __init__(self, limiter: LocalLimiter, permit: AsyncPermit, spent: list[float]) -> None:
-        super().__init__()
-        self._limiter = limiter
-        self._permit = permit
-        self._spent: list[float] | None = spent
-
-    async def release(self, outcome: Outcome | None = None) -> None:
-        spent, self._spent = self._spent, None
-        if spent is not None and (self.used is not None or self.provider_left is not None):
-            self._limiter.settle(spent, self.used, self.provider_left)
-        await self._permit.release(outcome)
+    async def release(self, outcome: Outcome | None = None) -> None:  # type: ignore[override]
+        self._settle()
+        await cast(AsyncPermit, self._permit).release(outcome)

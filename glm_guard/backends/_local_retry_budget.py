@@ -80,15 +80,11 @@ class RetryCounts:
 class LocalRetryBudget(RetryBudget):
     """``counts`` under one policy."""
 
-    __slots__ = ("counts", "key", "policy")
+    __slots__ = ("counts",)
 
     def __init__(self, key: str, policy: RetryBudgetPolicy, counts: RetryCounts) -> None:
-        self.key = key
-        self.policy = policy
+        super().__init__(key, policy)
         self.counts = counts
-
-    def __repr__(self) -> str:
-        return f"<LocalRetryBudget {self.key!r} {self.policy}>"
 
     def deposit(self) -> None:
         self.counts.deposit()

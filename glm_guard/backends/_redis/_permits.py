@@ -8,7 +8,7 @@ just after an outage; or nothing to give back (no concurrency limit, the ``open`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 from ..._auto_concurrency import AutoConcurrency
 from .._base import AsyncPermit, Outcome, Permit, Spending
@@ -84,30 +84,29 @@ class AsyncUnshared(Unshared):
 class InGrace:
     """Admitted by Redis and by this process's share, just after an outage: both are given back."""
 
-    _redis_permit: Permit
+    _redis_permit: Permit | AsyncPermit
     _local_share: LocalShare
     _token: bytes | None
     _done: bool = False
 
+    def _share_ended(self) -> bool:
+        """Give the share's slot back, the first time only; whether this was the first time."""
+        if self._done:
+            return False
+        self._done = True
+        self._local_share.both_ended(self._token)
+        return True
+
     def release(self, outcome: Outcome | None = None) -> None:
-        if not self._done:
-            self._done = True
-            self._local_share.both_ended(self._token)
-            self._redis_permit.release(outcome)
+        if self._share_ended():
+            cast(Permit, self._redis_permit).release(outcome)
 
 
 @dataclass(slots=True)
-class AsyncInGrace:
-    _redis_permit: AsyncPermit
-    _local_share: LocalShare
-    _token: bytes | None
-    _done: bool = False
-
-    async def release(self, outcome: Outcome | None = None) -> None:
-        if not self._done:
-            self._done = True
-            self._local_share.both_ended(self._token)
-            await self._redis_permit.release(outcome)
+class AsyncInGrace(InGrace):
+    async def release(self, outcome: Outcome | None = None) -> None:  # type: ignore[override]
+        if self._share_ended():
+            await cast(AsyncPermit, self._redis_permit).release(outcome)
 
 
 @dataclass(slots=True)
@@ -124,24 +123,20 @@ class AsyncLocalOnly:
 class Probing:
     """The permit of the call let through at the end of a pause: its success ends the pause."""
 
-    _permit: Permit
+    _permit: Permit | AsyncPermit
     _limiter: RedisLimiter
     _since: int
 
     def release(self, outcome: Outcome | None = None) -> None:
-        self._permit.release(outcome)
+        cast(Permit, self._permit).release(outcome)
         if outcome is Outcome.SUCCEEDED:
             self._limiter.end_pause(self._since)
 
 
 @dataclass(slots=True)
-class AsyncProbing:
-    _permit: AsyncPermit
-    _limiter: RedisLimiter
-    _since: int
-
-    async def release(self, outcome: Outcome | None = None) -> None:
-        await self._permit.release(outcome)
+class AsyncProbing(Probing):
+    async def release(self, outcome: Outcome | None = None) -> None:  # type: ignore[override]
+        await cast(AsyncPermit, self._permit).release(outcome)
         if outcome is Outcome.SUCCEEDED:
             await self._limiter.end_pause_async(self._since)
 
@@ -152,35 +147,33 @@ class Spend(Spending):
 
     __slots__ = ("_inner", "_lease", "_limiter", "_token")
 
-    def __init__(self, limiter: RedisLimiter, token: bytes, lease: bool, inner: Permit) -> None:
+    def __init__(self, limiter: RedisLimiter, token: bytes, lease: bool, inner: Permit | AsyncPermit) -> None:
         super().__init__()
         self._limiter = limiter
         self._token: bytes | None = token
         self._lease = lease
         self._inner = inner
+
+    def _unsettled(self) -> bytes | None:
+        """The reservation's token, the first time only: it is settled once."""
+        token, self._token = self._token, None
+        return token
 
     def release(self, outcome: Outcome | None = None) -> None:
-        if self._token is not None:
-            token, self._token = self._token, None
+        token = self._unsettled()
+        if token is not None:
             self._limiter.settle(token, self._lease, self.used, self.provider_left)
-        self._inner.release(outcome)
+        cast(Permit, self._inner).release(outcome)
 
 
-class AsyncSpend(Spending):
-    __slots__ = ("_inner", "_lease", "_limiter", "_token")
+class AsyncSpend(Spend):
+    __slots__ = ()
 
-    def __init__(self, limiter: RedisLimiter, token: bytes, lease: bool, inner: AsyncPermit) -> None:
-        super().__init__()
-        self._limiter = limiter
-        self._token: bytes | None = token
-        self._lease = lease
-        self._inner = inner
-
-    async def release(self, outcome: Outcome | None = None) -> None:
-        if self._token is not None:
-            token, self._token = self._token, None
+    async def release(self, outcome: Outcome | None = None) -> None:  # type: ignore[override]
+        token = self._unsettled()
+        if token is not None:
             await self._limiter.settle_async(token, self._lease, self.used, self.provider_left)
-        await self._inner.release(outcome)
+        await cast(AsyncPermit, self._inner).release(outcome)
 
 
 class _NoLease:

@@ -84,13 +84,11 @@ class SharedRetryCounts:
 class RedisRetryBudget(RetryBudget):
     """``counts`` under one policy."""
 
-    def __init__(self, counts: SharedRetryCounts, policy: RetryBudgetPolicy) -> None:
-        self.key = counts.key
-        self.policy = policy
-        self._counts = counts
+    __slots__ = ("_counts",)
 
-    def __repr__(self) -> str:
-        return f"<RedisRetryBudget {self.key!r} {self.policy}>"
+    def __init__(self, counts: SharedRetryCounts, policy: RetryBudgetPolicy) -> None:
+        super().__init__(counts.key, policy)
+        self._counts = counts
 
     def deposit(self) -> None:
         self._counts.deposit()
