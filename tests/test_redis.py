@@ -329,11 +329,14 @@ def test_four_processes_share_one_limit_redis(redis_url: str) -> None:
         for _ in range(4)
     ]
     starts = sorted(s for p in processes for s in result(p)["starts"])
-    assert max_in_window(starts, period) <= calls
-    # Steady state: skip the first window (processes start at different moments).
+    # The fleet fills the shared budget and never passes it.
+    assert max_in_window(starts, period) == calls
+    # Steady state: skip the first window (processes start at different moments).  On a busy
+    # machine they start up to 1.5 s apart, and a start reserved too late is given back, so
+    # the slack is wide: this checks that the budget is used, not how exactly.
     first = starts[0]
     steady = [s for s in starts if first + 1.0 <= s < first + 3.0]
-    assert len(steady) >= 0.9 * calls * 2
+    assert len(steady) >= 0.75 * calls * 2
 
 
 def test_starts_as_the_caller_sees_them_never_share_a_window_redis(redis_url: str) -> None:
