@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import functools
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any, Final, ParamSpec, TypedDict, TypeVar, Unpack, cast, overload
 
 from . import _validate
@@ -289,6 +289,25 @@ class _Guard:
         return _Held(self, limiter, stack, self.policy_of(args, kwargs)) if stack.limits_on else _UNGUARDED
 
 
+class _Waiting:
+    """Around either flavour's wait for a permit: reports the wait, and turns a paused key into
+    the caller's own refusal."""
+
+    __slots__ = ("_stack", "_started")
+
+    def __init__(self, stack: Stack) -> None:
+        self._stack = stack
+
+    def __enter__(self) -> None:
+        self._started = time.perf_counter()
+
+    def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
+        if error is None or isinstance(error, RateLimitTimeout):
+            self._stack.waited(time.perf_counter() - self._started, error is not None)
+        elif isinstance(error, KeyPaused):
+            raise refusal(error) from None
+
+
 class _Held:
     """A permit held for one call: admitted on entry, given back on exit, and the key paused
     when a rate-limit error passes out."""
@@ -331,22 +350,8 @@ class _Held:
             if self.told_left is not None and self.policy.tokens is not None:
                 self.permit.provider_left = ProviderLeft(*self.told_left, self.policy.tokens, self.policy.period)
 
-    @contextlib.contextmanager
-    def _admitting(self) -> Iterator[None]:
-        """Around either flavour's wait for a permit: report the wait, and turn a paused key
-        into the caller's own refusal."""
-        started = time.perf_counter()
-        try:
-            yield
-        except RateLimitTimeout:
-            self.stack.waited(time.perf_counter() - started, True)
-            raise
-        except KeyPaused as paused:
-            raise refusal(paused) from None
-        self.stack.waited(time.perf_counter() - started, False)
-
     def __enter__(self) -> _Held:
-        with self._admitting():
+        with _Waiting(self.stack):
             self.permit: Permit | AsyncPermit = self.limiter.acquire(self.policy, self.guard.max_wait)
         return self
 
@@ -363,7 +368,7 @@ class _Held:
             cast(Permit, self.permit).release(outcome)
 
     async def __aenter__(self) -> _Held:
-        with self._admitting():
+        with _Waiting(self.stack):
             self.permit = await self.limiter.acquire_async(self.policy, self.guard.max_wait)
         return self
 
