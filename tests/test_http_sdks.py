@@ -1,9 +1,11 @@
-"""The clients people use, guarded by ``glm_guard.http`` alone, with their retry settings untouched.
+"""The clients people use, guarded by ``glm_guard.http`` alone, then by the decorators alone, with
+their retry settings untouched.
 
 zai-sdk, zhipuai, openai, langchain-openai, litellm (openai-compatible, with the guarded client)
 and pydantic-ai (``ZaiProvider``), sync and async where the SDK has both, streamed and not,
 against a concurrency-2 simulator: the limit held at the server, 1302 retried and absorbed,
-1113 and 401 sent once and raised as the SDK's own exception.
+1113 and 401 sent once and raised as the SDK's own exception.  Under the decorators the limit
+and the 1302s hold the same, but a 1113 costs the requests each SDK's own retries add.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -46,20 +49,24 @@ class Sdk:
     name: str
     package: str  # where the SDK's own exceptions live
     is_async: bool
-    build: Callable[[str, str, dict[str, Any]], Ask]  # (base_url, api_key, policy) -> ask
+    build: Callable[[str, str, dict[str, Any] | None], Ask]  # (base_url, api_key, policy or None) -> ask
 
 
 OPENED: list[httpx.Client | httpx.AsyncClient] = []  # this test's guarded clients, closed at its end
 
 
-def _sync(policy: dict[str, Any]) -> httpx.Client:
-    http = glm_guard.http.client(**policy)
+def _sync(policy: dict[str, Any] | None) -> httpx.Client:
+    """The guarded client for ``policy``; with ``None`` a plain one (the decorators guard instead)."""
+    http = httpx.Client() if policy is None else glm_guard.http.client(**policy)
     OPENED.append(http)
     return http
 
 
-def _async(policy: dict[str, Any], transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
-    http = glm_guard.http.async_client(transport=transport, **policy)
+def _async(policy: dict[str, Any] | None, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+    if policy is None:
+        http = httpx.AsyncClient(transport=transport)
+    else:
+        http = glm_guard.http.async_client(transport=transport, **policy)
     OPENED.append(http)
     return http
 
@@ -86,22 +93,22 @@ def _openai_style(client: Any) -> Ask:
     return ask
 
 
-def _zai(base_url: str, key: str, policy: dict[str, Any]) -> Ask:
+def _zai(base_url: str, key: str, policy: dict[str, Any] | None) -> Ask:
     zai = pytest.importorskip("zai")  # its pyjwt pin conflicts with zhipuai's: installed on its own
     return _openai_style(zai.ZhipuAiClient(api_key=key, base_url=base_url, http_client=_sync(policy)))
 
 
-def _zhipuai(base_url: str, key: str, policy: dict[str, Any]) -> Ask:
+def _zhipuai(base_url: str, key: str, policy: dict[str, Any] | None) -> Ask:
     import zhipuai
 
     return _openai_style(zhipuai.ZhipuAI(api_key=key, base_url=base_url, http_client=_sync(policy)))
 
 
-def _openai(base_url: str, key: str, policy: dict[str, Any]) -> Ask:
+def _openai(base_url: str, key: str, policy: dict[str, Any] | None) -> Ask:
     return _openai_style(openai.OpenAI(api_key=key, base_url=base_url, http_client=_sync(policy)))
 
 
-def _openai_async(base_url: str, key: str, policy: dict[str, Any]) -> Ask:
+def _openai_async(base_url: str, key: str, policy: dict[str, Any] | None) -> Ask:
     client = openai.AsyncOpenAI(api_key=key, base_url=base_url, http_client=_async(policy))
 
     async def ask(text: str, stream: bool) -> str:
@@ -114,7 +121,7 @@ def _openai_async(base_url: str, key: str, policy: dict[str, Any]) -> Ask:
     return ask
 
 
-def _chat_openai(base_url: str, key: str, policy: dict[str, Any]) -> Any:
+def _chat_openai(base_url: str, key: str, policy: dict[str, Any] | None) -> Any:
     from langchain_openai import ChatOpenAI
 
     return ChatOpenAI(
@@ -126,7 +133,7 @@ def _chat_openai(base_url: str, key: str, policy: dict[str, Any]) -> Any:
     )
 
 
-def _langchain(base_url: str, key: str, policy: dict[str, Any]) -> Ask:
+def _langchain(base_url: str, key: str, policy: dict[str, Any] | None) -> Ask:
     chat = _chat_openai(base_url, key, policy)
 
     def ask(text: str, stream: bool) -> str:
@@ -137,7 +144,7 @@ def _langchain(base_url: str, key: str, policy: dict[str, Any]) -> Ask:
     return ask
 
 
-def _langchain_async(base_url: str, key: str, policy: dict[str, Any]) -> Ask:
+def _langchain_async(base_url: str, key: str, policy: dict[str, Any] | None) -> Ask:
     chat = _chat_openai(base_url, key, policy)
 
     async def ask(text: str, stream: bool) -> str:
@@ -148,7 +155,7 @@ def _langchain_async(base_url: str, key: str, policy: dict[str, Any]) -> Ask:
     return ask
 
 
-def _litellm(base_url: str, key: str, policy: dict[str, Any]) -> Ask:
+def _litellm(base_url: str, key: str, policy: dict[str, Any] | None) -> Ask:
     import litellm
 
     client = openai.OpenAI(api_key=key, base_url=base_url, http_client=_sync(policy))
@@ -163,7 +170,7 @@ def _litellm(base_url: str, key: str, policy: dict[str, Any]) -> Ask:
     return ask
 
 
-def _litellm_async(base_url: str, key: str, policy: dict[str, Any]) -> Ask:
+def _litellm_async(base_url: str, key: str, policy: dict[str, Any] | None) -> Ask:
     import litellm
 
     client = openai.AsyncOpenAI(api_key=key, base_url=base_url, http_client=_async(policy))
@@ -178,7 +185,7 @@ def _litellm_async(base_url: str, key: str, policy: dict[str, Any]) -> Ask:
     return ask
 
 
-def _litellm_zai(base_url: str, key: str, policy: dict[str, Any]) -> Ask:
+def _litellm_zai(base_url: str, key: str, policy: dict[str, Any] | None) -> Ask:
     """litellm's own ``zai/`` provider sends through its client session (reset after each test)."""
     import litellm
 
@@ -196,7 +203,7 @@ def _litellm_zai(base_url: str, key: str, policy: dict[str, Any]) -> Ask:
     return ask
 
 
-def _litellm_zai_async(base_url: str, key: str, policy: dict[str, Any]) -> Ask:
+def _litellm_zai_async(base_url: str, key: str, policy: dict[str, Any] | None) -> Ask:
     import litellm
 
     litellm.client_session = _sync(policy)
@@ -246,7 +253,7 @@ def _with_object(line: bytes, kind: str) -> bytes:
     return prefix + json.dumps({"object": kind, **data}).encode()
 
 
-def _pydantic_ai(base_url: str, key: str, policy: dict[str, Any]) -> Ask:
+def _pydantic_ai(base_url: str, key: str, policy: dict[str, Any] | None) -> Ask:
     from pydantic_ai import Agent
     from pydantic_ai.models.openai import OpenAIChatModel
     from pydantic_ai.providers.zai import ZaiProvider
@@ -433,3 +440,56 @@ def test_under_the_decorators_alone_the_sdk_resends_a_1113(sim: GLMSimulator) ->
         ask()
     assert sim.stats.total_requests == 3
     client.close()
+
+
+# -- the same table under the decorators alone (docs/which_layer.md) --------------------------------
+
+
+#: Requests at the server for one call that meets a 1113, under the decorators alone with the SDK's
+#: retry settings at their defaults: zai-sdk and zhipuai retry a 429 three times, the openai
+#: client (inside langchain-openai, litellm and pydantic-ai too) twice; litellm's own ``zai/``
+#: provider behaves the same.  Through the transport it is 1 for every one of them.
+SENT_FOR_A_1113_UNDER_THE_DECORATORS = {
+    **dict.fromkeys(["zai-sdk", "zhipuai"], 4),
+    **dict.fromkeys(["openai", "openai-async", "langchain", "langchain-async", "pydantic-ai"], 3),
+    **dict.fromkeys(["litellm", "litellm-async", "litellm-zai", "litellm-zai-async"], 3),
+}
+
+
+def _decorated(sdk: Sdk, base_url: str, key: str) -> Ask:
+    """The SDK on a plain httpx client, its retry settings untouched, its calls guarded by the
+    decorators (the key is the test's own, so no state carries over between tests)."""
+    limited = glm_guard.rate_limited(concurrency=LIMIT, cooldown=0.02, key=f"sdk-table-{uuid.uuid4().hex}")
+    return glm_guard.retry_on_1302(base_delay=0.02, max_delay=0.1)(limited(sdk.build(base_url, key, None)))
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_under_the_decorators_the_limit_holds_at_the_server(sdk: Sdk, stream: bool, sim: GLMSimulator) -> None:
+    answers = run_all(sdk, _decorated(sdk, sim.base_url, API_KEY), [f"question {i}" for i in range(CALLS)], stream)
+    assert [a for a in answers if not isinstance(a, str) or "glm-sim" not in a] == []
+    assert sim.stats.rejected_total == 0
+    assert sim.stats.total_requests == CALLS
+    assert sim.stats.peak_in_flight <= LIMIT
+
+
+def test_under_the_decorators_a_1302_is_absorbed(sdk: Sdk, sim: GLMSimulator) -> None:
+    sim.force_next("1302", 2)
+    [answer] = run_all(sdk, _decorated(sdk, sim.base_url, API_KEY), ["hello"], False)
+    assert isinstance(answer, str) and "glm-sim" in answer
+    assert sim.stats.total_requests == 3  # two 1302s (retried by the SDK or the decorator) and the answer
+
+
+@pytest.mark.parametrize("failure", ["1113", "401"])
+def test_under_the_decorators_a_permanent_error_costs_what_the_sdk_retries(
+    sdk: Sdk, failure: str, sim: GLMSimulator
+) -> None:
+    if failure == "1113":
+        sim.set_arrears(True)
+    ask = _decorated(sdk, sim.base_url, API_KEY if failure == "1113" else "sk-wrong-key-0000")
+    [answer] = run_all(sdk, ask, ["hello"], False)
+    assert isinstance(answer, Exception)
+    assert not type(answer).__module__.startswith("glm_guard")
+    assert any(cls.__module__.startswith(sdk.package) for cls in type(answer).__mro__), type(answer)
+    # What the transport sends once (the table above), the SDK resends with its default retries
+    # of a 429; a 401 none retries.
+    assert sim.stats.total_requests == (SENT_FOR_A_1113_UNDER_THE_DECORATORS[sdk.name] if failure == "1113" else 1)
