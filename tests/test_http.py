@@ -154,6 +154,45 @@ async def test_cancelling_a_reader_gives_its_permit_back(
     await client.close()
 
 
+def test_a_client_timeout_gives_its_permit_back(
+    sim: GLMSimulator, backend: Backend, limiter_state: LimiterState
+) -> None:
+    """A request whose answer comes too late for the client, and a stream that goes quiet."""
+    sim.update(latency=1.0)
+    with glm_guard.http.client(concurrency=LIMIT, backend=backend, timeout=0.2) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            post(http, sim)
+        assert limiter_state.in_flight(KEY) == 0
+        sim.update(latency=0.01, stream_chunk_delay=1.0)
+        request = http.build_request(
+            "POST", sim.chat_url, json={**BODY, "stream": True}, headers={"Authorization": f"Bearer {API_KEY}"}
+        )
+        response = http.send(request, stream=True)
+        with pytest.raises(httpx.ReadTimeout):
+            response.read()
+        assert limiter_state.in_flight(KEY) == 0
+        response.close()
+
+
+def test_a_1302_before_the_first_chunk_is_retried_one_inside_the_stream_is_not(
+    sim: GLMSimulator, backend: Backend, limiter_state: LimiterState
+) -> None:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with glm_guard.http.client(concurrency=LIMIT, backend=backend, **FAST) as http:
+        sim.force_next("1302")  # the stream is refused before it starts: an HTTP 429
+        with http.stream("POST", sim.chat_url, json={**BODY, "stream": True}, headers=headers) as response:
+            assert response.status_code == 200
+            assert any(line.startswith("data: ") for line in response.iter_lines())
+        assert sim.stats.total_requests == 2
+        sim.fail_next_streams(after_chunks=1, reason="disconnect")  # the answer had begun
+        with http.stream("POST", sim.chat_url, json={**BODY, "stream": True}, headers=headers) as response:
+            assert response.status_code == 200
+            with pytest.raises(httpx.TransportError):
+                response.read()
+        assert sim.stats.total_requests == 3  # not sent again: the caller had its first chunk
+        assert limiter_state.in_flight(KEY) == 0
+
+
 # -- classification and retries -------------------------------------------------------------------
 
 
