@@ -185,6 +185,7 @@ def limit_guard(
         raise ConfigurationError("tokens_of", f"must be one of {', '.join(map(repr, TOKEN_SIDES))}, got {tokens_of!r}")
     if tokens_of != "all" and tokens is None:
         raise ConfigurationError("tokens_of", f"says what a token budget counts: give tokens= with {tokens_of!r}")
+    side = cast(TokenSide, tokens_of)  # checked above
     if calls is None and concurrency is None and tokens is None and burst is None:
         policy = LimitPolicy(settings.max_calls_per_minute, 60.0, settings.max_concurrency, failure_policy)
     else:
@@ -208,9 +209,7 @@ def limit_guard(
             "arrears": settings.arrears_pause if arrears is None else arrears,
             "overload": settings.overload_pause if overload is None else overload,
         },
-        None
-        if policy.tokens is None
-        else _Budget(estimate, tokenizer or count_tokens, refund_unused, cast(TokenSide, tokens_of)),
+        None if policy.tokens is None else _Budget(estimate, tokenizer or count_tokens, refund_unused, side),
     )
 
 
