@@ -8,6 +8,7 @@ construction by the decorators' own code.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -152,45 +153,6 @@ async def test_cancelling_a_reader_gives_its_permit_back(
         await waiting
     assert limiter_state.in_flight(KEY) == 0
     await client.close()
-
-
-def test_a_client_timeout_gives_its_permit_back(
-    sim: GLMSimulator, backend: Backend, limiter_state: LimiterState
-) -> None:
-    """A request whose answer comes too late for the client, and a stream that goes quiet."""
-    sim.update(latency=1.0)
-    with glm_guard.http.client(concurrency=LIMIT, backend=backend, timeout=0.2) as http:
-        with pytest.raises(httpx.ReadTimeout):
-            post(http, sim)
-        assert limiter_state.in_flight(KEY) == 0
-        sim.update(latency=0.01, stream_chunk_delay=1.0)
-        request = http.build_request(
-            "POST", sim.chat_url, json={**BODY, "stream": True}, headers={"Authorization": f"Bearer {API_KEY}"}
-        )
-        response = http.send(request, stream=True)
-        with pytest.raises(httpx.ReadTimeout):
-            response.read()
-        assert limiter_state.in_flight(KEY) == 0
-        response.close()
-
-
-def test_a_1302_before_the_first_chunk_is_retried_one_inside_the_stream_is_not(
-    sim: GLMSimulator, backend: Backend, limiter_state: LimiterState
-) -> None:
-    headers = {"Authorization": f"Bearer {API_KEY}"}
-    with glm_guard.http.client(concurrency=LIMIT, backend=backend, **FAST) as http:
-        sim.force_next("1302")  # the stream is refused before it starts: an HTTP 429
-        with http.stream("POST", sim.chat_url, json={**BODY, "stream": True}, headers=headers) as response:
-            assert response.status_code == 200
-            assert any(line.startswith("data: ") for line in response.iter_lines())
-        assert sim.stats.total_requests == 2
-        sim.fail_next_streams(after_chunks=1, reason="disconnect")  # the answer had begun
-        with http.stream("POST", sim.chat_url, json={**BODY, "stream": True}, headers=headers) as response:
-            assert response.status_code == 200
-            with pytest.raises(httpx.TransportError):
-                response.read()
-        assert sim.stats.total_requests == 3  # not sent again: the caller had its first chunk
-        assert limiter_state.in_flight(KEY) == 0
 
 
 # -- classification and retries -------------------------------------------------------------------
@@ -346,3 +308,157 @@ def test_the_providers_rate_limit_headers_are_followed_at_the_http_layer(backend
         http.close()
         assert sim.limited == 0
         assert len(sim.requests) == 8
+
+
+# -- what issue 14 pins: the policy's names, its backend and budget, timeouts, late 1302s ------------
+
+#: What the decorators take that the transport does not, and why (docs/http.md): token budgets
+#: read the call's arguments and parsed answer; ``retry_on_result`` the function's return value.
+NOT_AT_THE_HTTP_LAYER = {"tokens", "estimate", "tokenizer", "refund_unused", "tokens_of", "retry_on_result"}
+
+
+def test_the_policy_keywords_are_the_decorators_own_names_and_defaults() -> None:
+    """The names are a contract users code against: same names, same defaults, nothing extra.
+
+    The decorators spell out their first parameters and take the rest as typed ``**options``;
+    the transport takes the same groups of options, so both are read from the signatures and
+    the option types."""
+    from glm_guard._rate_limit import LimitOptions
+    from glm_guard._retry import RetryOptions
+    from glm_guard.http._policy import Policy, PolicyOptions, SharedOptions
+
+    def spelt_out(fn: Any) -> dict[str, Any]:
+        return {p.name: p.default for p in inspect.signature(fn).parameters.values() if p.kind is not p.VAR_KEYWORD}
+
+    decorators = {**spelt_out(glm_guard.rate_limited), **spelt_out(glm_guard.retry_on_1302)}
+    names = set(decorators) | LimitOptions.__optional_keys__ | RetryOptions.__optional_keys__
+    assert set(PolicyOptions.__optional_keys__) == names - NOT_AT_THE_HTTP_LAYER
+    assert spelt_out(Policy) == decorators  # calls, period, key, backend, max_tries
+    assert SharedOptions.__optional_keys__ == names - NOT_AT_THE_HTTP_LAYER - set(decorators)
+    with pytest.raises(TypeError, match="tokens"):  # nothing extra: a decorator-only keyword is refused
+        glm_guard.http.client(tokens=1000)
+
+
+def test_with_no_backend_the_environment_chooses_it(
+    sim: GLMSimulator, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis
+
+    monkeypatch.setenv("GLM_GUARD_BACKEND", "redis")
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    glm_guard.reload_settings()
+    leases = f"{glm_guard.get_settings().key_prefix}{{{KEY}}}:leases"
+    store = redis.Redis.from_url(redis_url)
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    try:
+        with (
+            glm_guard.http.client(concurrency=LIMIT) as http,
+            http.stream("POST", sim.chat_url, json=BODY, headers=auth),
+        ):
+            assert store.zcard(leases) == 1  # the permit is in Redis, as GLM_GUARD_BACKEND says
+        assert store.zcard(leases) == 0
+    finally:
+        store.close()
+
+
+def test_the_retry_budget_bounds_the_transports_retries(backend: Backend) -> None:
+    sent: list[httpx.Request] = []
+
+    def always_1302(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(429, json={"error": {"code": "1302", "message": "busy"}})
+
+    policy: dict[str, Any] = {
+        "key": "budget",
+        "backend": backend,
+        "max_tries": 4,
+        "base_delay": 0.0,
+        "max_delay": 0.0,
+        "cooldown": 0,
+    }
+    budget = glm_guard.RetryBudgetPolicy(ratio=0.0, min_retries=2, window=30)
+    transport = glm_guard.http.GuardedTransport(httpx.MockTransport(always_1302), retry_budget=budget, **policy)
+    with httpx.Client(transport=transport) as http:
+        answers = [http.post("http://mock.invalid/", json=BODY) for _ in range(5)]
+    assert len(sent) == 5 + 2  # one attempt per call, and the budget's two retries
+    assert [a.headers["x-should-retry"] for a in answers] == ["false"] * 5
+    assert isinstance(answers[-1].extensions["glm_guard.gave_up"], glm_guard.RetryBudgetExhausted)
+
+    sent.clear()
+    unbounded = glm_guard.http.GuardedTransport(httpx.MockTransport(always_1302), retry_budget=False, **policy)
+    with httpx.Client(transport=unbounded) as http:
+        for _ in range(5):
+            http.post("http://mock.invalid/", json=BODY)
+    assert len(sent) == 5 * 4
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["waiting", "streaming"])
+def test_a_client_timeout_gives_the_permit_back(stream: bool, backend: Backend, limiter_state: LimiterState) -> None:
+    """httpx's own read timeout, waiting for the answer or between two chunks of its stream."""
+    with run_simulator(concurrency=LIMIT, latency=0.0 if stream else 1.0, stream_chunk_delay=1.0) as sim:
+        http = glm_guard.http.client(concurrency=LIMIT, backend=backend, timeout=httpx.Timeout(5.0, read=0.3))
+        client = openai.OpenAI(api_key=API_KEY, base_url=sim.base_url, http_client=http, max_retries=0)
+
+        def ask() -> None:
+            reply = client.chat.completions.create(model=MODEL, messages=BODY["messages"], stream=stream)
+            for _ in reply:  # type: ignore[union-attr]
+                pass
+
+        with pytest.raises(openai.APITimeoutError):
+            ask()
+        assert limiter_state.in_flight(KEY) == 0
+        client.close()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["waiting", "streaming"])
+async def test_an_async_client_timeout_gives_the_permit_back(
+    stream: bool, backend: Backend, limiter_state: LimiterState
+) -> None:
+    with run_simulator(concurrency=LIMIT, latency=0.0 if stream else 1.0, stream_chunk_delay=1.0) as sim:
+        http = glm_guard.http.async_client(concurrency=LIMIT, backend=backend, timeout=httpx.Timeout(5.0, read=0.3))
+        client = openai.AsyncOpenAI(api_key=API_KEY, base_url=sim.base_url, http_client=http, max_retries=0)
+
+        async def ask() -> None:
+            reply = await client.chat.completions.create(model=MODEL, messages=BODY["messages"], stream=stream)
+            async for _ in reply:  # type: ignore[union-attr]
+                pass
+
+        with pytest.raises(openai.APITimeoutError):
+            await ask()
+        assert limiter_state.in_flight(KEY) == 0
+        await client.close()
+
+
+class _LateError(httpx.SyncByteStream):
+    """A 200 stream whose first chunk is content and whose second is a 1302 error event."""
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield b'data: {"id": "1", "choices": [{"index": 0, "delta": {"content": "Hel"}}]}\n\n'
+        yield b'data: {"error": {"code": "1302", "message": "busy"}}\n\n'
+
+
+def test_a_1302_after_the_first_chunk_is_not_retried(backend: Backend, limiter_state: LimiterState) -> None:
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=_LateError())
+
+    transport = glm_guard.http.GuardedTransport(
+        httpx.MockTransport(answer), key="late", concurrency=LIMIT, backend=backend, **FAST
+    )
+    client = openai.OpenAI(
+        api_key=API_KEY, base_url="http://mock.invalid/v4", http_client=httpx.Client(transport=transport)
+    )
+    stream = client.chat.completions.create(model=MODEL, messages=BODY["messages"], stream=True)
+
+    def read() -> None:
+        for _ in stream:
+            assert limiter_state.in_flight("late") == 1  # held while it streams
+
+    with pytest.raises(openai.APIError, match="busy"):
+        read()
+    stream.close()
+    assert len(sent) == 1  # the answer had begun: the caller sees the error, nothing is resent
+    assert limiter_state.in_flight("late") == 0
+    client.close()

@@ -1,11 +1,9 @@
-"""The clients people use, guarded by ``glm_guard.http`` alone, then by the decorators alone, with
-their retry settings untouched.
+"""The clients people use, guarded by ``glm_guard.http`` alone, with their retry settings untouched.
 
 zai-sdk, zhipuai, openai, langchain-openai, litellm (openai-compatible, with the guarded client)
 and pydantic-ai (``ZaiProvider``), sync and async where the SDK has both, streamed and not,
 against a concurrency-2 simulator: the limit held at the server, 1302 retried and absorbed,
-1113 and 401 sent once and raised as the SDK's own exception.  Under the decorators the limit
-and the 1302s hold the same, but a 1113 costs the requests each SDK's own retries add.
+1113 and 401 sent once and raised as the SDK's own exception.
 """
 
 from __future__ import annotations
@@ -13,11 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import openai
@@ -41,7 +38,36 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:.*httpx2"),
 ]
 
+T = TypeVar("T")
 Ask = Callable[[str, bool], Any]  # (prompt, stream) -> the answer's text, or an awaitable of it
+
+
+OPENED: list[httpx.Client | httpx.AsyncClient] = []  # this test's httpx clients, closed at its end
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """How a builder makes its SDK client: on the guarded transport (``policy``), or on plain
+    httpx clients for the decorators (``policy=None``), its own retries left on or turned off."""
+
+    policy: dict[str, Any] | None
+    quiet: bool = False  # pass the SDK's client through sdk_retries_off()
+
+    def sync(self) -> httpx.Client:
+        http = httpx.Client() if self.policy is None else glm_guard.http.client(**self.policy)
+        OPENED.append(http)
+        return http
+
+    def async_(self, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+        if self.policy is None:
+            http = httpx.AsyncClient(transport=transport)
+        else:
+            http = glm_guard.http.async_client(transport=transport, **self.policy)
+        OPENED.append(http)
+        return http
+
+    def sdk(self, client: T) -> T:
+        return glm_guard.sdk_retries_off(client) if self.quiet else client
 
 
 @dataclass(frozen=True)
@@ -49,26 +75,7 @@ class Sdk:
     name: str
     package: str  # where the SDK's own exceptions live
     is_async: bool
-    build: Callable[[str, str, dict[str, Any] | None], Ask]  # (base_url, api_key, policy or None) -> ask
-
-
-OPENED: list[httpx.Client | httpx.AsyncClient] = []  # this test's guarded clients, closed at its end
-
-
-def _sync(policy: dict[str, Any] | None) -> httpx.Client:
-    """The guarded client for ``policy``; with ``None`` a plain one (the decorators guard instead)."""
-    http = httpx.Client() if policy is None else glm_guard.http.client(**policy)
-    OPENED.append(http)
-    return http
-
-
-def _async(policy: dict[str, Any] | None, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
-    if policy is None:
-        http = httpx.AsyncClient(transport=transport)
-    else:
-        http = glm_guard.http.async_client(transport=transport, **policy)
-    OPENED.append(http)
-    return http
+    build: Callable[[str, str, Wiring], Ask]  # (base_url, api_key, wiring) -> ask
 
 
 async def _close_async() -> None:
@@ -93,23 +100,23 @@ def _openai_style(client: Any) -> Ask:
     return ask
 
 
-def _zai(base_url: str, key: str, policy: dict[str, Any] | None) -> Ask:
+def _zai(base_url: str, key: str, wiring: Wiring) -> Ask:
     zai = pytest.importorskip("zai")  # its pyjwt pin conflicts with zhipuai's: installed on its own
-    return _openai_style(zai.ZhipuAiClient(api_key=key, base_url=base_url, http_client=_sync(policy)))
+    return _openai_style(wiring.sdk(zai.ZhipuAiClient(api_key=key, base_url=base_url, http_client=wiring.sync())))
 
 
-def _zhipuai(base_url: str, key: str, policy: dict[str, Any] | None) -> Ask:
+def _zhipuai(base_url: str, key: str, wiring: Wiring) -> Ask:
     import zhipuai
 
-    return _openai_style(zhipuai.ZhipuAI(api_key=key, base_url=base_url, http_client=_sync(policy)))
+    return _openai_style(wiring.sdk(zhipuai.ZhipuAI(api_key=key, base_url=base_url, http_client=wiring.sync())))
 
 
-def _openai(base_url: str, key: str, policy: dict[str, Any] | None) -> Ask:
-    return _openai_style(openai.OpenAI(api_key=key, base_url=base_url, http_client=_sync(policy)))
+def _openai(base_url: str, key: str, wiring: Wiring) -> Ask:
+    return _openai_style(wiring.sdk(openai.OpenAI(api_key=key, base_url=base_url, http_client=wiring.sync())))
 
 
-def _openai_async(base_url: str, key: str, policy: dict[str, Any] | None) -> Ask:
-    client = openai.AsyncOpenAI(api_key=key, base_url=base_url, http_client=_async(policy))
+def _openai_async(base_url: str, key: str, wiring: Wiring) -> Ask:
+    client = wiring.sdk(openai.AsyncOpenAI(api_key=key, base_url=base_url, http_client=wiring.async_()))
 
     async def ask(text: str, stream: bool) -> str:
         if stream:
@@ -121,20 +128,21 @@ def _openai_async(base_url: str, key: str, policy: dict[str, Any] | None) -> Ask
     return ask
 
 
-def _chat_openai(base_url: str, key: str, policy: dict[str, Any] | None) -> Any:
+def _chat_openai(base_url: str, key: str, wiring: Wiring) -> Any:
     from langchain_openai import ChatOpenAI
 
-    return ChatOpenAI(
+    chat = ChatOpenAI(
         model=MODEL,
         api_key=key,  # type: ignore[arg-type]
         base_url=base_url,
-        http_client=_sync(policy),
-        http_async_client=_async(policy),
+        http_client=wiring.sync(),
+        http_async_client=wiring.async_(),
     )
+    return wiring.sdk(chat)
 
 
-def _langchain(base_url: str, key: str, policy: dict[str, Any] | None) -> Ask:
-    chat = _chat_openai(base_url, key, policy)
+def _langchain(base_url: str, key: str, wiring: Wiring) -> Ask:
+    chat = _chat_openai(base_url, key, wiring)
 
     def ask(text: str, stream: bool) -> str:
         if stream:
@@ -144,8 +152,8 @@ def _langchain(base_url: str, key: str, policy: dict[str, Any] | None) -> Ask:
     return ask
 
 
-def _langchain_async(base_url: str, key: str, policy: dict[str, Any] | None) -> Ask:
-    chat = _chat_openai(base_url, key, policy)
+def _langchain_async(base_url: str, key: str, wiring: Wiring) -> Ask:
+    chat = _chat_openai(base_url, key, wiring)
 
     async def ask(text: str, stream: bool) -> str:
         if stream:
@@ -155,10 +163,10 @@ def _langchain_async(base_url: str, key: str, policy: dict[str, Any] | None) -> 
     return ask
 
 
-def _litellm(base_url: str, key: str, policy: dict[str, Any] | None) -> Ask:
+def _litellm(base_url: str, key: str, wiring: Wiring) -> Ask:
     import litellm
 
-    client = openai.OpenAI(api_key=key, base_url=base_url, http_client=_sync(policy))
+    client = wiring.sdk(openai.OpenAI(api_key=key, base_url=base_url, http_client=wiring.sync()))
 
     def ask(text: str, stream: bool) -> str:
         options: dict[str, Any] = {"api_key": key, "api_base": base_url, "client": client}
@@ -170,10 +178,10 @@ def _litellm(base_url: str, key: str, policy: dict[str, Any] | None) -> Ask:
     return ask
 
 
-def _litellm_async(base_url: str, key: str, policy: dict[str, Any] | None) -> Ask:
+def _litellm_async(base_url: str, key: str, wiring: Wiring) -> Ask:
     import litellm
 
-    client = openai.AsyncOpenAI(api_key=key, base_url=base_url, http_client=_async(policy))
+    client = wiring.sdk(openai.AsyncOpenAI(api_key=key, base_url=base_url, http_client=wiring.async_()))
 
     async def ask(text: str, stream: bool) -> str:
         options: dict[str, Any] = {"api_key": key, "api_base": base_url, "client": client}
@@ -185,12 +193,12 @@ def _litellm_async(base_url: str, key: str, policy: dict[str, Any] | None) -> As
     return ask
 
 
-def _litellm_zai(base_url: str, key: str, policy: dict[str, Any] | None) -> Ask:
+def _litellm_zai(base_url: str, key: str, wiring: Wiring) -> Ask:
     """litellm's own ``zai/`` provider sends through its client session (reset after each test)."""
     import litellm
 
-    litellm.client_session = _sync(policy)
-    litellm.aclient_session = _async(policy)
+    litellm.client_session = wiring.sync()
+    litellm.aclient_session = wiring.async_()
 
     def ask(text: str, stream: bool) -> str:
         reply = litellm.completion(
@@ -203,11 +211,11 @@ def _litellm_zai(base_url: str, key: str, policy: dict[str, Any] | None) -> Ask:
     return ask
 
 
-def _litellm_zai_async(base_url: str, key: str, policy: dict[str, Any] | None) -> Ask:
+def _litellm_zai_async(base_url: str, key: str, wiring: Wiring) -> Ask:
     import litellm
 
-    litellm.client_session = _sync(policy)
-    litellm.aclient_session = _async(policy)
+    litellm.client_session = wiring.sync()
+    litellm.aclient_session = wiring.async_()
 
     async def ask(text: str, stream: bool) -> str:
         reply = await litellm.acompletion(
@@ -253,13 +261,15 @@ def _with_object(line: bytes, kind: str) -> bytes:
     return prefix + json.dumps({"object": kind, **data}).encode()
 
 
-def _pydantic_ai(base_url: str, key: str, policy: dict[str, Any] | None) -> Ask:
+def _pydantic_ai(base_url: str, key: str, wiring: Wiring) -> Ask:
     from pydantic_ai import Agent
     from pydantic_ai.models.openai import OpenAIChatModel
     from pydantic_ai.providers.zai import ZaiProvider
 
-    http = _async(policy, transport=_ObjectField())
-    agent = Agent(OpenAIChatModel(MODEL, provider=ZaiProvider(api_key=key, base_url=base_url, http_client=http)))
+    http = wiring.async_(transport=_ObjectField())
+    agent = wiring.sdk(
+        Agent(OpenAIChatModel(MODEL, provider=ZaiProvider(api_key=key, base_url=base_url, http_client=http)))
+    )
 
     async def ask(text: str, stream: bool) -> str:
         if stream:
@@ -334,7 +344,7 @@ def run_all(sdk: Sdk, ask: Ask, prompts: list[str], stream: bool) -> list[Any]:
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 def test_the_limit_holds_at_the_server(sdk: Sdk, stream: bool, sim: GLMSimulator, backend: Backend) -> None:
-    ask = sdk.build(sim.base_url, API_KEY, {**POLICY, "backend": backend})
+    ask = sdk.build(sim.base_url, API_KEY, Wiring({**POLICY, "backend": backend}))
     answers = run_all(sdk, ask, [f"question {i}" for i in range(CALLS)], stream)
     assert [a for a in answers if not isinstance(a, str) or "glm-sim" not in a] == []
     assert sim.stats.rejected_total == 0
@@ -344,23 +354,106 @@ def test_the_limit_holds_at_the_server(sdk: Sdk, stream: bool, sim: GLMSimulator
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 def test_a_1302_is_absorbed(sdk: Sdk, stream: bool, sim: GLMSimulator) -> None:
-    ask = sdk.build(sim.base_url, API_KEY, POLICY)
+    ask = sdk.build(sim.base_url, API_KEY, Wiring(POLICY))
     sim.force_next("1302", 2)
     [answer] = run_all(sdk, ask, ["hello"], stream)
     assert isinstance(answer, str) and "glm-sim" in answer
     assert sim.stats.total_requests == 3  # two 1302s and the answer: no retry of the SDK's own
 
 
-@pytest.mark.parametrize("failure", ["1113", "401"])
-def test_a_permanent_error_is_sent_once_and_raised_as_the_sdks_own(sdk: Sdk, failure: str, sim: GLMSimulator) -> None:
+def ask_failing(sdk: Sdk, failure: str, wiring: Wiring, sim: GLMSimulator, stream: bool) -> Exception:
+    """One call that meets ``failure`` (1113 arrears, or 401 with a wrong key): the SDK's own
+    exception, checked to be the SDK's and not glm_guard's."""
     if failure == "1113":
         sim.set_arrears(True)
-    ask = sdk.build(sim.base_url, API_KEY if failure == "1113" else "sk-wrong-key-0000", POLICY)
-    [answer] = run_all(sdk, ask, ["hello"], False)
+    ask = sdk.build(sim.base_url, API_KEY if failure == "1113" else "sk-wrong-key-0000", wiring)
+    if wiring.policy is None:
+        ask = _decorated(ask)
+    [answer] = run_all(sdk, ask, ["hello"], stream)
     assert isinstance(answer, Exception)
     assert not type(answer).__module__.startswith("glm_guard")
     assert any(cls.__module__.startswith(sdk.package) for cls in type(answer).__mro__), type(answer)
+    return answer
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("failure", ["1113", "401"])
+def test_a_permanent_error_is_sent_once_and_raised_as_the_sdks_own(
+    sdk: Sdk, failure: str, stream: bool, sim: GLMSimulator
+) -> None:
+    ask_failing(sdk, failure, Wiring(POLICY), sim, stream)
     assert sim.stats.total_requests == 1
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_when_the_transport_gives_up_the_sdk_does_not_retry(sdk: Sdk, stream: bool, sim: GLMSimulator) -> None:
+    """Past ``max_tries`` the last 1302 carries ``x-should-retry: false``: the SDK raises it
+    without a retry of its own, so the server sees ``max_tries`` requests, not a multiple."""
+    ask = sdk.build(sim.base_url, API_KEY, Wiring({**POLICY, "max_tries": 2}))
+    sim.force_next("1302", 20)
+    [answer] = run_all(sdk, ask, ["hello"], stream)
+    assert isinstance(answer, Exception)
+    assert any(cls.__module__.startswith(sdk.package) for cls in type(answer).__mro__), type(answer)
+    assert sim.stats.total_requests == 2
+    sim.clear_faults()
+
+
+# -- the same table for the decorators alone (docs/which_layer.md) --------------------------------
+
+
+def _decorated(ask: Ask) -> Ask:
+    """The recommended stack on the function that calls the SDK, at the simulator's limit."""
+    limited = glm_guard.rate_limited(concurrency=LIMIT, key=f"glm:{MODEL}", cooldown=0.02)(ask)
+    return glm_guard.retry_on_1302(max_tries=3, base_delay=0.02, max_delay=0.1)(limited)
+
+
+#: Requests a 1113 costs under the decorators alone: with the SDK's retry settings at their
+#: defaults, and with its client passed through ``sdk_retries_off()``.  zai-sdk and zhipuai
+#: retry 3 times, the openai client twice; litellm sets ``max_retries=2`` on the openai client it
+#: sends through at every call (the one it was given included) and its ``zai/`` route has no
+#: client to hand over, so only the transport stops its retries.  The transport: 1 for every row.
+SENT_FOR_A_1113_UNDER_THE_DECORATORS = {
+    "zai-sdk": (4, 1),
+    "zhipuai": (4, 1),
+    "openai": (3, 1),
+    "openai-async": (3, 1),
+    "langchain": (3, 1),
+    "langchain-async": (3, 1),
+    "litellm": (3, 3),
+    "litellm-async": (3, 3),
+    "litellm-zai": (3, 3),
+    "litellm-zai-async": (3, 3),
+    "pydantic-ai": (3, 1),
+}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_under_the_decorators_the_limit_holds_at_the_server(sdk: Sdk, stream: bool, sim: GLMSimulator) -> None:
+    ask = _decorated(sdk.build(sim.base_url, API_KEY, Wiring(None)))
+    answers = run_all(sdk, ask, [f"question {i}" for i in range(CALLS)], stream)
+    assert [a for a in answers if not isinstance(a, str) or "glm-sim" not in a] == []
+    assert sim.stats.rejected_total == 0
+    assert sim.stats.total_requests == CALLS
+    assert sim.stats.peak_in_flight <= LIMIT
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_under_the_decorators_a_1302_is_absorbed(sdk: Sdk, stream: bool, sim: GLMSimulator) -> None:
+    ask = _decorated(sdk.build(sim.base_url, API_KEY, Wiring(None)))
+    sim.force_next("1302", 2)
+    [answer] = run_all(sdk, ask, ["hello"], stream)
+    assert isinstance(answer, str) and "glm-sim" in answer
+    assert sim.stats.total_requests == 3  # the SDK's own retries or the decorator's: each 1302 once
+
+
+@pytest.mark.parametrize("quiet", [False, True], ids=["sdk-defaults", "sdk_retries_off"])
+@pytest.mark.parametrize("failure", ["1113", "401"])
+def test_under_the_decorators_a_permanent_error_costs_what_the_sdk_resends(
+    sdk: Sdk, failure: str, quiet: bool, sim: GLMSimulator
+) -> None:
+    ask_failing(sdk, failure, Wiring(None, quiet), sim, False)
+    expected = SENT_FOR_A_1113_UNDER_THE_DECORATORS[sdk.name][quiet] if failure == "1113" else 1
+    assert sim.stats.total_requests == expected
 
 
 # -- sdk_retries_off on the clients that are not openai-style ------------------------------------
@@ -423,73 +516,3 @@ def test_sdk_retry_warning_also_follows_a_permanent_error_the_sdk_resent(sim: GL
     assert sim.stats.total_requests == 2  # the SDK's own retry: what the warning is about
     client.close()
     _sdk._warned.clear()
-
-
-def test_under_the_decorators_alone_the_sdk_resends_a_1113(sim: GLMSimulator) -> None:
-    """The same call as the table's, guarded by the decorators instead: the SDK's default retries
-    resend what the transport sends once (docs/http.md, which layer to guard)."""
-    client = openai.OpenAI(api_key=API_KEY, base_url=sim.base_url)  # max_retries left at 2
-
-    @glm_guard.retry_on_1302(max_tries=3, base_delay=0.02, max_delay=0.1)
-    @glm_guard.rate_limited(concurrency=LIMIT, key=f"glm:{MODEL}")
-    def ask() -> object:
-        return client.chat.completions.create(model=MODEL, messages=_messages("hello"))
-
-    sim.set_arrears(True)
-    with pytest.raises(openai.RateLimitError):
-        ask()
-    assert sim.stats.total_requests == 3
-    client.close()
-
-
-# -- the same table under the decorators alone (docs/which_layer.md) --------------------------------
-
-
-#: Requests at the server for one call that meets a 1113, under the decorators alone with the SDK's
-#: retry settings at their defaults: zai-sdk and zhipuai retry a 429 three times, the openai
-#: client (inside langchain-openai, litellm and pydantic-ai too) twice; litellm's own ``zai/``
-#: provider behaves the same.  Through the transport it is 1 for every one of them.
-SENT_FOR_A_1113_UNDER_THE_DECORATORS = {
-    **dict.fromkeys(["zai-sdk", "zhipuai"], 4),
-    **dict.fromkeys(["openai", "openai-async", "langchain", "langchain-async", "pydantic-ai"], 3),
-    **dict.fromkeys(["litellm", "litellm-async", "litellm-zai", "litellm-zai-async"], 3),
-}
-
-
-def _decorated(sdk: Sdk, base_url: str, key: str) -> Ask:
-    """The SDK on a plain httpx client, its retry settings untouched, its calls guarded by the
-    decorators (the key is the test's own, so no state carries over between tests)."""
-    limited = glm_guard.rate_limited(concurrency=LIMIT, cooldown=0.02, key=f"sdk-table-{uuid.uuid4().hex}")
-    return glm_guard.retry_on_1302(base_delay=0.02, max_delay=0.1)(limited(sdk.build(base_url, key, None)))
-
-
-@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
-def test_under_the_decorators_the_limit_holds_at_the_server(sdk: Sdk, stream: bool, sim: GLMSimulator) -> None:
-    answers = run_all(sdk, _decorated(sdk, sim.base_url, API_KEY), [f"question {i}" for i in range(CALLS)], stream)
-    assert [a for a in answers if not isinstance(a, str) or "glm-sim" not in a] == []
-    assert sim.stats.rejected_total == 0
-    assert sim.stats.total_requests == CALLS
-    assert sim.stats.peak_in_flight <= LIMIT
-
-
-def test_under_the_decorators_a_1302_is_absorbed(sdk: Sdk, sim: GLMSimulator) -> None:
-    sim.force_next("1302", 2)
-    [answer] = run_all(sdk, _decorated(sdk, sim.base_url, API_KEY), ["hello"], False)
-    assert isinstance(answer, str) and "glm-sim" in answer
-    assert sim.stats.total_requests == 3  # two 1302s (retried by the SDK or the decorator) and the answer
-
-
-@pytest.mark.parametrize("failure", ["1113", "401"])
-def test_under_the_decorators_a_permanent_error_costs_what_the_sdk_retries(
-    sdk: Sdk, failure: str, sim: GLMSimulator
-) -> None:
-    if failure == "1113":
-        sim.set_arrears(True)
-    ask = _decorated(sdk, sim.base_url, API_KEY if failure == "1113" else "sk-wrong-key-0000")
-    [answer] = run_all(sdk, ask, ["hello"], False)
-    assert isinstance(answer, Exception)
-    assert not type(answer).__module__.startswith("glm_guard")
-    assert any(cls.__module__.startswith(sdk.package) for cls in type(answer).__mro__), type(answer)
-    # What the transport sends once (the table above), the SDK resends with its default retries
-    # of a 429; a 401 none retries.
-    assert sim.stats.total_requests == (SENT_FOR_A_1113_UNDER_THE_DECORATORS[sdk.name] if failure == "1113" else 1)
