@@ -342,14 +342,18 @@ def run_all(sdk: Sdk, ask: Ask, prompts: list[str], stream: bool) -> list[Any]:
         return list(pool.map(one, prompts))
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
-def test_the_limit_holds_at_the_server(sdk: Sdk, stream: bool, sim: GLMSimulator, backend: Backend) -> None:
-    ask = sdk.build(sim.base_url, API_KEY, Wiring({**POLICY, "backend": backend}))
-    answers = run_all(sdk, ask, [f"question {i}" for i in range(CALLS)], stream)
+def assert_limit_held(sim: GLMSimulator, answers: list[Any]) -> None:
+    """Every call answered, one request each, never more than the limit in flight at the server."""
     assert [a for a in answers if not isinstance(a, str) or "glm-sim" not in a] == []
     assert sim.stats.rejected_total == 0
     assert sim.stats.total_requests == CALLS
     assert sim.stats.peak_in_flight <= LIMIT
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_the_limit_holds_at_the_server(sdk: Sdk, stream: bool, sim: GLMSimulator, backend: Backend) -> None:
+    ask = sdk.build(sim.base_url, API_KEY, Wiring({**POLICY, "backend": backend}))
+    assert_limit_held(sim, run_all(sdk, ask, [f"question {i}" for i in range(CALLS)], stream))
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
@@ -430,11 +434,7 @@ SENT_FOR_A_1113_UNDER_THE_DECORATORS = {
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 def test_under_the_decorators_the_limit_holds_at_the_server(sdk: Sdk, stream: bool, sim: GLMSimulator) -> None:
     ask = _decorated(sdk.build(sim.base_url, API_KEY, Wiring(None)))
-    answers = run_all(sdk, ask, [f"question {i}" for i in range(CALLS)], stream)
-    assert [a for a in answers if not isinstance(a, str) or "glm-sim" not in a] == []
-    assert sim.stats.rejected_total == 0
-    assert sim.stats.total_requests == CALLS
-    assert sim.stats.peak_in_flight <= LIMIT
+    assert_limit_held(sim, run_all(sdk, ask, [f"question {i}" for i in range(CALLS)], stream))
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
