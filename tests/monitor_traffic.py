@@ -44,3 +44,19 @@ def real_traffic(backend: LocalBackend) -> None:
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(ask, [f"{PROMPT}{i % 3}" for i in range(9)]))  # three misses, then hits
             list(pool.map(ask_auto, [f"{PROMPT}{i}" for i in range(12)]))  # 6 at once against 2: cuts
+
+
+def more_calls(backend: LocalBackend, calls: int) -> None:
+    """``calls`` more answered calls on the ``glm-4`` key, through the limiter to the simulator."""
+    with (
+        run_simulator(concurrency=2, latency=0.01, stream_chunk_delay=0) as sim,
+        openai.OpenAI(api_key=API_KEY, base_url=sim.base_url, max_retries=0, timeout=10) as client,
+    ):
+
+        @rate_limited(concurrency=2, key="glm-4", backend=backend)
+        def ask(prompt: str) -> str:
+            reply = client.chat.completions.create(model="glm-4", messages=[{"role": "user", "content": prompt}])
+            return reply.choices[0].message.content or ""
+
+        for i in range(calls):
+            ask(f"{PROMPT}-more-{i}")

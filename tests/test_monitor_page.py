@@ -28,7 +28,7 @@ from glm_guard.monitoring import create_app
 from glm_guard.monitoring._recorder import RECORDER
 from glm_guard.monitoring._server import MonitorServer
 
-from .monitor_traffic import API_KEY, PROMPT, real_traffic
+from .monitor_traffic import API_KEY, PROMPT, more_calls, real_traffic
 
 pytestmark = pytest.mark.usefixtures("fresh_stats")
 
@@ -199,6 +199,38 @@ def test_a_token_typed_into_the_page_is_sent_as_a_header(
     browser.find_element("css selector", "#controls button").click()
     assert wait_updated(browser) != "error"
     assert shown(browser, "glm-4", "total")["calls"] != ""
+
+
+def axis_span(driver: Any, key: str) -> int:
+    """Minutes from the first to the last minute on the x axis of ``key``'s calls chart."""
+    texts = driver.find_elements("css selector", f'section[data-key="{key}"] figure[data-chart="calls"] svg text')
+    first, last = (int(t.text[:2]) * 60 + int(t.text[3:]) for t in texts[2:4])
+    return (last - first) % (24 * 60)
+
+
+@needs_browser
+def test_the_page_follows_the_chosen_window_and_refreshes_itself(
+    browser: Any, monitor: str, traffic_backend: LocalBackend
+) -> None:
+    """Choosing a window in the page re-reads and re-charts it; later calls appear with no action taken."""
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    real_traffic(traffic_backend)
+    assert open_page(browser, f"{monitor}/#token={TOKEN}&window=15") != "error"
+    assert axis_span(browser, "glm-4") == 14
+    Select(browser.find_element("id", "window")).select_by_value("180")
+    WebDriverWait(browser, 10).until(lambda d: "last 3 hours" in d.find_element("css selector", "table.figures").text)
+    assert axis_span(browser, "glm-4") == 179
+    requested = browser.execute_script("return performance.getEntriesByType('resource').map((e) => e.name)")
+    assert any(name.endswith("/series?window_minutes=180") for name in requested)
+    assert any(name.endswith("/rate-limit-stats?window_minutes=180") for name in requested)
+
+    more_calls(traffic_backend, 3)
+    with httpx.Client(base_url=monitor, timeout=5, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        calls = http.get("/api/v1/monitoring/stats").json()["keys"]["glm-4"]["calls"]
+    # Nothing is clicked from here: the page's own timer (every 5 s) must bring the new calls in.
+    WebDriverWait(browser, 12).until(lambda d: shown(d, "glm-4", "total").get("calls") == str(calls))
+    assert shown(browser, "glm-4", "window")["calls"] == str(calls)
 
 
 def test_the_page_loads_nothing_from_elsewhere() -> None:
