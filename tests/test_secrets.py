@@ -30,6 +30,8 @@ from glm_guard.backends import get_backend
 from glm_guard.backends._redis import RedisBackend
 from glm_guard.cli import main
 from glm_guard.monitoring import LoggingSubscriber, Monitor
+from glm_guard.monitoring._recorder import RECORDER
+from glm_guard.monitoring._series import read_series
 from glm_guard.monitoring._server import MonitorServer
 from glm_guard.testing import run_simulator
 
@@ -103,6 +105,7 @@ class Sweep:
 
     def views(self) -> None:
         self.add(json.dumps(glm_guard.stats(), default=str), json.dumps(glm_guard.rate_limit_stats(5), default=str))
+        self.add(json.dumps(read_series(RECORDER, 5), default=str))  # the monitor page's charts
 
     def cli(self, capsys: pytest.CaptureFixture[str], *argv: str) -> None:
         with contextlib.suppress(SystemExit):
@@ -270,7 +273,8 @@ def _the_client_and_the_monitor(sweep: Sweep, monkeypatch: pytest.MonkeyPatch) -
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{server.server_address[1]}", timeout=5) as http:
             for auth in (None, "Bearer wrong", TOKEN, f"Bearer {TOKEN}x", f"Bearer {TOKEN}"):
-                for path in ("/api/v1/monitoring/stats", "/api/v1/monitoring/rate-limit-stats", "/metrics"):
+                paths = ("stats", "rate-limit-stats", "series")
+                for path in ("/", *(f"/api/v1/monitoring/{name}" for name in paths), "/metrics"):
                     response = http.get(path, headers={"Authorization": auth} if auth else {})
                     sweep.add(response.text, dict(response.headers))
             assert response.status_code == 200
