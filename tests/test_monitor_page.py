@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -213,14 +213,20 @@ def test_the_page_follows_the_chosen_window_and_refreshes_itself(
     browser: Any, monitor: str, traffic_backend: LocalBackend
 ) -> None:
     """Choosing a window in the page re-reads and re-charts it; later calls appear with no action taken."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    def eventually(holds: Callable[[Any], bool], seconds: float = 10) -> None:
+        """Wait for ``holds``: the page redraws itself every 5 s, which can replace an element
+        between finding it and reading it."""
+        WebDriverWait(browser, seconds, ignored_exceptions=(StaleElementReferenceException,)).until(holds)
 
     real_traffic(traffic_backend)
     assert open_page(browser, f"{monitor}/#token={TOKEN}&window=15") != "error"
-    assert axis_span(browser, "glm-4") == 14
+    eventually(lambda d: axis_span(d, "glm-4") == 14)
     Select(browser.find_element("id", "window")).select_by_value("180")
-    WebDriverWait(browser, 10).until(lambda d: "last 3 hours" in d.find_element("css selector", "table.figures").text)
-    assert axis_span(browser, "glm-4") == 179
+    eventually(lambda d: "last 3 hours" in d.find_element("css selector", "table.figures").text)
+    eventually(lambda d: axis_span(d, "glm-4") == 179)
     requested = browser.execute_script("return performance.getEntriesByType('resource').map((e) => e.name)")
     assert any(name.endswith("/series?window_minutes=180") for name in requested)
     assert any(name.endswith("/rate-limit-stats?window_minutes=180") for name in requested)
@@ -229,8 +235,8 @@ def test_the_page_follows_the_chosen_window_and_refreshes_itself(
     with httpx.Client(base_url=monitor, timeout=5, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
         calls = http.get("/api/v1/monitoring/stats").json()["keys"]["glm-4"]["calls"]
     # Nothing is clicked from here: the page's own timer (every 5 s) must bring the new calls in.
-    WebDriverWait(browser, 12).until(lambda d: shown(d, "glm-4", "total").get("calls") == str(calls))
-    assert shown(browser, "glm-4", "window")["calls"] == str(calls)
+    eventually(lambda d: shown(d, "glm-4", "total").get("calls") == str(calls), 12)
+    eventually(lambda d: shown(d, "glm-4", "window").get("calls") == str(calls))
 
 
 def test_the_page_loads_nothing_from_elsewhere() -> None:
