@@ -135,6 +135,17 @@ def test_concurrency_limit_holds_for_threads(backend: Backend) -> None:
     assert peak == 2
 
 
+def assert_arrival_order(order: list[int], callers: int, backend: Backend) -> None:
+    """Every caller ran, in arrival order.  On Redis one caller may have stepped out of line: a
+    reserved start it reaches too late on a busy host is given back and asked for again, behind
+    those queued meanwhile (docs/rate_limited.md); locally nothing is ever late."""
+    assert sorted(order) == list(range(callers))
+    if isinstance(backend, LocalBackend):
+        assert order == list(range(callers))
+        return
+    assert any(order[:k] + order[k + 1 :] == sorted(order[:k] + order[k + 1 :]) for k in range(callers)), order
+
+
 async def test_waiters_are_admitted_in_arrival_order(backend: Backend) -> None:
     order: list[int] = []
 
@@ -147,7 +158,7 @@ async def test_waiters_are_admitted_in_arrival_order(backend: Backend) -> None:
         tasks.append(asyncio.create_task(call(i)))
         await asyncio.sleep(0.001)  # arrive one after another
     await asyncio.gather(*tasks)
-    assert order == list(range(8))
+    assert_arrival_order(order, 8, backend)
 
 
 def test_threads_are_admitted_in_arrival_order(backend: Backend) -> None:
@@ -165,7 +176,7 @@ def test_threads_are_admitted_in_arrival_order(backend: Backend) -> None:
         time.sleep(0.005)
     for thread in threads:
         thread.join(10)
-    assert order == list(range(6))
+    assert_arrival_order(order, 6, backend)
 
 
 def test_max_wait_fails_at_once_when_the_wait_is_known_to_be_too_long(backend: Backend) -> None:
