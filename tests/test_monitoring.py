@@ -492,6 +492,41 @@ def test_monitor_command_serves_the_endpoints_redis(redis_url: str) -> None:
     assert process.returncode == 0
 
 
+def test_a_monitor_of_its_own_draws_the_workers_fixed_limit_redis(redis_url: str) -> None:
+    """``concurrency=3`` is known only to the worker's decorator: its stats flush carries it to Redis,
+    where ``glm-guard monitor`` in another process reads it for the in-flight chart."""
+    worker = RedisBackend(redis_url)
+    try:
+        glm_guard.configure_stats(backend=worker)
+
+        @rate_limited(concurrency=3, key="fleet-fixed", backend=worker)
+        def call() -> str:
+            return "answer"
+
+        assert [call() for _ in range(2)] == ["answer"] * 2
+        RECORDER.sync()
+    finally:
+        worker.close()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "glm_guard", "monitor", "--host", "127.0.0.1", "--port", "0"],
+        cwd=ROOT,
+        env={**os.environ, "REDIS_URL": redis_url, "GLM_API_MAX_CONCURRENCY": ""},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        base = process.stdout.readline().split()[3].rstrip(",")
+        with httpx.Client(base_url=base, timeout=5) as client:
+            block = client.get("/api/v1/monitoring/stats").json()["keys"]["fleet-fixed"]
+            series = client.get("/api/v1/monitoring/series?window_minutes=15").json()["keys"]["fleet-fixed"]
+        assert (block["calls"], block["concurrency_limit"], block["learned_limit"]) == (2, 3, None)
+        assert series["limit"] == {"value": 3, "kind": "fixed"}
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)
+
+
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="counts threads through /proc")
 def test_the_monitor_command_drops_idle_connections_and_keeps_few_threads() -> None:
     """The issue's case, end to end: 300 half-sent requests to ``glm-guard monitor``."""

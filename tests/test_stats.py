@@ -717,6 +717,44 @@ def test_planted_learned_state_never_reaches_stats_redis(redis_url: str) -> None
         backend.close()
 
 
+def test_planted_fixed_limits_never_reach_stats_redis(redis_url: str) -> None:
+    """The fleet's fixed limits live in one shared hash: what a writer planted there is not read as
+    a number, and a hash of another type costs the flush its limits, never its counts.  Counters
+    planted beside real ones are passed over too."""
+    backend = RedisBackend(redis_url)
+    client = redis.Redis.from_url(redis_url)
+    limits = f"{backend.prefix}{{stats}}:limits"
+    now = int(time.time() // 60)
+    try:
+        glm_guard.configure_stats(backend=backend)
+
+        @rate_limited(concurrency=4, key="planted-fixed", backend=backend)
+        def call() -> None:
+            return None
+
+        call()
+        _recorder.RECORDER.sync()
+        written = {key.decode(): value.decode() for key, value in client.hgetall(limits).items()}
+        assert written == {"planted-fixed": f"4 {now}"} or written == {"planted-fixed": f"4 {now + 1}"}
+        planted = {"inf": f"inf {now}", "huge": f"{10**10} {now}", "zero": f"0 {now}", "text": "3", "old": "5 1"}
+        client.hset(limits, mapping={**planted, "fine": f"6 {now}", b"\xff": f"2 {now}", "bad": b"\xff"})
+        assert backend.fixed_limits() == {"planted-fixed": 4, "fine": 6}
+        client.delete(limits)
+        client.set(limits, "not a hash")
+        call()
+        _recorder.RECORDER.sync()
+        assert glm_guard.stats()["keys"]["planted-fixed"]["calls"] == 2  # counted once, flushed once
+        client.hset(f"{backend.prefix}{{stats}}:total", mapping={"other|calls": "many", b"\xff|calls": "1"})
+        client.set(f"{backend.prefix}{{stats}}:m:{now - 1}", "not a hash")
+        window = glm_guard.rate_limit_stats(5)["keys"]
+        assert glm_guard.stats()["keys"]["planted-fixed"]["calls"] == window["planted-fixed"]["calls"] == 2
+        assert "other" not in glm_guard.stats()["keys"]
+        assert backend.fixed_limits() == {"planted-fixed": 4}  # this process's own, while the hash is spoilt
+    finally:
+        client.close()
+        backend.close()
+
+
 @pytest.mark.parametrize(
     ("limit", "epoch", "expected"),
     [

@@ -407,7 +407,8 @@ class LearnsLimits(ABC):
     @abstractmethod
     def fixed_limits(self) -> dict[str, int]:
         """The fixed concurrency limit (``concurrency=N``) each key was last admitted under in
-        this process, so monitoring can draw calls in flight against it."""
+        this process (a shared backend adds the fleet's), so monitoring can draw calls in flight
+        against it; never raises."""
 
 
 class ReportsOutages(ABC):

@@ -168,7 +168,8 @@ def learned_limits(keys: Iterable[str] = ()) -> dict[str, LearnedState]:
 
 
 def fixed_limits() -> dict[str, int]:
-    """The fixed concurrency limit (``concurrency=N``) each key of this process was last admitted under."""
+    """The fixed concurrency limit (``concurrency=N``) each key was last admitted under, in this
+    process or, on Redis, wherever in the fleet a process last flushed its stats."""
     from ..backends import live_backends
 
     found: dict[str, int] = {}

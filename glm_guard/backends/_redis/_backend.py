@@ -106,7 +106,7 @@ class RedisBackend(Backend, SharesStats, ReportsOutages, LearnsLimits):
         )
         self.health = Health(url)
         self.connections = Connections(url, timeout, self.health)
-        self._stats = RedisSharedStats(self.connections, self.prefix)
+        self._stats = RedisSharedStats(self.connections, self.prefix, self._fixed_limits_here)
         self._limiters: dict[str, RedisLimiter] = {}
         self._retry_counts: dict[str, SharedRetryCounts] = {}
         self._shares: dict[tuple[LimitPolicy, int, int | None], LimitPolicy] = {}
@@ -201,6 +201,17 @@ class RedisBackend(Backend, SharesStats, ReportsOutages, LearnsLimits):
         return self._stats
 
     def fixed_limits(self) -> dict[str, int]:
+        """The fleet's, as the processes' stats flushes wrote them to Redis, with this process's own
+        over them; while Redis is away, this process's alone."""
+        found = self._fixed_limits_here()
+        if not self.health.available():
+            return found
+        try:
+            return {**self._stats.fixed_limits(), **found}
+        except (BackendError, BackendRequestError):
+            return found
+
+    def _fixed_limits_here(self) -> dict[str, int]:
         with self._lock:
             limiters = list(self._limiters.values())
         return {limiter.key: limiter.fixed_limit for limiter in limiters if limiter.fixed_limit is not None}

@@ -6,6 +6,9 @@ Key layout, for prefix ``P``::
                                 expires 24 h + 10 min after the minute ends
     P{stats}:total        HASH  the same fields summed since first use (expires 30 days idle)
     P{stats}:alerts       HASH  alert name -> "1" while firing (expires 2 h after the last check)
+    P{stats}:limits       HASH  key -> "N M": the fixed ``concurrency=N`` a process last admitted
+                                the key under, written with each flush at unix minute M (read
+                                for as long as the minute hashes live; the hash expires with them)
 
 :meth:`~RedisSharedStats.add` is one MULTI/EXEC over several of these keys (all of a flush or
 none, so a retry never counts twice), which Redis Cluster runs only when every key is in one
@@ -13,11 +16,16 @@ slot: hence the one ``{stats}`` hash tag.  Whatever the prefix holds, every stat
 with the same text up to the end of that tag, so they all share it.  Releases before the tag
 wrote ``Pstats:m:{minute}`` and ``Pstats:total``; those are still read (never written), so a
 fleet upgrading process by process loses no counts from the views until they expire.
+
+The fixed limits travel with the counters so that a monitor in a process of its own (``glm-guard
+monitor``) can draw calls in flight against a limit only the workers' decorators know.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from .._base import Counters, SharedStats
@@ -27,6 +35,8 @@ from ._connections import Connections
 MINUTE_TTL_SECONDS: Final = 24 * 60 * 60 + 600
 TOTAL_TTL_SECONDS: Final = 30 * 24 * 3600
 ALERTS_TTL_SECONDS: Final = 2 * 3600
+#: Beyond this a stored fixed limit is not read: no Redis limit is anywhere near it.
+MAX_FIXED_LIMIT: Final = 10**9
 
 
 class RedisSharedStats(SharedStats):
@@ -34,9 +44,11 @@ class RedisSharedStats(SharedStats):
 
     name = "redis"
 
-    def __init__(self, connections: Connections, prefix: str) -> None:
+    def __init__(self, connections: Connections, prefix: str, fixed_limits: Callable[[], Mapping[str, int]]) -> None:
+        """``fixed_limits`` gives this process's fixed limits by key, written with every flush."""
         self._connections = connections
         self._prefix = prefix
+        self._fixed_limits_here = fixed_limits
 
     def _key(self, suffix: str) -> str:
         return f"{self._prefix}{{stats}}:{suffix}"
@@ -49,6 +61,8 @@ class RedisSharedStats(SharedStats):
         totals: Counters = {}
         for per_key in minutes.values():
             _merge(totals, per_key)
+        now = int(time.time() // 60)
+        limits = {key: f"{limit} {now}" for key, limit in self._fixed_limits_here().items()}
 
         def write(client: Any) -> None:
             pipe = client.pipeline(transaction=True)  # all of a flush or none: a retry never double counts
@@ -59,7 +73,16 @@ class RedisSharedStats(SharedStats):
             total = self._key("total")
             _increments(pipe, total, totals)
             pipe.expire(total, TOTAL_TTL_SECONDS)
-            pipe.execute()
+            counting = len(pipe)
+            if limits:
+                pipe.hset(self._key("limits"), mapping=limits)
+                pipe.expire(self._key("limits"), MINUTE_TTL_SECONDS)
+            replies = pipe.execute(raise_on_error=False)
+            failed = [reply for reply in replies[:counting] if isinstance(reply, Exception)]
+            if failed:
+                raise failed[0]
+            # A limits hash planted with another type fails alone: the counts stand, and a retry of
+            # the flush for its sake would count them twice.
 
         self._connections.call(write)
 
@@ -75,9 +98,22 @@ class RedisSharedStats(SharedStats):
             for suffix in suffixes:
                 for name in self._keys_read(suffix):
                     pipe.hgetall(name)
-            return list(pipe.execute())
+            return list(pipe.execute(raise_on_error=False))  # a planted key of another type spoils only itself
 
-        return _parse(self._connections.call(read))
+        return _parse(reply for reply in self._connections.call(read) if isinstance(reply, dict))
+
+    def fixed_limits(self) -> dict[str, int]:
+        """The fixed limit each key was last admitted under anywhere in the fleet, as the last flush
+        that wrote it said, for keys written within the day the views read."""
+        raw = self._connections.call(lambda client: client.hgetall(self._key("limits")))
+        oldest = int(time.time() - MINUTE_TTL_SECONDS) // 60
+        found = {}
+        for key, value in raw.items():
+            with contextlib.suppress(UnicodeDecodeError):
+                limit = _fixed_limit(value, oldest)
+                if limit is not None:
+                    found[_text(key)] = limit
+        return found
 
     def reachable(self) -> bool:
         try:
@@ -107,6 +143,16 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _fixed_limit(raw: object, oldest_minute: int) -> int | None:
+    """A ``limits`` field as :meth:`RedisSharedStats.add` writes it, else ``None``: text planted in
+    the store never reaches a view as a number, and a limit no process wrote for a day is gone."""
+    try:
+        limit, minute = (int(part) for part in _text(raw).split(" "))
+    except ValueError:  # also a field that is not UTF-8, or not two numbers
+        return None
+    return limit if 1 <= limit <= MAX_FIXED_LIMIT and minute >= oldest_minute else None
+
+
 def _merge(into: Counters, per_key: Counters) -> None:
     for key, fields in per_key.items():
         mine = into.setdefault(key, {})
@@ -121,13 +167,18 @@ def _increments(pipe: Any, name: str, per_key: Counters) -> None:
                 pipe.hincrby(name, f"{key}|{field}", value)
 
 
-def _parse(hashes: list[Mapping[Any, Any]]) -> Counters:
-    """Fields ``key|counter`` of every hash, summed by key and counter."""
+def _parse(hashes: Iterable[Mapping[Any, Any]]) -> Counters:
+    """Fields ``key|counter`` of every hash, summed by key and counter; a field whose name is not
+    text or whose value is not a whole number was not written by a flush, and is passed over."""
     result: Counters = {}
     for raw in hashes:
         for field, value in raw.items():
-            key, _, counter = _text(field).rpartition("|")
+            try:
+                key, _, counter = _text(field).rpartition("|")
+                count = int(value)
+            except ValueError:  # UnicodeDecodeError too
+                continue
             if key:
                 fields = result.setdefault(key, {})
-                fields[counter] = fields.get(counter, 0) + int(value)
+                fields[counter] = fields.get(counter, 0) + count
     return result
