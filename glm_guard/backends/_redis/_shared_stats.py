@@ -98,9 +98,13 @@ class RedisSharedStats(SharedStats):
             for suffix in suffixes:
                 for name in self._keys_read(suffix):
                     pipe.hgetall(name)
-            return list(pipe.execute(raise_on_error=False))  # a planted key of another type spoils only itself
+            replies = pipe.execute(raise_on_error=False)
+            for reply in replies:  # a planted key of another type spoils only itself; other errors stand
+                if isinstance(reply, Exception) and not str(reply).startswith("WRONGTYPE"):
+                    raise reply
+            return [reply for reply in replies if isinstance(reply, dict)]
 
-        return _parse(reply for reply in self._connections.call(read) if isinstance(reply, dict))
+        return _parse(self._connections.call(read))
 
     def fixed_limits(self) -> dict[str, int]:
         """The fixed limit each key was last admitted under anywhere in the fleet, as the last flush
