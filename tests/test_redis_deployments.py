@@ -23,7 +23,7 @@ import glm_guard
 from glm_guard import AutoConcurrency, ConfigurationError, RateLimitTimeout, cached_response, rate_limited
 from glm_guard._redact import mask_url
 from glm_guard.backends import get_backend
-from glm_guard.backends._redis import RedisBackend, _scripts
+from glm_guard.backends._redis import RedisBackend, RedisSharedStats, _scripts
 from glm_guard.monitoring import _alerts, _recorder
 
 from . import redis_deployments as deploy
@@ -168,6 +168,8 @@ def _stats_and_alerts(first: RedisBackend, second: RedisBackend) -> None:
     totals = first.shared_stats().totals()  # also holds what the decorators above recorded
     assert totals["glm-4"] == {"calls": 5, "ok": 2} and totals["glm-5"] == {"calls": 1}
     assert second.shared_stats().window(minute - 1, minute)["glm-4"] == {"calls": 5, "ok": 2}
+    stored = second.shared_stats()
+    assert isinstance(stored, RedisSharedStats) and stored.fixed_limits() == {"one": 1}  # the flushes wrote it
 
     second.shared_stats().add({minute: {"hot": {"err.rate_limit.1302": 50, "attempts": 50}}})
     monitors = []
