@@ -737,6 +737,7 @@ def test_planted_fixed_limits_never_reach_stats_redis(redis_url: str) -> None:
         written = {key.decode(): value.decode() for key, value in client.hgetall(limits).items()}
         assert written == {"planted-fixed": f"4 {now}"} or written == {"planted-fixed": f"4 {now + 1}"}
         planted = {"inf": f"inf {now}", "huge": f"{10**10} {now}", "zero": f"0 {now}", "text": "3", "old": "5 1"}
+        planted |= {"future": f"3 {now + 60}", "underscore": f"1_0 {now}", "plus": f"+3 {now}", "wide": f"\uff13 {now}"}
         client.hset(limits, mapping={**planted, "fine": f"6 {now}", b"\xff": f"2 {now}", "bad": b"\xff"})
         assert backend.fixed_limits() == {"planted-fixed": 4, "fine": 6}
         client.delete(limits)
@@ -746,12 +747,68 @@ def test_planted_fixed_limits_never_reach_stats_redis(redis_url: str) -> None:
         assert glm_guard.stats()["keys"]["planted-fixed"]["calls"] == 2  # counted once, flushed once
         client.hset(f"{backend.prefix}{{stats}}:total", mapping={"other|calls": "many", b"\xff|calls": "1"})
         client.set(f"{backend.prefix}{{stats}}:m:{now - 1}", "not a hash")
-        window = glm_guard.rate_limit_stats(5)["keys"]
-        assert glm_guard.stats()["keys"]["planted-fixed"]["calls"] == window["planted-fixed"]["calls"] == 2
-        assert "other" not in glm_guard.stats()["keys"]
+        window, since_start = glm_guard.rate_limit_stats(5), glm_guard.stats()
+        for view in (window, since_start):  # read from Redis, not this process's own counters
+            assert view["source"] == "redis" and "shared_error" not in view
+        assert since_start["keys"]["planted-fixed"]["calls"] == window["keys"]["planted-fixed"]["calls"] == 2
+        assert "other" not in since_start["keys"]
         assert backend.fixed_limits() == {"planted-fixed": 4}  # this process's own, while the hash is spoilt
     finally:
         client.close()
+        backend.close()
+
+
+def test_a_flush_spoilt_by_a_planted_key_counts_the_rest_once_redis(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stats key of another type fails its own commands inside the flush's transaction; the
+    rest of the flush went through, so it is logged once, not retried (a retry counts twice)."""
+    backend = RedisBackend(redis_url)
+    client = redis.Redis.from_url(redis_url)
+    stats = backend.shared_stats()
+    try:
+        client.set(f"{backend.prefix}{{stats}}:total", "not a hash")
+        now = int(time.time() // 60)
+        with caplog.at_level(logging.WARNING, logger="glm_guard"):
+            for _ in range(3):
+                stats.add({now: {"spoilt": {"calls": 1}}})
+        counted = stats.window(now - 1, now + 1)
+        assert counted["spoilt"]["calls"] == 3  # each flush once in the minute hash
+        assert stats.totals() == {}  # the planted key is passed over when read
+        spoilt = [r.getMessage() for r in caplog.records if "inside a flush" in r.getMessage()]
+        assert len(spoilt) == 1 and "WRONGTYPE" in spoilt[0]
+    finally:
+        client.close()
+        backend.close()
+
+
+def test_a_flush_refused_before_it_ran_is_kept_and_sent_whole_later_redis(redis_url: str) -> None:
+    """A transaction Redis refused as it was queued (here an ACL without HINCRBY) changed
+    nothing: the recorder keeps the counts and the next flush writes them exactly once."""
+    admin = redis.Redis.from_url(redis_url)
+    admin.acl_setuser("stats-writer", enabled=True, passwords=["+writer-secret"], keys=["*"], channels=["*"])
+    admin.execute_command("ACL", "SETUSER", "stats-writer", "+@all", "-hincrby")
+    port = admin.connection_pool.connection_kwargs["port"]
+    backend = RedisBackend(f"redis://stats-writer:writer-secret@127.0.0.1:{port}/0")
+    try:
+        glm_guard.configure_stats(backend=backend)
+
+        @rate_limited(10, 60.0, key="refused-flush", backend=backend)
+        def call() -> None:
+            return None
+
+        call()
+        call()
+        _recorder.RECORDER.sync()
+        now = int(time.time() // 60)
+        assert backend.shared_stats().window(now - 1, now + 1) == {}  # refused: nothing written
+        admin.execute_command("ACL", "SETUSER", "stats-writer", "+hincrby")
+        _recorder.RECORDER.sync()
+        _recorder.RECORDER.sync()
+        assert backend.shared_stats().window(now - 1, now + 1)["refused-flush"]["calls"] == 2
+    finally:
+        admin.acl_deluser("stats-writer")
+        admin.close()
         backend.close()
 
 

@@ -353,7 +353,10 @@ class SharedStats(ABC):
 
     @abstractmethod
     def add(self, minutes: Mapping[int, Counters]) -> None:
-        """Add per-minute counters (and the same to the running totals), all or nothing."""
+        """Add per-minute counters (and the same to the running totals).
+
+        Raises only when nothing was written, so the caller may send the same counters again
+        without counting them twice."""
 
     @abstractmethod
     def totals(self) -> Counters:

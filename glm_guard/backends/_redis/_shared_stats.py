@@ -6,16 +6,21 @@ Key layout, for prefix ``P``::
                                 expires 24 h + 10 min after the minute ends
     P{stats}:total        HASH  the same fields summed since first use (expires 30 days idle)
     P{stats}:alerts       HASH  alert name -> "1" while firing (expires 2 h after the last check)
-    P{stats}:limits       HASH  key -> "N M": the fixed ``concurrency=N`` a process last admitted
-                                the key under, written with each flush at unix minute M (read
-                                for as long as the minute hashes live; the hash expires with them)
+    P{stats}:limits       HASH  key -> "N M": the fixed ``concurrency=N`` under which a process
+                                admits the key, rewritten by each of its flushes at unix minute M
+                                (the last flush wins; read for as long as the minute hashes live,
+                                and the hash expires 24 h + 10 min after the last flush that wrote it)
 
-:meth:`~RedisSharedStats.add` is one MULTI/EXEC over several of these keys (all of a flush or
-none, so a retry never counts twice), which Redis Cluster runs only when every key is in one
-slot: hence the one ``{stats}`` hash tag.  Whatever the prefix holds, every stats key starts
-with the same text up to the end of that tag, so they all share it.  Releases before the tag
-wrote ``Pstats:m:{minute}`` and ``Pstats:total``; those are still read (never written), so a
-fleet upgrading process by process loses no counts from the views until they expire.
+:meth:`~RedisSharedStats.add` is one MULTI/EXEC over several of these keys, which Redis Cluster
+runs only when every key is in one slot: hence the one ``{stats}`` hash tag.  A transaction
+that never ran (a lost connection, a command refused as it was queued) is raised and retried
+whole; once it ran, a command that failed inside it (a planted key of another type) spoils only
+its own key and is logged, never retried, so no count is written twice.
+
+Whatever the prefix holds, every stats key starts with the same text up to the end of the
+``{stats}`` tag, so they all share one slot.  Releases before the tag wrote ``Pstats:m:{minute}``
+and ``Pstats:total``; those are still read (never written), so a fleet upgrading process by
+process loses no counts from the views until they expire.
 
 The fixed limits travel with the counters so that a monitor in a process of its own (``glm-guard
 monitor``) can draw calls in flight against a limit only the workers' decorators know.
@@ -24,9 +29,13 @@ monitor``) can draw calls in flight against a limit only the workers' decorators
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
+
+import redis
 
 from .._base import Counters, SharedStats
 from ._connections import Connections
@@ -37,6 +46,10 @@ TOTAL_TTL_SECONDS: Final = 30 * 24 * 3600
 ALERTS_TTL_SECONDS: Final = 2 * 3600
 #: Beyond this a stored fixed limit is not read: no Redis limit is anywhere near it.
 MAX_FIXED_LIMIT: Final = 10**9
+#: A ``limits`` field as a flush writes it: the limit and the unix minute, in ASCII digits only.
+_FIXED_LIMIT_FIELD: Final = re.compile(r"([0-9]{1,10}) ([0-9]{1,12})")
+
+logger = logging.getLogger("glm_guard")
 
 
 class RedisSharedStats(SharedStats):
@@ -49,6 +62,7 @@ class RedisSharedStats(SharedStats):
         self._connections = connections
         self._prefix = prefix
         self._fixed_limits_here = fixed_limits
+        self._spoilt_flush_logged = False
 
     def _key(self, suffix: str) -> str:
         return f"{self._prefix}{{stats}}:{suffix}"
@@ -64,8 +78,8 @@ class RedisSharedStats(SharedStats):
         now = int(time.time() // 60)
         limits = {key: f"{limit} {now}" for key, limit in self._fixed_limits_here().items()}
 
-        def write(client: Any) -> None:
-            pipe = client.pipeline(transaction=True)  # all of a flush or none: a retry never double counts
+        def write(client: Any) -> list[Any]:
+            pipe = client.pipeline(transaction=True)  # one slot, one EXEC: raised only if it never ran
             for minute, per_key in minutes.items():
                 name = self._key(f"m:{minute}")
                 _increments(pipe, name, per_key)
@@ -73,18 +87,21 @@ class RedisSharedStats(SharedStats):
             total = self._key("total")
             _increments(pipe, total, totals)
             pipe.expire(total, TOTAL_TTL_SECONDS)
-            counting = len(pipe)
             if limits:
                 pipe.hset(self._key("limits"), mapping=limits)
                 pipe.expire(self._key("limits"), MINUTE_TTL_SECONDS)
-            replies = pipe.execute(raise_on_error=False)
-            failed = [reply for reply in replies[:counting] if isinstance(reply, Exception)]
-            if failed:
-                raise failed[0]
-            # A limits hash planted with another type fails alone: the counts stand, and a retry of
-            # the flush for its sake would count them twice.
+            return list(pipe.execute(raise_on_error=False))
 
-        self._connections.call(write)
+        failed = [reply for reply in self._connections.call(write) if isinstance(reply, redis.ResponseError)]
+        if failed and not self._spoilt_flush_logged:
+            logger.warning(
+                "glm_guard: %d stats command(s) failed inside a flush that otherwise went through "
+                "(%s); a key under the %r prefix holds what glm_guard did not write there",
+                len(failed),
+                str(failed[0]).split(" ", 1)[0],
+                self._prefix,
+            )
+        self._spoilt_flush_logged = bool(failed)
 
     def totals(self) -> Counters:
         return self._read(["total"])
@@ -100,7 +117,7 @@ class RedisSharedStats(SharedStats):
                     pipe.hgetall(name)
             replies = pipe.execute(raise_on_error=False)
             for reply in replies:  # a planted key of another type spoils only itself; other errors stand
-                if isinstance(reply, Exception) and not str(reply).startswith("WRONGTYPE"):
+                if isinstance(reply, Exception) and not _wrong_type(reply):
                     raise reply
             return [reply for reply in replies if isinstance(reply, dict)]
 
@@ -110,11 +127,11 @@ class RedisSharedStats(SharedStats):
         """The fixed limit each key was last admitted under anywhere in the fleet, as the last flush
         that wrote it said, for keys written within the day the views read."""
         raw = self._connections.call(lambda client: client.hgetall(self._key("limits")))
-        oldest = int(time.time() - MINUTE_TTL_SECONDS) // 60
+        now = int(time.time() // 60)
         found = {}
         for key, value in raw.items():
             with contextlib.suppress(UnicodeDecodeError):
-                limit = _fixed_limit(value, oldest)
+                limit = _fixed_limit(value, now)
                 if limit is not None:
                     found[_text(key)] = limit
         return found
@@ -147,14 +164,20 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _fixed_limit(raw: object, oldest_minute: int) -> int | None:
+def _wrong_type(reply: Exception) -> bool:
+    return isinstance(reply, redis.ResponseError) and str(reply).startswith("WRONGTYPE")
+
+
+def _fixed_limit(raw: object, now_minute: int) -> int | None:
     """A ``limits`` field as :meth:`RedisSharedStats.add` writes it, else ``None``: text planted in
-    the store never reaches a view as a number, and a limit no process wrote for a day is gone."""
-    try:
-        limit, minute = (int(part) for part in _text(raw).split(" "))
-    except ValueError:  # also a field that is not UTF-8, or not two numbers
+    the store never reaches a view as a number, a limit no process wrote for a day is gone, and
+    one dated in the future (which would never age out) is not believed."""
+    written = _FIXED_LIMIT_FIELD.fullmatch(_text(raw))  # UnicodeDecodeError for bytes that are not UTF-8
+    if written is None:
         return None
-    return limit if 1 <= limit <= MAX_FIXED_LIMIT and minute >= oldest_minute else None
+    limit, minute = int(written[1]), int(written[2])
+    oldest = int(now_minute - MINUTE_TTL_SECONDS // 60)
+    return limit if 1 <= limit <= MAX_FIXED_LIMIT and oldest <= minute <= now_minute + 1 else None
 
 
 def _merge(into: Counters, per_key: Counters) -> None:
