@@ -113,7 +113,7 @@ def test_redis_killed_mid_run_then_restarted_resumes_sharing(
 
 
 def test_a_paused_redis_never_hangs_a_call(own_redis: RedisServer) -> None:
-    backend = RedisBackend(own_redis.url, socket_timeout=0.3)
+    backend = RedisBackend(own_redis.url, socket_timeout=1.0)
 
     # "open": the time measured is Redis's alone (the local share would first wait out a period).
     @rate_limited(1000, 1.0, key="paused", backend=backend, on_backend_error="open")
@@ -125,10 +125,10 @@ def test_a_paused_redis_never_hangs_a_call(own_redis: RedisServer) -> None:
     try:
         began = time.monotonic()
         assert call() == "ok"
-        assert time.monotonic() - began < 1.5  # one socket timeout, then the local policy
+        assert time.monotonic() - began < 2.5  # one socket timeout, then the local policy
         began = time.monotonic()
         assert call() == "ok"
-        assert time.monotonic() - began < 0.2  # within the backoff no socket is even tried
+        assert time.monotonic() - began < 0.7  # within the backoff no socket is even tried (1 s)
     finally:
         own_redis.resume()
     backend.close()
