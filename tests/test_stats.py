@@ -775,8 +775,14 @@ def test_a_flush_spoilt_by_a_planted_key_counts_the_rest_once_redis(
         counted = stats.window(now - 1, now + 1)
         assert counted["spoilt"]["calls"] == 3  # each flush once in the minute hash
         assert stats.totals() == {}  # the planted key is passed over when read
+        client.delete(f"{backend.prefix}{{stats}}:total")
+        with caplog.at_level(logging.WARNING, logger="glm_guard"):
+            stats.add({now: {"spoilt": {"calls": 1}}})  # clean: the next spoilt flush is logged again
+            client.hset(f"{backend.prefix}{{stats}}:total", "spoilt|calls", "not a number")
+            stats.add({now: {"spoilt": {"calls": 1}}})
+        assert stats.window(now - 1, now + 1)["spoilt"]["calls"] == 5
         spoilt = [r.getMessage() for r in caplog.records if "inside a flush" in r.getMessage()]
-        assert len(spoilt) == 1 and "WRONGTYPE" in spoilt[0]
+        assert len(spoilt) == 2 and "(WRONGTYPE)" in spoilt[0] and "(ERR)" in spoilt[1]
     finally:
         client.close()
         backend.close()
@@ -784,7 +790,8 @@ def test_a_flush_spoilt_by_a_planted_key_counts_the_rest_once_redis(
 
 def test_a_flush_refused_before_it_ran_is_kept_and_sent_whole_later_redis(redis_url: str) -> None:
     """A transaction Redis refused as it was queued (here an ACL without HINCRBY) changed
-    nothing: the recorder keeps the counts and the next flush writes them exactly once."""
+    nothing: it is raised, not passed over as a spoilt flush, so the recorder keeps the counts
+    and the next flush writes them exactly once."""
     admin = redis.Redis.from_url(redis_url)
     admin.acl_setuser("stats-writer", enabled=True, passwords=["+writer-secret"], keys=["*"], channels=["*"])
     admin.execute_command("ACL", "SETUSER", "stats-writer", "+@all", "-hincrby")

@@ -355,8 +355,8 @@ class SharedStats(ABC):
     def add(self, minutes: Mapping[int, Counters]) -> None:
         """Add per-minute counters (and the same to the running totals).
 
-        Raises only when nothing was written, so the caller may send the same counters again
-        without counting them twice."""
+        Raises when the store did not take them, so the caller keeps them and sends them again;
+        counters that partly went in are not raised, since sending them again counts them twice."""
 
     @abstractmethod
     def totals(self) -> Counters:

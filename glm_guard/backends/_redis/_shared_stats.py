@@ -13,9 +13,10 @@ Key layout, for prefix ``P``::
 
 :meth:`~RedisSharedStats.add` is one MULTI/EXEC over several of these keys, which Redis Cluster
 runs only when every key is in one slot: hence the one ``{stats}`` hash tag.  A transaction
-that never ran (a lost connection, a command refused as it was queued) is raised and retried
-whole; once it ran, a command that failed inside it (a planted key of another type) spoils only
-its own key and is logged, never retried, so no count is written twice.
+Redis refused (a command refused as it was queued) or that got no reply is raised, and the
+recorder sends it again whole; once it ran, a command that failed inside it (a planted key of
+another type) spoils only its own key and is logged, never sent again, which would count the
+rest twice.  A reply lost on its way back after EXEC ran is the one case counted twice.
 
 Whatever the prefix holds, every stats key starts with the same text up to the end of the
 ``{stats}`` tag, so they all share one slot.  Releases before the tag wrote ``Pstats:m:{minute}``
@@ -40,8 +41,10 @@ import redis
 from .._base import Counters, SharedStats
 from ._connections import Connections
 
+#: How far apart the fleet's clocks may be and still agree on which minutes are live.
+CLOCK_SKEW_MINUTES: Final = 10
 #: A minute's hash outlives the minute by the day the views read, plus slack for skewed clocks.
-MINUTE_TTL_SECONDS: Final = 24 * 60 * 60 + 600
+MINUTE_TTL_SECONDS: Final = 24 * 60 * 60 + CLOCK_SKEW_MINUTES * 60
 TOTAL_TTL_SECONDS: Final = 30 * 24 * 3600
 ALERTS_TTL_SECONDS: Final = 2 * 3600
 #: Beyond this a stored fixed limit is not read: no Redis limit is anywhere near it.
@@ -98,7 +101,7 @@ class RedisSharedStats(SharedStats):
                 "glm_guard: %d stats command(s) failed inside a flush that otherwise went through "
                 "(%s); a key under the %r prefix holds what glm_guard did not write there",
                 len(failed),
-                str(failed[0]).split(" ", 1)[0],
+                getattr(failed[0], "status_code", None) or type(failed[0]).__name__,
                 self._prefix,
             )
         self._spoilt_flush_logged = bool(failed)
@@ -171,13 +174,14 @@ def _wrong_type(reply: Exception) -> bool:
 def _fixed_limit(raw: object, now_minute: int) -> int | None:
     """A ``limits`` field as :meth:`RedisSharedStats.add` writes it, else ``None``: text planted in
     the store never reaches a view as a number, a limit no process wrote for a day is gone, and
-    one dated in the future (which would never age out) is not believed."""
+    one dated further ahead than clocks drift (it would never age out) is not believed."""
     written = _FIXED_LIMIT_FIELD.fullmatch(_text(raw))  # UnicodeDecodeError for bytes that are not UTF-8
     if written is None:
         return None
     limit, minute = int(written[1]), int(written[2])
     oldest = int(now_minute - MINUTE_TTL_SECONDS // 60)
-    return limit if 1 <= limit <= MAX_FIXED_LIMIT and oldest <= minute <= now_minute + 1 else None
+    newest = now_minute + CLOCK_SKEW_MINUTES  # a writer's clock a little ahead is believed
+    return limit if 1 <= limit <= MAX_FIXED_LIMIT and oldest <= minute <= newest else None
 
 
 def _merge(into: Counters, per_key: Counters) -> None:
