@@ -42,6 +42,7 @@ from glm_guard.testing import run_simulator
 
 from .conftest import REDIS_PASSWORD
 from .helpers import SEED_1113, SEED_1302, ErrorWithText
+from .redis_deployments import acl_server
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = time.time() // 60 * 60  # a whole minute, so tests know where minute boundaries fall
@@ -788,35 +789,30 @@ def test_a_flush_spoilt_by_a_planted_key_counts_the_rest_once_redis(
         backend.close()
 
 
-def test_a_flush_refused_before_it_ran_is_kept_and_sent_whole_later_redis(redis_url: str) -> None:
+def test_a_flush_refused_before_it_ran_is_kept_and_sent_whole_later_redis() -> None:
     """A transaction Redis refused as it was queued (here an ACL without HINCRBY) changed
     nothing: it is raised, not passed over as a spoilt flush, so the recorder keeps the counts
     and the next flush writes them exactly once."""
-    admin = redis.Redis.from_url(redis_url)
-    admin.acl_setuser("stats-writer", enabled=True, passwords=["+writer-secret"], keys=["*"], channels=["*"])
-    admin.execute_command("ACL", "SETUSER", "stats-writer", "+@all", "-hincrby")
-    port = admin.connection_pool.connection_kwargs["port"]
-    backend = RedisBackend(f"redis://stats-writer:writer-secret@127.0.0.1:{port}/0")
-    try:
-        glm_guard.configure_stats(backend=backend)
+    with acl_server("stats-writer", "writer-secret", "~* &* +@all -hincrby") as server, server.client() as admin:
+        backend = RedisBackend(f"redis://stats-writer:writer-secret@127.0.0.1:{server.port}/0")
+        try:
+            glm_guard.configure_stats(backend=backend)
 
-        @rate_limited(10, 60.0, key="refused-flush", backend=backend)
-        def call() -> None:
-            return None
+            @rate_limited(10, 60.0, key="refused-flush", backend=backend)
+            def call() -> None:
+                return None
 
-        call()
-        call()
-        _recorder.RECORDER.sync()
-        now = int(time.time() // 60)
-        assert backend.shared_stats().window(now - 1, now + 1) == {}  # refused: nothing written
-        admin.execute_command("ACL", "SETUSER", "stats-writer", "+hincrby")
-        _recorder.RECORDER.sync()
-        _recorder.RECORDER.sync()
-        assert backend.shared_stats().window(now - 1, now + 1)["refused-flush"]["calls"] == 2
-    finally:
-        admin.acl_deluser("stats-writer")
-        admin.close()
-        backend.close()
+            call()
+            call()
+            _recorder.RECORDER.sync()
+            now = int(time.time() // 60)
+            assert backend.shared_stats().window(now - 1, now + 1) == {}  # refused: nothing written
+            admin.acl_setuser("stats-writer", enabled=True, commands=["+hincrby"])
+            _recorder.RECORDER.sync()
+            _recorder.RECORDER.sync()
+            assert backend.shared_stats().window(now - 1, now + 1)["refused-flush"]["calls"] == 2
+        finally:
+            backend.close()
 
 
 @pytest.mark.parametrize(

@@ -179,7 +179,7 @@ def _fixed_limit(raw: object, now_minute: int) -> int | None:
     if written is None:
         return None
     limit, minute = int(written[1]), int(written[2])
-    oldest = int(now_minute - MINUTE_TTL_SECONDS // 60)
+    oldest = now_minute - MINUTE_TTL_SECONDS // 60
     newest = now_minute + CLOCK_SKEW_MINUTES  # a writer's clock a little ahead is believed
     return limit if 1 <= limit <= MAX_FIXED_LIMIT and oldest <= minute <= newest else None
 
