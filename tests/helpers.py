@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -48,6 +49,21 @@ def eventually(condition: Callable[[], bool], within: float) -> bool:
             return True
         time.sleep(0.02)
     return condition()
+
+
+def in_threads_at_once(call: Callable[[], object], count: int, within: float = 10.0) -> None:
+    """Run ``call()`` in ``count`` threads released together, and wait up to ``within`` for each."""
+    ready = threading.Barrier(count)
+
+    def arrive_together() -> None:
+        ready.wait(5)
+        call()
+
+    threads = [threading.Thread(target=arrive_together) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(within)
 
 
 def admitted_at_once(call: Callable[[], object], most: int) -> int:

@@ -19,7 +19,7 @@ from glm_guard.backends import Backend, RedisBackend
 from glm_guard.monitoring import GuardEvent, LeaseLost, subscribe
 
 from .conftest import LimiterState, RedisServer
-from .helpers import eventually
+from .helpers import eventually, in_threads_at_once
 
 
 async def test_thousands_of_calls_cancelled_at_random_points_leave_the_pool_free(
@@ -139,21 +139,15 @@ def test_callers_queued_behind_a_paused_redis_wait_one_socket_timeout_not_one_ea
 
     assert call() == "ok"
     waits: list[float] = []
-    start = threading.Barrier(12)
 
     def caller() -> None:
-        start.wait(5)
         began = time.monotonic()
         assert call() == "ok"  # served by the outage policy once Redis is known to be away
         waits.append(time.monotonic() - began)
 
     own_redis.pause()
     try:
-        threads = [threading.Thread(target=caller) for _ in range(12)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(15)
+        in_threads_at_once(caller, 12, within=15)
     finally:
         own_redis.resume()
     assert len(waits) == 12

@@ -12,7 +12,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from glm_guard.backends._window import WindowState
 from glm_guard.testing import run_provider_simulator
 from glm_guard.testing._provider import ProviderSimulator
 
-from .helpers import admitted_at_once
+from .helpers import admitted_at_once, in_threads_at_once
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = [{"role": "user", "content": "Say hello."}]  # 10 prompt tokens, as the simulator counts
@@ -127,10 +126,8 @@ def _run(sim: ProviderSimulator, backend: Backend, account: str, *, headers_foll
 
         ask()  # 270 left, which is more than this call needs: the key does not cool down
         outcomes: list[str] = []
-        ready = threading.Barrier(12)
 
         def one() -> None:
-            ready.wait(5)
             try:
                 ask()
                 outcomes.append("ok")
@@ -139,11 +136,7 @@ def _run(sim: ProviderSimulator, backend: Backend, account: str, *, headers_foll
             except RuntimeError:
                 outcomes.append("429")
 
-        threads = [threading.Thread(target=one) for _ in range(12)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(10)
+        in_threads_at_once(one, 12)
         if headers_followed:  # once the other client's tokens left the provider's window, the budget is back
             time.sleep(2.3)
             for _ in range(3):

@@ -19,7 +19,7 @@ from glm_guard.backends._base import Backend
 from glm_guard.backends._local import LocalBackend
 
 from .conftest import LimiterState
-from .helpers import SEED_1302, ErrorWithText, max_in_window, window_margin
+from .helpers import SEED_1302, ErrorWithText, in_threads_at_once, max_in_window, window_margin
 
 
 def test_threads_never_exceed_calls_in_any_window(backend: Backend) -> None:
@@ -71,21 +71,12 @@ async def open_connections(backend: Backend, count: int) -> None:
 
 def open_connections_from_threads(backend: Backend, count: int) -> None:
     """The same for the blocking client, whose pool threads draw from."""
-    ready = threading.Barrier(count)
 
     @rate_limited(1000, 0.25, key="open-connections", backend=backend)
     def touch() -> None:
         return None
 
-    def arrive_together() -> None:
-        ready.wait(5)
-        touch()
-
-    threads = [threading.Thread(target=arrive_together) for _ in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
+    in_threads_at_once(touch, count)
 
 
 async def test_saturated_limiter_admits_close_to_the_full_rate(backend: Backend) -> None:

@@ -26,7 +26,7 @@ from glm_guard.backends import get_backend
 from glm_guard.backends._redis import RedisBackend
 
 from .conftest import REDIS_PASSWORD
-from .helpers import SEED_1302, ErrorWithText, max_in_window
+from .helpers import SEED_1302, ErrorWithText, in_threads_at_once, max_in_window
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -626,27 +626,15 @@ def test_out_of_memory_is_served_by_the_calls_policy_but_redis_stays_in_use_redi
 
 
 def test_a_blip_that_fails_many_calls_at_once_is_one_backoff_step_redis() -> None:
-    import threading
-
     from .conftest import free_port
 
     backend = RedisBackend(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.5)  # nothing listens
-    crowd = 12
-    barrier = threading.Barrier(crowd)
 
     @rate_limited(1000, 1.0, key="blip-redis", backend=backend)
     def call() -> str:
         return "ok"
 
-    def run() -> None:
-        barrier.wait(5)
-        call()
-
-    threads = [threading.Thread(target=run) for _ in range(crowd)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
+    in_threads_at_once(call, 12)
     # Before: each failed call doubled the backoff, so 12 calls at once meant the longest (5 s).
     assert backend.health.failures == 1
     assert backend.health.down_until - time.monotonic() <= 0.25
