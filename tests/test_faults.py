@@ -113,6 +113,28 @@ def test_redis_killed_mid_run_then_restarted_resumes_sharing(
     backend.close()
 
 
+def failure_of_a_request_sent(at: float) -> BackendError:
+    error = BackendError("redis backend: ConnectionError: Connection refused")
+    error.sent = at
+    return error
+
+
+def test_a_failure_sent_before_redis_answered_again_starts_no_new_outage(caplog: pytest.LogCaptureFixture) -> None:
+    """On a busy host a thread may report a request that failed in the outage after another
+    request found Redis back: that failure belongs to the outage that ended, not a new one."""
+    health = _health.Health(closed_port_url())
+    sent_in_the_outage = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="glm_guard"):
+        health.failed(failure_of_a_request_sent(sent_in_the_outage))
+        assert not health.available()
+        health.succeeded()  # a probe after the backoff: Redis answers again
+        health.failed(failure_of_a_request_sent(sent_in_the_outage))  # reported late
+        assert health.available() and health.outages == 1
+        health.failed(failure_of_a_request_sent(time.monotonic()))  # sent after: a new outage
+    assert not health.available() and health.outages == 2
+    assert len(warnings_about_redis(caplog)) == 2
+
+
 def test_a_paused_redis_never_hangs_a_call(own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
     # A backoff longer than any stall of a busy host: the second call surely falls within it.
     monkeypatch.setattr(_health, "FIRST_BACKOFF_SECONDS", 5.0)

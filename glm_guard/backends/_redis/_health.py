@@ -24,7 +24,9 @@ class Health:
 
     The backoff doubles per failed *probe*: a request sent after the previous backoff ended.
     The calls that were already in flight when Redis went away fail together and count once,
-    so a blip costs one short backoff, not the longest.  A request Redis refused
+    so a blip costs one short backoff, not the longest.  Likewise a request sent before Redis
+    answered again, whose failure arrives after (a thread that reports late on a busy host),
+    belongs to the outage just ended and starts no new one.  A request Redis refused
     (:class:`~glm_guard.BackendRefused`, e.g. out of memory) says Redis answers: it starts no
     backoff, and only that call is served by its policy.
 
@@ -38,6 +40,7 @@ class Health:
         self._lock = threading.Lock()
         self.failures = 0  # failed probes of the current outage; 0 while Redis answers
         self.down_until = 0.0
+        self._back_at = float("-inf")  # when Redis last answered after an outage
         self.outages = 0
         self.outage_calls = 0
         self.refusals = 0
@@ -59,6 +62,8 @@ class Health:
         with self._lock:
             if self.failures and sent < self.down_until:
                 return  # in flight before this backoff step ended: its failure is already counted
+            if sent < self._back_at:
+                return  # sent during the outage that has since ended: Redis answered after it
             self.failures += 1
             self.down_until = now + min(FIRST_BACKOFF_SECONDS * 2 ** (self.failures - 1), LONGEST_BACKOFF_SECONDS)
             first = self.failures == 1
@@ -90,6 +95,8 @@ class Health:
         with self._lock:
             was_down = self.failures > 0
             self.failures = 0
+            if was_down:
+                self._back_at = time.monotonic()
         if was_down:
             logger.warning("glm_guard: Redis at %s answers again; shared limits resume", mask_url(self._url))
 
