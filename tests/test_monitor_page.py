@@ -201,9 +201,12 @@ def test_a_token_typed_into_the_page_is_sent_as_a_header(
     assert shown(browser, "glm-4", "total")["calls"] != ""
 
 
-def axis_span(driver: Any, key: str) -> int:
-    """Minutes from the first to the last minute on the x axis of ``key``'s calls chart."""
+def axis_span(driver: Any, key: str) -> int | None:
+    """Minutes from the first to the last minute on the x axis of ``key``'s calls chart; ``None``
+    until it is drawn (the figures can arrive before the series on a busy host)."""
     texts = driver.find_elements("css selector", f'section[data-key="{key}"] figure[data-chart="calls"] svg text')
+    if len(texts) < 4:
+        return None
     first, last = (int(t.text[:2]) * 60 + int(t.text[3:]) for t in texts[2:4])
     return (last - first) % (24 * 60)
 
