@@ -600,6 +600,32 @@ def test_success_rate_alert_needs_enough_calls(
     assert (back.alert, back.firing) == ("success_rate", False)
 
 
+def test_a_read_waits_for_the_events_another_thread_is_counting() -> None:
+    """The stats thread takes the buffered events, then counts them; a read in between must
+    wait for them, not read without them (the monitor page once drew a key's figures but not
+    its charts: the two requests read on either side of the count)."""
+    recorder = _recorder.Recorder()
+    counting = threading.Event()
+    count = recorder.ingest
+
+    def count_slowly(events: Any) -> None:
+        counting.set()
+        time.sleep(0.3)  # the stats thread, descheduled on a busy host
+        count(events)
+
+    recorder.ingest = count_slowly  # type: ignore[method-assign]
+    ended = time.time()
+    recorder.buffer.append(CallEvent("read-while-counting", 0.1, "success", None, ended))
+    stats_thread = threading.Thread(target=recorder.drain)
+    stats_thread.start()
+    assert counting.wait(5)
+    recorder.sync()  # what every view does before it reads
+    minute = int(ended // 60)
+    seen = recorder.local.window(minute, minute)
+    stats_thread.join(5)
+    assert seen.get("read-while-counting", {}).get("calls") == 1
+
+
 def test_one_process_reports_a_shared_crossing_redis(redis_url: str) -> None:
     backend = RedisBackend(redis_url)
     backend.shared_stats().add({int(T0 // 60): {"shared-key": {"err.rate_limit.1302": 5, "attempts": 5}}})

@@ -81,6 +81,7 @@ class Recorder:
 
     def _new_locks(self) -> None:
         self._lock = threading.Lock()
+        self._drain_lock = threading.RLock()  # an event counted while draining may drain again
         self._flush_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -160,11 +161,16 @@ class Recorder:
     # -- folding and flushing ----------------------------------------------------------------------
 
     def drain(self) -> None:
-        """Fold everything buffered so far into the counters (and into what the sink still needs)."""
-        buffer = self.buffer
-        events = [buffer.popleft() for _ in range(len(buffer))]
-        if events:
-            self.ingest(events)
+        """Fold everything buffered so far into the counters (and into what the sink still needs).
+
+        A reader's drain waits for one under way in another thread: events taken from the buffer
+        but not yet counted would be missing from what the reader reads next.
+        """
+        with self._drain_lock:
+            buffer = self.buffer
+            events = [buffer.popleft() for _ in range(len(buffer))]
+            if events:
+                self.ingest(events)
 
     def ingest(self, events: Iterable[GuardEvent]) -> None:
         """Count ``events`` as if this process had just recorded them."""
