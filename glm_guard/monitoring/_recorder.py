@@ -81,7 +81,7 @@ class Recorder:
 
     def _new_locks(self) -> None:
         self._lock = threading.Lock()
-        self._drain_lock = threading.RLock()  # an event counted while draining may drain again
+        self._drain_lock = threading.Lock()  # a reader waits for a count under way
         self._flush_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()

@@ -39,8 +39,7 @@ class Health:
         self._url = url
         self._lock = threading.Lock()
         self.failures = 0  # failed probes of the current outage; 0 while Redis answers
-        self.down_until = 0.0
-        self._back_at = float("-inf")  # when Redis last answered after an outage
+        self.down_until = 0.0  # end of the backoff; once Redis answers again, when it did
         self.outages = 0
         self.outage_calls = 0
         self.refusals = 0
@@ -60,10 +59,8 @@ class Health:
         now = time.monotonic()
         sent = now if error.sent is None else error.sent
         with self._lock:
-            if self.failures and sent < self.down_until:
-                return  # in flight before this backoff step ended: its failure is already counted
-            if sent < self._back_at:
-                return  # sent during the outage that has since ended: Redis answered after it
+            if sent < self.down_until:
+                return  # sent before this backoff step ended, or before Redis answered again: counted
             self.failures += 1
             self.down_until = now + min(FIRST_BACKOFF_SECONDS * 2 ** (self.failures - 1), LONGEST_BACKOFF_SECONDS)
             first = self.failures == 1
@@ -96,7 +93,7 @@ class Health:
             was_down = self.failures > 0
             self.failures = 0
             if was_down:
-                self._back_at = time.monotonic()
+                self.down_until = time.monotonic()
         if was_down:
             logger.warning("glm_guard: Redis at %s answers again; shared limits resume", mask_url(self._url))
 
