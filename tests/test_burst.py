@@ -11,26 +11,26 @@ import pytest
 from glm_guard import ConfigurationError, rate_limited
 from glm_guard.backends._base import Backend
 
-from .helpers import max_in_window
+from .helpers import THREAD_WAKE_SLACK, max_in_window
 
 
 def test_threads_keep_the_sub_window_cap(backend: Backend) -> None:
     starts: list[float] = []
     lock = threading.Lock()
 
-    @rate_limited(100, 60, burst=(3, 0.3), backend=backend)
+    @rate_limited(100, 60, burst=(3, 1.0), backend=backend)
     def call() -> None:
         with lock:
             starts.append(time.monotonic())
 
-    threads = [threading.Thread(target=call) for _ in range(12)]
+    threads = [threading.Thread(target=call) for _ in range(9)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(10)
-    assert len(starts) == 12
-    assert max_in_window(starts, 0.3) <= 3
-    assert max_in_window(starts, 60) == 12  # the minute's budget itself was never the limit
+    assert len(starts) == 9
+    assert max_in_window(starts, 1.0, slack=THREAD_WAKE_SLACK) <= 3
+    assert max_in_window(starts, 60) == 9  # the minute's budget itself was never the limit
 
 
 def test_pacing_spreads_tasks_evenly(backend: Backend) -> None:

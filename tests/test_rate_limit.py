@@ -19,25 +19,25 @@ from glm_guard.backends._base import Backend
 from glm_guard.backends._local import LocalBackend
 
 from .conftest import LimiterState
-from .helpers import SEED_1302, ErrorWithText, in_threads_at_once, max_in_window, window_margin
+from .helpers import SEED_1302, THREAD_WAKE_SLACK, ErrorWithText, in_threads_at_once, max_in_window, window_margin
 
 
 def test_threads_never_exceed_calls_in_any_window(backend: Backend) -> None:
     starts: list[float] = []
     lock = threading.Lock()
 
-    @rate_limited(5, 0.4, backend=backend)
+    @rate_limited(5, 1.0, backend=backend)
     def call() -> None:
         with lock:
             starts.append(time.monotonic())
 
-    threads = [threading.Thread(target=call) for _ in range(20)]
+    threads = [threading.Thread(target=call) for _ in range(15)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(10)
-    assert len(starts) == 20
-    assert max_in_window(starts, 0.4) <= 5
+    assert len(starts) == 15
+    assert max_in_window(starts, 1.0, slack=THREAD_WAKE_SLACK) <= 5
     # A burst of 5 when the budget is free: no needless spacing.
     assert max_in_window(starts[:5], 0.05, slack=0) == 5
 
@@ -438,7 +438,7 @@ def test_one_limit_is_shared_by_threads_each_running_its_own_loop(backend: Backe
     starts: list[float] = []
     lock = threading.Lock()
 
-    @rate_limited(3, 0.3, backend=backend)
+    @rate_limited(3, 1.0, backend=backend)
     async def call() -> None:
         with lock:
             starts.append(time.monotonic())
@@ -452,7 +452,7 @@ def test_one_limit_is_shared_by_threads_each_running_its_own_loop(backend: Backe
     for thread in threads:
         thread.join(10)
     assert len(starts) == 9
-    assert max_in_window(starts, 0.3) <= 3
+    assert max_in_window(starts, 1.0, slack=THREAD_WAKE_SLACK) <= 3
 
 
 def test_set_testing_turns_waiting_off(backend: Backend) -> None:
