@@ -27,7 +27,7 @@ from glm_guard import (
 from glm_guard._classify import DEFAULT_CLASSIFIER, reset_time
 from glm_guard.backends import Backend
 from glm_guard.backends._redis import RedisBackend
-from glm_guard.testing import run_simulator
+from glm_guard.testing import RedisServer, run_simulator
 
 from .helpers import ErrorWithText
 
@@ -222,6 +222,38 @@ def test_a_pause_set_by_one_process_refuses_in_another(redis_url: str) -> None:
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.redis
+def test_a_probe_that_redis_answers_late_is_still_sent(own_redis: RedisServer) -> None:
+    """A busy host answered the probe's admission late; the probe was given back as a late
+    start, and the key stayed paused one more interval with nothing sent to the provider."""
+    backend = RedisBackend(own_redis.url)
+    ran = []
+    failing = [True]
+
+    @rate_limited(100, 1.0, key="late-probe", backend=backend, arrears_pause=0.5)
+    def call() -> str:
+        ran.append(time.monotonic())
+        if failing[0]:
+            raise glm_error("1113")
+        return "ok"
+
+    try:
+        with pytest.raises(ErrorWithText):
+            call()  # admitted at the usual round trip, then pauses the key
+        time.sleep(0.6)
+        failing[0] = False
+        own_redis.pause()  # the probe's admission is answered 0.2 s late
+        resume = threading.Timer(0.2, own_redis.resume)
+        resume.start()
+        assert call() == "ok"
+        resume.join()
+        assert call() == "ok"  # and the probe's success reopened the key
+        assert len(ran) == 3
+    finally:
+        own_redis.resume()
+        backend.close()
 
 
 @pytest.mark.redis

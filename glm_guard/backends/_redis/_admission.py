@@ -258,12 +258,18 @@ class SharedAdmission:
                     leave_queue()  # the next in line may ask now
                     leave_queue = None
                 grant = _granted(held, reply)._replace(spent=None if policy.tokens is None else token)
-                if code == _ADMITTED and (patience <= 0 or not self._late(policy, sent, answered, 0.0)):
+                # A probe keeps its start however late: the pause refuses every other caller
+                # until it answers, so it shares its window with nobody, and a probe given back
+                # would leave the key paused for one more interval with nothing sent.
+                probing = grant.probe is not None
+                if code == _ADMITTED and (probing or patience <= 0 or not self._late(policy, sent, answered, 0.0)):
                     return grant
                 wait = int(reply[1]) / 1000.0 if code == _RESERVED else 0.0
                 try:
                     if wait:
                         yield Sleep(wait)
+                    if probing:
+                        return grant
                     late = patience > 0 and (code == _ADMITTED or self._late(policy, sent, answered, wait))
                     if not late and not (wait and self._paused()):
                         return grant
