@@ -80,13 +80,15 @@ def open_connections_from_threads(backend: Backend, count: int) -> None:
 
 
 async def test_saturated_limiter_admits_close_to_the_full_rate(backend: Backend) -> None:
-    """30 calls at 10 per 0.25 s use three full windows: 10 at once, 10 at 0.25 s, 10 at 0.5 s.
+    """30 calls at 10 per second use three full windows: 10 at once, 10 at 1 s, 10 at 2 s.
 
-    Offsets count from the first admission, once the connections are open.
+    Offsets count from the first start recorded, once the connections are open.  A window's
+    starts may be recorded up to 0.4 s late, or 0.1 s early when the first was late: with two
+    CPU hogs beside the suite some came more than 0.1 s late, and no window is lost either way.
     """
     starts: list[float] = []
 
-    @rate_limited(10, 0.25, backend=backend)
+    @rate_limited(10, 1.0, backend=backend)
     async def call() -> None:
         starts.append(time.monotonic())
 
@@ -94,9 +96,9 @@ async def test_saturated_limiter_admits_close_to_the_full_rate(backend: Backend)
     await asyncio.gather(*(call() for _ in range(30)))
     first = min(starts)
     offsets = sorted(s - first for s in starts)
-    assert sum(1 for o in offsets if o < 0.1) == 10
-    assert sum(1 for o in offsets if 0.24 <= o < 0.35) == 10
-    assert sum(1 for o in offsets if 0.49 <= o < 0.6) == 10
+    assert sum(1 for o in offsets if o < 0.4) == 10
+    assert sum(1 for o in offsets if 0.9 <= o < 1.4) == 10
+    assert sum(1 for o in offsets if 1.9 <= o < 2.4) == 10
 
 
 async def test_aiolimiter_bucket_double_bursts_where_the_window_does_not(local_backend: LocalBackend) -> None:
