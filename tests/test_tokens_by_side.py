@@ -118,7 +118,10 @@ def test_the_anthropic_sdk_keeps_both_limits_with_two_budgets(backend: Backend) 
         client.close()
         assert sim.limited == 0  # max_retries=0: any 429 would have failed a call
         outputs = [(at, output) for at, _, output in sim.sides]
-        assert 100 - 20 < most_tokens_in_window(outputs, GUARD_PERIOD) <= 100
+        # Counted at the provider, as above: its window, not the guard's longer one, so a
+        # thread's request arriving tens of ms after its grant on a busy host is no excess.
+        assert most_tokens_in_window(outputs, PERIOD) <= 100
+        assert most_tokens_in_window(outputs, GUARD_PERIOD) > 100 - 20  # and the budget was used
 
 
 def test_a_side_budget_follows_its_own_side_of_the_anthropic_headers() -> None:
