@@ -363,7 +363,11 @@ def test_starts_as_the_caller_sees_them_never_share_a_window_redis(redis_url: st
     starts.sort()
     gaps = [later - earlier for earlier, later in zip(starts, starts[4:], strict=False)]
     assert len(starts) == 16 and min(gaps) >= 0.3  # no tolerance: four starts per 0.3 s, never five
-    assert starts[-1] - starts[0] < 3 * 0.306 + 0.25  # and the budget is still used: 16 starts in 4 windows
+    # And the budget is used: 16 starts fill 4 windows on a quiet host.  A host too busy to take
+    # a reserved start within 10 ms gives it back and loses its slot (docs/distributed.md): beside
+    # two CPU hogs one run needed a fifth window.  Seven windows still catch a limiter that
+    # wastes them (one start per window would take 4.5 s).
+    assert starts[-1] - starts[0] < 7 * 0.306
     backend.close()
 
 
