@@ -259,8 +259,8 @@ class SharedAdmission:
                     leave_queue = None
                 grant = _granted(held, reply)._replace(spent=None if policy.tokens is None else token)
                 # A probe keeps its start however late: the pause refuses every other caller
-                # until it answers, so it shares its window with nobody, and a probe given back
-                # would leave the key paused for one more interval with nothing sent.
+                # for one more interval, so nobody starts close behind it, and a probe given
+                # back would leave the key paused for that interval with nothing sent.
                 probing = grant.probe is not None
                 if code == _ADMITTED and (probing or patience <= 0 or not self._late(policy, sent, answered, 0.0)):
                     return grant
